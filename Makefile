@@ -1,0 +1,30 @@
+# make test  — create .venv, install the package with its test extra, run the suite and ruff.
+# make demo  — the whole loop on embedded parts (PostgreSQL, IMAP, backend), then a summary.
+# make bench — the load benchmark (bench/README.md); not part of the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TESTS  ?= tests
+
+.PHONY: test lint demo bench clean
+
+$(BIN)/.installed: setup.py pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]' --config-settings editable_mode=compat
+	touch $@
+
+test: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/trial --temp-directory=/tmp/rebreak-trial $(TESTS)
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+
+demo: $(BIN)/.installed
+	$(BIN)/python -m rebreak_idle.demo $(DEMO_ARGS)
+
+bench: $(BIN)/.installed
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) _trial_temp /tmp/rebreak-trial *.egg-info

@@ -1,0 +1,258 @@
+"""Settings: read from the environment and command-line flags, validated once.
+
+Every setting has an environment variable (CONTRACT §2) and a flag of the same name
+(``REBREAK_REFRESH_INTERVAL`` ↔ ``--refresh-interval``); a flag wins over the environment.
+Validation problems raise :class:`ConfigError` with one line that names the variable and
+never repeats a secret value.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = ["OPTIONS", "ConfigError", "Option", "Settings", "load_settings"]
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid. ``str()`` is one line fit for an operator."""
+
+
+@dataclass(frozen=True)
+class Option:
+    attr: str  # attribute of Settings
+    env: str  # environment variable
+    help: str
+    default: Any = None
+    kind: str = "str"  # str | seconds | int | choice | url | path | secret
+    required: bool = False
+    choices: tuple[str, ...] = ()
+
+    @property
+    def flag(self) -> str:
+        """The plugin flag: ``REBREAK_IDLE_RENEW`` → ``idle-renew``, ``DATABASE_URL`` →
+        ``database-url``."""
+        name = self.env.removeprefix("REBREAK_")
+        return name.lower().replace("_", "-")
+
+
+_HOSTNAME = socket.gethostname()
+
+OPTIONS: tuple[Option, ...] = (
+    Option("database_url", "DATABASE_URL", "libpq connection string or URI of the backend's "
+           "PostgreSQL (direct or through a transaction pooler)", kind="secret", required=True),
+    Option("admin_secret", "ADMIN_SECRET", "shared secret sent as x-admin-secret on every scan "
+           "trigger and required by GET /status", kind="secret", required=True),
+    Option("encryption_key", "ENCRYPTION_KEY", "key of the stored IMAP secrets; 32 or more "
+           "characters, the first 32 bytes are the AES-256 key", kind="secret", required=True),
+    Option("backend_url", "BACKEND_URL", "base URL of the Rebreak backend (default "
+           "http://127.0.0.1:3016, or :3015 when NODE_ENV=production)", kind="url"),
+    Option("node_env", "NODE_ENV", "'production' switches the default backend port"),
+    Option("refresh_interval", "REBREAK_REFRESH_INTERVAL", "seconds between account-list "
+           "refreshes", 300.0, "seconds"),
+    Option("idle_renew", "REBREAK_IDLE_RENEW", "seconds after which IDLE is ended and re-entered "
+           "(RFC 2177 servers may drop at 29 min)", 1500.0, "seconds"),
+    Option("heartbeat_interval", "REBREAK_HEARTBEAT_INTERVAL", "seconds between NOOP "
+           "heartbeats", 120.0, "seconds"),
+    Option("reconnect_delay", "REBREAK_RECONNECT_DELAY", "first reconnect delay in seconds, "
+           "doubling with jitter", 5.0, "seconds"),
+    Option("reconnect_max_delay", "REBREAK_RECONNECT_MAX_DELAY", "longest reconnect delay in "
+           "seconds", 300.0, "seconds"),
+    Option("auth_failure_holdoff", "REBREAK_AUTH_FAILURE_HOLDOFF", "seconds to wait after the "
+           "server rejected the credentials (a change of the row's secret retries at once)",
+           1800.0, "seconds"),
+    Option("poll_interval", "REBREAK_POLL_INTERVAL", "seconds between NOOP polls for servers "
+           "without IDLE", 60.0, "seconds"),
+    Option("command_timeout", "REBREAK_COMMAND_TIMEOUT", "seconds an IMAP command may take",
+           60.0, "seconds"),
+    Option("noop_timeout", "REBREAK_NOOP_TIMEOUT", "seconds a heartbeat NOOP (or DONE) may take "
+           "before the connection is declared dead", 30.0, "seconds"),
+    Option("connect_rate", "REBREAK_CONNECT_RATE", "sessions started per second at most (start-up "
+           "ramp)", 50.0, "number"),
+    Option("scan_concurrency", "REBREAK_SCAN_CONCURRENCY", "scan triggers in flight at most",
+           16, "int"),
+    Option("scan_timeout", "REBREAK_SCAN_TIMEOUT", "seconds one scan request may take", 30.0,
+           "seconds"),
+    Option("scan_attempts", "REBREAK_SCAN_ATTEMPTS", "attempts of one scan trigger before it is "
+           "given up (connection errors, timeouts, 5xx)", 6, "int"),
+    Option("write_flush_interval", "REBREAK_WRITE_FLUSH_INTERVAL", "seconds between batched "
+           "heartbeat writes", 5.0, "seconds"),
+    Option("shutdown_timeout", "REBREAK_SHUTDOWN_TIMEOUT", "seconds a graceful stop may take "
+           "(LOGOUT, flush, in-flight scans)", 10.0, "seconds"),
+    Option("notify_channel", "REBREAK_NOTIFY_CHANNEL", "PostgreSQL channel to LISTEN on for "
+           "instant refreshes (needs a direct connection, not a transaction pooler)"),
+    Option("status_endpoint", "REBREAK_STATUS_ENDPOINT", "Twisted server endpoint of the "
+           "status/metrics HTTP server, e.g. tcp:9464:interface=127.0.0.1 (unset: none)"),
+    Option("tls_ca_file", "REBREAK_TLS_CA_FILE", "PEM file of extra CA certificates to trust for "
+           "IMAP TLS", kind="path"),
+    Option("log_format", "REBREAK_LOG_FORMAT", "log format on stdout: text or json", "text",
+           "choice", choices=("text", "json")),
+    Option("leases", "REBREAK_LEASES", "share the accounts between replicas through leases in "
+           "PostgreSQL: on or off", "off", "choice", choices=("on", "off")),
+    Option("replica_id", "REBREAK_REPLICA_ID", "name of this replica (default hostname:pid)"),
+    Option("lease_ttl", "REBREAK_LEASE_TTL", "seconds a replica's lease lives without renewal",
+           30.0, "seconds"),
+    Option("lease_renew", "REBREAK_LEASE_RENEW", "seconds between lease renewals", 10.0,
+           "seconds"),
+)
+
+_BY_ATTR = {o.attr: o for o in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration of one daemon process. Secrets are kept out of ``repr``."""
+
+    database_url: str = field(repr=False)
+    admin_secret: str = field(repr=False)
+    encryption_key: str = field(repr=False)
+    backend_url: str = "http://127.0.0.1:3016"
+    node_env: str | None = None
+    refresh_interval: float = 300.0
+    idle_renew: float = 1500.0
+    heartbeat_interval: float = 120.0
+    reconnect_delay: float = 5.0
+    reconnect_max_delay: float = 300.0
+    auth_failure_holdoff: float = 1800.0
+    poll_interval: float = 60.0
+    command_timeout: float = 60.0
+    noop_timeout: float = 30.0
+    connect_rate: float = 50.0
+    scan_concurrency: int = 16
+    scan_timeout: float = 30.0
+    scan_attempts: int = 6
+    write_flush_interval: float = 5.0
+    shutdown_timeout: float = 10.0
+    notify_channel: str | None = None
+    status_endpoint: str | None = None
+    tls_ca_file: str | None = None
+    log_format: str = "text"
+    leases: str = "off"
+    replica_id: str = field(default_factory=lambda: f"{_HOSTNAME}:{os.getpid()}")
+    lease_ttl: float = 30.0
+    lease_renew: float = 10.0
+
+    @property
+    def key_bytes(self) -> bytes:
+        """The AES-256 key: the first 32 bytes of ENCRYPTION_KEY in UTF-8 (CONTRACT §4)."""
+        return self.encryption_key.encode("utf-8")[:32]
+
+    @property
+    def leases_enabled(self) -> bool:
+        return self.leases == "on"
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Every secret string this configuration holds (for log scrubbing and tests)."""
+        values = [self.admin_secret, self.encryption_key]
+        password = urlsplit(self.database_url).password if "://" in self.database_url else None
+        if password is None:
+            for part in self.database_url.split():
+                if part.startswith("password="):
+                    password = part.split("=", 1)[1].strip("'")
+        if password:
+            values.append(password)
+        return tuple(v for v in values if v)
+
+
+def _positive(opt: Option, raw: str) -> float:
+    unit = " of seconds" if opt.kind == "seconds" else ""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{opt.env} must be a number{unit}, got {raw!r}") from None
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"{opt.env} must be a positive number{unit}, got {raw!r}")
+    return value
+
+
+def _int(opt: Option, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{opt.env} must be a whole number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{opt.env} must be a positive whole number, got {raw!r}")
+    return value
+
+
+def _url(opt: Option, raw: str) -> str:
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError(f"{opt.env} is not a valid URL (bad port)") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{opt.env} must be an http:// or https:// URL with a host, got {raw!r}")
+    if parts.username or parts.password:
+        raise ConfigError(f"{opt.env} must not contain credentials")
+    return raw.rstrip("/")
+
+
+def _convert(opt: Option, raw: str) -> Any:
+    if opt.kind in ("seconds", "number"):
+        return _positive(opt, raw)
+    if opt.kind == "int":
+        return _int(opt, raw)
+    if opt.kind == "url":
+        return _url(opt, raw)
+    if opt.kind == "choice":
+        value = raw.strip().lower()
+        if value not in opt.choices:
+            raise ConfigError(f"{opt.env} must be one of {', '.join(opt.choices)}, got {raw!r}")
+        return value
+    if opt.kind == "path":
+        if not os.path.isfile(raw):
+            raise ConfigError(f"{opt.env} names no readable file: {raw}")
+        return raw
+    return raw
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, str | None] | None = None,
+) -> Settings:
+    """Build :class:`Settings` from ``environ`` (default ``os.environ``) overridden by
+    ``flags`` (attribute name → raw string, ``None`` meaning "not given")."""
+    environ = os.environ if environ is None else environ
+    flags = flags or {}
+    values: dict[str, Any] = {}
+    for opt in OPTIONS:
+        raw = flags.get(opt.attr)
+        if raw is None:
+            raw = environ.get(opt.env)
+        if raw is not None and raw.strip() == "" and opt.kind != "secret":
+            raw = None
+        if raw is None or raw == "":
+            if opt.required:
+                raise ConfigError(f"{opt.env} is required but not set")
+            continue
+        values[opt.attr] = _convert(opt, raw)
+
+    key = values["encryption_key"]
+    if len(key) < 32:
+        raise ConfigError(
+            f"ENCRYPTION_KEY must be at least 32 characters, it has {len(key)}"
+        )
+    if "backend_url" not in values:
+        production = values.get("node_env") == "production"
+        values["backend_url"] = f"http://127.0.0.1:{3015 if production else 3016}"
+    if "replica_id" in values and not values["replica_id"].strip():
+        del values["replica_id"]
+    return Settings(**values)
+
+
+def settings_fields() -> list[str]:
+    """Names of every Settings attribute (used by the plugin to check OPTIONS is complete)."""
+    return [f.name for f in fields(Settings)]
+
+
+def describe(opt: Option) -> str:
+    """One help line: text, environment variable and default."""
+    default = opt.default
+    shown = "required" if opt.required else f"default {default}" if default is not None else "unset"
+    return f"{opt.help} [env {opt.env}; {shown}]"
+

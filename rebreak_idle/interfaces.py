@@ -1,0 +1,33 @@
+"""The seams between the rooms (DESIGN.md): small interfaces, nothing more."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from zope.interface import Interface
+
+if TYPE_CHECKING:
+    from .account import Account
+
+__all__ = ["IRecorder", "OnNewMail"]
+
+
+class IRecorder(Interface):
+    """Where a session reports what the app shows (CONTRACT §3 status columns).
+
+    Calls return at once; the recorder owns buffering, retries and error logging.
+    """
+
+    def record_error(account_id: str, text: str) -> None:
+        """A connect or login failed: store ``text`` (never a secret) and the time."""
+
+    def clear_error(account_id: str) -> None:
+        """A login succeeded: clear last_connect_error and last_connect_error_at."""
+
+    def record_heartbeat(account_id: str) -> None:
+        """IDLE was entered or a heartbeat NOOP succeeded: store the time."""
+
+
+#: ``on_new_mail(account, exists, reason)`` with reason ``"exists"`` or ``"connected"``.
+OnNewMail = Callable[["Account", int, str], None]

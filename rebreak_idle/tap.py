@@ -1,0 +1,20 @@
+"""The plugin's module: ``Options`` and ``makeService`` for twist/twistd."""
+
+from __future__ import annotations
+
+from twisted.application.service import IService
+
+from .options import Options, settings_or_exit
+
+__all__ = ["Options", "makeService"]
+
+
+def makeService(options: Options) -> IService:
+    settings = settings_or_exit(options.flag_values())
+    if options["migrate"]:
+        from .migrate import migrate_or_exit
+
+        migrate_or_exit(settings.database_url, dev_schema=options["dev-schema"])
+    from .service import makeService as make
+
+    return make(settings)

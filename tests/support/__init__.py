@@ -1,0 +1,1 @@
+"""Real parts for the test suite: PostgreSQL, IMAP servers, a backend double."""

@@ -1,0 +1,10 @@
+"""``twist rebreak-idle`` / ``twistd rebreak-idle``: parse flags, call makeService."""
+
+from twisted.application.service import ServiceMaker
+
+rebreakIdle = ServiceMaker(
+    "rebreak-idle",
+    "rebreak_idle.tap",
+    "Real-time IMAP IDLE watcher that triggers Rebreak backend scans on new mail.",
+    "rebreak-idle",
+)
