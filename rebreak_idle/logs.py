@@ -1,0 +1,247 @@
+"""Log output on stdout: the CONTRACT §6 lines as plain text, or one JSON object per line.
+
+``text`` (the default) is Twisted's classic line format, which is what the operator's
+dashboards grep::
+
+    2026-01-01T12:00:00+0000 [rebreak_idle.session#info] [idle/a@example.com] connected (...)
+
+``json`` (``--log-format json`` / ``REBREAK_LOG_FORMAT=json``) is meant for log shippers:
+one object per line with ``time`` (ISO 8601, UTC), ``level``, ``message`` (the formatted
+text, plus the traceback of a logged failure), ``namespace`` and the event's own fields
+(``account_id``, ``email``, ...) when they are JSON values. Fields whose name suggests a
+secret are dropped, and both formats replace every configured secret value (ADMIN_SECRET,
+ENCRYPTION_KEY, the DATABASE_URL password) by ``***`` wherever it would appear.
+
+``twist`` picks JSON on its own when stdout is not a terminal; :func:`configure_runner_logging`
+(called by the plugin's ``Options.postOptions``) puts the choice back in our setting's hands.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from twisted.logger import (
+    FileLogObserver,
+    ILogObserver,
+    LogEvent,
+    formatEvent,
+    formatEventAsClassicLogText,
+)
+
+__all__ = [
+    "FORMATS",
+    "configure_runner_logging",
+    "event_as_json",
+    "json_observer",
+    "make_observer",
+    "scrub",
+    "text_observer",
+    "twistd_json_observer",
+]
+
+FORMATS = ("text", "json")
+MASK = "***"
+#: Secrets shorter than this are not masked: replacing every "a" of the log would only
+#: garble it (configuration validation is where short secrets should be refused).
+MIN_MASKED = 4
+
+_RESERVED = {"time", "level", "message", "namespace"}
+# Legacy twisted.python.log keys that duplicate what "message" already carries.
+_LEGACY = {"format", "isError", "system", "why", "failure", "time"}
+_SECRET_WORDS = ("secret", "password", "passwd", "token", "authorization", "encryption_key",
+                 "database_url", "dsn", "credential")
+_PLAIN = (str, int, float, bool, type(None))
+
+ObserverFactory = Callable[[IO[str]], ILogObserver]
+
+
+def scrub(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with every secret value replaced by ``***``."""
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def _maskable(secrets: Iterable[str]) -> tuple[str, ...]:
+    # longest first, so a secret containing another is masked whole
+    kept = {s for s in secrets if s and len(s) >= MIN_MASKED}
+    return tuple(sorted(kept, key=len, reverse=True))
+
+
+def _json_value(value: Any, depth: int = 0) -> tuple[bool, Any]:
+    """(True, value) when ``value`` is a plain JSON value (nested lists/dicts of them)."""
+    if isinstance(value, _PLAIN):
+        if isinstance(value, float) and value != value:  # NaN is not JSON
+            return False, None
+        return True, value
+    if depth > 4:
+        return False, None
+    if isinstance(value, list | tuple):
+        items = [_json_value(v, depth + 1) for v in value]
+        if all(ok for ok, _ in items):
+            return True, [v for _, v in items]
+        return False, None
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        pairs = {k: _json_value(v, depth + 1) for k, v in value.items()}
+        if all(ok for ok, _ in pairs.values()):
+            return True, {k: v for k, (_, v) in pairs.items()}
+    return False, None
+
+
+def _secret_name(key: str) -> bool:
+    lowered = key.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+def event_as_json(event: LogEvent) -> dict[str, Any]:
+    """The JSON object of one log event (not yet scrubbed of secret values)."""
+    message = formatEvent(event)
+    failure = event.get("log_failure")
+    if failure is not None:
+        try:
+            trace = failure.getTraceback()
+        except Exception:  # a broken failure object must not break logging
+            trace = "(unable to format the failure)"
+        message = f"{message}\n{trace}" if message else trace
+    when = event.get("log_time")
+    level = event.get("log_level")
+    out: dict[str, Any] = {
+        "time": (datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")
+                 if isinstance(when, int | float) else None),
+        "level": getattr(level, "name", None),
+        "message": message,
+        "namespace": event.get("log_namespace"),
+    }
+    legacy = "log_legacy" in event or "isError" in event
+    for key, value in event.items():
+        if (not isinstance(key, str) or key.startswith("log_") or key in _RESERVED
+                or (legacy and key in _LEGACY) or key == "message" or _secret_name(key)):
+            continue
+        ok, plain = _json_value(value)
+        if ok:
+            out[key] = plain
+    return out
+
+
+def _json_line(secrets: Sequence[str]) -> Callable[[LogEvent], str | None]:
+    def format_event(event: LogEvent) -> str | None:
+        record = event_as_json(event)
+        if not record["message"] and not record.get("account_id"):
+            return None  # nothing to say (e.g. an event carrying only data)
+        return scrub(json.dumps(record, ensure_ascii=False), secrets) + "\n"
+
+    return format_event
+
+
+def _text_line(secrets: Sequence[str]) -> Callable[[LogEvent], str | None]:
+    def format_event(event: LogEvent) -> str | None:
+        text = formatEventAsClassicLogText(event)
+        return None if text is None else scrub(text, secrets)
+
+    return format_event
+
+
+def text_observer(out: IO[str], secrets: Iterable[str] = ()) -> ILogObserver:
+    """Twisted's classic text lines on ``out``, secret values masked."""
+    return FileLogObserver(out, _text_line(_maskable(secrets)))
+
+
+def json_observer(out: IO[str], secrets: Iterable[str] = ()) -> ILogObserver:
+    """One JSON object per line on ``out`` (see the module docstring), secret values masked."""
+    return FileLogObserver(out, _json_line(_maskable(secrets)))
+
+
+def make_observer(log_format: str, out: IO[str], secrets: Iterable[str] = ()) -> ILogObserver:
+    """The observer of ``log_format`` ('text' or 'json'), e.g. for a ``.tac`` file::
+
+        application.setComponent(ILogObserver, make_observer(settings.log_format, sys.stdout,
+                                                             settings.secret_values()))
+    """
+    if log_format not in FORMATS:
+        raise ValueError(f"unknown log format {log_format!r}")
+    factory = json_observer if log_format == "json" else text_observer
+    return factory(out, secrets)
+
+
+def _observer_factory(log_format: str, secrets: Sequence[str]) -> ObserverFactory:
+    def factory(out: IO[str]) -> ILogObserver:
+        return make_observer(log_format, out, secrets)
+
+    factory.log_format = log_format  # type: ignore[attr-defined]  # for tests and humans
+    return factory
+
+
+# --- twist / twistd ---------------------------------------------------------------------
+
+# twistd's --logger takes the dotted name of a zero-argument factory, so what it needs to
+# know (where to write, which secrets to mask) is handed over here by postOptions.
+_twistd: dict[str, Any] = {}
+
+
+def twistd_json_observer() -> ILogObserver:
+    """The JSON observer for ``twistd rebreak-idle`` (set as twistd's ``--logger``)."""
+    target = _twistd.get("logfile")
+    secrets = _twistd.get("secrets", ())
+    if target is None:
+        return json_observer(sys.stdout, secrets)
+    from twisted.python.logfile import LogFile
+
+    return json_observer(LogFile.fromFullPath(target), secrets)  # type: ignore[arg-type]
+
+
+def _twist_format_chosen(argv: Sequence[str], tapname: str) -> bool:
+    """Whether the operator gave twist's own ``--log-format`` (before the plugin name).
+
+    TwistOptions stores the same value for an explicit choice and for its tty-based
+    default, so the command line is the only witness."""
+    for arg in argv:
+        if arg == tapname:
+            return False
+        if arg == "--log-format" or arg.startswith("--log-format="):
+            return True
+    return False
+
+
+def configure_runner_logging(
+    parent: Any,
+    log_format: str,
+    explicit: bool,
+    secrets: Iterable[str] = (),
+    argv: Sequence[str] | None = None,
+    tapname: str = "rebreak-idle",
+) -> None:
+    """Make the runner (``twist``'s or ``twistd``'s options, ``parent``) log in our format.
+
+    - ``twist``: its ``fileLogObserverFactory`` becomes ours (secrets masked) in
+      ``log_format`` when the operator set our setting (``explicit``); otherwise in the
+      format of twist's own ``--log-format`` when that was given, else text.
+    - ``twistd``: text stays twistd's own observer (log rotation, syslog); for json, a
+      JSON observer on twistd's log target is installed through its ``logger`` option,
+      unless the operator chose ``--logger`` or ``--syslog``.
+    """
+    masked = _maskable(secrets)
+    argv = sys.argv[1:] if argv is None else argv
+    if "fileLogObserverFactory" in parent:  # twist
+        if not explicit and _twist_format_chosen(argv, tapname):
+            log_format = parent.get("logFormat", "text")
+            if log_format not in FORMATS:
+                return
+        parent["fileLogObserverFactory"] = _observer_factory(log_format, masked)
+        parent["logFormat"] = log_format
+    elif "logger" in parent and "nodaemon" in parent:  # twistd
+        if log_format != "json" or parent["logger"] is not None or parent.get("syslog"):
+            return
+        logfile = parent.get("logfile")
+        if logfile == "-" and not parent["nodaemon"]:
+            return  # twistd itself refuses this ("Daemons cannot log to stdout")
+        if parent["nodaemon"] and logfile in (None, "", "-"):
+            _twistd["logfile"] = None
+        else:
+            _twistd["logfile"] = logfile or "twistd.log"
+        _twistd["secrets"] = masked
+        parent["logger"] = f"{__name__}.twistd_json_observer"
