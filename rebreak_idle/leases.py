@@ -1,14 +1,496 @@
-"""Replica leases (shared accounts between several daemons). Schema only for now."""
+"""Replica leases: several daemons share the accounts of one database (docs/replicas.md).
+
+Each replica heartbeats into ``rebreak_idle.replicas`` and holds one row per watched account
+in ``rebreak_idle.leases``; both tables belong to the daemon (nothing is added to the
+backend's tables). Every ``lease_renew`` seconds, and whenever the supervisor refreshes its
+account list, a replica runs one *round* — a single transaction, so it works through a
+transaction-mode pooler (no advisory locks, no session state, no prepared statements):
+
+1. heartbeat (upsert its replica row) and count the live replicas (seen within one TTL);
+2. drop its leases of accounts that are no longer active;
+3. renew its other leases for one TTL;
+4. fair share = ceil(active accounts / live replicas): above it, release (DELETE) the extra
+   leases so that a new replica finds work; below it, claim unowned or expired leases with
+   ``INSERT ... ON CONFLICT DO NOTHING`` and ``SELECT ... FOR UPDATE SKIP LOCKED``.
+
+The supervisor watches only the rows :meth:`LeaseKeeper.filter` returns. A replica that has
+not completed a round for one TTL can no longer prove that it owns anything: its owned set
+becomes empty and ``on_lost_ownership()`` is called, before any other replica may take over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .config import Settings
+from .metrics import REGISTRY
+
+__all__ = ["LEASES_SQL", "LeaseKeeper", "RoundResult"]
 
 LEASES_SQL = """
 CREATE SCHEMA IF NOT EXISTS rebreak_idle;
 CREATE TABLE IF NOT EXISTS rebreak_idle.leases (
     connection_id uuid PRIMARY KEY,
-    replica_id    text NOT NULL,
+    replica_id    text,
     expires_at    timestamptz NOT NULL
 );
+ALTER TABLE rebreak_idle.leases ALTER COLUMN replica_id DROP NOT NULL;
+CREATE INDEX IF NOT EXISTS leases_replica_idx ON rebreak_idle.leases (replica_id);
 CREATE TABLE IF NOT EXISTS rebreak_idle.replicas (
     replica_id   text PRIMARY KEY,
     seen_at      timestamptz NOT NULL
 );
 """
+
+LEASES_HELD = Gauge(
+    "rebreak_idle_leases_held", "Account leases held by this replica", registry=REGISTRY)
+LIVE_REPLICAS = Gauge(
+    "rebreak_idle_live_replicas", "Replicas with a heartbeat younger than the lease TTL",
+    registry=REGISTRY)
+LEASE_ROUND_FAILURES = Counter(
+    "rebreak_idle_lease_round_failures", "Lease renewals/claims that failed", registry=REGISTRY)
+
+log = Logger(namespace="rebreak_idle.leases")
+
+#: ``run_query(interaction)``: run ``interaction(cursor)`` (which returns a Deferred) in one
+#: transaction and fire with its result — txpostgres ``runInteraction``.
+RunQuery = Callable[[Callable[[Any], Deferred]], Deferred]
+
+# -- SQL of one round (parameters: r = replica id, now, ttl seconds, ids = uuid[]) ----------
+
+_HEARTBEAT = """
+INSERT INTO rebreak_idle.replicas (replica_id, seen_at)
+VALUES (%(r)s, coalesce(to_timestamp(%(clock)s), now()))
+ON CONFLICT (replica_id) DO UPDATE SET seen_at = EXCLUDED.seen_at
+RETURNING seen_at
+"""
+_LIVE = """
+WITH gone AS (
+    DELETE FROM rebreak_idle.replicas WHERE replica_id IN (
+        SELECT replica_id FROM rebreak_idle.replicas
+        WHERE seen_at < %(now)s - 10 * %(ttl)s * interval '1 second'
+        FOR UPDATE SKIP LOCKED))
+SELECT count(*) FROM rebreak_idle.replicas
+WHERE seen_at > %(now)s - %(ttl)s * interval '1 second'
+"""
+_DROP_INACTIVE = """
+DELETE FROM rebreak_idle.leases
+WHERE replica_id = %(r)s AND NOT (connection_id = ANY(%(ids)s::uuid[]))
+"""
+_RENEW = """
+UPDATE rebreak_idle.leases SET expires_at = %(now)s + %(ttl)s * interval '1 second'
+WHERE replica_id = %(r)s
+RETURNING connection_id::text
+"""
+_RELEASE = """
+DELETE FROM rebreak_idle.leases WHERE connection_id IN (
+    SELECT connection_id FROM rebreak_idle.leases WHERE replica_id = %(r)s
+    ORDER BY connection_id DESC LIMIT %(k)s)
+RETURNING connection_id::text
+"""
+# Unowned accounts get a placeholder row (no replica, expired) in id order — the same order
+# in every replica, so that concurrent inserts wait on each other without deadlocking; the
+# claim then takes expired rows that no concurrent claimer has locked.
+_PLACEHOLDERS = """
+INSERT INTO rebreak_idle.leases (connection_id, replica_id, expires_at)
+SELECT t.id, NULL, '-infinity' FROM unnest(%(ids)s::uuid[]) AS t(id)
+WHERE NOT EXISTS (SELECT 1 FROM rebreak_idle.leases l WHERE l.connection_id = t.id)
+ORDER BY t.id
+ON CONFLICT (connection_id) DO NOTHING
+"""
+_CLAIM = """
+UPDATE rebreak_idle.leases l
+SET replica_id = %(r)s, expires_at = %(now)s + %(ttl)s * interval '1 second'
+FROM (SELECT connection_id FROM rebreak_idle.leases
+      WHERE connection_id = ANY(%(ids)s::uuid[]) AND expires_at <= %(now)s
+      ORDER BY connection_id LIMIT %(k)s
+      FOR UPDATE SKIP LOCKED) c
+WHERE l.connection_id = c.connection_id
+RETURNING l.connection_id::text
+"""
+# Rows of accounts this replica no longer knows, expired for over a TTL (deleted accounts).
+_COLLECT = """
+DELETE FROM rebreak_idle.leases WHERE connection_id IN (
+    SELECT connection_id FROM rebreak_idle.leases
+    WHERE expires_at < %(now)s - %(ttl)s * interval '1 second'
+      AND NOT (connection_id = ANY(%(ids)s::uuid[]))
+    FOR UPDATE SKIP LOCKED)
+"""
+_RELEASE_ALL = """
+WITH me AS (DELETE FROM rebreak_idle.replicas WHERE replica_id = %(r)s)
+DELETE FROM rebreak_idle.leases WHERE replica_id = %(r)s
+"""
+
+_RETRYABLE = {"40P01", "40001"}  # deadlock detected, serialization failure
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """What one round found: the leases held afterwards and how they changed."""
+
+    owned: frozenset[str]
+    live: int
+    share: int | None  # None when the active accounts are not known yet
+    claimed: int = 0
+    released: int = 0
+
+
+def fair_share(accounts: int, live: int) -> int:
+    """The most accounts one of ``live`` replicas takes: ceil(accounts / live)."""
+    return math.ceil(accounts / max(live, 1))
+
+
+class _Database:
+    """One txpostgres connection, opened on demand and dropped after any failure (the next
+    round reconnects). Each call is one transaction."""
+
+    def __init__(self, dsn: str, reactor: Any) -> None:
+        self._dsn = dsn
+        self._reactor = reactor
+        self._conn: Any = None
+
+    def run(self, interaction: Callable[[Any], Deferred]) -> Deferred:
+        return Deferred.fromCoroutine(self._run(interaction))
+
+    async def _run(self, interaction: Callable[[Any], Deferred]) -> Any:
+        from txpostgres.txpostgres import Connection
+
+        if self._conn is None:
+            conn = Connection(reactor=self._reactor)
+            self._conn = conn
+            try:
+                await conn.connect(self._dsn)
+            except BaseException:
+                self.reset(conn)
+                raise
+        conn = self._conn
+        try:
+            return await conn.runInteraction(interaction)
+        except BaseException:
+            self.reset(conn)
+            raise
+
+    def reset(self, conn: Any = None) -> None:
+        """Forget (and close) the connection, e.g. after a failure or a timeout."""
+        if conn is None:
+            conn = self._conn
+        if conn is None:
+            return
+        if self._conn is conn:
+            self._conn = None
+        if conn.pollable() is not None:
+            with contextlib.suppress(Exception):  # closing a broken connection: best effort
+                conn.close()
+
+    def close(self) -> None:
+        self.reset()
+
+
+def _reason(f: Failure) -> str:
+    """One line describing a database failure (psycopg2 error texts carry no password)."""
+    e = f.value
+    text = getattr(e, "pgerror", None) or str(e) or type(e).__name__
+    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
+
+
+class LeaseKeeper(Service):
+    """Holds this replica's account leases (a Twisted service).
+
+    ``filter(rows)`` is the supervisor's ``account_filter``: it runs a round against the
+    given active rows and fires with the rows this replica owns. While running, the keeper
+    renews every ``settings.lease_renew`` seconds and calls ``on_change()`` when its owned
+    set changed outside ``filter`` (accounts of a dead replica taken over, some released for
+    balance), and ``on_lost_ownership()`` when it could not renew for one TTL (the owned set
+    is then empty). ``stopService()`` releases every lease of this replica.
+
+    ``run_query`` is a txpostgres-style ``runInteraction``; by default the keeper opens its
+    own connection to ``settings.database_url`` (and reconnects after failures).
+    ``use_clock_time`` takes "now" from ``clock.seconds()`` instead of the database's
+    ``now()`` (for tests with a ``task.Clock``; in production the database clock is the
+    single time reference of all replicas).
+    """
+
+    name = "leases"
+
+    def __init__(
+        self,
+        settings: Settings,
+        run_query: RunQuery | None = None,
+        clock: IReactorTime | None = None,
+        *,
+        reactor: Any = None,
+        use_clock_time: bool = False,
+        on_change: Callable[[], object] | None = None,
+        on_lost_ownership: Callable[[], object] | None = None,
+    ) -> None:
+        if reactor is None and (run_query is None or clock is None):
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.replica_id = settings.replica_id
+        self.ttl = settings.lease_ttl
+        self.renew_interval = settings.lease_renew
+        self._clock: IReactorTime = clock if clock is not None else reactor
+        self._db: _Database | None = None
+        if run_query is None:
+            self._db = _Database(settings.database_url, reactor)
+            run_query = self._db.run
+        self._run_query = run_query
+        self._use_clock_time = use_clock_time
+        self.on_change = on_change
+        self.on_lost_ownership = on_lost_ownership
+        #: the longest a round may take before it counts as failed
+        self.round_timeout = min(self.renew_interval, self.ttl / 2)
+        self._owned: frozenset[str] = frozenset()
+        self._universe: tuple[str, ...] | None = None
+        self._lock = DeferredLock()
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = self._clock
+        self._valid_until: float | None = None
+        self._expiry: IDelayedCall | None = None
+        self._failing = False
+        self._stopped = False
+        self.live_replicas = 0
+        self.fair_share: int | None = None
+
+    # -- public API -------------------------------------------------------------------
+
+    def owned(self) -> frozenset[str]:
+        """Ids of the accounts this replica may watch now (empty after ownership was lost)."""
+        return self._owned
+
+    def filter(self, rows: list[dict]) -> Deferred[list[dict]]:
+        """Renew and claim against ``rows`` (the active accounts), then fire with those of
+        ``rows`` this replica owns. Never fails: when the database cannot be reached, the
+        rows still proven owned (none after one TTL) are returned."""
+        if self._stopped:
+            return defer.succeed([])
+        universe = tuple(sorted({str(row["id"]) for row in rows}))
+        self._universe = universe
+
+        def pick(_: object) -> list[dict]:
+            owned = self._owned
+            return [row for row in rows if str(row["id"]) in owned]
+
+        return self._lock.run(self._round, universe, notify=False).addCallback(pick)
+
+    def renew(self) -> Deferred[bool]:
+        """Run one round now (what the timer does); fires with whether the owned set
+        changed. Never fails."""
+        return self._lock.run(self._round, self._universe, notify=True)
+
+    def wait_idle(self) -> Deferred[None]:
+        """Fires once every round started or queued so far has finished."""
+        return self._lock.run(lambda: None)
+
+    def disconnect(self) -> None:
+        """Stop renewing and close the own connection *without* releasing anything, as a
+        crash would (tests; the leases run out after one TTL)."""
+        self._stopped = True
+        if self._loop.running:
+            self._loop.stop()
+        self._cancel_expiry()
+        if self._db is not None:
+            self._db.close()
+
+    # -- service ----------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        d = self._loop.start(self.renew_interval, now=True)
+        d.addErrback(lambda f: log.failure("lease renewal loop stopped", f))
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self._stopped = True
+        if self._loop.running:
+            self._loop.stop()
+        self._cancel_expiry()
+        return self._lock.run(self._release_all)
+
+    # -- rounds -----------------------------------------------------------------------
+
+    def _tick(self) -> Deferred[bool]:
+        return self.renew()
+
+    async def _release_all(self) -> None:
+        params = {"r": self.replica_id}
+        held = len(self._owned)
+        self._owned = frozenset()
+        self._cancel_expiry()
+        self._valid_until = None
+        LEASES_HELD.set(0)
+
+        def interaction(cur: Any) -> Deferred:
+            return cur.execute(_RELEASE_ALL, params)
+
+        try:
+            await self._timed(self._run_query(interaction))
+        except Exception:  # reported, then the leases simply expire
+            log.warn("[idle/leases] could not release the leases of replica {replica_id} "
+                     "({reason}); they expire in {ttl:g}s", replica_id=self.replica_id,
+                     reason=_reason(Failure()), ttl=self.ttl)
+        else:
+            log.info("[idle/leases] replica {replica_id} released its {held} leases",
+                     replica_id=self.replica_id, held=held)
+        finally:
+            if self._db is not None:
+                self._db.close()
+
+    async def _round(self, universe: tuple[str, ...] | None, notify: bool) -> bool:
+        started = self._clock.seconds()
+        before = self._owned
+        try:
+            result = await self._attempt(universe, started)
+        except Exception:  # any failure: keep what is still proven owned
+            LEASE_ROUND_FAILURES.inc()
+            if not self._failing:
+                self._failing = True
+                log.warn("[idle/leases] lease renewal failed ({reason}); holding {held} "
+                         "accounts for at most {ttl:g}s", reason=_reason(Failure()),
+                         held=len(self._owned), ttl=self.ttl)
+            return False
+        valid_until = started + self.ttl
+        if valid_until <= self._clock.seconds():
+            # the round took a whole TTL: its renewals may already have run out
+            log.warn("[idle/leases] lease round took longer than the TTL; not trusted")
+            self._expire()
+            return before != self._owned
+        if self._failing:
+            self._failing = False
+            log.info("[idle/leases] lease renewal recovered")
+        self._owned = result.owned
+        self.live_replicas = result.live
+        self.fair_share = result.share
+        LEASES_HELD.set(len(result.owned))
+        LIVE_REPLICAS.set(result.live)
+        self._schedule_expiry(valid_until)
+        changed = result.owned != before
+        if changed or result.claimed or result.released:
+            log.info("[idle/leases] replica {replica_id} holds {held} accounts (claimed "
+                     "{claimed}, released {released}); {live} live replicas, fair share "
+                     "{share}", replica_id=self.replica_id, held=len(result.owned),
+                     claimed=result.claimed, released=result.released, live=result.live,
+                     share=result.share)
+        if changed and notify and self.on_change is not None:
+            self._call(self.on_change, "on_change")
+        return changed
+
+    async def _attempt(self, universe: tuple[str, ...] | None, started: float) -> RoundResult:
+        clock_now = started if self._use_clock_time else None
+        try:
+            return await self._timed(
+                self._run_query(lambda cur: Deferred.fromCoroutine(
+                    self._transaction(cur, universe, clock_now))))
+        except Exception as e:
+            if getattr(e, "pgcode", None) not in _RETRYABLE:
+                raise
+        return await self._timed(
+            self._run_query(lambda cur: Deferred.fromCoroutine(
+                self._transaction(cur, universe, clock_now))))
+
+    def _timed(self, d: Deferred) -> Deferred:
+        """``d``, failing with a TimeoutError after ``round_timeout`` (the connection is
+        then dropped; txpostgres queries are not cancelled, their late result ignored)."""
+        result: Deferred = Deferred()
+
+        def timeout() -> None:
+            if self._db is not None:
+                self._db.reset()
+            result.errback(defer.TimeoutError("lease round timed out"))
+
+        call = self._clock.callLater(self.round_timeout, timeout)
+
+        def done(value: object) -> None:
+            if call.active():
+                call.cancel()
+                if isinstance(value, Failure):
+                    result.errback(value)
+                else:
+                    result.callback(value)
+            # else: timed out already; a late result or failure is consumed here
+
+        d.addBoth(done)
+        return result
+
+    async def _transaction(
+        self, cur: Any, universe: tuple[str, ...] | None, clock_now: float | None
+    ) -> RoundResult:
+        r = self.replica_id
+        await cur.execute(_HEARTBEAT, {"r": r, "clock": clock_now})
+        now = cur.fetchone()[0]
+        p: dict[str, Any] = {"r": r, "now": now, "ttl": self.ttl}
+        await cur.execute(_LIVE, p)
+        live = int(cur.fetchone()[0])
+        if universe is None:
+            await cur.execute(_RENEW, p)
+            return RoundResult(_ids(cur.fetchall()), live, None)
+        p["ids"] = list(universe)
+        await cur.execute(_DROP_INACTIVE, p)
+        await cur.execute(_RENEW, p)
+        owned = set(_ids(cur.fetchall()))
+        share = fair_share(len(universe), live)
+        claimed = released = 0
+        if len(owned) > share:
+            p["k"] = len(owned) - share
+            await cur.execute(_RELEASE, p)
+            gone = _ids(cur.fetchall())
+            owned -= gone
+            released = len(gone)
+        elif len(owned) < share:
+            p["k"] = share - len(owned)
+            await cur.execute(_PLACEHOLDERS, p)
+            await cur.execute(_CLAIM, p)
+            got = _ids(cur.fetchall())
+            owned |= got
+            claimed = len(got)
+        await cur.execute(_COLLECT, p)
+        return RoundResult(frozenset(owned), live, share, claimed, released)
+
+    # -- proof of ownership -------------------------------------------------------------
+
+    def _schedule_expiry(self, valid_until: float) -> None:
+        self._valid_until = valid_until
+        self._cancel_expiry()
+        self._expiry = self._clock.callLater(
+            max(0.0, valid_until - self._clock.seconds()), self._expire)
+
+    def _cancel_expiry(self) -> None:
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
+
+    def _expire(self) -> None:
+        self._expiry = None
+        self._valid_until = None
+        if not self._owned:
+            return
+        held = len(self._owned)
+        self._owned = frozenset()
+        LEASES_HELD.set(0)
+        log.error("[idle/leases] replica {replica_id} could not renew its leases for "
+                  "{ttl:g}s: stopping its {held} sessions (another replica may take them)",
+                  replica_id=self.replica_id, ttl=self.ttl, held=held)
+        if self.on_lost_ownership is not None:
+            self._call(self.on_lost_ownership, "on_lost_ownership")
+
+    def _call(self, fn: Callable[[], object], what: str) -> None:
+        d = defer.maybeDeferred(fn)
+        d.addErrback(lambda f: log.failure("[idle/leases] {what} failed", f, what=what))
+
+
+def _ids(rows: Iterable[tuple]) -> frozenset[str]:
+    return frozenset(row[0] for row in rows)
