@@ -1,0 +1,214 @@
+"""TLS for IMAP connections: verified client options and one-line failure descriptions.
+
+:func:`client_tls_options` builds an ``IOpenSSLClientConnectionCreator`` from
+``optionsForClientTLS`` (host-name checks by service_identity) that trusts the platform's
+roots plus every certificate of an optional PEM file (``REBREAK_TLS_CA_FILE``). When the
+chain or the host name does not verify, the connection is lost with a
+:class:`CertificateVerifyError` whose message reads ``certificate verify failed: <reason>``.
+
+:func:`describe_failure` turns any connection or command failure into the one line that is
+logged and stored as ``last_connect_error``; it never contains a secret.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from OpenSSL import SSL, crypto
+from service_identity.hazmat import (
+    DNS_ID,
+    IPAddress_ID,
+    VerificationError,
+    verify_service_identity,
+)
+from service_identity.pyopenssl import extract_patterns
+from twisted.internet import error as ierror
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLTrustRoot
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+__all__ = ["CertificateVerifyError", "client_tls_options", "describe_failure", "load_ca_file"]
+
+
+class CertificateVerifyError(Exception):
+    """The server's certificate did not verify; ``str()`` is ``certificate verify failed: ...``."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"certificate verify failed: {reason}")
+
+    @property
+    def text(self) -> str:
+        return str(self)
+
+
+# OpenSSL X509_V_ERR_* codes and their texts, for the common cases.
+_VERIFY_ERRORS = {
+    2: "unable to get issuer certificate",
+    7: "certificate signature failure",
+    9: "certificate is not yet valid",
+    10: "certificate has expired",
+    18: "self-signed certificate",
+    19: "self-signed certificate in certificate chain",
+    20: "unable to get local issuer certificate",
+    21: "unable to verify the first certificate",
+    23: "certificate revoked",
+    24: "invalid CA certificate",
+    26: "unsupported certificate purpose",
+    62: "hostname mismatch",
+}
+
+
+def _verify_error_text(code: int) -> str:
+    if code in _VERIFY_ERRORS:
+        return _VERIFY_ERRORS[code]
+    try:  # pragma: no cover - depends on OpenSSL build
+        from OpenSSL._util import ffi, lib
+
+        return ffi.string(lib.X509_verify_cert_error_string(code)).decode("ascii", "replace")
+    except Exception:  # pragma: no cover
+        return f"verify error {code}"
+
+
+def load_ca_file(path: str) -> list[crypto.X509]:
+    """All PEM certificates of ``path``; ValueError with a clear text when there are none."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read TLS CA file {path}: {e.strerror or e}") from None
+    from cryptography import x509
+
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ValueError(f"TLS CA file {path} holds no PEM certificate") from None
+    return [crypto.X509.from_cryptography(c) for c in certs]
+
+
+@implementer(IOpenSSLTrustRoot)
+class _PlatformPlusCertificates:
+    """The platform's default verify paths plus some extra CA certificates."""
+
+    def __init__(self, certificates: list[crypto.X509]) -> None:
+        self._certificates = certificates
+
+    def _addCACertsToContext(self, context: SSL.Context) -> None:
+        context.set_default_verify_paths()
+        store = context.get_cert_store()
+        for cert in self._certificates:
+            try:
+                store.add_cert(cert)
+            except crypto.Error:  # pragma: no cover - duplicate of a platform root
+                pass
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _VerifyingCreator:
+    """Wraps ``optionsForClientTLS``' creator so that a failed verification is lost with
+    a :class:`CertificateVerifyError` naming the reason (expired, self-signed, unknown
+    issuer, host-name mismatch) instead of OpenSSL's bare "certificate verify failed"."""
+
+    def __init__(self, inner: Any, hostname: str) -> None:
+        self._inner = inner
+        self._hostname = hostname
+        if isIPAddress(hostname) or isIPv6Address(hostname):
+            self._service_id: Any = IPAddress_ID(hostname)
+        else:
+            self._service_id = DNS_ID(hostname)
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection = self._inner.clientConnectionForTLS(tlsProtocol)
+        failed = []
+        service_id, hostname = self._service_id, self._hostname
+
+        def verify(conn: SSL.Connection, cert: crypto.X509, err: int, depth: int,
+                   ok: int) -> bool:
+            if failed:
+                return False
+            reason = None
+            if not ok:
+                reason = _verify_error_text(err)
+            elif depth == 0:
+                try:
+                    verify_service_identity(extract_patterns(cert), [service_id], [])
+                except VerificationError:
+                    reason = f"certificate is not valid for {hostname}"
+                except Exception as e:  # pragma: no cover - malformed certificate
+                    reason = f"cannot check certificate names: {e}"
+            if reason is None:
+                return True
+            failed.append(reason)
+            tlsProtocol.failVerification(Failure(CertificateVerifyError(reason)))
+            return False
+
+        connection.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify)
+        return connection
+
+
+def client_tls_options(hostname: str, ca_file: str | None = None) -> Any:
+    """Client TLS options for ``hostname`` (a DNS name or an IP address) that verify the
+    chain against the platform roots plus every certificate in ``ca_file`` (PEM) and the
+    host name with service_identity. Raises ValueError when ``ca_file`` is unusable."""
+    extra = load_ca_file(ca_file) if ca_file else []
+    inner = optionsForClientTLS(hostname, trustRoot=_PlatformPlusCertificates(extra))
+    return _VerifyingCreator(inner, hostname)
+
+
+def _ssl_error_text(exc: SSL.Error) -> str:
+    parts = []
+    for arg in exc.args:
+        if isinstance(arg, list):
+            for item in arg:
+                if isinstance(item, tuple) and item:
+                    parts.append(str(item[-1]))
+                else:
+                    parts.append(str(item))
+        elif arg:
+            parts.append(str(arg))
+    text = ", ".join(p for p in parts if p) or "handshake failed"
+    if "certificate verify failed" in text:
+        return "certificate verify failed: " + text.replace("certificate verify failed", "")\
+            .strip(" ,:") if text != "certificate verify failed" else \
+            "certificate verify failed: certificate not trusted"
+    return f"TLS error: {text}"
+
+
+def describe_failure(failure_or_exception: Failure | BaseException) -> str:
+    """One line for ``last_connect_error`` and logs: the server's text for IMAP errors,
+    ``certificate verify failed: <reason>`` for TLS verification, short texts for network
+    errors. Never includes a secret (exception texts here are built from server responses
+    and addresses only)."""
+    exc = (failure_or_exception.value if isinstance(failure_or_exception, Failure)
+           else failure_or_exception)
+    text = getattr(exc, "text", None)
+    if isinstance(text, str) and text:
+        return text
+    if isinstance(exc, CertificateVerifyError):
+        return str(exc)
+    if isinstance(exc, VerificationError):
+        return "certificate verify failed: certificate is not valid for this host"
+    if isinstance(exc, SSL.Error):
+        return _ssl_error_text(exc)
+    if isinstance(exc, ierror.DNSLookupError):
+        return f"DNS lookup failed: {exc.args[0] if exc.args else 'unknown host'}"
+    if isinstance(exc, ierror.ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ierror.TimeoutError | ierror.TCPTimedOutError):
+        return "connection timed out"
+    if isinstance(exc, ierror.NoRouteError):
+        return "no route to host"
+    if isinstance(exc, ierror.ConnectionDone):
+        return "connection closed by server"
+    if isinstance(exc, ierror.ConnectionAborted):
+        return "connection aborted"
+    if isinstance(exc, ierror.ConnectionLost):
+        return "connection lost"
+    if isinstance(exc, ierror.ConnectError):
+        return f"connect failed: {exc.osError or exc.__class__.__name__}" \
+            if getattr(exc, "osError", None) else "connect failed"
+    name = exc.__class__.__name__
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{name}: {msg}"[:300] if msg else name
