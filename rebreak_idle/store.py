@@ -1,0 +1,279 @@
+"""``AccountStore``: the daemon's only door to PostgreSQL (CONTRACT §3).
+
+Reads the active rows of ``rebreak.mail_connections`` and writes the three status columns
+(``last_connect_error``, ``last_connect_error_at``, ``last_idle_heartbeat_at``). It is the
+sessions' :class:`~rebreak_idle.interfaces.IRecorder`.
+
+Writes
+    Heartbeats are buffered (last value per account wins) and written every
+    ``flush_interval`` seconds as **one** statement
+    (``UPDATE … FROM unnest(ids, times)``). Errors and clears drive the app's status banner,
+    so they are written promptly: everything recorded in the same reactor turn goes out as
+    one statement. While the database is unreachable the buffers keep their entries
+    (bounded by ``max_buffer`` per buffer; the oldest is dropped and counted) and the next
+    flush after it is back writes them. ``metrics.DB_WRITE_BUFFER`` is the number of
+    entries waiting, ``metrics.DB_WRITE_FAILURES`` counts statements that failed.
+
+Connections
+    A small self-healing pool (:mod:`rebreak_idle.pool`): single autocommit statements,
+    no prepared statements, no ``SET``, no session locks — it works through a
+    transaction-mode pooler (PgBouncer, Supabase's pooler on port 6543). A dead connection
+    is replaced with the next statement. ``DATABASE_URL`` may be a URI or a key=value DSN;
+    ``sslmode`` and every other libpq parameter pass through unchanged.
+
+Instant refresh (optional)
+    With ``REBREAK_NOTIFY_CHANNEL`` set, :meth:`AccountStore.listen` keeps a dedicated
+    connection in ``LISTEN <channel>`` (:mod:`rebreak_idle.listener`) and calls back on every
+    notification, reconnecting when it dies. LISTEN needs a session, so it does **not** work
+    through a transaction-mode pooler: point ``DATABASE_URL`` at the database directly (or
+    the pooler's session mode, port 5432 on Supabase), or leave the channel unset and rely
+    on the periodic refresh. The backend sends the notification with a trigger such as::
+
+        CREATE OR REPLACE FUNCTION rebreak.notify_mail_connections() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+          PERFORM pg_notify('rebreak_idle', '');
+          RETURN NULL;
+        END $$;
+
+        CREATE TRIGGER mail_connections_notify
+        AFTER INSERT OR DELETE OR UPDATE OF imap_host, imap_port, imap_security,
+              imap_username, auth_method, encrypted_secret, is_active
+        ON rebreak.mail_connections
+        FOR EACH STATEMENT EXECUTE FUNCTION rebreak.notify_mail_connections();
+
+    (``UPDATE OF`` leaves out the status columns the daemon itself writes, so its own
+    writes do not wake it up.) See docs/notify.md.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from . import metrics
+from .account import COLUMNS
+from .interfaces import IRecorder
+from .listener import Listener
+from .pool import Pool, db_error_text
+from .writes import WriteBuffer
+
+__all__ = ["ACTIVE_SQL", "AccountStore", "db_error_text"]
+
+log = Logger()
+
+#: The account query: the columns of ``account.COLUMNS`` plus two for the supervisor.
+ACTIVE_SQL = (
+    "SELECT id::text, user_id::text, email, imap_host, imap_port, imap_security, "
+    "imap_username, auth_method, encrypted_secret, last_connect_error, "
+    "extract(epoch FROM now() - last_idle_heartbeat_at)::float8 "
+    "FROM rebreak.mail_connections WHERE is_active"
+)
+_ACTIVE_KEYS = (*COLUMNS, "last_connect_error", "heartbeat_age")
+
+HEARTBEATS_SQL = (
+    "UPDATE rebreak.mail_connections AS m SET last_idle_heartbeat_at = v.at "
+    "FROM unnest(%s::uuid[], %s::timestamptz[]) AS v(id, at) WHERE m.id = v.id"
+)
+ERRORS_SQL = (
+    "UPDATE rebreak.mail_connections AS m "
+    "SET last_connect_error = v.error, last_connect_error_at = v.at "
+    "FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[]) AS v(id, error, at) "
+    "WHERE m.id = v.id AND (v.error IS NOT NULL OR m.last_connect_error IS NOT NULL "
+    "OR m.last_connect_error_at IS NOT NULL)"
+)
+
+
+def _valid_id(account_id: str) -> bool:
+    try:
+        uuid.UUID(str(account_id))
+    except ValueError:
+        return False
+    return True
+
+
+@implementer(IRecorder)
+class AccountStore:
+    """Reads accounts and buffers status writes; see the module docstring.
+
+    ``reactor`` runs the sockets (IReactorFDSet + IReactorTime); ``clock`` (default: the
+    reactor) times the flushes and stamps the recorded times. Call :meth:`start` to begin
+    periodic flushing and :meth:`close` to flush and disconnect.
+    """
+
+    def __init__(self, dsn: str, reactor: Any, *, clock: Any = None,
+                 flush_interval: float = 5.0, max_buffer: int = 100_000, pool_size: int = 2,
+                 connect_timeout: float = 10.0, statement_timeout: float = 30.0) -> None:
+        self._dsn = dsn
+        self._reactor = reactor
+        self._clock = clock if clock is not None else reactor
+        self._flush_interval = flush_interval
+        self._connect_timeout = connect_timeout
+        self.pool = Pool(dsn, reactor, size=pool_size, connect_timeout=connect_timeout,
+                         statement_timeout=statement_timeout)
+        self._heartbeats = WriteBuffer(max_buffer)
+        self._errors = WriteBuffer(max_buffer)
+        self._reported_drops = 0
+        self._flush_lock = defer.DeferredLock()
+        self._loop: LoopingCall | None = None
+        self._prompt: Any = None  # IDelayedCall of the prompt error flush
+        self._writes_failing = False
+        self._listeners: list[Listener] = []
+        self._in_flight = 0  # entries taken by the write that is running
+        self.closed = False
+
+    # -- reading --------------------------------------------------------------------
+
+    def active(self) -> Deferred:
+        """Fire with the active rows as dicts: ``account.COLUMNS`` plus
+        ``last_connect_error`` and ``heartbeat_age`` (seconds since the stored heartbeat,
+        or None)."""
+        d = self.pool.run_query(ACTIVE_SQL)
+        d.addCallback(lambda rows: [dict(zip(_ACTIVE_KEYS, row, strict=True)) for row in rows])
+        return d
+
+    # -- IRecorder ------------------------------------------------------------------
+
+    def record_error(self, account_id: str, text: str) -> None:
+        if self._accept(account_id):
+            self._errors.put(str(account_id), (str(text), self._now()))
+            self._after_put(prompt=True)
+
+    def clear_error(self, account_id: str) -> None:
+        if self._accept(account_id):
+            self._errors.put(str(account_id), (None, None))
+            self._after_put(prompt=True)
+
+    def record_heartbeat(self, account_id: str) -> None:
+        if self._accept(account_id):
+            self._heartbeats.put(str(account_id), self._now())
+            self._after_put(prompt=False)
+
+    @property
+    def pending(self) -> int:
+        """Entries waiting to be written."""
+        return len(self._heartbeats) + len(self._errors) + self._in_flight
+
+    # -- flushing -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin flushing every ``flush_interval`` seconds."""
+        if self._loop is None:
+            self._loop = LoopingCall(self.flush)
+            self._loop.clock = self._clock
+            self._loop.start(self._flush_interval, now=False).addErrback(
+                lambda f: log.failure("[idle/db] write loop stopped", f))
+
+    def flush(self) -> Deferred:
+        """Write everything buffered now (one statement per kind); fires with None when
+        done, also when the write failed (the entries stay buffered)."""
+        return self._flush_lock.run(lambda: Deferred.fromCoroutine(self._flush_once()))
+
+    def close(self, timeout: float = 10.0) -> Deferred:
+        """Stop flushing, stop listening, write what is buffered (waiting at most
+        ``timeout`` seconds), then close every connection."""
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._cancel_prompt()
+        for listener in self._listeners:
+            listener.stop()
+        self._listeners.clear()
+        d = self.flush()
+        d.addTimeout(timeout, self._clock)
+        d.addErrback(lambda f: log.warn(
+            "[idle/db] final write did not finish within {timeout}s; {n} writes lost",
+            timeout=timeout, n=self.pending))
+
+        def shut(_: Any) -> None:
+            self.closed = True
+            self.pool.close()
+
+        return d.addCallback(shut)
+
+    # -- LISTEN -----------------------------------------------------------------------
+
+    def listen(self, channel: str, on_notify: Callable[[], None]) -> Listener:
+        """Keep a dedicated connection in ``LISTEN channel`` and call ``on_notify()`` on
+        every notification (and after each reconnect, as notifications may have been
+        missed). Stopped by :meth:`close`."""
+        listener = Listener(self._dsn, channel, on_notify, self._reactor, clock=self._clock,
+                            connect_timeout=self._connect_timeout)
+        self._listeners.append(listener)
+        listener.start()
+        return listener
+
+    # -- internals ------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock.seconds(), tz=UTC)
+
+    def _accept(self, account_id: str) -> bool:
+        if _valid_id(account_id):
+            return True
+        log.warn("[idle/db] ignoring a status write for a malformed account id {account_id!r}",
+                 account_id=account_id)
+        return False
+
+    def _after_put(self, prompt: bool) -> None:
+        self._update_gauge()
+        if prompt and not self._writes_failing and self._prompt is None and not self.closed:
+            self._prompt = self._clock.callLater(0, self._prompt_flush)
+
+    def _prompt_flush(self) -> None:
+        self._prompt = None
+        self.flush()  # never fails
+
+    def _cancel_prompt(self) -> None:
+        if self._prompt is not None and self._prompt.active():
+            self._prompt.cancel()
+        self._prompt = None
+
+    def _update_gauge(self) -> None:
+        metrics.DB_WRITE_BUFFER.set(self.pending)
+        dropped = self._heartbeats.dropped + self._errors.dropped
+        if dropped > self._reported_drops:
+            log.warn("[idle/db] write buffer full: dropped {n} oldest status writes so far",
+                     n=dropped)
+            self._reported_drops = dropped
+
+    async def _flush_once(self) -> None:
+        errors = self._errors.take()
+        if errors:
+            params = (list(errors), [e[0] for e in errors.values()],
+                      [e[1] for e in errors.values()])
+            if not await self._write(ERRORS_SQL, params, len(errors), "error"):
+                self._errors.restore(errors)
+        heartbeats = self._heartbeats.take()
+        if heartbeats:
+            params = (list(heartbeats), list(heartbeats.values()))
+            if not await self._write(HEARTBEATS_SQL, params, len(heartbeats), "heartbeat"):
+                self._heartbeats.restore(heartbeats)
+        self._update_gauge()
+
+    async def _write(self, sql: str, params: tuple, n: int, kind: str) -> bool:
+        if self.pool.closed:
+            return False
+        self._in_flight = n
+        try:
+            await self.pool.run_operation(sql, params)
+        except Exception as e:  # every failure keeps the entries buffered
+            metrics.DB_WRITE_FAILURES.inc()
+            if not self._writes_failing:
+                log.warn("[idle/db] writing {n} {kind} update(s) failed, keeping them for the "
+                         "next attempt: {error}", n=n, kind=kind, error=db_error_text(e))
+            self._writes_failing = True
+            return False
+        finally:
+            self._in_flight = 0
+        if self._writes_failing:
+            log.info("[idle/db] status writes work again")
+            self._writes_failing = False
+        return True

@@ -1,0 +1,283 @@
+"""AccountStore on a real PostgreSQL: the account query, batched status writes, outages,
+LISTEN/NOTIFY."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Coroutine
+from functools import wraps
+from typing import Any
+
+import psycopg2
+from twisted.internet import defer, reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from rebreak_idle import metrics
+from rebreak_idle.account import COLUMNS
+from rebreak_idle.store import AccountStore
+from rebreak_idle.writes import WriteBuffer
+from tests.support.pg import PostgresServer, fresh_database
+
+
+def inline(f: Callable[..., Coroutine]) -> Callable[..., Deferred]:
+    @wraps(f)
+    def run(*a: Any, **kw: Any) -> Deferred:
+        return Deferred.fromCoroutine(f(*a, **kw))
+
+    return run
+
+
+def sql(dsn: str, statement: str, params: tuple = ()) -> list[tuple]:
+    """Run one statement with a plain blocking connection (test set-up and checks)."""
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement, params)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
+def add_row(dsn: str, active: bool = True, secret: str = "iv:tag:ct",  # noqa: S107
+            **cols: Any) -> str:
+    row_id = str(uuid.uuid4())
+    values = {"id": row_id, "user_id": str(uuid.uuid4()), "email": f"{row_id[:8]}@example.org",
+              "imap_host": "127.0.0.1", "imap_port": 993, "imap_security": "tls",
+              "encrypted_secret": secret, "is_active": active, **cols}
+    names = ", ".join(values)
+    marks = ", ".join(["%s"] * len(values))
+    sql(dsn, f"INSERT INTO rebreak.mail_connections ({names}) VALUES ({marks})",  # noqa: S608
+        tuple(values.values()))
+    return row_id
+
+
+def status(dsn: str, row_id: str) -> tuple:
+    return sql(dsn, "SELECT last_connect_error, last_connect_error_at, last_idle_heartbeat_at "
+                    "FROM rebreak.mail_connections WHERE id = %s", (row_id,))[0]
+
+
+def statement_calls(dsn: str, prefix: str) -> int:
+    rows = sql(dsn, "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s "
+                    "JOIN pg_database d ON d.oid = s.dbid "
+                    "WHERE d.datname = current_database() AND s.query LIKE %s",
+               (prefix + "%",))
+    return int(rows[0][0])
+
+
+class StoreTestCase(TestCase):
+    timeout = 60
+
+    def make_store(self, dsn: str, **kw: Any) -> AccountStore:
+        store = AccountStore(dsn, reactor, **kw)
+        self.addCleanup(store.close, 5)
+        return store
+
+
+class ActiveTests(StoreTestCase):
+    @inline
+    async def test_active_rows_as_dicts(self) -> None:
+        dsn = fresh_database()
+        a = add_row(dsn, imap_username="user-a", auth_method="xoauth2")
+        add_row(dsn, active=False)
+        rows = await self.make_store(dsn).active()
+        self.assertEqual(len(rows), 1)
+        row = rows[0]
+        for column in COLUMNS:
+            self.assertIn(column, row)
+        self.assertEqual(row["id"], a)
+        self.assertEqual(row["imap_username"], "user-a")
+        self.assertEqual(row["auth_method"], "xoauth2")
+        self.assertEqual(row["imap_port"], 993)
+        self.assertIsNone(row["heartbeat_age"])
+
+    @inline
+    async def test_key_value_dsn_with_libpq_parameters(self) -> None:
+        uri = fresh_database()
+        add_row(uri)
+        params = psycopg2.extensions.parse_dsn(uri)
+        dsn = " ".join(f"{k}={v}" for k, v in params.items()) + " sslmode=disable"
+        self.assertEqual(len(await self.make_store(dsn).active()), 1)
+        self.assertEqual(len(await self.make_store(
+            uri + "?sslmode=disable&application_name=rebreak-idle").active()), 1)
+
+
+class WriteTests(StoreTestCase):
+    @inline
+    async def test_error_clear_heartbeat(self) -> None:
+        dsn = fresh_database()
+        a, b = add_row(dsn), add_row(dsn)
+        store = self.make_store(dsn)
+        store.record_error(a, "[AUTHENTICATIONFAILED] Invalid credentials")
+        store.record_heartbeat(b)
+        await store.flush()
+        err, err_at, hb = status(dsn, a)
+        self.assertEqual(err, "[AUTHENTICATIONFAILED] Invalid credentials")
+        self.assertIsNotNone(err_at)
+        self.assertIsNone(hb)
+        self.assertIsNotNone(status(dsn, b)[2])
+        store.clear_error(a)
+        await store.flush()
+        self.assertEqual(status(dsn, a)[:2], (None, None))
+        self.assertEqual(store.pending, 0)
+
+    @inline
+    async def test_errors_are_written_promptly_in_one_statement(self) -> None:
+        dsn = fresh_database()
+        sql(dsn, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        ids = [add_row(dsn) for _ in range(5)]
+        store = self.make_store(dsn, flush_interval=3600)
+        store.start()
+        sql(dsn, "SELECT pg_stat_statements_reset()")
+        for i, row_id in enumerate(ids):
+            store.record_error(row_id, f"first {i}")
+            store.record_error(row_id, f"error {i}")  # last value wins
+        store.clear_error(ids[0])
+        # the prompt flush is scheduled for the next reactor turn; wait for it to be done
+        await defer.Deferred.fromCoroutine(_turn())
+        await store.flush()
+        self.assertEqual(status(dsn, ids[0])[0], None)
+        self.assertEqual([status(dsn, i)[0] for i in ids[1:]],
+                         ["error 1", "error 2", "error 3", "error 4"])
+        self.assertEqual(statement_calls(dsn, "UPDATE rebreak.mail_connections AS m SET "
+                                              "last_connect_error"), 1)
+
+    @inline
+    async def test_heartbeats_are_one_statement_per_flush(self) -> None:
+        dsn = fresh_database()
+        sql(dsn, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        ids = [add_row(dsn) for _ in range(300)]
+        store = self.make_store(dsn)
+        sql(dsn, "SELECT pg_stat_statements_reset()")
+        for row_id in ids:
+            store.record_heartbeat(row_id)
+            store.record_heartbeat(row_id)
+        self.assertEqual(store.pending, 300)
+        self.assertEqual(metrics.DB_WRITE_BUFFER._value.get(), 300)
+        await store.flush()
+        self.assertEqual(metrics.DB_WRITE_BUFFER._value.get(), 0)
+        count = sql(dsn, "SELECT count(*) FROM rebreak.mail_connections "
+                         "WHERE last_idle_heartbeat_at IS NOT NULL")[0][0]
+        self.assertEqual(count, 300)
+        self.assertEqual(statement_calls(dsn, "UPDATE rebreak.mail_connections AS m SET "
+                                              "last_idle_heartbeat_at"), 1)
+
+    @inline
+    async def test_heartbeats_wait_for_the_flush_interval(self) -> None:
+        dsn = fresh_database()
+        a = add_row(dsn)
+        clock = Clock()
+        clock.advance(1_700_000_000)
+        store = self.make_store(dsn, clock=clock, flush_interval=5)
+        store.start()
+        store.record_heartbeat(a)
+        clock.advance(4)
+        self.assertEqual(store.pending, 1)
+        clock.advance(1)  # the flush starts now; wait for it through the lock
+        await store.flush()
+        hb = status(dsn, a)[2]
+        self.assertEqual(hb.timestamp(), 1_700_000_000)
+
+    def test_malformed_ids_are_ignored(self) -> None:
+        store = AccountStore("postgresql://127.0.0.1:1/none", reactor)
+        store.record_heartbeat("not-a-uuid")
+        store.record_error("'; DROP TABLE x; --", "boom")
+        self.assertEqual(store.pending, 0)
+
+
+class OutageTests(StoreTestCase):
+    timeout = 120
+
+    @inline
+    async def test_writes_survive_a_database_restart(self) -> None:
+        server = PostgresServer()
+        self.addCleanup(server.destroy)
+        dsn = server.create_database()
+        from rebreak_idle.migrate import apply
+
+        apply(dsn, dev_schema=True)
+        a, b = add_row(dsn), add_row(dsn)
+        store = self.make_store(dsn, connect_timeout=5)
+        self.assertEqual(len(await store.active()), 2)  # the pool holds a connection now
+        server.stop()
+        failures = metrics.DB_WRITE_FAILURES._value.get()
+        store.record_heartbeat(a)
+        store.record_error(b, "connect failed: timeout")
+        await store.flush()
+        self.assertEqual(store.pending, 2)
+        self.assertGreater(metrics.DB_WRITE_FAILURES._value.get(), failures)
+        with self.assertRaises(psycopg2.OperationalError):
+            await store.active()
+        store.record_heartbeat(b)
+        server.start()
+        await store.flush()
+        self.assertEqual(store.pending, 0)
+        self.assertIsNotNone(status(dsn, a)[2])
+        self.assertIsNotNone(status(dsn, b)[2])
+        self.assertEqual(status(dsn, b)[0], "connect failed: timeout")
+        self.assertEqual(len(await store.active()), 2)
+
+    @inline
+    async def test_dead_pooled_connection_is_replaced(self) -> None:
+        dsn = fresh_database()
+        add_row(dsn)
+        store = self.make_store(dsn, pool_size=1)
+        await store.active()
+        sql(dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                 "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        self.assertEqual(len(await store.active()), 1)
+
+
+class BufferTests(SynchronousTestCase):
+    def test_bounded_oldest_dropped(self) -> None:
+        buf = WriteBuffer(3)
+        for key in "abcde":
+            buf.put(key, key.upper())
+        self.assertEqual(buf.dropped, 2)
+        self.assertEqual(list(buf.take()), ["c", "d", "e"])
+
+    def test_restore_keeps_newer_values(self) -> None:
+        buf = WriteBuffer(10)
+        buf.put("a", 1)
+        buf.put("b", 1)
+        taken = buf.take()
+        buf.put("b", 2)
+        buf.restore(taken)
+        self.assertEqual(buf.take(), {"a": 1, "b": 2})
+
+    def test_last_value_wins_and_moves_to_the_end(self) -> None:
+        buf = WriteBuffer(2)
+        buf.put("a", 1)
+        buf.put("b", 1)
+        buf.put("a", 2)
+        buf.put("c", 1)  # drops b, the oldest
+        self.assertEqual(buf.take(), {"a": 2, "c": 1})
+
+
+class ListenTests(StoreTestCase):
+    @inline
+    async def test_notify_calls_back_and_survives_a_killed_connection(self) -> None:
+        dsn = fresh_database()
+        store = self.make_store(dsn)
+        calls: list[Deferred] = [Deferred() for _ in range(3)]
+        seen = iter(calls)
+        listener = store.listen("rebreak_idle", lambda: next(seen).callback(None))
+        await listener.when_listening().addTimeout(10, reactor)
+        sql(dsn, "NOTIFY rebreak_idle")
+        await calls[0].addTimeout(10, reactor)
+        # the LISTEN connection is killed: it comes back and reports once (missed events)
+        sql(dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                 "WHERE datname = current_database() AND query LIKE 'LISTEN%%'")
+        await calls[1].addTimeout(20, reactor)
+        self.assertTrue(listener.listening)
+        sql(dsn, "SELECT pg_notify('other_channel', '')")
+        sql(dsn, "SELECT pg_notify('rebreak_idle', 'x')")
+        await calls[2].addTimeout(10, reactor)
+
+
+async def _turn() -> None:
+    from twisted.internet.task import deferLater
+
+    await deferLater(reactor, 0, lambda: None)
