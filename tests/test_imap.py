@@ -1,0 +1,496 @@
+"""IdleClient exchanges byte for byte over StringTransport, with a Clock for deadlines."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from rebreak_idle.imap import (
+    AuthenticationFailed,
+    CommandFailed,
+    CommandTimeout,
+    ConnectionLost,
+    IdleClient,
+    IdleClientFactory,
+    IMAPError,
+    InsecureConnection,
+    ProtocolError,
+    ServerBye,
+)
+from rebreak_idle.tls import CertificateVerifyError, describe_failure
+
+GREETING = b"* OK [CAPABILITY IMAP4rev1 IDLE AUTH=PLAIN SASL-IR STARTTLS] ready\r\n"
+
+
+class Events:
+    """Records the client's callbacks in arrival order."""
+
+    def __init__(self, client: IdleClient) -> None:
+        self.seen: list[tuple[Any, ...]] = []
+        client.on_exists = lambda n: self.seen.append(("exists", n))
+        client.on_expunge = lambda n: self.seen.append(("expunge", n))
+        client.on_recent = lambda n: self.seen.append(("recent", n))
+        client.on_flags = lambda n, f: self.seen.append(("flags", n, f))
+        client.on_bye = lambda t: self.seen.append(("bye", t))
+        client.on_idle_ended = lambda t: self.seen.append(("idle-ended", t))
+        client.on_connection_lost = lambda f: self.seen.append(("lost", f.value))
+
+
+def result_of(d: Any) -> list[Any]:
+    box: list[Any] = []
+    d.addBoth(box.append)
+    return box
+
+
+class ClientTestCase(SynchronousTestCase):
+    peer = "127.0.0.1"
+
+    def connect(self, greeting: bytes = GREETING, **kw: Any) -> IdleClient:
+        self.clock = Clock()
+        self.client = IdleClient(clock=self.clock, **kw)
+        self.events = Events(self.client)
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", self.peer, 143))
+        self.client.makeConnection(self.transport)
+        self.greeted = result_of(self.client.greeted)
+        if greeting:
+            self.client.dataReceived(greeting)
+        return self.client
+
+    def sent(self) -> bytes:
+        value = self.transport.value()
+        self.transport.clear()
+        return value
+
+    def server(self, data: bytes) -> None:
+        self.client.dataReceived(data)
+
+    def lose(self) -> None:
+        self.client.connectionLost(Failure(ConnectionDone()))
+
+
+class GreetingTests(ClientTestCase):
+    def test_capabilities_from_greeting(self) -> None:
+        self.connect()
+        self.assertEqual(self.sent(), b"")
+        caps = self.greeted[0]
+        self.assertEqual(caps[b"AUTH"], [b"PLAIN"])
+        c = self.client
+        self.assertTrue(c.has_idle and c.has_auth_plain and c.has_sasl_ir and c.has_starttls)
+        self.assertFalse(c.has_xoauth2 or c.login_disabled)
+
+    def test_capabilities_asked_when_not_in_greeting(self) -> None:
+        self.connect(b"* OK hello\r\n")
+        self.assertEqual(self.greeted, [])
+        self.assertEqual(self.sent(), b"0001 CAPABILITY\r\n")
+        self.server(b"* CAPABILITY IMAP4rev1 AUTH=XOAUTH2 AUTH=PLAIN LOGINDISABLED\r\n"
+                    b"0001 OK done\r\n")
+        self.assertEqual(self.greeted[0][b"AUTH"], [b"XOAUTH2", b"PLAIN"])
+        self.assertTrue(self.client.has_xoauth2 and self.client.login_disabled)
+        self.assertFalse(self.client.has_idle)
+
+    def test_get_capabilities_cached(self) -> None:
+        self.connect()
+        self.assertTrue(result_of(self.client.get_capabilities())[0][b"IDLE"] is None)
+        self.assertEqual(self.sent(), b"")
+
+    def test_bad_greeting(self) -> None:
+        self.connect(b"* NO go away\r\n")
+        self.assertIsInstance(self.greeted[0].value, ProtocolError)
+        self.assertIn("bad greeting", self.greeted[0].value.text)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_bye_greeting(self) -> None:
+        self.connect(b"* BYE too many connections\r\n")
+        self.assertIsInstance(self.greeted[0].value, ServerBye)
+        self.assertEqual(self.greeted[0].value.text, "too many connections")
+
+    def test_no_greeting_times_out(self) -> None:
+        self.connect(b"", command_timeout=10)
+        self.clock.advance(9.9)
+        self.assertEqual(self.greeted, [])
+        self.clock.advance(0.2)
+        self.assertIsInstance(self.greeted[0].value, CommandTimeout)
+        self.assertTrue(self.transport.disconnecting)
+        self.lose()
+        self.assertIsInstance(self.events.seen[-1][1], CommandTimeout)
+
+    def test_preauth(self) -> None:
+        self.connect(b"* PREAUTH [CAPABILITY IMAP4rev1 IDLE] welcome\r\n")
+        self.assertEqual(self.client.state, "auth")
+        self.assertTrue(self.client.has_idle)
+
+    def test_connection_lost_before_greeting(self) -> None:
+        self.connect(b"")
+        self.lose()
+        self.assertIsInstance(self.greeted[0].value, ConnectionLost)
+        self.assertEqual(self.greeted[0].value.text, "connection closed by server")
+
+
+class LoginTests(ClientTestCase):
+    def test_plain_with_sasl_ir(self) -> None:
+        self.connect()
+        d = result_of(self.client.login_password("ann", "pässword"))
+        expected = base64.b64encode(b"\x00ann\x00p\xc3\xa4ssword")
+        self.assertEqual(self.sent(), b"0001 AUTHENTICATE PLAIN " + expected + b"\r\n")
+        self.server(b"0001 OK [CAPABILITY IMAP4rev1 IDLE MOVE] Logged in\r\n")
+        self.assertEqual(self.sent(), b"")
+        self.assertIn(b"MOVE", d[0])
+        self.assertEqual(self.client.state, "auth")
+
+    def test_plain_by_continuation(self) -> None:
+        self.connect(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] hi\r\n")
+        d = result_of(self.client.login_password("ann", "secret"))
+        self.assertEqual(self.sent(), b"0001 AUTHENTICATE PLAIN\r\n")
+        self.server(b"+ \r\n")
+        self.assertEqual(self.sent(), base64.b64encode(b"\x00ann\x00secret") + b"\r\n")
+        self.server(b"0001 OK Logged in\r\n")
+        # no capabilities in the OK: they are asked again
+        self.assertEqual(self.sent(), b"0002 CAPABILITY\r\n")
+        self.server(b"* CAPABILITY IMAP4rev1 IDLE\r\n0002 OK\r\n")
+        self.assertEqual(list(d[0]), [b"IMAP4REV1", b"IDLE"])
+
+    def test_login_when_no_auth_plain(self) -> None:
+        self.connect(b"* OK [CAPABILITY IMAP4rev1] hi\r\n")
+        d = result_of(self.client.login_password("ann", 'se"c\\ret'))
+        self.assertEqual(self.sent(), b'0001 LOGIN "ann" "se\\"c\\\\ret"\r\n')
+        self.server(b"0001 NO [AUTHENTICATIONFAILED] Invalid credentials (Failure)\r\n")
+        f = d[0]
+        self.assertIsInstance(f.value, AuthenticationFailed)
+        self.assertEqual(f.value.text, "[AUTHENTICATIONFAILED] Invalid credentials (Failure)")
+        self.assertEqual(f.value.code, "AUTHENTICATIONFAILED")
+        self.assertNotIn("se", str(f.value).replace("[AUTHENTICATIONFAILED]", "")
+                         .replace("credentials", ""))
+
+    def test_login_with_literal(self) -> None:
+        self.connect(b"* OK [CAPABILITY IMAP4rev1] hi\r\n")
+        d = result_of(self.client.login_password("ann", "pä"))
+        self.assertEqual(self.sent(), b'0001 LOGIN "ann" {3}\r\n')
+        self.server(b"+ go ahead\r\n")
+        self.assertEqual(self.sent(), b"p\xc3\xa4\r\n")
+        self.server(b"0001 OK [CAPABILITY IMAP4rev1 IDLE] ok\r\n")
+        self.assertTrue(self.client.has_idle)
+        self.assertIsInstance(d[0], dict)
+
+    def test_logindisabled_without_plain(self) -> None:
+        self.connect(b"* OK [CAPABILITY IMAP4rev1 LOGINDISABLED STARTTLS] hi\r\n")
+        d = result_of(self.client.login_password("ann", "x"))
+        self.assertIsInstance(d[0].value, CommandFailed)
+        self.assertEqual(self.sent(), b"")
+
+    def test_bad_is_not_authentication_failure(self) -> None:
+        self.connect()
+        d = result_of(self.client.login_password("ann", "x"))
+        self.sent()
+        self.server(b"0001 BAD [CLIENTBUG] syntax\r\n")
+        self.assertIsInstance(d[0].value, CommandFailed)
+        self.assertNotIsInstance(d[0].value, AuthenticationFailed)
+        self.assertEqual(d[0].value.status, "BAD")
+
+    def test_xoauth2_sasl_ir(self) -> None:
+        self.connect(b"* OK [CAPABILITY IMAP4rev1 AUTH=XOAUTH2 SASL-IR IDLE] hi\r\n")
+        d = result_of(self.client.login_xoauth2("ann@example.org", "tok"))
+        ir = base64.b64encode(b"user=ann@example.org\x01auth=Bearer tok\x01\x01")
+        self.assertEqual(self.sent(), b"0001 AUTHENTICATE XOAUTH2 " + ir + b"\r\n")
+        self.server(b"0001 OK [CAPABILITY IMAP4rev1 IDLE] ok\r\n")
+        self.assertIsInstance(d[0], dict)
+
+    def test_xoauth2_failure_challenge(self) -> None:
+        self.connect(b"* OK [CAPABILITY IMAP4rev1 AUTH=XOAUTH2] hi\r\n")
+        d = result_of(self.client.login_xoauth2("ann", "tok"))
+        self.assertEqual(self.sent(), b"0001 AUTHENTICATE XOAUTH2\r\n")
+        self.server(b"+ \r\n")
+        self.assertEqual(self.sent(), base64.b64encode(
+            b"user=ann\x01auth=Bearer tok\x01\x01") + b"\r\n")
+        challenge = base64.b64encode(b'{"status":"401","schemes":"bearer"}')
+        self.server(b"+ " + challenge + b"\r\n")
+        self.assertEqual(self.sent(), b"\r\n")
+        self.assertEqual(d, [])
+        self.server(b"0001 NO [AUTHENTICATIONFAILED] Invalid credentials (Failure)\r\n")
+        self.assertIsInstance(d[0].value, AuthenticationFailed)
+        self.assertEqual(d[0].value.details, '{"status":"401","schemes":"bearer"}')
+
+    def test_insecure_refused(self) -> None:
+        self.peer = "192.0.2.7"
+        self.connect()
+        for d in (self.client.login_password("a", "pw"), self.client.login_xoauth2("a", "t")):
+            f = result_of(d)[0]
+            self.assertIsInstance(f.value, InsecureConnection)
+            self.assertIn("192.0.2.7", f.value.text)
+        self.assertEqual(self.sent(), b"")
+
+    def test_insecure_allowed_explicitly(self) -> None:
+        self.peer = "192.0.2.7"
+        self.connect(allow_plaintext_auth=True)
+        result_of(self.client.login_password("a", "pw"))
+        self.assertTrue(self.sent().startswith(b"0001 AUTHENTICATE PLAIN "))
+
+    def test_login_timeout_closes(self) -> None:
+        self.connect(command_timeout=60)
+        d = result_of(self.client.login_password("ann", "pw"))
+        self.clock.advance(60)
+        self.assertIsInstance(d[0].value, CommandTimeout)
+        self.assertEqual(d[0].value.text, "AUTHENTICATE timed out after 60s")
+        self.assertTrue(self.transport.disconnecting)
+
+
+class SelectTests(ClientTestCase):
+    def test_select_inbox(self) -> None:
+        self.connect()
+        d = result_of(self.client.select_inbox())
+        self.assertEqual(self.sent(), b"0001 SELECT INBOX\r\n")
+        self.server(b"* FLAGS (\\Answered \\Seen)\r\n* 17 EXISTS\r\n* 2 RECENT\r\n"
+                    b"* OK [UNSEEN 12] first unseen\r\n* OK [UIDVALIDITY 3857529045] ok\r\n"
+                    b"* OK [UIDNEXT 4392] next\r\n"
+                    b"* OK [PERMANENTFLAGS (\\Seen \\*)] perm\r\n"
+                    b"0001 OK [READ-WRITE] SELECT completed\r\n")
+        info = d[0]
+        self.assertEqual(
+            (info["EXISTS"], info["RECENT"], info["UIDVALIDITY"], info["UIDNEXT"],
+             info["UNSEEN"], info["READ-WRITE"]), (17, 2, 3857529045, 4392, 12, True))
+        self.assertEqual(info["FLAGS"], ["\\Answered", "\\Seen"])
+        self.assertEqual(info["PERMANENTFLAGS"], ["\\Seen", "\\*"])
+        self.assertEqual(self.events.seen, [])  # SELECT's EXISTS is not an event
+
+    def test_select_no(self) -> None:
+        self.connect()
+        d = result_of(self.client.select_inbox())
+        self.server(b"0001 NO [NONEXISTENT] Mailbox doesn't exist\r\n")
+        self.assertEqual(d[0].value.text, "[NONEXISTENT] Mailbox doesn't exist")
+
+
+class IdleTests(ClientTestCase):
+    def start_idle(self) -> list[Any]:
+        self.connect()
+        d = result_of(self.client.idle())
+        self.assertEqual(self.sent(), b"0001 IDLE\r\n")
+        self.assertEqual(d, [])
+        self.assertFalse(self.client.idling)
+        self.server(b"+ idling\r\n")
+        self.assertEqual(d, [None])
+        self.assertTrue(self.client.idling)
+        return d
+
+    def test_events_arrive_while_idling(self) -> None:
+        self.start_idle()
+        self.server(b"* 5 EXISTS\r\n")
+        self.assertEqual(self.events.seen, [("exists", 5)])
+        self.server(b"* 3 EXPUNGE\r\n* 4 RECENT\r\n* 2 FETCH (FLAGS (\\Seen $Junk))\r\n")
+        self.assertEqual(self.events.seen[1:], [
+            ("expunge", 3), ("recent", 4), ("flags", 2, ["\\Seen", "$Junk"])])
+
+    def test_done(self) -> None:
+        self.start_idle()
+        d = result_of(self.client.done())
+        self.assertEqual(self.sent(), b"DONE\r\n")
+        self.server(b"* 6 EXISTS\r\n")
+        self.assertEqual(d, [])
+        self.server(b"0001 OK IDLE terminated\r\n")
+        self.assertEqual(d, [None])
+        self.assertFalse(self.client.idling)
+        self.assertEqual(self.events.seen, [("exists", 6)])
+        # the next command goes out normally
+        result_of(self.client.noop())
+        self.assertEqual(self.sent(), b"0002 NOOP\r\n")
+
+    def test_done_timeout(self) -> None:
+        self.start_idle()
+        self.clock.advance(3600)  # idling has no deadline
+        self.assertFalse(self.transport.disconnecting)
+        d = result_of(self.client.done())
+        self.clock.advance(30)
+        self.assertIsInstance(d[0].value, CommandTimeout)
+        self.assertEqual(d[0].value.text, "DONE timed out after 30s")
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_idle_rejected(self) -> None:
+        self.connect()
+        d = result_of(self.client.idle())
+        self.server(b"0001 BAD Unknown command\r\n")
+        self.assertIsInstance(d[0].value, CommandFailed)
+        self.assertEqual(d[0].value.text, "Unknown command")
+        self.assertFalse(self.client.idling)
+        result_of(self.client.noop())
+        self.assertEqual(self.sent(), b"0001 IDLE\r\n0002 NOOP\r\n")
+
+    def test_idle_no_continuation_times_out(self) -> None:
+        self.connect()
+        d = result_of(self.client.idle())
+        self.clock.advance(60)
+        self.assertIsInstance(d[0].value, CommandTimeout)
+
+    def test_commands_refused_while_idling(self) -> None:
+        self.start_idle()
+        f = result_of(self.client.noop())[0]
+        self.assertIsInstance(f.value, IMAPError)
+        self.assertIn("IDLE in progress", f.value.text)
+        self.assertEqual(self.sent(), b"")
+
+    def test_server_ends_idle(self) -> None:
+        self.start_idle()
+        self.server(b"0001 OK Idle timeout\r\n")
+        self.assertFalse(self.client.idling)
+        self.assertEqual(self.events.seen, [("idle-ended", "Idle timeout")])
+
+    def test_logout_while_idling(self) -> None:
+        self.start_idle()
+        d = result_of(self.client.logout())
+        self.assertEqual(self.sent(), b"DONE\r\n")
+        self.server(b"0001 OK done\r\n")
+        self.assertEqual(self.sent(), b"0002 LOGOUT\r\n")
+        self.server(b"* BYE Logging out\r\n0002 OK Logout completed\r\n")
+        self.assertEqual(d, [None])
+        self.assertTrue(self.transport.disconnecting)
+        self.assertNotIn("bye", [e[0] for e in self.events.seen])
+
+    def test_bye_while_idling(self) -> None:
+        self.start_idle()
+        d = result_of(self.client.done())
+        self.transport.clear()
+        self.server(b"* BYE Server shutting down\r\n* 9 EXISTS\r\n")
+        self.assertEqual(self.events.seen, [("bye", "Server shutting down")])
+        self.assertIsInstance(d[0].value, ServerBye)
+        self.assertTrue(self.transport.disconnecting)
+        self.lose()
+        self.assertIsInstance(self.events.seen[-1][1], ServerBye)
+
+    def test_connection_lost_while_idling(self) -> None:
+        self.start_idle()
+        d = result_of(self.client.done())
+        self.lose()
+        self.assertIsInstance(d[0].value, ConnectionLost)
+        self.assertEqual(self.events.seen, [("lost", d[0].value)])
+
+
+class MiscTests(ClientTestCase):
+    def test_untagged_between_commands(self) -> None:
+        self.connect()
+        self.server(b"* 7 EXISTS\r\n* 1 EXPUNGE\r\n")
+        self.assertEqual(self.events.seen, [("exists", 7), ("expunge", 1)])
+
+    def test_untagged_during_noop_delivered_at_once(self) -> None:
+        self.connect()
+        d = result_of(self.client.noop())
+        self.server(b"* 8 EXISTS\r\n")
+        self.assertEqual(self.events.seen, [("exists", 8)])
+        self.assertEqual(d, [])
+        self.server(b"0001 OK NOOP completed\r\n")
+        self.assertEqual(d, [None])
+
+    def test_noop_timeout(self) -> None:
+        self.connect(noop_timeout=30)
+        d = result_of(self.client.noop())
+        self.clock.advance(29)
+        self.assertEqual(d, [])
+        self.clock.advance(1)
+        self.assertEqual(d[0].value.text, "NOOP timed out after 30s")
+
+    def test_queued_commands_fail_on_loss(self) -> None:
+        self.connect()
+        ds = [result_of(self.client.noop()) for _ in range(3)]
+        self.assertEqual(self.sent(), b"0001 NOOP\r\n")
+        self.server(b"0001 OK\r\n")
+        self.assertEqual(self.sent(), b"0002 NOOP\r\n")
+        self.lose()
+        self.assertEqual(ds[0], [None])
+        self.assertIsInstance(ds[1][0].value, ConnectionLost)
+        self.assertIsInstance(ds[2][0].value, ConnectionLost)
+        # a command after the loss fails at once
+        self.assertIsInstance(result_of(self.client.noop())[0].value, ConnectionLost)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_logout_succeeds_on_close(self) -> None:
+        self.connect()
+        d = result_of(self.client.logout())
+        self.lose()
+        self.assertEqual(d, [None])
+
+    def test_callback_errors_do_not_break_client(self) -> None:
+        self.connect()
+
+        def boom(n: int) -> None:
+            raise RuntimeError("owner bug")
+
+        self.client.on_exists = boom
+        self.server(b"* 3 EXISTS\r\n")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_literal_in_response(self) -> None:
+        self.connect()
+        d = result_of(self.client.noop())
+        self.server(b"* 1 FETCH (FLAGS (\\Seen) BODY[HEADER] {5}\r\nab")
+        self.server(b"cd\n)\r\n0001 OK\r\n")
+        self.assertEqual(self.events.seen, [("flags", 1, ["\\Seen"])])
+        self.assertEqual(d, [None])
+
+    def test_factory(self) -> None:
+        clock = Clock()
+        client = IdleClientFactory(clock=clock, noop_timeout=5).buildProtocol(None)
+        self.assertIsInstance(client, IdleClient)
+        self.assertEqual(client.noop_timeout, 5)
+
+    def test_inherited_imap4client_methods(self) -> None:
+        """Twisted's own select/fetch methods still work through the queue."""
+        self.connect()
+        d = result_of(self.client.fetchFlags("1:*"))
+        self.assertEqual(self.sent(), b"0001 FETCH 1:* (FLAGS)\r\n")
+        self.server(b"* 1 FETCH (FLAGS (\\Seen))\r\n0001 OK\r\n")
+        self.assertEqual(d[0], {1: {"FLAGS": ["\\Seen"]}})
+
+    def test_secure_transport(self) -> None:
+        self.connect()
+        self.assertTrue(self.client.secure_transport())
+        self.peer = "10.1.2.3"
+        self.connect()
+        self.assertFalse(self.client.secure_transport())
+
+
+class StartTLSTests(ClientTestCase):
+    def test_starttls_then_capabilities(self) -> None:
+        self.peer = "192.0.2.1"
+        self.connect()
+        started: list[Any] = []
+        self.transport.startTLS = started.append  # type: ignore[attr-defined]
+        from twisted.internet.interfaces import ITLSTransport
+        from zope.interface import alsoProvides
+        alsoProvides(self.transport, ITLSTransport)
+        d = result_of(self.client.start_tls("creator"))
+        self.assertEqual(self.sent(), b"0001 STARTTLS\r\n")
+        self.server(b"0001 OK Begin TLS negotiation now\r\n")
+        self.assertEqual(started, ["creator"])
+        self.assertEqual(self.sent(), b"0002 CAPABILITY\r\n")
+        self.assertFalse(self.client.has_starttls)
+        self.server(b"* CAPABILITY IMAP4rev1 IDLE AUTH=PLAIN\r\n0002 OK\r\n")
+        self.assertIn(b"IDLE", d[0])
+        self.assertTrue(self.client.secure_transport())
+
+    def test_starttls_injection_refused(self) -> None:
+        self.connect()
+        from twisted.internet.interfaces import ITLSTransport
+        from zope.interface import alsoProvides
+        alsoProvides(self.transport, ITLSTransport)
+        started: list[Any] = []
+        self.transport.startTLS = started.append  # type: ignore[attr-defined]
+        d = result_of(self.client.start_tls("creator"))
+        self.server(b"0001 OK go\r\n* 1 EXISTS\r\n")
+        self.assertEqual(started, [])
+        self.assertIsInstance(d[0].value, ProtocolError)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_starttls_not_offered(self) -> None:
+        self.connect(b"* OK [CAPABILITY IMAP4rev1] hi\r\n")
+        self.assertIsInstance(result_of(self.client.start_tls("c"))[0].value, CommandFailed)
+
+    def test_tls_failure_text(self) -> None:
+        self.connect()
+        d = result_of(self.client.noop())
+        self.client.connectionLost(Failure(CertificateVerifyError("certificate has expired")))
+        self.assertEqual(d[0].value.text, "certificate verify failed: certificate has expired")
+        self.assertEqual(describe_failure(d[0]), d[0].value.text)
