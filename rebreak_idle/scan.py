@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from treq.client import HTTPClient
 from twisted.application.internet import backoffPolicy
@@ -135,6 +135,11 @@ def _no_jitter() -> float:
     return 0.0
 
 
+def _timed_out(result: object, timeout: float) -> NoReturn:
+    """``onTimeoutCancel``: whatever the cancelled request failed with, it timed out."""
+    raise DeferredTimeoutError(timeout, "scan request")
+
+
 class ScanTrigger(Service):
     """Send scan triggers to the backend; ``request`` is the sessions' ``OnNewMail``.
 
@@ -175,6 +180,7 @@ class ScanTrigger(Service):
         self._outcomes: dict[str, dict[str, Any]] = {}
         self._idle_waiters: list[Deferred[None]] = []
         self._stopping = False
+        self._abandoning = False
         self._secrets = tuple(s for s in settings.secret_values() if s)
 
     # -- the OnNewMail seam ---------------------------------------------------------------
@@ -184,7 +190,8 @@ class ScanTrigger(Service):
         try:
             self._request(_Job(account, int(exists), reason))
         except Exception:
-            log.failure("[idle/{email}] scan-trigger request failed", email=account.email,
+            log.failure("[idle/{email}] scan-trigger request failed",
+                        email=getattr(account, "email", "?"),
                         account_id=getattr(account, "id", None))
 
     def _request(self, job: _Job) -> None:
@@ -234,9 +241,9 @@ class ScanTrigger(Service):
             while True:
                 try:
                     status, body = await self._attempt(job)
-                except CancelledError:
-                    raise
                 except Exception:
+                    if self._abandoning:
+                        raise CancelledError() from None
                     failure = Failure()
                     text = self._describe(failure)
                     status = failure.value.status if failure.check(_Retryable) else None
@@ -276,7 +283,8 @@ class ScanTrigger(Service):
         started = self._reactor.seconds()
         try:
             exchange = Deferred.fromCoroutine(self._exchange(job))
-            exchange.addTimeout(self._settings.scan_timeout, self._reactor)
+            exchange.addTimeout(self._settings.scan_timeout, self._reactor,
+                                onTimeoutCancel=_timed_out)
             status, body = await exchange
         finally:
             metrics.SCAN_LATENCY.observe(max(0.0, self._reactor.seconds() - started))
@@ -368,7 +376,8 @@ class ScanTrigger(Service):
         elif failure.check(neterror.ConnectionRefusedError):
             text = "connection refused"
         elif failure.check(ResponseNeverReceived, ResponseFailed):
-            reasons = [r.getErrorMessage() for r in getattr(value, "reasons", [])]
+            reasons = [r.getErrorMessage() or r.type.__name__
+                       for r in getattr(value, "reasons", [])]
             text = "connection lost before the answer"
             if reasons:
                 text += f" ({'; '.join(reasons)})"
@@ -414,6 +423,7 @@ class ScanTrigger(Service):
 
     def startService(self) -> None:
         self._stopping = False
+        self._abandoning = False
         super().startService()
 
     def stopService(self) -> Deferred[None]:
@@ -434,6 +444,7 @@ class ScanTrigger(Service):
         return d
 
     def _abandon(self) -> None:
+        self._abandoning = True
         for state in list(self._states.values()):
             if state.running is not None:
                 state.running.cancel()

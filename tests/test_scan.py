@@ -1,0 +1,702 @@
+"""ScanTrigger (CONTRACT §5): coalescing, concurrency cap, retries, outcomes, shutdown.
+
+Unit tests drive the trigger with ``task.Clock`` and ``treq.testing.StubTreq`` over a
+resource that keeps every request open until the test answers it; integration tests
+talk HTTP over loopback to :class:`tests.support.backend.BackendDouble`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet import defer, error, task
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from rebreak_idle import metrics
+from rebreak_idle.account import Account
+from rebreak_idle.config import Settings
+from rebreak_idle.scan import SCAN_PATH, ScanTrigger
+from tests.support.backend import Answer, BackendDouble, Gate
+
+SECRET = "adm1n-S3cret-for-scan-tests"
+KEY = "e" * 32
+
+
+def settings(**kw: Any) -> Settings:
+    base: dict[str, Any] = dict(database_url="postgresql://app:db-pw-123@127.0.0.1/x",
+                                admin_secret=SECRET, encryption_key=KEY,
+                                backend_url="http://backend.test:3016")
+    base.update(kw)
+    return Settings(**base)
+
+
+def account(n: int = 1) -> Account:
+    return Account(id=f"00000000-0000-0000-0000-{n:012d}", user_id=f"user-{n}",
+                   email=f"user{n}@example.test", host="imap.example.test", port=993,
+                   security="tls", username=f"user{n}", auth_method="password",
+                   secret=f"imap-password-{n}")
+
+
+def counter(c: Any, **labels: str) -> float:
+    return (c.labels(**labels) if labels else c)._value.get()
+
+
+def latency_count() -> float:
+    for sample in metrics.SCAN_LATENCY.collect()[0].samples:
+        if sample.name.endswith("_count"):
+            return sample.value
+    raise AssertionError("no _count sample")
+
+
+class LogCapture:
+    """Every log event published while a test runs."""
+
+    def __init__(self, case: SynchronousTestCase) -> None:
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def until(self, text: str, count: int = 1, deadline: float = 10.0) -> Deferred[None]:
+        """Fires once ``count`` events of the scan trigger contain ``text``."""
+        from twisted.internet import reactor
+
+        d: Deferred[None] = Deferred()
+
+        def observe(event: dict[str, Any]) -> None:
+            if not d.called and sum(text in line for line in self.mine()) >= count:
+                d.callback(None)
+
+        globalLogPublisher.addObserver(observe)
+        d.addTimeout(deadline, reactor)
+        d.addBoth(lambda r: (globalLogPublisher.removeObserver(observe), r)[1])
+        return d
+
+    def texts(self) -> list[str]:
+        return [formatEvent(e) for e in self.events]
+
+    def mine(self) -> list[str]:
+        return [formatEvent(e) for e in self.events
+                if e.get("log_namespace") == "rebreak_idle.scan"]
+
+    def everything(self) -> str:
+        """All formatted events, every field value and every failure's traceback."""
+        parts = []
+        for e in self.events:
+            parts.append(formatEvent(e))
+            for k, v in e.items():
+                if k == "log_failure":
+                    parts.append(v.getTraceback())
+                elif k not in ("log_logger", "log_source", "log_observer"):
+                    parts.append(repr(v))
+        return "\n".join(parts)
+
+
+class Pending(Resource):
+    """The scan endpoint inside StubTreq: requests stay open until ``answer``."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[Any] = []
+        self.open: list[Any] = []
+
+    def render(self, request: Any) -> Any:
+        request.parsed = json.loads(request.content.read())
+        request.gone = False
+        request.notifyFinish().addErrback(lambda _: setattr(request, "gone", True))
+        self.requests.append(request)
+        self.open.append(request)
+        return NOT_DONE_YET
+
+    def answer(self, index: int = 0, status: int = 200, body: bytes = b"") -> None:
+        request = self.open.pop(index)
+        request.setResponseCode(status)
+        request.write(body)
+        request.finish()
+
+
+class Harness:
+    def __init__(self, case: SynchronousTestCase, **kw: Any) -> None:
+        self.clock = task.Clock()
+        self.resource = Pending()
+        self.stub = StubTreq(self.resource)
+        client = kw.pop("http_client", None) or self.stub
+        self.settings = settings(**kw)
+        self.trigger = ScanTrigger(self.settings, self.clock, http_client=client)
+        self.trigger.startService()
+        self.log = LogCapture(case)
+        case.addCleanup(self.shutdown)
+
+    def shutdown(self) -> None:
+        """Leave no scan suspended (its gauges would move when it is collected)."""
+        d = self.trigger.stopService() if self.trigger.running else self.trigger.idle()
+        self.advance(self.settings.shutdown_timeout)
+        assert d.called, "the trigger did not stop"
+        assert not self.trigger.busy()
+
+    def answer(self, index: int = 0, status: int = 200, body: bytes | dict = b"") -> None:
+        if isinstance(body, dict):
+            body = json.dumps(body).encode()
+        self.resource.answer(index, status, body)
+        self.stub.flush()
+
+    @property
+    def requests(self) -> list[Any]:
+        return self.resource.requests
+
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.stub.flush()
+
+
+class WireFormatStubTests(SynchronousTestCase):
+    def test_post_path_headers_and_body(self) -> None:
+        h = Harness(self)
+        h.trigger.request(account(1), 7, "exists")
+        self.assertEqual(len(h.requests), 1)
+        r = h.requests[0]
+        self.assertEqual(r.method, b"POST")
+        self.assertEqual(r.path, SCAN_PATH.encode())
+        self.assertEqual(r.requestHeaders.getRawHeaders(b"content-type"),
+                         [b"application/json"])
+        self.assertEqual(r.requestHeaders.getRawHeaders(b"x-admin-secret"), [SECRET.encode()])
+        self.assertEqual(r.parsed, {"connectionId": account(1).id, "userId": "user-1",
+                                    "reason": "exists", "exists": 7})
+
+
+class OutcomeTests(SynchronousTestCase):
+    def test_ok_logs_counts_and_records_outcome(self) -> None:
+        h = Harness(self)
+        ok_before = counter(metrics.SCANS, reason="connected", outcome="ok")
+        latency_before = latency_count()
+        h.clock.advance(100)
+        h.trigger.request(account(1), 3, "connected")
+        h.clock.advance(0.25)
+        h.answer(body={"scanned": 3, "blocked": 1})
+        self.assertIn("[idle/user1@example.test] scan-triggered → scanned=3 blocked=1",
+                      h.log.mine())
+        self.assertEqual(h.trigger.last_outcome(account(1).id),
+                         {"time": 100.25, "outcome": "ok", "scanned": 3, "blocked": 1,
+                          "status": 200})
+        self.assertEqual(counter(metrics.SCANS, reason="connected", outcome="ok"),
+                         ok_before + 1)
+        self.assertEqual(latency_count(), latency_before + 1)
+        self.assertIsNone(h.trigger.last_outcome(account(2).id))
+        event = next(e for e in h.log.events if "scan-triggered" in formatEvent(e))
+        self.assertEqual(event["account_id"], account(1).id)
+
+    def test_2xx_without_json_is_a_success(self) -> None:
+        h = Harness(self)
+        h.trigger.request(account(1), 3, "exists")
+        h.answer(status=204)
+        h.trigger.request(account(2), 3, "exists")
+        h.answer(status=200, body=b"<html>fine</html>")
+        h.trigger.request(account(3), 3, "exists")
+        h.answer(status=202, body={"queued": True, "scanned": 2})
+        self.assertEqual(h.log.mine(), [
+            "[idle/user1@example.test] scan-triggered → scanned=? blocked=? "
+            "(no JSON in answer)",
+            "[idle/user2@example.test] scan-triggered → scanned=? blocked=? "
+            "(no JSON in answer)",
+            "[idle/user3@example.test] scan-triggered → scanned=2 blocked=? "
+            "(answer without counts)",
+        ])
+        self.assertEqual(h.trigger.last_outcome(account(1).id)["outcome"], "ok")
+        self.assertEqual(h.trigger.last_outcome(account(1).id)["status"], 204)
+
+    def test_401_is_not_retried_and_names_the_admin_secret(self) -> None:
+        h = Harness(self)
+        before = counter(metrics.SCANS, reason="exists", outcome="client_error")
+        h.trigger.request(account(1), 3, "exists")
+        h.answer(status=401, body={"error": "unauthorized"})
+        h.advance(3600)
+        self.assertEqual(len(h.requests), 1)
+        [line] = h.log.mine()
+        self.assertIn("HTTP 401", line)
+        self.assertIn("the admin secret is wrong", line)
+        self.assertEqual(h.trigger.last_outcome(account(1).id)["outcome"], "client_error")
+        self.assertEqual(h.trigger.last_outcome(account(1).id)["status"], 401)
+        self.assertEqual(counter(metrics.SCANS, reason="exists", outcome="client_error"),
+                         before + 1)
+        self.successResultOf(h.trigger.idle())
+
+    def test_403_also_names_the_admin_secret(self) -> None:
+        h = Harness(self)
+        h.trigger.request(account(1), 3, "exists")
+        h.answer(status=403)
+        self.assertIn("the admin secret is wrong", h.log.mine()[0])
+
+    def test_other_4xx_logged_with_status_and_truncated_body(self) -> None:
+        h = Harness(self)
+        h.trigger.request(account(1), 3, "exists")
+        h.answer(status=422, body=b"x" * 5000)
+        h.advance(3600)
+        self.assertEqual(len(h.requests), 1)
+        [line] = h.log.mine()
+        self.assertIn("HTTP 422", line)
+        self.assertNotIn("admin secret", line)
+        self.assertIn("x" * 200 + "…", line)
+        self.assertNotIn("x" * 201, line)
+
+    def test_next_event_after_client_error_scans_again(self) -> None:
+        h = Harness(self)
+        h.trigger.request(account(1), 3, "exists")
+        h.answer(status=400)
+        h.trigger.request(account(1), 4, "exists")
+        self.assertEqual(len(h.requests), 2)
+
+
+class CoalescingTests(SynchronousTestCase):
+    def test_burst_during_a_scan_gives_exactly_one_follow_up(self) -> None:
+        h = Harness(self)
+        h.trigger.request(account(1), 1, "connected")
+        for n in range(2, 1002):
+            h.trigger.request(account(1), n, "exists")
+        self.assertEqual(len(h.requests), 1)
+        h.answer()
+        self.assertEqual(len(h.requests), 2)
+        self.assertEqual(h.requests[1].parsed["exists"], 1001)
+        self.assertEqual(h.requests[1].parsed["reason"], "exists")
+        h.answer()
+        h.advance(3600)
+        self.assertEqual(len(h.requests), 2)
+        self.successResultOf(h.trigger.idle())
+
+    def test_follow_up_carries_latest_reason(self) -> None:
+        h = Harness(self)
+        h.trigger.request(account(1), 1, "exists")
+        h.trigger.request(account(1), 2, "exists")
+        h.trigger.request(account(1), 2, "connected")
+        h.answer()
+        self.assertEqual(h.requests[1].parsed["reason"], "connected")
+
+    def test_new_mail_during_retry_backoff_waits_for_the_scan(self) -> None:
+        h = Harness(self)
+        h.trigger.request(account(1), 1, "exists")
+        h.answer(status=503)
+        h.trigger.request(account(1), 2, "exists")
+        self.assertEqual(len(h.requests), 1)  # the retry still owns the account
+        h.advance(1)
+        self.assertEqual(len(h.requests), 2)
+        self.assertEqual(h.requests[1].parsed["exists"], 1)
+        h.answer()
+        self.assertEqual(len(h.requests), 3)
+        self.assertEqual(h.requests[2].parsed["exists"], 2)
+
+    def test_accounts_are_independent(self) -> None:
+        h = Harness(self)
+        h.trigger.request(account(1), 1, "exists")
+        h.trigger.request(account(2), 1, "exists")
+        self.assertEqual(len(h.requests), 2)
+
+    def test_idle_fires_when_nothing_is_in_flight(self) -> None:
+        h = Harness(self)
+        self.successResultOf(h.trigger.idle())
+        h.trigger.request(account(1), 1, "exists")
+        h.trigger.request(account(1), 2, "exists")
+        d = h.trigger.idle()
+        self.assertNoResult(d)
+        self.assertTrue(h.trigger.busy())
+        h.answer()
+        self.assertNoResult(d)
+        h.answer()
+        self.successResultOf(d)
+        self.assertFalse(h.trigger.busy())
+
+    def test_request_never_raises(self) -> None:
+        h = Harness(self)
+        self.assertIsNone(h.trigger.request(object(), 1, "exists"))  # type: ignore[arg-type]
+        self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)
+        self.successResultOf(h.trigger.idle())
+
+
+class ConcurrencyTests(SynchronousTestCase):
+    def test_cap_and_order(self) -> None:
+        queue_before = metrics.SCAN_QUEUE._value.get()
+        flight_before = metrics.SCANS_IN_FLIGHT._value.get()
+        h = Harness(self, scan_concurrency=3)
+        for n in range(1, 11):
+            h.trigger.request(account(n), 1, "exists")
+        self.assertEqual([r.parsed["userId"] for r in h.requests],
+                         ["user-1", "user-2", "user-3"])
+        self.assertEqual(metrics.SCAN_QUEUE._value.get() - queue_before, 7)
+        self.assertEqual(metrics.SCANS_IN_FLIGHT._value.get() - flight_before, 3)
+        h.answer(1)  # user-2 done: user-4 takes its slot
+        self.assertEqual(len(h.requests), 4)
+        self.assertEqual(h.requests[3].parsed["userId"], "user-4")
+        while h.resource.open:
+            h.answer(0)
+            self.assertLessEqual(len(h.resource.open), 3)
+        self.assertEqual([r.parsed["userId"] for r in h.requests],
+                         [f"user-{n}" for n in range(1, 11)])
+        self.assertEqual(metrics.SCAN_QUEUE._value.get(), queue_before)
+        self.assertEqual(metrics.SCANS_IN_FLIGHT._value.get(), flight_before)
+
+    def test_retry_backoff_frees_the_slot(self) -> None:
+        h = Harness(self, scan_concurrency=1)
+        h.trigger.request(account(1), 1, "exists")
+        h.trigger.request(account(2), 1, "exists")
+        h.answer(status=503)  # account 1 backs off; account 2 gets the slot
+        self.assertEqual([r.parsed["userId"] for r in h.requests], ["user-1", "user-2"])
+
+
+class RetryTests(SynchronousTestCase):
+    def test_503_retried_with_exponential_backoff_then_success(self) -> None:
+        h = Harness(self)
+        retries_before = counter(metrics.SCAN_RETRIES)
+        h.trigger.request(account(1), 5, "exists")
+        h.answer(status=503, body=b"busy")
+        h.advance(0.999)
+        self.assertEqual(len(h.requests), 1)
+        h.advance(0.001)
+        self.assertEqual(len(h.requests), 2)
+        h.answer(status=502)
+        h.advance(1.999)
+        self.assertEqual(len(h.requests), 2)
+        h.advance(0.001)
+        self.assertEqual(len(h.requests), 3)
+        self.assertEqual(h.requests[2].parsed["exists"], 5)
+        h.answer(body={"scanned": 1, "blocked": 0})
+        self.assertEqual(counter(metrics.SCAN_RETRIES), retries_before + 2)
+        self.assertEqual(h.trigger.last_outcome(account(1).id)["outcome"], "ok")
+        self.assertIn("[idle/user1@example.test] scan-trigger failed (HTTP 503: busy); "
+                      "retry 2/6 in 1s", h.log.mine())
+
+    def test_backoff_doubles_up_to_sixty_seconds_then_gives_up(self) -> None:
+        h = Harness(self, scan_attempts=9)
+        gave_up_before = counter(metrics.SCANS, reason="exists", outcome="gave_up")
+        h.trigger.request(account(1), 5, "exists")
+        for _ in range(8):
+            h.answer(status=500)
+            h.advance(60)
+        h.answer(status=500)
+        delays = [e["delay"] for e in h.log.events if "delay" in e]
+        self.assertEqual(delays, [1, 2, 4, 8, 16, 32, 60, 60])
+        self.assertEqual(len(h.requests), 9)
+        self.assertIn("[idle/user1@example.test] scan-trigger gave up after 9 attempts: "
+                      "HTTP 500: (empty answer)", h.log.mine())
+        self.assertEqual(h.trigger.last_outcome(account(1).id)["outcome"], "gave_up")
+        self.assertEqual(h.trigger.last_outcome(account(1).id)["status"], 500)
+        self.assertEqual(counter(metrics.SCANS, reason="exists", outcome="gave_up"),
+                         gave_up_before + 1)
+        self.successResultOf(h.trigger.idle())
+        h.trigger.request(account(1), 6, "exists")  # the next event still scans
+        self.assertEqual(len(h.requests), 10)
+
+    def test_timeout_is_retried(self) -> None:
+        h = Harness(self, scan_timeout=30.0)
+        h.trigger.request(account(1), 5, "exists")
+        h.advance(29.9)
+        self.assertEqual(len(h.requests), 1)
+        h.advance(0.1)
+        self.assertTrue(h.requests[0].gone)  # the connection was dropped
+        self.assertIn("[idle/user1@example.test] scan-trigger failed (no answer within "
+                      "30s); retry 2/6 in 1s", h.log.mine())
+        h.advance(1)
+        self.assertEqual(len(h.requests), 2)
+        h.answer(1)
+        self.assertEqual(h.trigger.last_outcome(account(1).id)["outcome"], "ok")
+
+    def test_timeout_covers_a_stalled_body(self) -> None:
+        h = Harness(self, scan_timeout=5.0)
+        h.trigger.request(account(1), 5, "exists")
+        request = h.resource.open.pop()
+        request.setResponseCode(200)
+        request.write(b'{"scanned": ')  # headers and half a body, then nothing
+        h.stub.flush()
+        h.advance(5)
+        self.assertTrue(request.gone)
+        self.assertIn("no answer within 5s", h.log.mine()[0])
+
+    def test_connection_refused_is_retried(self) -> None:
+        stub_holder: list[StubTreq] = []
+
+        class Refusing:
+            refusals = 2
+
+            def post(self, url: str, **kw: Any) -> Deferred[Any]:
+                if self.refusals:
+                    self.refusals -= 1
+                    return defer.fail(error.ConnectionRefusedError("127.0.0.1:9"))
+                return stub_holder[0].post(url, **kw)
+
+        h = Harness(self, http_client=Refusing())
+        stub_holder.append(h.stub)
+        h.trigger.request(account(1), 5, "exists")
+        for n in range(6, 20):
+            h.trigger.request(account(1), n, "exists")
+        self.assertIn("[idle/user1@example.test] scan-trigger failed (connection refused); "
+                      "retry 2/6 in 1s", h.log.mine())
+        h.advance(1)
+        h.advance(2)
+        self.assertEqual(len(h.requests), 1)
+        self.assertEqual(h.requests[0].parsed["exists"], 5)
+        h.answer()
+        self.assertEqual(len(h.requests), 2)  # exactly one follow-up, with the latest count
+        self.assertEqual(h.requests[1].parsed["exists"], 19)
+        h.answer()
+        h.advance(3600)
+        self.assertEqual(len(h.requests), 2)
+
+
+class SecretTests(SynchronousTestCase):
+    def test_no_log_event_contains_a_secret(self) -> None:
+        echo = f"bad request, you sent x-admin-secret: {SECRET}".encode()
+        h = Harness(self, scan_attempts=2)
+        for n, status in enumerate((500, 401, 422, 200), start=1):
+            h.trigger.request(account(n), 1, "exists")
+            h.answer(status=status, body=echo)
+        h.advance(1)
+        h.answer(status=500, body=echo)
+        h.trigger.request(account(9), 1, "exists")
+        h.advance(60)  # timeout
+        h.advance(60)
+        text = h.log.everything()
+        self.assertIn("scan-trigger rejected: HTTP 401", text)
+        self.assertIn("gave up", text)
+        self.assertIn("***", text)
+        for secret in h.settings.secret_values():
+            self.assertNotIn(secret, text)
+        self.assertNotIn(SECRET, repr(h.trigger.last_outcome(account(2).id)))
+
+
+class ShutdownTests(SynchronousTestCase):
+    def test_stop_waits_for_the_scan_in_flight(self) -> None:
+        h = Harness(self, shutdown_timeout=10.0)
+        h.trigger.request(account(1), 1, "exists")
+        h.trigger.request(account(1), 2, "exists")  # pending follow-up: dropped on stop
+        d = h.trigger.stopService()
+        self.assertNoResult(d)
+        h.advance(5)
+        h.answer()
+        self.successResultOf(d)
+        self.assertEqual(len(h.requests), 1)
+        self.assertEqual(h.trigger.last_outcome(account(1).id)["outcome"], "ok")
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_stop_abandons_after_the_timeout(self) -> None:
+        abandoned = counter(metrics.SCANS, reason="exists", outcome="abandoned")
+        h = Harness(self, shutdown_timeout=10.0, scan_timeout=60.0, scan_concurrency=1)
+        h.trigger.request(account(1), 1, "exists")  # in flight
+        h.trigger.request(account(2), 1, "exists")  # waiting for the slot
+        h.trigger.request(account(1), 2, "exists")  # follow-up
+        d = h.trigger.stopService()
+        h.advance(9.9)
+        self.assertNoResult(d)
+        h.advance(0.1)
+        self.successResultOf(d)
+        self.assertTrue(h.requests[0].gone)
+        self.assertEqual(h.trigger.last_outcome(account(1).id)["outcome"], "abandoned")
+        self.assertEqual(h.trigger.last_outcome(account(2).id)["outcome"], "abandoned")
+        self.assertEqual(counter(metrics.SCANS, reason="exists", outcome="abandoned"),
+                         abandoned + 3)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+        self.assertFalse(h.trigger.running)
+
+    def test_stop_abandons_a_retry_in_backoff(self) -> None:
+        h = Harness(self, shutdown_timeout=10.0)
+        h.trigger.request(account(1), 1, "exists")
+        h.answer(status=503)
+        h.advance(1)
+        h.answer(status=503)  # next retry in 2 s
+        d = h.trigger.stopService()
+        h.advance(2)  # the retry still runs during the grace period
+        self.assertEqual(len(h.requests), 3)
+        h.answer(status=503)  # backoff 4 s
+        h.advance(8)
+        self.successResultOf(d)
+        self.assertEqual(h.trigger.last_outcome(account(1).id)["outcome"], "abandoned")
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_requests_after_stop_are_not_sent(self) -> None:
+        h = Harness(self)
+        self.successResultOf(h.trigger.stopService())
+        h.trigger.request(account(1), 1, "exists")
+        self.assertEqual(h.requests, [])
+        self.successResultOf(h.trigger.idle())
+
+
+class BackendTests(TestCase):
+    """Real HTTP over 127.0.0.1 against the backend double."""
+
+    timeout = 30
+
+    async def make(self, **kw: Any) -> tuple[ScanTrigger, BackendDouble]:
+        from twisted.internet import reactor
+
+        backend = BackendDouble(SECRET)
+        await backend.start()
+        self.addCleanup(lambda: ensureDeferred(backend.stop()))
+        retry_delay = kw.pop("retry_delay", lambda attempt: 0.02)
+        trigger = ScanTrigger(settings(backend_url=backend.url, **kw), reactor,
+                              retry_delay=retry_delay)
+        trigger.startService()
+        self.addCleanup(trigger.stopService)
+        self.log = LogCapture(self)
+        return trigger, backend
+
+    async def test_wire_format(self) -> None:
+        trigger, backend = await self.make()
+        backend.script(Answer(json={"scanned": 4, "blocked": 2}))
+        trigger.request(account(1), 42, "connected")
+        await trigger.idle()
+        [r] = backend.requests
+        self.assertEqual((r.method, r.path), ("POST", "/api/mail/scan-internal"))
+        self.assertEqual(r.headers["content-type"], "application/json")
+        self.assertEqual(r.headers["x-admin-secret"], SECRET)
+        self.assertEqual(r.headers["host"], f"127.0.0.1:{backend.port}")
+        self.assertEqual(json.loads(r.raw), {"connectionId": account(1).id,
+                                             "userId": "user-1", "reason": "connected",
+                                             "exists": 42})
+        self.assertTrue(r.authorized)
+        self.assertIn("[idle/user1@example.test] scan-triggered → scanned=4 blocked=2",
+                      self.log.mine())
+
+    async def test_burst_of_1000_exists_during_a_slow_scan(self) -> None:
+        trigger, backend = await self.make()
+        gate = backend.hold()
+        trigger.request(account(1), 1, "exists")
+        await backend.wait_for(1)
+        for n in range(2, 1002):
+            trigger.request(account(1), n, "exists")
+        gate.release()
+        await trigger.idle()
+        self.assertEqual([r.body["exists"] for r in backend.requests], [1, 1001])
+
+    async def test_concurrency_cap_over_the_wire(self) -> None:
+        queue_before = metrics.SCAN_QUEUE._value.get()
+        trigger, backend = await self.make(scan_concurrency=4)
+        gate = backend.hold()
+        for n in range(1, 21):
+            trigger.request(account(n), 1, "exists")
+        await backend.wait_for(4)
+        self.assertEqual(metrics.SCAN_QUEUE._value.get() - queue_before, 16)
+        gate.release()
+        await trigger.idle()
+        self.assertEqual(len(backend.requests), 20)
+        self.assertEqual(backend.max_in_flight, 4)
+        self.assertEqual({r.body["userId"] for r in backend.requests},
+                         {f"user-{n}" for n in range(1, 21)})
+
+    async def test_persistent_connections_are_reused_and_closed_on_stop(self) -> None:
+        trigger, backend = await self.make(scan_concurrency=2)
+        for n in range(1, 4):
+            trigger.request(account(1), n, "exists")
+            await trigger.idle()
+        self.assertEqual(len(backend.requests), 3)
+        self.assertEqual(len(backend._factory.protocols), 1)  # one kept-alive connection
+        await trigger.stopService()
+        await backend._factory.all_closed()
+
+    async def test_retry_on_503_then_success(self) -> None:
+        trigger, backend = await self.make()
+        backend.statuses(503, 503)
+        trigger.request(account(1), 3, "exists")
+        await trigger.idle()
+        self.assertEqual([r.status for r in backend.requests], [503, 503, 200])
+        self.assertEqual(trigger.last_outcome(account(1).id)["outcome"], "ok")
+
+    async def test_wrong_secret_gets_401_and_no_retry(self) -> None:
+        from twisted.internet import reactor
+
+        backend = BackendDouble("the-right-secret")
+        await backend.start()
+        self.addCleanup(lambda: ensureDeferred(backend.stop()))
+        trigger = ScanTrigger(settings(backend_url=backend.url), reactor,
+                              retry_delay=lambda attempt: 0.01)
+        self.addCleanup(trigger.stopService)
+        log = LogCapture(self)
+        trigger.request(account(1), 3, "exists")
+        await trigger.idle()
+        [r] = backend.requests
+        self.assertFalse(r.authorized)
+        self.assertEqual(r.status, 401)
+        self.assertIn("the admin secret is wrong", "\n".join(log.mine()))
+        self.assertNotIn(SECRET, log.everything())
+
+    async def test_timeout_then_success(self) -> None:
+        trigger, backend = await self.make(scan_timeout=0.2)
+        stalled = Gate()
+        self.addCleanup(stalled.release)
+        backend.script(Answer(delay=stalled), Answer())
+        trigger.request(account(1), 3, "exists")
+        await trigger.idle()
+        self.assertEqual([r.status for r in backend.requests], [None, 200])
+        self.assertIn("no answer within 0.2s", "\n".join(self.log.mine()))
+        self.assertEqual(trigger.last_outcome(account(1).id)["outcome"], "ok")
+
+    async def test_connection_refused_then_backend_comes_back(self) -> None:
+        trigger, backend = await self.make(scan_attempts=1000)
+        await backend.stop()
+        refused = self.log.until("connection refused", count=6)
+        trigger.request(account(1), 1, "exists")
+        for n in range(2, 12):
+            trigger.request(account(1), n, "exists")
+        trigger.request(account(2), 1, "connected")
+        await refused
+        self.assertEqual(backend.requests, [])
+        await backend.start()
+        await trigger.idle()
+        bodies = sorted((r.body["userId"], r.body["exists"]) for r in backend.requests)
+        self.assertEqual(bodies, [("user-1", 1), ("user-1", 11), ("user-2", 1)])
+
+    async def test_gave_up_then_next_event_scans(self) -> None:
+        trigger, backend = await self.make(scan_attempts=2)
+        backend.statuses(500, 500)
+        trigger.request(account(1), 1, "exists")
+        await trigger.idle()
+        self.assertEqual(trigger.last_outcome(account(1).id)["outcome"], "gave_up")
+        trigger.request(account(1), 2, "exists")
+        await trigger.idle()
+        self.assertEqual([r.status for r in backend.requests], [500, 500, 200])
+
+    async def test_stop_abandons_a_stalled_scan(self) -> None:
+        from twisted.internet import reactor
+
+        backend = BackendDouble(SECRET)
+        await backend.start()
+        self.addCleanup(lambda: ensureDeferred(backend.stop()))
+        gate = backend.hold()
+        self.addCleanup(gate.release)
+        trigger = ScanTrigger(settings(backend_url=backend.url, shutdown_timeout=0.2),
+                              reactor)
+        trigger.startService()
+        trigger.request(account(1), 1, "exists")
+        await backend.wait_for(1)
+        await trigger.stopService()
+        self.assertEqual(trigger.last_outcome(account(1).id)["outcome"], "abandoned")
+        await backend._factory.all_closed()
+
+
+class BackendDoubleTests(TestCase):
+    timeout = 30
+
+    async def test_scanner_plug_and_wait_for_deadline(self) -> None:
+        from twisted.internet import reactor
+
+        seen: list[Any] = []
+
+        def scanner(body: Any) -> Deferred[dict[str, int]]:
+            seen.append(body)
+            return task.deferLater(reactor, 0, lambda: {"scanned": 9, "blocked": 8})
+
+        backend = BackendDouble(SECRET, scanner=scanner)
+        await backend.start()
+        self.addCleanup(lambda: ensureDeferred(backend.stop()))
+        with self.assertRaises(defer.TimeoutError):
+            await backend.wait_for(1, deadline=0.05)
+        trigger = ScanTrigger(settings(backend_url=backend.url), reactor)
+        self.addCleanup(trigger.stopService)
+        trigger.request(account(1), 5, "exists")
+        [r] = await backend.wait_for(1, answered=True)
+        self.assertEqual(seen, [r.body])
+        self.assertEqual(r.status, 200)
+        await trigger.idle()
+        self.assertEqual(trigger.last_outcome(account(1).id)["scanned"], 9)
