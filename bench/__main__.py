@@ -1,0 +1,84 @@
+"""``python -m bench --n 100 1000 10000 --tls both`` (also ``make bench BENCH_ARGS=...``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from .report import RESULTS, render_docs
+from .runner import Bench, RunConfig
+
+__all__ = ["main"]
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=(
+        "Load benchmark of rebreak-idle: the real daemon against a load IMAP server and a "
+        "backend sink on 127.0.0.1."))
+    p.add_argument("--n", type=int, nargs="+", default=[100, 1000],
+                   help="numbers of accounts, one run each (default: 100 1000)")
+    p.add_argument("--tls", choices=("plain", "tls", "both"), default="both")
+    p.add_argument("--connect-rate", type=float, default=500.0,
+                   help="REBREAK_CONNECT_RATE of the daemon (default 500/s)")
+    p.add_argument("--heartbeat", type=float, default=30.0,
+                   help="REBREAK_HEARTBEAT_INTERVAL during the idle window (default 30 s)")
+    p.add_argument("--cpu-window", type=float, default=60.0, help="idle window in seconds")
+    p.add_argument("--inject-rate", type=float, default=50.0, help="EXISTS injections per s")
+    p.add_argument("--inject-seconds", type=float, default=20.0)
+    p.add_argument("--lost-after", type=float, default=10.0,
+                   help="an injection without POST after this many seconds is lost")
+    p.add_argument("--settle", type=float, default=5.0,
+                   help="seconds after the ramp before measuring")
+    p.add_argument("--idle-deadline", type=float, default=None,
+                   help="give up waiting for all sessions idling after this many seconds "
+                        "(default 3*N/rate+30)")
+    p.add_argument("--daemon-cmd", default=None,
+                   help="command of the daemon (default: the venv's 'twist rebreak-idle')")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra environment of the daemon (repeatable)")
+    p.add_argument("--results", type=Path, default=RESULTS, help="JSON lines file to append to")
+    p.add_argument("--no-docs", action="store_true", help="do not re-render docs/benchmarks.md")
+    p.add_argument("--workdir", type=Path, default=None, help="keep logs here (default tmp)")
+    args = p.parse_args(argv)
+
+    modes = {"plain": [False], "tls": [True], "both": [False, True]}[args.tls]
+    extra = dict(item.split("=", 1) for item in args.env)
+    signal.signal(signal.SIGTERM, _interrupt)
+    bench = Bench(args.daemon_cmd, args.workdir)
+    bench.log(f"work directory {bench.workdir}; RLIMIT_NOFILE {bench.nofile}")
+    failed = False
+    try:
+        for n in args.n:
+            for tls in modes:
+                cfg = RunConfig(
+                    n=n, tls=tls, connect_rate=args.connect_rate, heartbeat=args.heartbeat,
+                    cpu_window=args.cpu_window, inject_rate=args.inject_rate,
+                    inject_seconds=args.inject_seconds, lost_after=args.lost_after,
+                    settle=args.settle, idle_deadline=args.idle_deadline, extra_env=extra)
+                result = bench.run(cfg)
+                failed = failed or bool(result["errors"])
+                line = json.dumps(result, sort_keys=True)
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+                args.results.parent.mkdir(parents=True, exist_ok=True)
+                with args.results.open("a", encoding="utf-8") as f:
+                    f.write(line + "\n")
+    except KeyboardInterrupt:
+        bench.log("interrupted; stopping the children")
+        return 130
+    finally:
+        bench.close()
+    if not args.no_docs:
+        render_docs(args.results)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
