@@ -78,6 +78,7 @@ class Supervisor(MultiService):
         self._waiting: list[Deferred] = []
         self._debounce: Any = None
         self._ready = False
+        self.listener: Any = None  # the store's Listener when notify_channel is set
         timer = TimerService(settings.refresh_interval, self._tick)
         timer.clock = clock
         timer.setServiceParent(self)
@@ -117,7 +118,8 @@ class Supervisor(MultiService):
         self.store.start()
         super().startService()  # the timer refreshes at once
         if self.settings.notify_channel:
-            self.store.listen(self.settings.notify_channel, self.request_refresh)
+            self.listener = self.store.listen(self.settings.notify_channel,
+                                              self.request_refresh)
 
     def stopService(self) -> Deferred:
         return Deferred.fromCoroutine(self._stop())
@@ -134,15 +136,27 @@ class Supervisor(MultiService):
         for account_id in list(self.sessions):
             self._stop_session(account_id)
         timeout = self.settings.shutdown_timeout
-        pending = defer.DeferredList(list(self._stopping), consumeErrors=True)
-        try:
-            await pending.addTimeout(timeout, self.clock)
-        except defer.TimeoutError:
+        if not await self._all_stopped(timeout):
             log.warn("[idle/db] {n} sessions did not stop within {timeout}s",
                      n=len(self._stopping), timeout=timeout)
         await self.store.close(timeout)
         timer_stopped.addErrback(lambda f: log.failure("[idle/db] refresh timer", f))
         self._update_gauge()
+
+    def _all_stopped(self, timeout: float) -> Deferred:
+        """Fires True when every stopping session is gone, False after ``timeout`` (the
+        sessions' own Deferreds are left alone)."""
+        waiter: Deferred = Deferred()
+        timer = self.clock.callLater(timeout, lambda: waiter.called or waiter.callback(False))
+
+        def all_gone(_: Any) -> None:
+            if timer.active():
+                timer.cancel()
+            if not waiter.called:
+                waiter.callback(True)
+
+        defer.DeferredList(list(self._stopping)).addBoth(all_gone)
+        return waiter
 
     # -- refresh ------------------------------------------------------------------------
 

@@ -1,0 +1,443 @@
+"""Supervisor: refresh, reconcile, the start-up ramp, shutdown; with a real PostgreSQL for
+the outage and NOTIFY cases."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer, reactor
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from rebreak_idle import metrics
+from rebreak_idle.account import Account
+from rebreak_idle.config import Settings
+from rebreak_idle.secrets import encrypt_secret
+from rebreak_idle.store import AccountStore
+from rebreak_idle.supervisor import Supervisor
+from tests.support.pg import PostgresServer, fresh_database
+from tests.test_store import add_row, inline, sql, status
+
+KEY = "k" * 32
+
+
+def settings(**kw: Any) -> Settings:
+    return Settings(database_url="postgresql://x", admin_secret="s" * 8, encryption_key=KEY,
+                    **kw)
+
+
+def row(n: int = 0, password: str = "pw", **cols: Any) -> dict:  # noqa: S107
+    base = {"id": str(uuid.UUID(int=n + 1)), "user_id": str(uuid.UUID(int=10_000 + n)),
+            "email": f"u{n}@example.org", "imap_host": "imap.example.org", "imap_port": 993,
+            "imap_security": "tls", "imap_username": None, "auth_method": "password",
+            "encrypted_secret": encrypt_secret(password, KEY.encode()),
+            "last_connect_error": None, "heartbeat_age": None}
+    base.update(cols)
+    return base
+
+
+class TestSession(Service):
+    """The session seam: a real Service that records its life."""
+
+    def __init__(self, account: Account, events: list, stop_result: Deferred | None = None,
+                 recorder: Any = None) -> None:
+        self.account = account
+        self.events = events
+        self.stop_result = stop_result
+        self.recorder = recorder
+
+    def startService(self) -> None:
+        super().startService()
+        self.events.append(("start", self.account.id))
+        if self.recorder is not None:
+            self.recorder.record_heartbeat(self.account.id)
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        self.events.append(("stop", self.account.id))
+        return self.stop_result if self.stop_result is not None else succeed(None)
+
+    def snapshot(self) -> dict:
+        return {"id": self.account.id, "email": self.account.email,
+                "state": "running" if self.running else "new"}
+
+
+class MemoryStore:
+    """The store seam for the clock-driven tests: rows in memory, errors recorded."""
+
+    def __init__(self, rows: list[dict]) -> None:
+        self.rows = rows
+        self.errors: list[tuple[str, str]] = []
+        self.reads = 0
+        self.gate: Deferred | None = None  # when set, active() waits for it
+        self.fail = False
+        self.started = self.closed = False
+
+    def active(self) -> Deferred:
+        self.reads += 1
+        if self.fail:
+            return defer.fail(OSError("connection refused"))
+        if self.gate is not None:
+            gate, self.gate = self.gate, None
+            return gate.addCallback(lambda _: [dict(r) for r in self.rows])
+        return succeed([dict(r) for r in self.rows])
+
+    def record_error(self, account_id: str, text: str) -> None:
+        self.errors.append((account_id, text))
+
+    def start(self) -> None:
+        self.started = True
+
+    def close(self, timeout: float = 10.0) -> Deferred:
+        self.closed = True
+        return succeed(None)
+
+    def listen(self, channel: str, on_notify: Callable[[], None]) -> None:
+        raise AssertionError("not used")
+
+
+def capture_logs(case: SynchronousTestCase) -> list[str]:
+    lines: list[str] = []
+
+    def observer(event: dict) -> None:
+        if event.get("log_level", LogLevel.info) >= LogLevel.info:
+            lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observer)
+    case.addCleanup(globalLogPublisher.removeObserver, observer)
+    return lines
+
+
+class ReconcileTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.events: list = []
+        self.store = MemoryStore([row(0), row(1)])
+        self.logs = capture_logs(self)
+
+    def supervisor(self, **kw: Any) -> Supervisor:
+        filt = kw.pop("account_filter", None)
+        sup = Supervisor(self.store, lambda a: TestSession(a, self.events), settings(**kw),
+                         self.clock, account_filter=filt)
+        return sup
+
+    def test_first_refresh_starts_sessions_and_is_ready(self) -> None:
+        sup = self.supervisor()
+        self.assertFalse(sup.ready)
+        sup.startService()
+        self.assertTrue(self.store.started)
+        self.assertTrue(sup.ready)
+        self.assertEqual(sorted(sup.sessions), [row(0)["id"], row(1)["id"]])
+        self.assertEqual(self.events, [("start", row(0)["id"]), ("start", row(1)["id"])])
+        self.assertIn("[idle/db] refreshed — 2 active connections, 2 sessions", self.logs)
+        self.assertEqual(sorted(s["state"] for s in sup.snapshot()), ["running", "running"])
+
+    def test_reconcile_new_gone_changed_unchanged(self) -> None:
+        sup = self.supervisor(refresh_interval=300)
+        sup.startService()
+        first = dict(sup.sessions)
+        self.events.clear()
+        # row 0 unchanged, row 1 deactivated (gone from the active rows), row 2 new
+        self.store.rows = [row(0), row(2)]
+        self.clock.advance(300)
+        self.assertIs(sup.sessions[row(0)["id"]], first[row(0)["id"]])
+        self.assertNotIn(row(1)["id"], sup.sessions)
+        self.assertEqual(self.events, [("stop", row(1)["id"]), ("start", row(2)["id"])])
+        self.events.clear()
+        old = sup.sessions[row(2)["id"]]
+        self.store.rows = [row(0), row(2, password="new password")]
+        self.clock.advance(300)
+        self.assertEqual(self.events, [("stop", row(2)["id"]), ("start", row(2)["id"])])
+        self.assertFalse(old.running)
+        self.assertEqual(sup.sessions[row(2)["id"]].account.secret, "new password")
+        self.events.clear()
+        # identical rows: untouched
+        self.clock.advance(300)
+        self.assertEqual(self.events, [])
+        self.assertIn("[idle/db] refreshed — 2 active connections, 2 sessions", self.logs)
+
+    def test_changed_host_restarts(self) -> None:
+        sup = self.supervisor()
+        sup.startService()
+        self.events.clear()
+        self.store.rows = [row(0, imap_host="other.example.org"), row(1)]
+        sup.refresh()
+        self.assertEqual(self.events, [("stop", row(0)["id"]), ("start", row(0)["id"])])
+        self.assertEqual(sup.sessions[row(0)["id"]].account.host, "other.example.org")
+
+    def test_bad_rows_get_an_error_once_and_no_session(self) -> None:
+        bad_secret = row(5, encrypted_secret="00:11:22")
+        bad_port = row(6, imap_port=0)
+        self.store.rows = [row(0), bad_secret, bad_port, row(1)]
+        sup = self.supervisor()
+        sup.startService()
+        self.assertEqual(sorted(sup.sessions), [row(0)["id"], row(1)["id"]])
+        errors = dict(self.store.errors)
+        self.assertIn("IV must be 12 or 16 bytes", errors[bad_secret["id"]])
+        self.assertIn("imap_port", errors[bad_port["id"]])
+        states = {s["id"]: s["state"] for s in sup.snapshot()}
+        self.assertEqual(states[bad_secret["id"]], "invalid")
+        self.assertEqual(states[bad_port["id"]], "invalid")
+        # the same error is not written again on the next refreshes
+        sup.refresh()
+        self.assertEqual(len(self.store.errors), 2)
+        # nor after a restart, when the database already holds it
+        bad_secret["last_connect_error"] = errors[bad_secret["id"]]
+        self.store.rows = [bad_secret]
+        sup2 = self.supervisor()
+        sup2.startService()
+        self.assertEqual(len(self.store.errors), 2)
+        # a different error is written
+        self.store.rows = [row(5, encrypted_secret="zz:11:22")]
+        sup2.refresh()
+        self.assertEqual(len(self.store.errors), 3)
+        self.assertIn("hexadecimal", self.store.errors[-1][1])
+
+    def test_a_row_becoming_invalid_loses_its_session(self) -> None:
+        sup = self.supervisor()
+        sup.startService()
+        self.store.rows = [row(0), row(1, imap_security="plain")]
+        sup.refresh()
+        self.assertEqual(list(sup.sessions), [row(0)["id"]])
+        self.assertIn(("stop", row(1)["id"]), self.events)
+
+    def test_failed_refresh_keeps_sessions(self) -> None:
+        sup = self.supervisor()
+        sup.startService()
+        failures = metrics.REFRESH_FAILURES._value.get()
+        self.store.fail = True
+        self.store.rows = []
+        results: list = []
+        sup.refresh().addCallback(results.append)
+        self.assertEqual(results, [False])
+        self.assertEqual(len(sup.sessions), 2)
+        self.assertEqual(metrics.REFRESH_FAILURES._value.get(), failures + 1)
+        self.assertTrue(any(line.startswith("[idle/db] refresh failed") for line in self.logs))
+
+    def test_not_ready_until_a_refresh_succeeds(self) -> None:
+        self.store.fail = True
+        sup = self.supervisor(refresh_interval=60)
+        sup.startService()
+        self.assertFalse(sup.ready)
+        self.store.fail = False
+        self.clock.advance(60)
+        self.assertTrue(sup.ready)
+
+    def test_overlapping_refreshes_coalesce(self) -> None:
+        sup = self.supervisor()
+        sup.startService()
+        reads = self.store.reads
+        gate = self.store.gate = Deferred()
+        results: list = []
+        for _ in range(4):
+            sup.refresh().addCallback(results.append)
+        self.assertEqual(self.store.reads, reads + 1)  # one running, the rest wait
+        gate.callback(None)
+        self.assertEqual(self.store.reads, reads + 2)  # exactly one more ran after it
+        self.assertEqual(results, [True] * 4)
+
+    def test_account_filter(self) -> None:
+        seen: list = []
+
+        def only_first(rows: list[dict]) -> Deferred:
+            seen.append(len(rows))
+            return succeed(rows[:1])
+
+        sup = self.supervisor(account_filter=only_first)
+        sup.startService()
+        self.assertEqual(seen, [2])
+        self.assertEqual(list(sup.sessions), [row(0)["id"]])
+
+    def test_heartbeat_age_gauge(self) -> None:
+        self.store.rows = [row(0, heartbeat_age=12.5), row(1, heartbeat_age=80.0)]
+        self.supervisor().startService()
+        self.assertEqual(metrics.HEARTBEAT_AGE._value.get(), 80.0)
+
+
+class RampTests(SynchronousTestCase):
+    def test_sessions_start_at_the_connect_rate(self) -> None:
+        clock, events = Clock(), []
+        store = MemoryStore([row(n) for n in range(120)])
+        sup = Supervisor(store, lambda a: TestSession(a, events), settings(connect_rate=50),
+                         clock)
+        sup.startService()
+        self.assertEqual(len(events), 5)  # 50/s in batches of 0.1 s
+        self.assertEqual(len(sup.sessions), 120)  # created, most still queued
+        clock.advance(0.1)
+        self.assertEqual(len(events), 10)
+        clock.pump([0.1] * 10)
+        self.assertEqual(len(events), 60)
+        clock.pump([0.1] * 12)
+        self.assertEqual(len(events), 120)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)  # only the refresh timer remains
+
+    def test_queued_session_removed_before_start_is_never_started(self) -> None:
+        clock, events = Clock(), []
+        store = MemoryStore([row(n) for n in range(3)])
+        sup = Supervisor(store, lambda a: TestSession(a, events), settings(connect_rate=1),
+                         clock)
+        sup.startService()
+        self.assertEqual(events, [("start", row(0)["id"])])
+        store.rows = [row(0), row(2)]
+        sup.refresh()
+        clock.advance(1)
+        clock.advance(1)
+        self.assertEqual(events, [("start", row(0)["id"]), ("start", row(2)["id"])])
+
+
+class ShutdownTests(SynchronousTestCase):
+    def test_stop_logs_out_every_session_then_closes_the_store(self) -> None:
+        clock, events = Clock(), []
+        store = MemoryStore([row(0), row(1)])
+        sup = Supervisor(store, lambda a: TestSession(a, events), settings(), clock)
+        sup.startService()
+        done: list = []
+        sup.stopService().addCallback(done.append)
+        self.assertEqual(done, [None])
+        self.assertEqual(sorted(e for e in events if e[0] == "stop"),
+                         [("stop", row(0)["id"]), ("stop", row(1)["id"])])
+        self.assertTrue(store.closed)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_stop_waits_at_most_the_shutdown_timeout(self) -> None:
+        clock, events = Clock(), []
+        store = MemoryStore([row(0)])
+        hang: Deferred = Deferred()
+        sup = Supervisor(store, lambda a: TestSession(a, events, stop_result=hang),
+                         settings(shutdown_timeout=10), clock)
+        sup.startService()
+        done: list = []
+        sup.stopService().addCallback(done.append)
+        clock.advance(9)
+        self.assertEqual(done, [])
+        self.assertFalse(store.closed)
+        clock.advance(1)
+        self.assertEqual(done, [None])
+        self.assertTrue(store.closed)
+
+    def test_refresh_finishing_after_stop_starts_nothing(self) -> None:
+        clock, events = Clock(), []
+        store = MemoryStore([row(0)])
+        store.gate = gate = Deferred()
+        sup = Supervisor(store, lambda a: TestSession(a, events), settings(), clock)
+        sup.startService()
+        sup.stopService()
+        gate.callback(None)
+        self.assertEqual(events, [])
+        self.assertEqual(sup.sessions, {})
+
+
+class NotifyDebounceTests(SynchronousTestCase):
+    def test_notifications_within_a_second_cause_one_refresh(self) -> None:
+        clock = Clock()
+        store = MemoryStore([row(0)])
+        sup = Supervisor(store, lambda a: TestSession(a, []), settings(), clock)
+        sup.startService()
+        reads = store.reads
+        for _ in range(5):
+            sup.request_refresh()
+            clock.advance(0.1)
+        self.assertEqual(store.reads, reads)
+        clock.advance(0.6)
+        self.assertEqual(store.reads, reads + 1)
+
+
+class DatabaseTests(TestCase):
+    """The supervisor with a real AccountStore on a real PostgreSQL."""
+
+    timeout = 120
+
+    def rows(self, dsn: str, n: int) -> list[str]:
+        return [add_row(dsn, secret=encrypt_secret("pw", KEY.encode())) for _ in range(n)]
+
+    @inline
+    async def test_database_restart_while_sessions_run(self) -> None:
+        server = PostgresServer()
+        self.addCleanup(server.destroy)
+        dsn = server.create_database()
+        from rebreak_idle.migrate import apply
+
+        apply(dsn, dev_schema=True)
+        ids = self.rows(dsn, 3)
+        store = AccountStore(dsn, reactor, flush_interval=3600, connect_timeout=5)
+        events: list = []
+        sessions: list[TestSession] = []
+
+        def factory(account: Account) -> TestSession:
+            sessions.append(TestSession(account, events, recorder=store))
+            return sessions[-1]
+
+        sup = Supervisor(store, factory, settings(refresh_interval=3600), reactor)
+        sup.startService()
+        self.addCleanup(lambda: sup.stopService() if sup.running else None)
+        self.assertTrue(await sup.refresh())
+        await store.flush()
+        self.assertEqual(len(sup.sessions), 3)
+        before = [status(dsn, i)[2] for i in ids]
+        self.assertNotIn(None, before)
+
+        server.stop()
+        for i in ids:
+            store.record_heartbeat(i)
+        store.record_error(ids[0], "connect failed: timeout")
+        self.assertFalse(await sup.refresh())  # logged, not raised
+        await store.flush()
+        self.assertEqual(store.pending, 4)
+        self.assertEqual(len(sup.sessions), 3)
+        self.assertTrue(all(s.running for s in sessions))
+
+        server.start()
+        self.assertTrue(await sup.refresh())
+        await store.flush()
+        self.assertEqual(store.pending, 0)
+        after = [status(dsn, i)[2] for i in ids]
+        self.assertTrue(all(a > b for a, b in zip(after, before, strict=True)))
+        self.assertEqual(status(dsn, ids[0])[0], "connect failed: timeout")
+        self.assertEqual([e for e in events if e[0] == "stop"], [])
+        await sup.stopService()
+        self.assertEqual(len([e for e in events if e[0] == "stop"]), 3)
+        self.assertTrue(store.pool.closed)
+
+    @inline
+    async def test_bad_secret_next_to_good_rows(self) -> None:
+        dsn = fresh_database()
+        good = self.rows(dsn, 2)
+        bad = add_row(dsn, secret="not-a-secret")
+        store = AccountStore(dsn, reactor)
+        sup = Supervisor(store, lambda a: TestSession(a, []), settings(), reactor)
+        sup.startService()
+        self.addCleanup(lambda: sup.stopService() if sup.running else None)
+        self.assertTrue(await sup.refresh())
+        self.assertEqual(sorted(sup.sessions), sorted(good))
+        await store.flush()
+        self.assertIn("3 ':'-separated parts", status(dsn, bad)[0])
+
+    @inline
+    async def test_notify_triggers_a_refresh(self) -> None:
+        dsn = fresh_database()
+        store = AccountStore(dsn, reactor)
+        arrived: Deferred = Deferred()
+
+        def factory(account: Account) -> TestSession:
+            if not arrived.called:
+                arrived.callback(account.id)
+            return TestSession(account, [])
+
+        sup = Supervisor(store, factory,
+                         settings(refresh_interval=3600, notify_channel="rebreak_idle"),
+                         reactor)
+        sup.startService()
+        self.addCleanup(lambda: sup.stopService() if sup.running else None)
+        await sup.listener.when_listening().addTimeout(10, reactor)
+        self.assertTrue(await sup.refresh())
+        self.assertEqual(sup.sessions, {})
+        new_id = self.rows(dsn, 1)[0]
+        sql(dsn, "SELECT pg_notify('rebreak_idle', '')")
+        self.assertEqual(await arrived.addTimeout(10, reactor), new_id)
+        self.assertTrue(await sup.refresh())
+        self.assertEqual(list(sup.sessions), [new_id])
