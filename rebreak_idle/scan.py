@@ -40,6 +40,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
+    RequestTransmissionFailed,
     ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
@@ -63,6 +64,8 @@ SCAN_PATH = "/api/mail/scan-internal"
 BODY_LOG_LIMIT = 200
 #: Bytes of a response body read at most (the rest is discarded).
 BODY_READ_LIMIT = 64 * 1024
+#: Seconds an unused keep-alive connection to the backend stays open.
+IDLE_CONNECTION_TIMEOUT = 4.0
 #: Longest backoff between two attempts, in seconds.
 MAX_RETRY_DELAY = 60.0
 
@@ -170,6 +173,9 @@ class ScanTrigger(Service):
         if http_client is None:
             self._pool = HTTPConnectionPool(reactor, persistent=True)
             self._pool.maxPersistentPerHost = max(2, settings.scan_concurrency)
+            # Close idle connections before the backend does (Node.js drops them after
+            # 5 s), so that a trigger rarely goes out on a connection closing under it.
+            self._pool.cachedConnectionTimeout = IDLE_CONNECTION_TIMEOUT
             http_client = HTTPClient(Agent(reactor, pool=self._pool))
         self._http = http_client
         self._retry_delay = retry_delay or backoffPolicy(
@@ -375,10 +381,12 @@ class ScanTrigger(Service):
             text = f"no answer within {self._settings.scan_timeout:g}s"
         elif failure.check(neterror.ConnectionRefusedError):
             text = "connection refused"
-        elif failure.check(ResponseNeverReceived, ResponseFailed):
+        elif failure.check(ResponseNeverReceived, ResponseFailed, RequestTransmissionFailed):
             reasons = [r.getErrorMessage() or r.type.__name__
                        for r in getattr(value, "reasons", [])]
-            text = "connection lost before the answer"
+            text = ("connection lost while sending"
+                    if failure.check(RequestTransmissionFailed)
+                    else "connection lost before the answer")
             if reasons:
                 text += f" ({'; '.join(reasons)})"
         elif failure.check(neterror.ConnectError):

@@ -647,6 +647,15 @@ class BackendTests(TestCase):
         bodies = sorted((r.body["userId"], r.body["exists"]) for r in backend.requests)
         self.assertEqual(bodies, [("user-1", 1), ("user-1", 11), ("user-2", 1)])
 
+    async def test_dropped_connection_is_retried(self) -> None:
+        trigger, backend = await self.make()
+        backend.script(Answer(drop=True))
+        trigger.request(account(1), 3, "exists")
+        await trigger.idle()
+        self.assertEqual([r.status for r in backend.requests], [None, 200])
+        self.assertIn("connection lost before the answer", "\n".join(self.log.mine()))
+        self.assertEqual(trigger.last_outcome(account(1).id)["outcome"], "ok")
+
     async def test_gave_up_then_next_event_scans(self) -> None:
         trigger, backend = await self.make(scan_attempts=2)
         backend.statuses(500, 500)
