@@ -1,0 +1,121 @@
+"""The migration (CONTRACT §3): idempotent, on fresh and existing tables, from both commands."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg2
+from twisted.trial.unittest import SynchronousTestCase
+
+from rebreak_idle.migrate import apply
+from tests.support.pg import fresh_database
+from tests.test_store import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+STATUS_COLUMNS = ["last_connect_error", "last_connect_error_at", "last_idle_heartbeat_at"]
+
+#: The backend's table as it was before the daemon's migration.
+LEGACY_TABLE = """
+CREATE SCHEMA rebreak;
+CREATE TABLE rebreak.mail_connections (
+    id uuid PRIMARY KEY, user_id uuid NOT NULL, email text NOT NULL, imap_host text NOT NULL,
+    imap_port integer NOT NULL, imap_security text NOT NULL, imap_username text,
+    auth_method text NOT NULL, encrypted_secret text NOT NULL, is_active boolean NOT NULL
+);
+INSERT INTO rebreak.mail_connections VALUES (
+    '00000000-0000-0000-0000-000000000001', '00000000-0000-0000-0000-000000000002',
+    'a@example.org', 'imap.example.org', 993, 'tls', NULL, 'password', 'x:y:z', true);
+"""
+
+
+def columns(dsn: str) -> dict[str, str]:
+    rows = sql(dsn, "SELECT column_name, data_type FROM information_schema.columns "
+                    "WHERE table_schema = 'rebreak' AND table_name = 'mail_connections'")
+    return dict(rows)
+
+
+def run(argv: list[str], dsn: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DATABASE_URL", "ADMIN_SECRET", "ENCRYPTION_KEY")}
+    env.update(DATABASE_URL=dsn, ADMIN_SECRET="s" * 8, ENCRYPTION_KEY="k" * 32)
+    return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+class MigrationTests(SynchronousTestCase):
+    def test_status_columns_and_types(self) -> None:
+        cols = columns(fresh_database())
+        self.assertEqual(cols["last_connect_error"], "text")
+        self.assertEqual(cols["last_connect_error_at"], "timestamp with time zone")
+        self.assertEqual(cols["last_idle_heartbeat_at"], "timestamp with time zone")
+
+    def test_apply_twice(self) -> None:
+        dsn = fresh_database()
+        before = columns(dsn)
+        apply(dsn, dev_schema=True)
+        apply(dsn)
+        self.assertEqual(columns(dsn), before)
+
+    def test_legacy_table_gets_the_columns_and_keeps_its_rows(self) -> None:
+        dsn = fresh_database(dev_schema=False)
+        sql(dsn, LEGACY_TABLE)
+        apply(dsn)
+        cols = columns(dsn)
+        for name in STATUS_COLUMNS:
+            self.assertIn(name, cols)
+        self.assertEqual(sql(dsn, "SELECT count(*), max(last_connect_error) "
+                                  "FROM rebreak.mail_connections")[0], (1, None))
+
+    def test_table_that_already_has_the_columns(self) -> None:
+        dsn = fresh_database(dev_schema=False)
+        sql(dsn, LEGACY_TABLE)
+        sql(dsn, "ALTER TABLE rebreak.mail_connections ADD COLUMN last_connect_error text, "
+                 "ADD COLUMN last_connect_error_at timestamptz, "
+                 "ADD COLUMN last_idle_heartbeat_at timestamptz")
+        sql(dsn, "UPDATE rebreak.mail_connections SET last_connect_error = 'kept'")
+        apply(dsn)
+        self.assertEqual(sql(dsn, "SELECT last_connect_error FROM rebreak.mail_connections"),
+                         [("kept",)])
+
+    def test_missing_table_fails_cleanly(self) -> None:
+        dsn = fresh_database(dev_schema=False)
+        with self.assertRaises(psycopg2.Error):
+            apply(dsn)
+
+
+class CommandTests(SynchronousTestCase):
+    def test_twist_migrate_flag(self) -> None:
+        dsn = fresh_database(dev_schema=False)
+        sql(dsn, LEGACY_TABLE)
+        done = run([str(BIN / "twist"), "rebreak-idle", "--migrate"], dsn)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("migration applied", done.stdout)
+        for name in STATUS_COLUMNS:
+            self.assertIn(name, columns(dsn))
+
+    def test_twist_migrate_with_dev_schema_on_an_empty_database(self) -> None:
+        dsn = fresh_database(dev_schema=False)
+        done = run([str(BIN / "twist"), "rebreak-idle", "--migrate", "--dev-schema"], dsn)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("encrypted_secret", columns(dsn))
+
+    def test_console_script(self) -> None:
+        dsn = fresh_database(dev_schema=False)
+        sql(dsn, LEGACY_TABLE)
+        for _ in range(2):
+            done = run([str(BIN / "rebreak-idle"), "migrate"], dsn)
+            self.assertEqual(done.returncode, 0, done.stderr)
+        for name in STATUS_COLUMNS:
+            self.assertIn(name, columns(dsn))
+
+    def test_console_script_reports_failure(self) -> None:
+        dsn = fresh_database(dev_schema=False)
+        done = run([str(BIN / "rebreak-idle"), "migrate"], dsn)
+        self.assertEqual(done.returncode, 1)
+        self.assertIn("migration failed", done.stderr)
+        self.assertIn("rebreak", done.stderr.removeprefix("rebreak-idle: "))
+        self.assertNotIn("Traceback", done.stderr)
