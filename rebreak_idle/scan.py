@@ -91,6 +91,14 @@ class _Job:
     exists: int
     reason: str
 
+    def payload(self) -> bytes:
+        return json.dumps({
+            "connectionId": self.account.id,
+            "userId": self.account.user_id,
+            "reason": self.reason,
+            "exists": self.exists,
+        }).encode("utf-8")
+
 
 @dataclass
 class _AccountState:
@@ -243,10 +251,11 @@ class ScanTrigger(Service):
     async def _run(self, job: _Job) -> None:
         attempts = max(1, self._settings.scan_attempts)
         attempt = 0
+        payload = job.payload()
         try:
             while True:
                 try:
-                    status, body = await self._attempt(job)
+                    status, body = await self._attempt(payload)
                 except Exception:
                     if self._abandoning:
                         raise CancelledError() from None
@@ -277,7 +286,7 @@ class ScanTrigger(Service):
                      email=job.account.email, account_id=job.account.id,
                      reason=job.reason, exists=job.exists)
 
-    async def _attempt(self, job: _Job) -> tuple[int, bytes]:
+    async def _attempt(self, payload: bytes) -> tuple[int, bytes]:
         """One request, holding a concurrency slot; returns (status, body) of a
         non-5xx answer and raises on anything to retry."""
         metrics.SCAN_QUEUE.inc()
@@ -288,7 +297,7 @@ class ScanTrigger(Service):
         metrics.SCANS_IN_FLIGHT.inc()
         started = self._reactor.seconds()
         try:
-            exchange = Deferred.fromCoroutine(self._exchange(job))
+            exchange = Deferred.fromCoroutine(self._exchange(payload))
             exchange.addTimeout(self._settings.scan_timeout, self._reactor,
                                 onTimeoutCancel=_timed_out)
             status, body = await exchange
@@ -300,13 +309,7 @@ class ScanTrigger(Service):
             raise _Retryable(status, f"HTTP {status}: {self._snippet(body)}")
         return status, body
 
-    async def _exchange(self, job: _Job) -> tuple[int, bytes]:
-        payload = json.dumps({
-            "connectionId": job.account.id,
-            "userId": job.account.user_id,
-            "reason": job.reason,
-            "exists": job.exists,
-        }).encode("utf-8")
+    async def _exchange(self, payload: bytes) -> tuple[int, bytes]:
         response = await self._http.post(
             self._url,
             data=payload,
@@ -435,23 +438,39 @@ class ScanTrigger(Service):
         super().startService()
 
     def stopService(self) -> Deferred[None]:
-        """Wait for scans in flight (at most ``shutdown_timeout``), then abandon the rest,
-        close the pool's cached connections and fire."""
+        """Wait for scans in flight (at most ``shutdown_timeout``), then abandon the rest
+        (cancel, counted as ``abandoned``), close the pool's cached connections and fire.
+
+        Follow-ups not started yet are dropped at once (counted as ``abandoned``): the
+        next start scans every mailbox anyway (reason ``connected``, CONTRACT §5)."""
         super().stopService()
         self._stopping = True
         for state in self._states.values():
             if state.pending is not None:
                 self._count(state.pending, "abandoned")
                 state.pending = None
-        d = self.idle()
-        if not d.called:
-            timer = self._reactor.callLater(self._settings.shutdown_timeout, self._abandon)
-            d.addBoth(lambda r: timer.cancel() if timer.active() else None)
-        d.addCallback(lambda _: self._close_pool())
-        d.addErrback(lambda f: log.failure("scan-trigger stop failed", f))
-        return d
+        done: Deferred[None] = Deferred()
+        timers: list[Any] = []
+
+        def finish(_: object = None) -> None:
+            for timer in timers:
+                if timer.active():
+                    timer.cancel()
+            if not done.called:
+                done.callback(None)
+
+        idle = self.idle()
+        if not idle.called:
+            timers.append(self._reactor.callLater(self._settings.shutdown_timeout,
+                                                  self._abandon))
+        idle.addCallback(finish)
+        done.addCallback(lambda _: self._close_pool())
+        done.addErrback(lambda f: log.failure("scan-trigger stop failed", f))
+        return done
 
     def _abandon(self) -> None:
+        """Cancel every scan: each fails at once (a cancelled Deferred always fires), is
+        recorded as abandoned, and the last one makes ``idle()`` fire."""
         self._abandoning = True
         for state in list(self._states.values()):
             if state.running is not None:

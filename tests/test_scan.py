@@ -313,8 +313,19 @@ class CoalescingTests(SynchronousTestCase):
     def test_request_never_raises(self) -> None:
         h = Harness(self)
         self.assertIsNone(h.trigger.request(object(), 1, "exists"))  # type: ignore[arg-type]
+        self.assertIsNone(h.trigger.request(account(1), "many", "exists"))  # type: ignore
+        self.assertEqual(len(self.flushLoggedErrors(AttributeError, ValueError)), 2)
+
+        class Broken:  # no user_id: the job fails before any request is sent
+            id = "broken"
+            email = "broken@example.test"
+
+        self.assertIsNone(h.trigger.request(Broken(), 1, "exists"))  # type: ignore[arg-type]
         self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)
         self.successResultOf(h.trigger.idle())
+        self.assertEqual(h.requests, [])
+        h.trigger.request(account(1), 1, "exists")  # the trigger still works
+        self.assertEqual(len(h.requests), 1)
 
 
 class ConcurrencyTests(SynchronousTestCase):
