@@ -1,0 +1,825 @@
+"""MailboxSession over the real IdleClient, a scripted in-memory IMAP peer and a Clock:
+every timing path (renewal, heartbeat, NOOP timeout, backoff growth and reset, auth
+hold-off, polling, stop in each state) without sockets or sleeps."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionRefusedError
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from rebreak_idle import metrics
+from rebreak_idle.account import Account
+from rebreak_idle.backoff import Backoff, format_delay
+from rebreak_idle.config import Settings
+from rebreak_idle.interfaces import IRecorder
+from rebreak_idle.session import MailboxSession
+
+SECRET = "s3cret-Pa55word"
+ACCOUNT = Account(id="acc-1", user_id="user-1", email="ann@example.test", host="127.0.0.1",
+                  port=143, security="plain", username="ann", auth_method="password",
+                  secret=SECRET)
+
+
+def make_settings(**kw: Any) -> Settings:
+    return Settings(database_url="postgresql://x", admin_secret="s" * 8,
+                    encryption_key="k" * 32, **kw)
+
+
+@implementer(IRecorder)
+class Recorder:
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.errors: list[tuple[float, str, str]] = []
+        self.cleared: list[float] = []
+        self.heartbeats: list[float] = []
+
+    def record_error(self, account_id: str, text: str) -> None:
+        self.errors.append((self.clock.seconds(), account_id, text))
+
+    def clear_error(self, account_id: str) -> None:
+        self.cleared.append(self.clock.seconds())
+
+    def record_heartbeat(self, account_id: str) -> None:
+        self.heartbeats.append(self.clock.seconds())
+
+
+class Mailbox:
+    """The server side state shared by every connection of one test."""
+
+    def __init__(self) -> None:
+        self.password = SECRET
+        self.login_reply = "NO [AUTHENTICATIONFAILED] Invalid credentials (Failure)"
+        self.capabilities = "IMAP4rev1 IDLE"
+        self.exists = 3
+        self.uidvalidity = 1000
+        self.uidnext = 4
+        self.logins = 0
+        self.connections: list[ServerConnection] = []
+        self.end_idle_after_continuation = False
+
+    def deliver(self, count: int = 1) -> None:
+        self.exists += count
+        self.uidnext += count
+        for conn in self.connections:
+            conn.mailbox_grew()
+
+    def expunge(self, seq: int) -> None:
+        self.exists -= 1
+        for conn in self.connections:
+            if conn.selected and not conn.lost:
+                conn.announced -= 1
+                conn.send(f"* {seq} EXPUNGE")
+
+    @property
+    def current(self) -> ServerConnection:
+        return self.connections[-1]
+
+
+class ServerConnection:
+    """A scripted IMAP server on the other side of one StringTransport."""
+
+    def __init__(self, mailbox: Mailbox, proxy: Any, transport: StringTransport) -> None:
+        self.mailbox = mailbox
+        self.proxy = proxy
+        self.transport = transport
+        self.outbox: list[bytes] = []
+        self.inbuf = b""
+        self.lines: list[str] = []  # what the client sent
+        self.responsive = True
+        self.selected = False
+        self.idle_tag: str | None = None
+        self.push = True  # announce new mail during IDLE
+        self.announced = 0
+        self.lost: Failure | None = None
+        self.delivered_loss = False
+        self.send(f"* OK [CAPABILITY {mailbox.capabilities}] test server ready")
+
+    def send(self, line: str) -> None:
+        self.outbox.append(line.encode() + b"\r\n")
+
+    def close(self, reason: Exception | None = None) -> None:
+        if self.lost is None:
+            self.lost = Failure(reason or ConnectionDone())
+
+    def mailbox_grew(self) -> None:
+        if self.selected and self.idle_tag is not None and self.push and not self.lost:
+            self.announce()
+
+    def announce(self) -> None:
+        if self.mailbox.exists != self.announced:
+            self.announced = self.mailbox.exists
+            self.send(f"* {self.mailbox.exists} EXISTS")
+
+    def feed(self, data: bytes) -> None:
+        self.inbuf += data
+        while b"\r\n" in self.inbuf:
+            raw, self.inbuf = self.inbuf.split(b"\r\n", 1)
+            line = raw.decode()
+            self.lines.append(line)
+            if self.responsive and self.lost is None:
+                self.handle(line)
+
+    def handle(self, line: str) -> None:
+        if line == "DONE":
+            if self.idle_tag is not None:
+                self.send(f"{self.idle_tag} OK IDLE terminated")
+                self.idle_tag = None
+            return
+        tag, _, rest = line.partition(" ")
+        command, _, args = rest.partition(" ")
+        command = command.upper()
+        mb = self.mailbox
+        if command == "CAPABILITY":
+            self.send(f"* CAPABILITY {mb.capabilities}")
+            self.send(f"{tag} OK done")
+        elif command == "LOGIN":
+            mb.logins += 1
+            _user, password = (a.strip('"') for a in args.split(" ", 1))
+            if password == mb.password:
+                self.send(f"{tag} OK [CAPABILITY {mb.capabilities}] logged in")
+            else:
+                self.send(f"{tag} {mb.login_reply}")
+        elif command == "SELECT":
+            self.selected = True
+            self.announced = mb.exists
+            self.send(f"* {mb.exists} EXISTS")
+            self.send(f"* OK [UIDVALIDITY {mb.uidvalidity}] UIDs valid")
+            self.send(f"* OK [UIDNEXT {mb.uidnext}] Predicted next UID")
+            self.send(f"{tag} OK [READ-WRITE] Select completed")
+        elif command == "IDLE":
+            self.idle_tag = tag
+            self.send("+ idling")
+            if mb.end_idle_after_continuation:
+                mb.end_idle_after_continuation = False
+                self.send(f"{tag} OK IDLE ended by the server")
+                self.idle_tag = None
+        elif command == "NOOP":
+            self.announce()
+            self.send(f"{tag} OK NOOP completed")
+        elif command == "LOGOUT":
+            self.send("* BYE logging out")
+            self.send(f"{tag} OK Logout completed")
+            self.close()
+        else:
+            self.send(f"{tag} BAD unknown command")
+
+
+class FakeTransport(StringTransport):
+    def __init__(self) -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", 143))
+        self.conn: ServerConnection | None = None
+
+    def loseConnection(self) -> None:
+        super().loseConnection()
+        if self.conn is not None:
+            self.conn.close(ConnectionDone())
+
+    def abortConnection(self) -> None:
+        self.disconnecting = True
+        if self.conn is not None:
+            self.conn.close(ConnectionAborted())
+
+
+@implementer(IStreamClientEndpoint)
+class FakeEndpoint:
+    """Connects to the scripted server, refuses, or hangs, as the test says."""
+
+    def __init__(self, mailbox: Mailbox) -> None:
+        self.mailbox = mailbox
+        self.attempts = 0
+        self.refuse: Exception | None = None
+        self.hang = False
+        self.pending: Deferred[Any] | None = None
+        self.cancelled = 0
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        self.attempts += 1
+        if self.refuse is not None:
+            return fail(self.refuse)
+        if self.hang:
+            def cancel(d: Deferred[Any]) -> None:
+                self.cancelled += 1
+            self.pending = Deferred(cancel)
+            return self.pending
+        proxy = factory.buildProtocol(None)
+        transport = FakeTransport()
+        conn = ServerConnection(self.mailbox, proxy, transport)
+        transport.conn = conn
+        self.mailbox.connections.append(conn)
+        proxy.makeConnection(transport)
+        return succeed(proxy)
+
+
+class Harness:
+    def __init__(self, test: SynchronousTestCase, *, settings: Settings | None = None,
+                 account: Account = ACCOUNT, jitter: float = 0.0,
+                 memory: dict[str, Any] | None = None) -> None:
+        self.clock = Clock()
+        self.settings = settings or make_settings()
+        self.recorder = Recorder(self.clock)
+        self.mailbox = Mailbox()
+        self.endpoint = FakeEndpoint(self.mailbox)
+        self.mails: list[tuple[int, str]] = []
+        self.logs: list[str] = []
+        self.errors: list[dict[str, Any]] = []
+        self.memory = {} if memory is None else memory
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_namespace") == "rebreak_idle.session":
+                self.logs.append(formatEvent(event))
+                if event.get("log_level") in (LogLevel.error, LogLevel.critical):
+                    self.errors.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        test.addCleanup(globalLogPublisher.removeObserver, observe)
+        self.session = MailboxSession(
+            account, self.settings, self.recorder,
+            lambda acc, n, reason: self.mails.append((n, reason)), self.clock,
+            endpoint=self.endpoint, jitter=lambda: jitter, memory=self.memory)
+
+    def start(self) -> None:
+        self.session.startService()
+        self.pump()
+
+    def pump(self) -> None:
+        """Move bytes both ways and deliver connection losses until nothing moves."""
+        moved = True
+        while moved:
+            moved = False
+            for conn in list(self.mailbox.connections):
+                if conn.delivered_loss:
+                    continue
+                data = conn.transport.value()
+                if data:
+                    conn.transport.clear()
+                    conn.feed(data)
+                    moved = True
+                if conn.outbox:
+                    out, conn.outbox = b"".join(conn.outbox), []
+                    conn.proxy.dataReceived(out)
+                    moved = True
+                if conn.lost is not None and not conn.outbox and not conn.transport.value():
+                    conn.delivered_loss = True
+                    conn.proxy.connectionLost(conn.lost)
+                    moved = True
+
+    def run(self, seconds: float) -> None:
+        """Advance the clock by ``seconds``, firing timers one by one with the network
+        pumped in between (as a reactor would)."""
+        end = self.clock.seconds() + seconds
+        self.pump()
+        while True:
+            due = [c.getTime() for c in self.clock.getDelayedCalls() if c.getTime() <= end]
+            if not due:
+                break
+            self.clock.advance(max(0.0, min(due) - self.clock.seconds()))
+            self.pump()
+        self.clock.advance(end - self.clock.seconds())
+        self.pump()
+
+    def stop(self) -> list[Any]:
+        box: list[Any] = []
+        self.session.stopService().addBoth(box.append)
+        self.pump()
+        return box
+
+    def sent(self, conn: ServerConnection | None = None) -> list[str]:
+        """Commands the client sent on a connection, without tags."""
+        conn = conn or self.mailbox.current
+        return [line if line == "DONE" else line.split(" ", 1)[1] for line in conn.lines]
+
+    def lines(self, fragment: str) -> list[str]:
+        return [line for line in self.logs if fragment in line]
+
+
+def gauge(state: str) -> float:
+    return metrics.REGISTRY.get_sample_value("rebreak_idle_sessions", {"state": state}) or 0.0
+
+
+def counter(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name + "_total", labels) or 0.0
+
+
+class BackoffTests(SynchronousTestCase):
+    def test_growth_cap_jitter_reset(self) -> None:
+        b = Backoff(5, 60, jitter=lambda: 0.0)
+        self.assertEqual([b.next() for _ in range(6)], [5, 10, 20, 40, 60, 60])
+        self.assertEqual(b.attempt, 6)
+        b.reset()
+        self.assertEqual(b.next(), 5)
+        stretched = Backoff(5, 60, jitter=lambda: 1.0)
+        self.assertEqual(stretched.next(), 6.25)
+
+    def test_format(self) -> None:
+        self.assertEqual([format_delay(d) for d in (5, 6.25, 0.5, 12.4, 1800)],
+                         ["5", "6.2", "0.5", "12", "1800"])
+
+
+class ConnectTests(SynchronousTestCase):
+    def test_connect_login_select_idle(self) -> None:
+        h = Harness(self)
+        h.start()
+        s = h.session
+        self.assertEqual(s.state, "idle")
+        self.assertEqual(h.sent(), ['LOGIN "ann" "s3cret-Pa55word"', "SELECT INBOX", "IDLE"])
+        self.assertEqual(h.recorder.cleared, [0.0])
+        self.assertEqual(h.recorder.heartbeats, [0.0])
+        self.assertEqual(h.recorder.errors, [])
+        # first connect since start: catch up on what arrived before
+        self.assertEqual(h.mails, [(3, "connected")])
+        self.assertEqual(h.lines("connected"),
+                         ["[idle/ann@example.test] connected (127.0.0.1:143)"])
+        self.assertEqual(h.memory["acc-1"], (1000, 4))
+
+    def test_secret_not_logged_or_recorded(self) -> None:
+        h = Harness(self)
+        h.mailbox.password = "other"
+        h.start()
+        h.run(1)
+        self.assertNotIn(SECRET, "\n".join(h.logs))
+        self.assertNotIn(SECRET, repr(h.recorder.errors))
+        self.assertNotIn(SECRET, json.dumps(h.session.snapshot()))
+        self.assertNotIn(SECRET, repr(h.session.account))
+
+    def test_starttls_missing_is_a_protocol_error(self) -> None:
+        account = Account(**{**ACCOUNT.__dict__, "security": "starttls"})
+        h = Harness(self, account=account)
+        before = counter("rebreak_idle_reconnects", cause="protocol")
+        h.start()
+        self.assertEqual(h.session.state, "backoff")
+        self.assertEqual(h.recorder.errors[-1][2], "server does not offer STARTTLS")
+        self.assertEqual(h.mailbox.logins, 0)
+        self.assertEqual(counter("rebreak_idle_reconnects", cause="protocol"), before + 1)
+
+    def test_snapshot_is_json(self) -> None:
+        h = Harness(self)
+        h.start()
+        h.mailbox.deliver()
+        h.pump()
+        snap = json.loads(json.dumps(h.session.snapshot()))
+        self.assertEqual(snap["id"], "acc-1")
+        self.assertEqual(snap["email"], "ann@example.test")
+        self.assertEqual(snap["state"], "idle")
+        self.assertEqual(snap["attempt"], 0)
+        self.assertIsNone(snap["last_error"])
+        self.assertEqual(snap["last_heartbeat"], "1970-01-01T00:00:00+00:00")
+        self.assertEqual(snap["last_exists"], {"at": "1970-01-01T00:00:00+00:00", "count": 4})
+        self.assertEqual(snap["last_scan_reason"], "exists")
+        self.assertEqual(set(snap), {"id", "email", "state", "since", "attempt",
+                                     "next_attempt_in", "last_error", "last_error_at",
+                                     "last_heartbeat", "last_exists", "last_scan_reason"})
+
+    def test_session_gauge_follows_state(self) -> None:
+        base = {s: gauge(s) for s in ("idle", "backoff", "connecting")}
+        h = Harness(self)
+        h.start()
+        self.assertEqual(gauge("idle"), base["idle"] + 1)
+        self.assertEqual(gauge("connecting"), base["connecting"])
+        h.mailbox.current.close()
+        h.pump()
+        self.assertEqual(gauge("idle"), base["idle"])
+        self.assertEqual(gauge("backoff"), base["backoff"] + 1)
+        self.assertEqual(h.stop(), [None])
+        self.assertEqual(gauge("backoff"), base["backoff"])
+        self.assertEqual(h.session.state, "stopped")
+
+
+class NewMailTests(SynchronousTestCase):
+    def test_exists_while_idle(self) -> None:
+        h = Harness(self)
+        h.start()
+        events = counter("rebreak_idle_exists_events")
+        h.mailbox.deliver()
+        h.pump()
+        h.mailbox.deliver(2)
+        h.pump()
+        self.assertEqual(h.mails, [(3, "connected"), (4, "exists"), (6, "exists")])
+        self.assertEqual(counter("rebreak_idle_exists_events"), events + 2)
+        self.assertEqual(len(h.lines("exists-event received (new mail)")), 2)
+        self.assertEqual(h.lines("exists-event")[0],
+                         "[idle/ann@example.test] exists-event received (new mail)")
+        # the expected UIDNEXT moves with the announced messages
+        self.assertEqual(h.memory["acc-1"], (1000, 7))
+
+    def test_expunge_lowers_the_count(self) -> None:
+        h = Harness(self)
+        h.start()
+        h.mailbox.expunge(1)
+        h.pump()
+        h.mailbox.current.send("* 2 EXISTS")  # same count as now: no new mail
+        h.pump()
+        self.assertEqual(h.mails, [(3, "connected")])
+        h.mailbox.deliver()  # 3 again, above the current count 2
+        h.pump()
+        self.assertEqual(h.mails, [(3, "connected"), (3, "exists")])
+
+    def test_on_new_mail_failure_does_not_break_the_session(self) -> None:
+        h = Harness(self)
+        calls: list[str] = []
+
+        def broken(account: Account, exists: int, reason: str) -> None:
+            calls.append(reason)
+            raise RuntimeError("boom")
+
+        h.session._on_new_mail = broken
+        h.session.startService()
+        h.pump()
+        self.assertEqual(calls, ["connected"])
+        self.assertEqual(h.session.state, "idle")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(h.lines("on_new_mail failed"),
+                         ["[idle/ann@example.test] on_new_mail failed"])
+
+
+class CatchUpTests(SynchronousTestCase):
+    def reconnect(self, h: Harness) -> None:
+        h.mailbox.current.close()
+        h.pump()
+        self.assertEqual(h.session.state, "backoff")
+        h.run(h.settings.reconnect_delay)
+        self.assertEqual(h.session.state, "idle")
+
+    def test_no_catch_up_when_nothing_changed(self) -> None:
+        h = Harness(self)
+        h.start()
+        h.mailbox.deliver()
+        h.pump()
+        self.reconnect(h)
+        self.assertEqual(h.mails, [(3, "connected"), (4, "exists")])
+
+    def test_catch_up_when_mail_arrived_while_down(self) -> None:
+        h = Harness(self)
+        h.start()
+        h.mailbox.current.close()
+        h.pump()
+        h.mailbox.deliver(2)
+        h.run(h.settings.reconnect_delay)
+        self.assertEqual(h.session.state, "idle")
+        self.assertEqual(h.mails, [(3, "connected"), (5, "connected")])
+
+    def test_catch_up_when_uidvalidity_changed(self) -> None:
+        h = Harness(self)
+        h.start()
+        h.mailbox.uidvalidity += 1
+        self.reconnect(h)
+        self.assertEqual(h.mails, [(3, "connected"), (3, "connected")])
+
+    def test_memory_outlives_a_restarted_session(self) -> None:
+        memory: dict[str, Any] = {}
+        h = Harness(self, memory=memory)
+        h.start()
+        self.assertEqual(h.stop(), [None])
+        again = Harness(self, memory=memory)
+        again.start()
+        self.assertEqual(again.mails, [])
+        self.assertEqual(again.session.state, "idle")
+
+
+class TimerTests(SynchronousTestCase):
+    def test_renewal(self) -> None:
+        h = Harness(self, settings=make_settings(idle_renew=100, heartbeat_interval=1000))
+        h.start()
+        h.run(99)
+        self.assertEqual(h.sent()[-1], "IDLE")
+        h.run(1)
+        self.assertEqual(h.sent()[2:], ["IDLE", "DONE", "IDLE"])
+        self.assertEqual(h.lines("renewing"),
+                         ["[idle/ann@example.test] idle renewing (25min threshold)"])
+        h.run(100)
+        self.assertEqual(h.sent()[2:], ["IDLE", "DONE", "IDLE", "DONE", "IDLE"])
+        self.assertEqual(h.recorder.heartbeats, [0.0])  # a renewal is no heartbeat
+
+    def test_heartbeat(self) -> None:
+        h = Harness(self)  # defaults: heartbeat 120 s, renewal 1500 s
+        h.start()
+        h.run(119)
+        self.assertEqual(h.sent()[-1], "IDLE")
+        h.run(1)
+        self.assertEqual(h.sent()[2:], ["IDLE", "DONE", "NOOP", "IDLE"])
+        self.assertEqual(h.recorder.heartbeats, [0.0, 120.0])
+        h.run(120 * 12)
+        self.assertEqual(len(h.recorder.heartbeats), 14)
+        self.assertEqual(h.lines("renewing"), [])  # every heartbeat re-enters IDLE
+        self.assertEqual(h.session.state, "idle")
+
+    def test_exists_during_heartbeat_noop(self) -> None:
+        h = Harness(self)
+        h.start()
+        h.mailbox.current.push = False  # the server does not push during IDLE
+        h.mailbox.deliver()
+        h.pump()
+        self.assertEqual(h.mails, [(3, "connected")])
+        h.run(120)  # NOOP answers with the new count
+        self.assertEqual(h.mails, [(3, "connected"), (4, "exists")])
+
+    def test_noop_timeout_means_dead_connection(self) -> None:
+        h = Harness(self)
+        h.start()
+        timeouts = counter("rebreak_idle_reconnects", cause="timeout")
+        first = h.mailbox.current
+        h.run(100)
+        first.responsive = False  # accepts bytes, never answers (half-open TCP)
+        h.run(20)
+        self.assertEqual(first.lines[-1], "DONE")
+        h.run(29.9)
+        self.assertEqual(h.session.state, "idle")
+        h.run(0.1)
+        self.assertEqual(h.session.state, "backoff")
+        self.assertEqual(h.recorder.errors[-1][1:], ("acc-1", "DONE timed out after 30s"))
+        self.assertEqual(counter("rebreak_idle_reconnects", cause="timeout"), timeouts + 1)
+        self.assertEqual(h.lines("connect failed"),
+                         ["[idle/ann@example.test] connect failed: DONE timed out after 30s"])
+        self.assertEqual(h.lines("reconnecting"),
+                         ["[idle/ann@example.test] reconnecting in 5s (attempt 1)"])
+        h.run(5)
+        self.assertEqual(h.session.state, "idle")
+        self.assertEqual(len(h.mailbox.connections), 2)
+
+    def test_noop_without_answer(self) -> None:
+        h = Harness(self, settings=make_settings(noop_timeout=10))
+        h.start()
+        conn = h.mailbox.current
+        original = conn.handle
+
+        def no_noop_answer(line: str) -> None:
+            if not line.endswith(" NOOP"):
+                original(line)
+
+        conn.handle = no_noop_answer  # type: ignore[method-assign]
+        h.run(130)
+        self.assertEqual(h.session.state, "backoff")
+        self.assertEqual(h.recorder.errors[-1][2], "NOOP timed out after 10s")
+
+    def test_server_ending_idle_is_reentered(self) -> None:
+        h = Harness(self)
+        h.mailbox.end_idle_after_continuation = True
+        h.start()
+        self.assertEqual(h.sent(), ['LOGIN "ann" "s3cret-Pa55word"', "SELECT INBOX", "IDLE",
+                                    "IDLE"])
+        self.assertEqual(h.session.state, "idle")
+        h.mailbox.deliver()
+        h.pump()
+        self.assertEqual(h.mails[-1], (4, "exists"))
+
+    def test_polling_without_idle(self) -> None:
+        h = Harness(self, settings=make_settings(poll_interval=60))
+        h.mailbox.capabilities = "IMAP4rev1"
+        h.start()
+        self.assertEqual(h.session.state, "polling")
+        self.assertEqual(h.sent(), ['LOGIN "ann" "s3cret-Pa55word"', "SELECT INBOX"])
+        h.mailbox.deliver()
+        h.run(59)
+        self.assertEqual(h.mails, [(3, "connected")])
+        h.run(1)
+        self.assertEqual(h.sent()[-1], "NOOP")
+        self.assertEqual(h.mails, [(3, "connected"), (4, "exists")])
+        self.assertEqual(h.recorder.heartbeats, [0.0, 60.0])
+        h.run(120)
+        self.assertEqual(h.recorder.heartbeats, [0.0, 60.0, 120.0, 180.0])
+        h.mailbox.current.responsive = False
+        h.run(60 + 30)
+        self.assertEqual(h.session.state, "backoff")
+        self.assertEqual(h.recorder.errors[-1][2], "NOOP timed out after 30s")
+
+
+class FailureTests(SynchronousTestCase):
+    def test_backoff_growth_and_cap(self) -> None:
+        h = Harness(self, settings=make_settings(reconnect_delay=5, reconnect_max_delay=60))
+        h.endpoint.refuse = ConnectionRefusedError()
+        network = counter("rebreak_idle_reconnects", cause="network")
+        h.start()
+        delays = []
+        for _ in range(7):
+            self.assertEqual(h.session.state, "backoff")
+            (call,) = h.clock.getDelayedCalls()
+            delays.append(call.getTime() - h.clock.seconds())
+            h.run(delays[-1])
+        self.assertEqual(delays, [5, 10, 20, 40, 60, 60, 60])
+        self.assertEqual(h.endpoint.attempts, 8)
+        self.assertEqual(h.recorder.errors[-1][2], "connection refused")
+        self.assertEqual(h.lines("reconnecting")[:3], [
+            "[idle/ann@example.test] reconnecting in 5s (attempt 1)",
+            "[idle/ann@example.test] reconnecting in 10s (attempt 2)",
+            "[idle/ann@example.test] reconnecting in 20s (attempt 3)",
+        ])
+        self.assertEqual(h.lines("connect failed")[0],
+                         "[idle/ann@example.test] connect failed: connection refused")
+        self.assertEqual(counter("rebreak_idle_reconnects", cause="network"), network + 8)
+        self.assertEqual(h.session.snapshot()["attempt"], 8)
+
+    def test_jitter_stretches_delays(self) -> None:
+        h = Harness(self, jitter=0.5)
+        h.endpoint.refuse = ConnectionRefusedError()
+        h.start()
+        (call,) = h.clock.getDelayedCalls()
+        self.assertEqual(call.getTime(), 5 * 1.125)
+        self.assertEqual(h.lines("reconnecting"),
+                         ["[idle/ann@example.test] reconnecting in 5.6s (attempt 1)"])
+
+    def test_backoff_keeps_growing_when_connections_die_young(self) -> None:
+        h = Harness(self)
+        h.start()
+        for expected in (5, 10, 20):
+            h.run(30)  # shorter than a healthy connection
+            h.mailbox.current.close()
+            h.pump()
+            (call,) = h.clock.getDelayedCalls()
+            self.assertEqual(call.getTime() - h.clock.seconds(), expected)
+            h.run(expected)
+            self.assertEqual(h.session.state, "idle")
+
+    def test_backoff_reset_after_healthy_connection(self) -> None:
+        h = Harness(self)
+        h.endpoint.refuse = ConnectionRefusedError()
+        h.start()
+        h.run(5)
+        h.run(10)
+        self.assertEqual(h.session.snapshot()["attempt"], 3)
+        h.endpoint.refuse = None
+        h.run(20)
+        self.assertEqual(h.session.state, "idle")
+        h.run(60)
+        h.mailbox.current.close()
+        h.pump()
+        (call,) = h.clock.getDelayedCalls()
+        self.assertEqual(call.getTime() - h.clock.seconds(), 5)
+        self.assertEqual(h.lines("reconnecting")[-1],
+                         "[idle/ann@example.test] reconnecting in 5s (attempt 1)")
+        self.assertEqual(h.recorder.errors[-1][2], "connection closed by server")
+
+    def test_bye(self) -> None:
+        h = Harness(self)
+        h.start()
+        byes = counter("rebreak_idle_reconnects", cause="bye")
+        h.mailbox.current.send("* BYE Server shutting down")
+        h.pump()
+        self.assertEqual(h.session.state, "backoff")
+        self.assertEqual(h.recorder.errors[-1][2], "Server shutting down")
+        self.assertEqual(counter("rebreak_idle_reconnects", cause="bye"), byes + 1)
+
+    def test_auth_failure_holds_off(self) -> None:
+        h = Harness(self, settings=make_settings(auth_failure_holdoff=1800))
+        h.mailbox.password = "changed-by-user"
+        auths = counter("rebreak_idle_reconnects", cause="auth")
+        h.start()
+        self.assertEqual(h.session.state, "auth-failed")
+        self.assertEqual(h.mailbox.logins, 1)
+        text = "[AUTHENTICATIONFAILED] Invalid credentials (Failure)"
+        self.assertEqual(h.recorder.errors, [(0.0, "acc-1", text)])
+        self.assertEqual(h.recorder.cleared, [])
+        self.assertEqual(counter("rebreak_idle_reconnects", cause="auth"), auths + 1)
+        self.assertEqual(h.lines("connect failed"),
+                         [f"[idle/ann@example.test] connect failed: {text}"])
+        self.assertEqual(h.lines("reconnecting"),
+                         ["[idle/ann@example.test] reconnecting in 1800s (attempt 1)"])
+        snap = h.session.snapshot()
+        self.assertEqual((snap["state"], snap["last_error"], snap["next_attempt_in"]),
+                         ("auth-failed", text, 1800))
+        h.run(1799)
+        self.assertEqual(h.mailbox.logins, 1)
+        h.run(1)
+        self.assertEqual(h.mailbox.logins, 2)
+        self.assertEqual(h.session.state, "auth-failed")
+        h.mailbox.password = SECRET
+        h.run(1800)
+        self.assertEqual(h.session.state, "idle")
+        self.assertEqual(h.recorder.cleared, [3600.0])
+        self.assertIsNone(h.session.snapshot()["last_error"])
+
+    def test_transient_login_refusal_uses_backoff(self) -> None:
+        h = Harness(self)
+        h.mailbox.password = "x"
+        h.mailbox.login_reply = "NO [UNAVAILABLE] Try again later"
+        h.start()
+        self.assertEqual(h.session.state, "backoff")
+        self.assertEqual(h.recorder.errors[-1][2], "[UNAVAILABLE] Try again later")
+        h.run(5)
+        self.assertEqual(h.mailbox.logins, 2)
+
+
+class StopTests(SynchronousTestCase):
+    def test_stop_while_idle_sends_done_and_logout(self) -> None:
+        h = Harness(self)
+        h.start()
+        conn = h.mailbox.current
+        result = h.stop()
+        self.assertEqual(result, [None])
+        self.assertEqual(h.sent(conn)[-3:], ["IDLE", "DONE", "LOGOUT"])
+        self.assertEqual(h.session.state, "stopped")
+        self.assertEqual(h.recorder.errors, [])
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+        self.assertEqual(len(h.mailbox.connections), 1)
+        self.assertEqual(h.lines("connect failed"), [])
+
+    def test_stop_while_polling(self) -> None:
+        h = Harness(self)
+        h.mailbox.capabilities = "IMAP4rev1"
+        h.start()
+        self.assertEqual(h.stop(), [None])
+        self.assertEqual(h.sent()[-1], "LOGOUT")
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_stop_with_unresponsive_server(self) -> None:
+        h = Harness(self)
+        h.start()
+        h.mailbox.current.responsive = False
+        result = h.stop()
+        self.assertEqual(result, [])
+        h.run(4.9)
+        self.assertEqual(result, [])
+        h.run(0.1)  # the LOGOUT deadline: close the connection
+        self.assertEqual(result, [None])
+        self.assertEqual(h.sent()[-2:], ["IDLE", "DONE"])  # LOGOUT waits for IDLE's end
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+        self.assertEqual(h.recorder.errors, [])
+
+    def test_stop_during_connect(self) -> None:
+        h = Harness(self)
+        h.endpoint.hang = True
+        h.start()
+        self.assertEqual(h.session.state, "connecting")
+        self.assertEqual(h.stop(), [None])
+        self.assertEqual(h.endpoint.cancelled, 1)
+        self.assertEqual(h.session.state, "stopped")
+        self.assertEqual(h.recorder.errors, [])
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_stop_during_login(self) -> None:
+        h = Harness(self)
+        original = ServerConnection.handle
+
+        def silent_login(conn: ServerConnection, line: str) -> None:
+            if " LOGIN " not in line:
+                original(conn, line)
+
+        self.patch(ServerConnection, "handle", silent_login)
+        h.start()
+        self.assertEqual(h.session.state, "authenticating")
+        self.assertEqual(h.stop(), [None])
+        self.assertEqual(h.session.state, "stopped")
+        self.assertEqual(h.recorder.errors, [])
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_stop_during_backoff(self) -> None:
+        h = Harness(self)
+        h.endpoint.refuse = ConnectionRefusedError()
+        h.start()
+        self.assertEqual(h.session.state, "backoff")
+        self.assertEqual(h.stop(), [None])
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+        h.run(100)
+        self.assertEqual(h.endpoint.attempts, 1)
+
+    def test_stop_during_auth_holdoff(self) -> None:
+        h = Harness(self)
+        h.mailbox.password = "nope"
+        h.start()
+        self.assertEqual(h.session.state, "auth-failed")
+        self.assertEqual(h.stop(), [None])
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_stop_during_heartbeat(self) -> None:
+        h = Harness(self)
+        h.start()
+        conn = h.mailbox.current
+        conn.responsive = False
+        h.run(120)  # DONE sent, no answer yet
+        self.assertEqual(h.stop(), [])
+        h.run(5)
+        self.assertEqual(h.session.state, "stopped")
+        self.assertEqual(h.recorder.errors, [])
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_stop_before_start_and_twice(self) -> None:
+        h = Harness(self)
+        self.assertEqual(h.stop(), [None])
+        h.start()
+        first = h.stop()
+        self.assertEqual(first, [None])
+        self.assertEqual(h.stop(), [None])
+
+    def test_restart_after_stop(self) -> None:
+        h = Harness(self)
+        h.start()
+        h.stop()
+        h.start()
+        self.assertEqual(h.session.state, "idle")
+        self.assertEqual(len(h.mailbox.connections), 2)
+        h.stop()
+
+
+class InterfaceTests(SynchronousTestCase):
+    def test_recorder_double_provides_interface(self) -> None:
+        verifyObject(IRecorder, Recorder(Clock()))
