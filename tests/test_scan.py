@@ -720,3 +720,31 @@ class BackendDoubleTests(TestCase):
         self.assertEqual(r.status, 200)
         await trigger.idle()
         self.assertEqual(trigger.last_outcome(account(1).id)["scanned"], 9)
+
+    async def test_deferred_delay_json_answer_and_routing(self) -> None:
+        from treq.client import HTTPClient
+        from twisted.internet import reactor
+        from twisted.web.client import Agent
+
+        backend = BackendDouble(SECRET)
+        await backend.start()
+        self.addCleanup(lambda: ensureDeferred(backend.stop()))
+        release: Deferred[None] = Deferred()
+        backend.script(Answer(status=207, json={"scanned": 1, "blocked": 1}, delay=release))
+        trigger = ScanTrigger(settings(backend_url=backend.url), reactor)
+        self.addCleanup(trigger.stopService)
+        trigger.request(account(1), 5, "exists")
+        await backend.wait_for(1)
+        self.assertEqual(backend.in_flight, 1)
+        release.callback(None)
+        await trigger.idle()
+        self.assertEqual(trigger.last_outcome(account(1).id)["status"], 207)
+        self.assertEqual(backend.in_flight, 0)
+
+        client = HTTPClient(Agent(reactor))  # not persistent: nothing left open
+        wrong_path = await client.post(backend.url + "/api/mail/other", data=b"{}")
+        await wrong_path.content()
+        wrong_method = await client.get(backend.url + "/api/mail/scan-internal")
+        await wrong_method.content()
+        self.assertEqual((wrong_path.code, wrong_method.code), (404, 405))
+        self.assertEqual(len(backend.requests), 1)
