@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from .pool import _Connection, connect, db_error_text
+from .pool import _Connection, connect, db_error_text, new_connection
 
 __all__ = ["Listener", "quote_ident"]
 
@@ -46,6 +46,7 @@ class Listener:
         self._delay = retry_delay
         self._ping_interval = ping_interval
         self._conn: _Connection | None = None
+        self._connecting: _Connection | None = None
         self._retry: Any = None
         self._ping: LoopingCall | None = None
         self._waiters: list[Deferred] = []
@@ -67,6 +68,8 @@ class Listener:
             self._retry.cancel()
         self._retry = None
         self._stop_ping()
+        if self._connecting is not None:
+            self._connecting.kill()  # the attempt fails and, stopped, schedules nothing
         if self._conn is not None:
             conn, self._conn = self._conn, None
             conn.lost_callbacks.clear()
@@ -86,15 +89,15 @@ class Listener:
         d.addErrback(self._failed)
 
     async def _open(self) -> None:
-        conn = await connect(self._dsn, self._reactor, self._connect_timeout)
-        if not self.running:
-            conn.kill()
-            return
+        conn = self._connecting = new_connection(self._reactor)
         try:
+            await connect(self._dsn, self._reactor, self._connect_timeout, conn)
             await conn.runOperation(f"LISTEN {quote_ident(self.channel)}")
         except BaseException:
             conn.kill()
             raise
+        finally:
+            self._connecting = None
         if not self.running:
             conn.kill()
             return

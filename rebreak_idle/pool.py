@@ -30,7 +30,10 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from txpostgres.txpostgres import Connection
 
-__all__ = ["Pool", "PoolClosed", "StatementTimeout", "db_error_text", "is_connection_error"]
+__all__ = [
+    "Pool", "PoolClosed", "StatementTimeout", "connect", "db_error_text", "is_connection_error",
+    "new_connection",
+]
 
 log = Logger()
 
@@ -94,22 +97,39 @@ class _Connection(Connection):
         return not self._killed and self._connection is not None and not self._connection.closed
 
 
-async def connect(dsn: str, reactor: Any, timeout: float) -> _Connection:
-    """Open one connection (with a deadline: libpq does not enforce ``connect_timeout``
-    on asynchronous connections)."""
+def new_connection(reactor: Any) -> _Connection:
+    """An unconnected connection (``kill()`` aborts a :func:`connect` in progress)."""
     conn = _Connection(reactor=reactor)
     conn.lost_callbacks = []
+    return conn
+
+
+async def connect(dsn: str, reactor: Any, timeout: float,
+                  conn: _Connection | None = None) -> _Connection:
+    """Open ``conn`` (or a new connection) with a deadline: libpq does not enforce
+    ``connect_timeout`` on asynchronous connections."""
+    conn = new_connection(reactor) if conn is None else conn
+    if not conn.alive and conn._killed:
+        raise PoolClosed("the connection was closed before it was opened")
+    expired: list[bool] = []
+
+    def expire() -> None:
+        expired.append(True)
+        conn.kill()
+
     d = conn.connect(dsn)
-    timer = reactor.callLater(timeout, conn.kill)
+    timer = reactor.callLater(timeout, expire)
     try:
         await d
     except BaseException:
         conn.kill()
+        if expired:
+            raise StatementTimeout(f"connecting took longer than {timeout:g}s") from None
         raise
     finally:
         if timer.active():
             timer.cancel()
-    if not conn.alive:  # the deadline closed it just as it succeeded
+    if not conn.alive:  # closed (deadline, pool closed) just as it succeeded
         raise StatementTimeout(f"connecting took longer than {timeout:g}s")
     return conn
 
@@ -147,18 +167,32 @@ class Pool:
         self._idle.clear()
 
     async def _checkout(self) -> tuple[_Connection, bool]:
+        """A live connection, marked busy (so :meth:`close` can abort it), and whether it
+        is new."""
         while self._idle:
             conn = self._idle.pop()
             if conn.alive:
+                self._busy.add(conn)
                 return conn, False
-        return await connect(self._dsn, self._reactor, self._connect_timeout), True
+        conn = new_connection(self._reactor)
+        self._busy.add(conn)
+        try:
+            await connect(self._dsn, self._reactor, self._connect_timeout, conn)
+        except BaseException:
+            self._busy.discard(conn)
+            raise
+        return conn, True
 
     async def _run(self, fetch: bool, sql: str, params: Sequence[Any] | None) -> Any:
         for _attempt in range(2):
             if self.closed:
                 raise PoolClosed("the database pool is closed")
-            conn, fresh = await self._checkout()
-            self._busy.add(conn)
+            try:
+                conn, fresh = await self._checkout()
+            except Exception:
+                if self.closed:
+                    raise PoolClosed("the database pool is closed") from None
+                raise
             try:
                 result = await self._execute(conn, fetch, sql, params)
             except Exception as e:

@@ -281,3 +281,40 @@ async def _turn() -> None:
     from twisted.internet.task import deferLater
 
     await deferLater(reactor, 0, lambda: None)
+
+
+class SilentServerTests(StoreTestCase):
+    """A server that accepts TCP connections and never answers: a network cut as libpq
+    sees it."""
+
+    def silent_dsn(self) -> str:
+        from twisted.internet.protocol import Factory, Protocol
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return f"host=127.0.0.1 port={port.getHost().port} user=u dbname=d sslmode=disable"
+
+    @inline
+    async def test_connect_deadline(self) -> None:
+        from rebreak_idle.pool import StatementTimeout
+
+        store = self.make_store(self.silent_dsn(), connect_timeout=0.3)
+        with self.assertRaises(StatementTimeout):
+            await store.active()
+        store.record_heartbeat(str(uuid.uuid4()))
+        await store.flush()
+        self.assertEqual(store.pending, 1)
+
+    @inline
+    async def test_close_while_connecting(self) -> None:
+        from rebreak_idle.pool import PoolClosed
+
+        store = AccountStore(self.silent_dsn(), reactor, connect_timeout=30)
+        listener = store.listen("ch", lambda: None)
+        pending = store.active()
+        results: list = []
+        pending.addBoth(results.append)
+        await store.close(1)
+        self.assertFalse(listener.running)
+        self.assertEqual(len(results), 1)
+        self.assertIsInstance(results[0].value, PoolClosed)
