@@ -27,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet import reactor as default_reactor
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.logger import Logger
@@ -159,7 +158,11 @@ class BackendDouble:
         scanner: Callable[[Any], Any] | None = None,
     ) -> None:
         self.admin_secret = admin_secret
-        self.reactor = reactor if reactor is not None else default_reactor
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.reactor = reactor
         self.scanner = scanner
         self.requests: list[RecordedRequest] = []
         self.answers: list[Answer] = []
