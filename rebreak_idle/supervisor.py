@@ -91,11 +91,20 @@ class Supervisor(MultiService):
         return self._ready
 
     def snapshot(self) -> list[dict]:
-        """One dict per session (its ``snapshot()``) plus one per invalid row."""
-        out = [session.snapshot() for session in self.sessions.values()]
+        """One dict per session (its ``snapshot()``; state ``queued`` while it waits for the
+        start-up ramp) plus one per invalid row (state ``invalid``, ``last_error`` saying
+        why)."""
+        out = []
+        for account_id, session in self.sessions.items():
+            snap = dict(session.snapshot())
+            if account_id in self._queue:
+                snap["state"] = "queued"
+            out.append(snap)
         for account_id, (row, message) in self._invalid.items():
             out.append({"id": account_id, "email": row.get("email"), "state": "invalid",
-                        "last_error": message, "last_heartbeat": None, "last_event": None})
+                        "since": None, "attempt": 0, "next_attempt_in": None,
+                        "last_error": message, "last_error_at": None, "last_heartbeat": None,
+                        "last_exists": None, "last_scan_reason": None})
         return out
 
     def refresh(self) -> Deferred:

@@ -268,6 +268,8 @@ class RampTests(SynchronousTestCase):
         sup.startService()
         self.assertEqual(len(events), 5)  # 50/s in batches of 0.1 s
         self.assertEqual(len(sup.sessions), 120)  # created, most still queued
+        states = [snap["state"] for snap in sup.snapshot()]
+        self.assertEqual((states.count("running"), states.count("queued")), (5, 115))
         clock.advance(0.1)
         self.assertEqual(len(events), 10)
         clock.pump([0.1] * 10)
