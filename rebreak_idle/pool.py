@@ -14,6 +14,10 @@ always in autocommit mode) with client-side parameter interpolation: no prepared
 statements, no ``SET``, no session locks — safe behind a transaction-mode pooler
 (PgBouncer, Supabase's Supavisor).
 
+(psycopg2 sends one ``SET DATESTYLE TO 'ISO'`` at connect time only when the server's
+DateStyle is not ISO — PostgreSQL's and Supabase's default is ISO — and nothing here depends
+on it: times go out as ISO 8601 literals with an offset and come back as epoch seconds.)
+
 Note: libpq resolves a host *name* in the DSN synchronously; use ``hostaddr=`` (or an IP
 address) where a slow resolver would matter.
 """
