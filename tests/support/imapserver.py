@@ -1,0 +1,603 @@
+"""An in-process IMAP server for tests and the demo, on ``twisted.mail.imap4.IMAP4Server``.
+
+Usage::
+
+    server = InProcessIMAPServer(reactor)
+    server.add_user("ann@example.org", "secret", token="oauth-token")   # token: XOAUTH2
+    port = server.listen()                      # 127.0.0.1, free port, plain IMAP
+    tls_port = server.listen(tls=True)          # implicit TLS, test CA's server cert
+    st_port = server.listen(starttls=True)      # STARTTLS (LOGINDISABLED until TLS)
+    number = port.getHost().port
+    uid = server.deliver("ann@example.org", subject="Hi", sender="bob@example.org",
+                         body="text")          # pushes "* N EXISTS" to selected/idling
+    server.delete("ann@example.org", uid)       # pushes "* N EXPUNGE"
+    server.messages("ann@example.org")          # [{"uid", "seq", "subject", "sender", "flags"}]
+    await server.wait_for_idle("ann@example.org")   # Deferred: a connection of ann idles
+    ...
+    yield server.stop()                         # stop listening, drop connections
+
+What the server speaks (RFC 3501 subset of Twisted's IMAP4Server, in-memory mailboxes):
+CAPABILITY, LOGIN, AUTHENTICATE PLAIN / XOAUTH2 (with SASL-IR, or by continuation),
+STARTTLS, SELECT/EXAMINE, FETCH, UID FETCH, STORE, UID STORE, EXPUNGE, SEARCH, APPEND,
+NOOP, LOGOUT and IDLE (RFC 2177: ``+ idling``, untagged EXISTS/EXPUNGE pushed while
+idling, ``DONE`` → ``<tag> OK IDLE terminated``). A failed login (LOGIN or AUTHENTICATE)
+is answered ``<tag> NO [AUTHENTICATIONFAILED] Invalid credentials (Failure)``; a failed
+XOAUTH2 first sends ``+ <base64 JSON>`` and waits for the client's empty line.
+
+Switches (attributes, may be changed at any time):
+
+* ``idle_enabled`` (True): when False, IDLE is not advertised and answered ``BAD``;
+* ``mechanisms`` ([b"PLAIN", b"XOAUTH2"]): AUTH= mechanisms offered;
+* ``sasl_ir`` (True): advertise SASL-IR (initial responses are accepted anyway);
+* ``greeting_capabilities`` (True): put ``[CAPABILITY ...]`` in the greeting;
+* ``silent`` (False): when True, connections accept bytes and never answer (no greeting
+  for new connections either) — for timeout tests;
+
+Counters for assertions: ``login_attempts[user]`` (Counter, LOGIN and AUTHENTICATE),
+``logins_ok[user]``, ``commands[b"LOGOUT"]`` (Counter of command names, upper case),
+``open_connections`` (int), ``connections_made`` (int), ``idling_connections(user)``.
+``drop_connections()`` aborts every open connection.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.utils
+import itertools
+import time
+from collections import Counter
+from collections.abc import Iterable
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.policy import compat32
+from io import BytesIO
+from typing import Any
+
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer
+from twisted.internet.protocol import Factory
+from twisted.mail import imap4
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python import log as legacy_log
+from zope.interface import implementer
+
+from .certs import CertPair, make_test_certs
+
+__all__ = ["InProcessIMAPServer", "MemoryMailbox", "MemoryMessage"]
+
+AUTH_FAILED = b"[AUTHENTICATIONFAILED] Invalid credentials (Failure)"
+
+
+@implementer(imap4.IMessage)
+class MemoryMessage:
+    """One stored message (raw RFC 822 bytes)."""
+
+    def __init__(self, raw: bytes, uid: int, flags: Iterable[str] = ()) -> None:
+        self.raw = raw
+        self.uid = uid
+        self.flags = list(flags)
+        self.date = email.utils.formatdate(time.time())
+        parsed = BytesParser(policy=compat32).parsebytes(raw)
+        self.headers = {k.lower(): str(v) for k, v in parsed.items()}
+        _, sep, body = raw.partition(b"\r\n\r\n")
+        if not sep:
+            _, sep, body = raw.partition(b"\n\n")
+        self.body = body
+
+    @property
+    def subject(self) -> str:
+        return self.headers.get("subject", "")
+
+    @property
+    def sender(self) -> str:
+        return self.headers.get("from", "")
+
+    def getHeaders(self, negate: bool, *names: Any) -> dict[str, str]:
+        wanted = {n.decode() if isinstance(n, bytes) else n for n in names}
+        wanted = {n.lower() for n in wanted}
+        return {k: v for k, v in self.headers.items() if (k in wanted) != negate}
+
+    def getBodyFile(self) -> BytesIO:
+        return BytesIO(self.body)
+
+    def getSize(self) -> int:
+        return len(self.raw)
+
+    def getInternalDate(self) -> str:
+        return self.date
+
+    def getUID(self) -> int:
+        return self.uid
+
+    def getFlags(self) -> list[str]:
+        return list(self.flags)
+
+    def isMultipart(self) -> bool:
+        return False
+
+    def getSubPart(self, part: int) -> Any:
+        raise IndexError(part)
+
+
+@implementer(imap4.IMailboxInfo, imap4.IMailbox, imap4.ISearchableMailbox)
+class MemoryMailbox:
+    """An in-memory mailbox whose listeners (selected connections) get EXISTS/EXPUNGE."""
+
+    _validity = itertools.count(int(time.time()))
+
+    def __init__(self) -> None:
+        self.messages: list[MemoryMessage] = []
+        self.listeners: list[Any] = []
+        self.uid_validity = next(self._validity)
+        self.uid_next = 1
+        self._expunger: Any = None
+
+    # IMailboxInfo
+    def getFlags(self) -> list[str]:
+        return ["\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"]
+
+    def getHierarchicalDelimiter(self) -> str:
+        return "/"
+
+    # IMailbox
+    def getUIDValidity(self) -> int:
+        return self.uid_validity
+
+    def getUIDNext(self) -> int:
+        return self.uid_next
+
+    def getUID(self, message: int) -> int:
+        return self.messages[message - 1].uid
+
+    def getMessageCount(self) -> int:
+        return len(self.messages)
+
+    def getRecentCount(self) -> int:
+        return 0
+
+    def getUnseenCount(self) -> int:
+        return sum(1 for m in self.messages if "\\Seen" not in m.flags)
+
+    def isWriteable(self) -> bool:
+        return True
+
+    def destroy(self) -> None:
+        self.messages.clear()
+
+    def requestStatus(self, names: Iterable[str]) -> dict[str, int]:
+        values = {"MESSAGES": self.getMessageCount(), "RECENT": 0,
+                  "UIDNEXT": self.uid_next, "UIDVALIDITY": self.uid_validity,
+                  "UNSEEN": self.getUnseenCount()}
+        return {n: values[n] for n in names if n in values}
+
+    def addListener(self, listener: Any) -> None:
+        self.listeners.append(listener)
+
+    def removeListener(self, listener: Any) -> None:
+        if listener in self.listeners:
+            self.listeners.remove(listener)
+
+    def add(self, raw: bytes, flags: Iterable[str] = ()) -> int:
+        """Store a message, tell listeners ``* N EXISTS``; returns its UID."""
+        uid = self.uid_next
+        self.uid_next += 1
+        self.messages.append(MemoryMessage(raw, uid, flags))
+        for listener in list(self.listeners):
+            listener.newMessages(len(self.messages), None)
+        return uid
+
+    def addMessage(self, message: Any, flags: Iterable[str], date: Any = None) -> Any:
+        raw = message.read() if hasattr(message, "read") else bytes(message)
+        self.add(raw, [f.decode() if isinstance(f, bytes) else f for f in flags])
+        return defer.succeed(None)
+
+    def remove_uids(self, uids: Iterable[int]) -> list[int]:
+        """Remove messages by UID; tell listeners (except an EXPUNGE's issuer, which
+        Twisted answers itself) ``* N EXPUNGE``. Returns the sequence numbers sent, in
+        sending order (descending, so each number is valid when sent)."""
+        doomed = set(uids)
+        seqs = [i + 1 for i, m in enumerate(self.messages) if m.uid in doomed]
+        seqs.sort(reverse=True)
+        for seq in seqs:
+            del self.messages[seq - 1]
+        for listener in list(self.listeners):
+            if listener is self._expunger:
+                continue
+            for seq in seqs:
+                listener.sendUntaggedResponse(b"%d EXPUNGE" % seq, isAsync=True)
+        return seqs
+
+    def expunge(self) -> list[int]:
+        return self.remove_uids([m.uid for m in self.messages if "\\Deleted" in m.flags])
+
+    def _select(self, messages: imap4.MessageSet, uid: bool) -> list[tuple[int, MemoryMessage]]:
+        if not self.messages:
+            return []
+        if uid:
+            messages.last = self.messages[-1].uid
+            return [(i + 1, m) for i, m in enumerate(self.messages) if m.uid in messages]
+        messages.last = len(self.messages)
+        return [(n, self.messages[n - 1]) for n in messages if 1 <= n <= len(self.messages)]
+
+    def fetch(self, messages: imap4.MessageSet, uid: bool) -> list[tuple[int, MemoryMessage]]:
+        return self._select(messages, uid)
+
+    def store(self, messages: imap4.MessageSet, flags: list[str], mode: int,
+              uid: bool) -> dict[int, list[str]]:
+        result = {}
+        for seq, msg in self._select(messages, uid):
+            if mode == 1:
+                msg.flags.extend(f for f in flags if f not in msg.flags)
+            elif mode == -1:
+                msg.flags = [f for f in msg.flags if f not in flags]
+            else:
+                msg.flags = list(flags)
+            result[seq] = list(msg.flags)
+        return result
+
+    def search(self, query: list[Any], uid: bool) -> list[int]:
+        """Only ``ALL`` (and anything else is treated as ALL)."""
+        return [m.uid if uid else i + 1 for i, m in enumerate(self.messages)]
+
+
+class _Account(imap4.MemoryAccount):
+    def _emptyMailbox(self, name: str, id: int) -> MemoryMailbox:
+        return MemoryMailbox()
+
+
+@implementer(IRealm)
+class _Realm:
+    def __init__(self, server: InProcessIMAPServer) -> None:
+        self.server = server
+
+    def requestAvatar(self, avatar_id: Any, mind: Any, *interfaces: Any) -> Any:
+        if imap4.IAccount not in interfaces:
+            raise NotImplementedError("IAccount only")
+        name = avatar_id.decode() if isinstance(avatar_id, bytes) else avatar_id
+        return imap4.IAccount, self.server.account(name), lambda: None
+
+
+class _ServerProtocol(imap4.IMAP4Server):
+    """IMAP4Server with IDLE (RFC 2177), SASL PLAIN/XOAUTH2 with SASL-IR, counters and
+    the switches of :class:`InProcessIMAPServer`."""
+
+    IDENT = b"rebreak-idle test IMAP server ready"
+    server: InProcessIMAPServer
+    idling = False
+    user: str | None = None
+
+    def capabilities(self) -> dict[bytes, Any]:
+        s = self.server
+        caps: dict[bytes, Any] = {}
+        if self.ctx and self.canStartTLS and not self.startedTLS:
+            caps[b"STARTTLS"] = None
+            caps[b"LOGINDISABLED"] = None
+        else:
+            if s.mechanisms:
+                caps[b"AUTH"] = list(s.mechanisms)
+            if s.sasl_ir:
+                caps[b"SASL-IR"] = None
+        caps[b"NAMESPACE"] = None
+        if s.idle_enabled:
+            caps[b"IDLE"] = None
+        return caps
+
+    def connectionMade(self) -> None:
+        self.server._connections.add(self)
+        self.server.connections_made += 1
+        self.tags = {}
+        self.canStartTLS = self.ctx is not None and \
+            imap4.interfaces.ITLSTransport(self.transport, None) is not None
+        self.setTimeout(self.timeOut)
+        if not self.server.silent:
+            self.sendServerGreeting()
+
+    def sendServerGreeting(self) -> None:
+        if self.server.greeting_capabilities:
+            super().sendServerGreeting()
+        else:
+            self.sendPositiveResponse(message=self.IDENT)
+
+    def connectionLost(self, reason: Any) -> None:
+        self.server._connections.discard(self)
+        if self.mbox is not None:
+            self.mbox.removeListener(self)
+            self.mbox = None
+        self.idling = False
+        super().connectionLost(reason)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.server.silent:
+            return
+        super().dataReceived(data)
+
+    def dispatchCommand(self, tag: bytes, cmd: bytes, rest: bytes, uid: Any = None) -> Any:
+        if uid is None:
+            self.server.commands[cmd.upper()] += 1
+        return super().dispatchCommand(tag, cmd, rest, uid)
+
+    # -- IDLE
+
+    def do_IDLE(self, tag: bytes) -> None:
+        if not self.server.idle_enabled:
+            self.sendBadResponse(tag, b"Unknown command IDLE")
+            return
+        self.sendContinuationRequest(b"idling")
+        self.parseTag = tag
+        self.lastState = self.parseState
+        self.parseState = "idle"
+        self.idling = True
+        self.server._idle_started(self)
+
+    auth_IDLE = (do_IDLE,)
+    select_IDLE = (do_IDLE,)
+
+    def parse_idle(self, line: bytes) -> None:
+        self.parseState = self.lastState
+        del self.lastState
+        self.idling = False
+        if line.strip().upper() == b"DONE":
+            self.sendPositiveResponse(self.parseTag, b"IDLE terminated")
+        else:
+            self.sendBadResponse(self.parseTag, b"Expected DONE")
+
+    # -- LOGIN / AUTHENTICATE
+
+    def _failed(self, tag: bytes) -> None:
+        self.sendNegativeResponse(tag, AUTH_FAILED)
+
+    def _succeeded(self, tag: bytes, user: str, what: bytes) -> None:
+        self.server.logins_ok[user] += 1
+        self.user = user
+        self.account = self.server.account(user)
+        self.state = "auth"
+        self.setTimeout(self.POSTAUTH_TIMEOUT)
+        self.sendPositiveResponse(tag, what + b" completed")
+
+    def do_LOGIN(self, tag: bytes, user: bytes, passwd: bytes) -> None:
+        if b"LOGINDISABLED" in self.capabilities():
+            self.sendBadResponse(tag, b"LOGIN is disabled before STARTTLS")
+            return
+        name = user.decode("utf-8", "replace")
+        self.server.login_attempts[name] += 1
+        d = self.server.portal.login(UsernamePassword(user, passwd), None, imap4.IAccount)
+        d.addCallbacks(lambda _: self._succeeded(tag, name, b"LOGIN"),
+                       lambda f: (f.trap(UnauthorizedLogin), self._failed(tag)))
+        d.addErrback(legacy_log.err)
+
+    unauth_LOGIN = (do_LOGIN, imap4.IMAP4Server.arg_astring,
+                    imap4.IMAP4Server.arg_finalastring)
+
+    def do_AUTHENTICATE(self, tag: bytes, line: bytes) -> None:
+        words = line.split()
+        mech = words[0].upper() if words else b""
+        if mech not in self.server.mechanisms or b"STARTTLS" in self.capabilities():
+            self.sendNegativeResponse(tag, b"Unsupported authentication mechanism")
+            return
+        initial = words[1] if len(words) > 1 else None
+
+        def got(response: bytes) -> None:
+            if response.strip() == b"*":
+                self.sendBadResponse(tag, b"Authentication aborted")
+                return
+            try:
+                decoded = base64.b64decode(response.strip(), validate=True)
+            except binascii.Error:
+                self.sendBadResponse(tag, b"Invalid base64")
+                return
+            if mech == b"PLAIN":
+                self._plain(tag, decoded)
+            else:
+                self._xoauth2(tag, decoded)
+
+        if initial is not None:
+            got(b"" if initial == b"=" else initial)
+        else:
+            self._read_line(got)
+            self.sendContinuationRequest(b"")
+
+    unauth_AUTHENTICATE = (do_AUTHENTICATE, imap4.IMAP4Server.arg_line)
+
+    def _read_line(self, callback: Any) -> None:
+        self.parseState = "pending"
+        self._pendingLiteral = defer.Deferred()
+        self._pendingLiteral.addCallback(callback)
+        self._pendingLiteral.addErrback(legacy_log.err)
+
+    def _plain(self, tag: bytes, decoded: bytes) -> None:
+        parts = decoded.split(b"\x00")
+        if len(parts) != 3:
+            self.sendBadResponse(tag, b"Malformed PLAIN response")
+            return
+        user, password = parts[1], parts[2]
+        name = user.decode("utf-8", "replace")
+        self.server.login_attempts[name] += 1
+        d = self.server.portal.login(UsernamePassword(user, password), None, imap4.IAccount)
+        d.addCallbacks(lambda _: self._succeeded(tag, name, b"AUTHENTICATE"),
+                       lambda f: (f.trap(UnauthorizedLogin), self._failed(tag)))
+        d.addErrback(legacy_log.err)
+
+    def _xoauth2(self, tag: bytes, decoded: bytes) -> None:
+        fields = dict(p.split(b"=", 1) for p in decoded.split(b"\x01") if b"=" in p)
+        name = fields.get(b"user", b"").decode("utf-8", "replace")
+        token = fields.get(b"auth", b"").removeprefix(b"Bearer ").decode("utf-8", "replace")
+        self.server.login_attempts[name] += 1
+        if name and self.server.tokens.get(name) == token:
+            self._succeeded(tag, name, b"AUTHENTICATE")
+            return
+        challenge = base64.b64encode(
+            b'{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}')
+        self._read_line(lambda _line: self._failed(tag))
+        self.sendContinuationRequest(challenge)
+
+    # -- EXPUNGE: other connections are told by the mailbox
+
+    def do_EXPUNGE(self, tag: bytes) -> None:
+        self.mbox._expunger = self
+        try:
+            super().do_EXPUNGE(tag)
+        finally:
+            self.mbox._expunger = None
+
+    select_EXPUNGE = (do_EXPUNGE,)
+
+
+class _ServerFactory(Factory):
+    def __init__(self, server: InProcessIMAPServer, context: Any) -> None:
+        self.server = server
+        self.context = context
+
+    def buildProtocol(self, addr: Any) -> _ServerProtocol:
+        p = _ServerProtocol(contextFactory=self.context)
+        p.server = self.server
+        p.portal = self.server.portal
+        p.factory = self
+        return p
+
+
+class InProcessIMAPServer:
+    """See the module docstring."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.idle_enabled = True
+        self.mechanisms: list[bytes] = [b"PLAIN", b"XOAUTH2"]
+        self.sasl_ir = True
+        self.greeting_capabilities = True
+        self.silent = False
+        self.login_attempts: Counter[str] = Counter()
+        self.logins_ok: Counter[str] = Counter()
+        self.commands: Counter[bytes] = Counter()
+        self.connections_made = 0
+        self.tokens: dict[str, str] = {}
+        self._checker = InMemoryUsernamePasswordDatabaseDontUse()
+        self.portal = Portal(_Realm(self), [self._checker])
+        self._accounts: dict[str, _Account] = {}
+        self._connections: set[_ServerProtocol] = set()
+        self._ports: list[Any] = []
+        self._idle_waiters: list[tuple[str, defer.Deferred]] = []
+
+    # -- users and mail
+
+    def add_user(self, name: str, password: str, token: str | None = None) -> None:
+        """Create (or update) a user with a password and optional XOAUTH2 token."""
+        self._checker.addUser(name.encode("utf-8"), password.encode("utf-8"))
+        if token is not None:
+            self.tokens[name] = token
+        self.account(name)
+
+    def account(self, name: str) -> _Account:
+        if name not in self._accounts:
+            acct = _Account(name)
+            acct.addMailbox("INBOX")
+            self._accounts[name] = acct
+        return self._accounts[name]
+
+    def inbox(self, name: str) -> MemoryMailbox:
+        return self.account(name).select("INBOX")
+
+    def deliver(self, name: str, subject: str = "Test message",
+                sender: str = "sender@example.org", body: str = "Hello.\r\n",
+                to: str | None = None, raw: bytes | None = None) -> int:
+        """Add a message to ``name``'s INBOX (pushing ``* N EXISTS`` to its selected
+        connections, idling or not); returns the new UID."""
+        if raw is None:
+            msg = EmailMessage()
+            msg["From"] = sender
+            msg["To"] = to or name
+            msg["Subject"] = subject
+            msg["Date"] = email.utils.formatdate(time.time())
+            msg["Message-ID"] = email.utils.make_msgid(domain="rebreak.test")
+            msg.set_content(body)
+            raw = msg.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        return self.inbox(name).add(raw)
+
+    def delete(self, name: str, uid: int) -> bool:
+        """Remove a message by UID (pushing ``* N EXPUNGE``); True when it existed."""
+        return bool(self.inbox(name).remove_uids([uid]))
+
+    def messages(self, name: str) -> list[dict[str, Any]]:
+        """The INBOX of ``name``: ``[{"uid", "seq", "subject", "sender", "flags"}]``."""
+        return [{"uid": m.uid, "seq": i + 1, "subject": m.subject, "sender": m.sender,
+                 "flags": list(m.flags)} for i, m in enumerate(self.inbox(name).messages)]
+
+    # -- connections
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._connections)
+
+    def idling_connections(self, name: str | None = None) -> int:
+        return sum(1 for c in self._connections
+                   if c.idling and (name is None or c.user == name))
+
+    def wait_for_idle(self, name: str | None = None) -> defer.Deferred:
+        """A Deferred that fires when a connection (of ``name``) is idling (at once if
+        one already is). Add a timeout in the test."""
+        if self.idling_connections(name):
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._idle_waiters.append((name or "", d))
+        return d
+
+    def _idle_started(self, proto: _ServerProtocol) -> None:
+        waiting, self._idle_waiters = self._idle_waiters, []
+        for name, d in waiting:
+            if not name or name == proto.user:
+                if not d.called:
+                    d.callback(None)
+            else:
+                self._idle_waiters.append((name, d))
+
+    def drop_connections(self) -> None:
+        """Abort every open connection (the server keeps listening)."""
+        for conn in list(self._connections):
+            conn.transport.abortConnection()
+
+    def listen(self, port: int = 0, tls: bool = False, starttls: bool = False,
+               cert: CertPair | None = None, interface: str = "127.0.0.1") -> Any:
+        """Listen on ``interface`` (default 127.0.0.1, free port by default): plain,
+        implicit TLS (``tls=True``) or with STARTTLS (``starttls=True``, LOGIN disabled
+        and no AUTH offered before TLS). ``cert`` defaults to the test CA's server
+        certificate (:func:`tests.support.certs.make_test_certs`). Returns the
+        IListeningPort (``.getHost().port``)."""
+        options = None
+        if tls or starttls:
+            pair = cert or make_test_certs().server
+            options = pair.private_certificate().options()
+        factory: Any = _ServerFactory(self, options if starttls else None)
+        if tls:
+            factory = TLSMemoryBIOFactory(options, False, factory)
+        listening = self.reactor.listenTCP(port, factory, interface=interface)
+        self._ports.append(listening)
+        return listening
+
+    def stop(self) -> defer.Deferred:
+        """Stop listening and drop all connections; fires when all are closed."""
+        ports, self._ports = self._ports, []
+        ds = [defer.maybeDeferred(p.stopListening) for p in ports]
+        for conn in list(self._connections):
+            ds.append(_lost(conn))
+            conn.transport.abortConnection()
+        waiting, self._idle_waiters = self._idle_waiters, []
+        for _, d in waiting:
+            if not d.called:
+                d.cancel()
+        return defer.gatherResults(ds, consumeErrors=True).addCallback(lambda _: None)
+
+
+def _lost(conn: _ServerProtocol) -> defer.Deferred:
+    d: defer.Deferred = defer.Deferred()
+    original = conn.connectionLost
+
+    def lost(reason: Any) -> None:
+        original(reason)
+        if not d.called:
+            d.callback(None)
+
+    conn.connectionLost = lost  # type: ignore[method-assign]
+    return d
