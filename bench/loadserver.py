@@ -461,8 +461,8 @@ async def _control(server: LoadServer, stop: asyncio.Event, reader: asyncio.Stre
                 reply = "err unknown command\n"
             writer.write(reply.encode())
             await writer.drain()
-    except (ConnectionError, asyncio.IncompleteReadError):
-        pass
+    except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+        pass  # a closed control connection, or the server stopping
     finally:
         writer.close()
 

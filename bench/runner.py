@@ -307,9 +307,10 @@ class Bench:
                       f"\t{email}\tpassword\t{secret}\tt\n")
         buf.seek(0)
         with contextlib.closing(psycopg2.connect(dsn)) as c, c, c.cursor() as cur:
-            cur.copy_from(buf, "rebreak.mail_connections", columns=(
-                "id", "user_id", "email", "imap_host", "imap_port", "imap_security",
-                "imap_username", "auth_method", "encrypted_secret", "is_active"))
+            cur.copy_expert(
+                "COPY rebreak.mail_connections (id, user_id, email, imap_host, imap_port, "
+                "imap_security, imap_username, auth_method, encrypted_secret, is_active) "
+                "FROM STDIN", buf)
         return users
 
     @staticmethod
