@@ -84,7 +84,7 @@ WITH gone AS (
         WHERE seen_at < %(now)s - 10 * %(ttl)s * interval '1 second'
         FOR UPDATE SKIP LOCKED))
 SELECT count(*) FROM rebreak_idle.replicas
-WHERE seen_at > %(now)s - %(ttl)s * interval '1 second'
+WHERE seen_at >= %(now)s - %(ttl)s * interval '1 second'
 """
 _DROP_INACTIVE = """
 DELETE FROM rebreak_idle.leases
@@ -115,7 +115,7 @@ _CLAIM = """
 UPDATE rebreak_idle.leases l
 SET replica_id = %(r)s, expires_at = %(now)s + %(ttl)s * interval '1 second'
 FROM (SELECT connection_id FROM rebreak_idle.leases
-      WHERE connection_id = ANY(%(ids)s::uuid[]) AND expires_at <= %(now)s
+      WHERE connection_id = ANY(%(ids)s::uuid[]) AND expires_at < %(now)s
       ORDER BY connection_id LIMIT %(k)s
       FOR UPDATE SKIP LOCKED) c
 WHERE l.connection_id = c.connection_id
@@ -178,7 +178,13 @@ class _Database:
                 raise
         conn = self._conn
         try:
-            return await conn.runInteraction(interaction)
+            # BEGIN/COMMIT by hand: after any failure the connection is closed (which rolls
+            # the transaction back) instead of attempting a ROLLBACK on a broken link.
+            cur = conn.cursor()
+            await cur.execute("BEGIN")
+            result = await interaction(cur)
+            await cur.execute("COMMIT")
+            return result
         except BaseException:
             self.reset(conn)
             raise
@@ -323,8 +329,11 @@ class LeaseKeeper(Service):
 
     # -- rounds -----------------------------------------------------------------------
 
-    def _tick(self) -> Deferred[bool]:
-        return self.renew()
+    def _tick(self) -> None:
+        # Not returned to the LoopingCall, so that its schedule does not depend on how long
+        # a round takes; a tick while a round still runs is skipped (the lock serializes).
+        if not self._lock.locked:
+            self.renew()
 
     async def _release_all(self) -> None:
         params = {"r": self.replica_id}

@@ -1,0 +1,424 @@
+"""Replica leases: several LeaseKeepers in one process against a real PostgreSQL.
+
+Time is a ``task.Clock`` shared by the keepers and passed to SQL as "now"
+(``use_clock_time``), so expiry is exact; the database I/O is real.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import psycopg2
+from twisted.internet import defer, reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from rebreak_idle.config import Settings
+from rebreak_idle.leases import LEASES_SQL, LeaseKeeper, fair_share
+from tests.support.pg import PostgresServer, fresh_database
+
+TTL = 30.0
+RENEW = 10.0
+
+
+def inline(f: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Deferred]:
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Deferred:
+        return Deferred.fromCoroutine(f(*args, **kwargs))
+
+    return wrapper
+
+
+def settings(dsn: str, replica_id: str, **kw: Any) -> Settings:
+    return Settings(database_url=dsn, admin_secret="s" * 8, encryption_key="k" * 32,
+                    leases="on", replica_id=replica_id, lease_ttl=TTL, lease_renew=RENEW,
+                    **kw)
+
+
+def make_rows(n: int) -> list[dict]:
+    return [{"id": str(uuid.uuid4()), "email": f"user{i}@example.test"} for i in range(n)]
+
+
+class FairShareTests(SynchronousTestCase):
+    def test_ceiling(self) -> None:
+        self.assertEqual(fair_share(300, 3), 100)
+        self.assertEqual(fair_share(300, 4), 75)
+        self.assertEqual(fair_share(300, 7), 43)
+        self.assertEqual(fair_share(1, 3), 1)
+        self.assertEqual(fair_share(0, 3), 0)
+        self.assertEqual(fair_share(10, 0), 10)
+
+    def test_schema_owns_its_tables_only(self) -> None:
+        self.assertNotIn("rebreak.mail_connections", LEASES_SQL)
+        self.assertIn("rebreak_idle.leases", LEASES_SQL)
+        self.assertIn("rebreak_idle.replicas", LEASES_SQL)
+
+
+class _KeeperCase(TestCase):
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.dsn = fresh_database()
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.keepers: list[LeaseKeeper] = []
+        self.changes: dict[str, int] = {}
+        self.losses: dict[str, int] = {}
+
+    def keeper(self, replica_id: str, dsn: str | None = None, **kw: Any) -> LeaseKeeper:
+        def changed() -> None:
+            self.changes[replica_id] = self.changes.get(replica_id, 0) + 1
+
+        def lost() -> None:
+            self.losses[replica_id] = self.losses.get(replica_id, 0) + 1
+
+        k = LeaseKeeper(settings(dsn or self.dsn, replica_id), clock=self.clock,
+                        use_clock_time=True, on_change=changed, on_lost_ownership=lost, **kw)
+        self.keepers.append(k)
+        self.addCleanup(k.disconnect)
+        return k
+
+    async def settle(self, *keepers: LeaseKeeper) -> None:
+        await defer.gatherResults([k.wait_idle() for k in keepers or self.keepers])
+
+    async def tick(self, seconds: float, *keepers: LeaseKeeper) -> None:
+        """Advance time; the running keepers' timers start rounds: wait for them."""
+        self.clock.advance(seconds)
+        await self.settle(*keepers)
+
+    def table(self, live_only: bool = True) -> dict[str, str]:
+        """connection_id → replica_id of the unexpired leases, straight from the table."""
+        conn = psycopg2.connect(self.dsn)
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute(
+                    "SELECT connection_id::text, replica_id FROM rebreak_idle.leases "
+                    "WHERE replica_id IS NOT NULL AND (%s OR expires_at > to_timestamp(%s))",
+                    (not live_only, self.clock.seconds()))
+                return dict(cur.fetchall())
+        finally:
+            conn.close()
+
+    def assertPartition(self, rows: list[dict], keepers: list[LeaseKeeper],
+                        sizes: list[int] | None = None) -> None:
+        """Every row owned by exactly one keeper, in memory and in the table."""
+        ids = {r["id"] for r in rows}
+        union: set[str] = set()
+        for k in keepers:
+            self.assertFalse(union & k.owned(), f"{k.replica_id} shares accounts")
+            union |= k.owned()
+        self.assertEqual(union, ids)
+        table = self.table()
+        self.assertEqual(set(table), ids)
+        for k in keepers:
+            self.assertEqual({c for c, r in table.items() if r == k.replica_id}, k.owned())
+        if sizes is not None:
+            self.assertEqual(sorted(len(k.owned()) for k in keepers), sorted(sizes))
+
+
+class SingleReplicaTests(_KeeperCase):
+    @inline
+    async def test_alone_claims_everything_and_filters(self) -> None:
+        rows = make_rows(20)
+        k = self.keeper("a")
+        got = await k.filter(rows)
+        self.assertEqual(got, rows)
+        self.assertEqual(k.owned(), {r["id"] for r in rows})
+        self.assertEqual((k.live_replicas, k.fair_share), (1, 20))
+        self.assertPartition(rows, [k])
+
+    @inline
+    async def test_deactivated_rows_are_released(self) -> None:
+        rows = make_rows(10)
+        k = self.keeper("a")
+        await k.filter(rows)
+        got = await k.filter(rows[:6])
+        self.assertEqual(got, rows[:6])
+        self.assertEqual(set(self.table()), {r["id"] for r in rows[:6]})
+
+    @inline
+    async def test_uuid_objects_and_extra_columns_pass_through(self) -> None:
+        rows = [{"id": uuid.uuid4(), "email": "x@example.test"} for _ in range(3)]
+        k = self.keeper("a")
+        self.assertEqual(await k.filter(rows), rows)
+
+    @inline
+    async def test_renewal_keeps_leases_alive_past_the_ttl(self) -> None:
+        rows = make_rows(5)
+        k = self.keeper("a")
+        k.startService()
+        await k.filter(rows)
+        for _ in range(10):  # 100 s, far beyond one TTL
+            await self.tick(RENEW)
+        self.assertEqual(k.owned(), {r["id"] for r in rows})
+        self.assertPartition(rows, [k])
+        self.assertEqual(self.losses, {})
+        await k.stopService()
+
+    @inline
+    async def test_clean_stop_releases_everything_at_once(self) -> None:
+        rows = make_rows(30)
+        a, b = self.keeper("a"), self.keeper("b")
+        a.startService()
+        b.startService()
+        await self.settle()
+        await a.filter(rows)
+        await b.filter(rows)
+        self.assertPartition(rows, [a, b], [15, 15])
+        await a.stopService()
+        self.assertEqual(set(self.table().values()), {"b"})
+        self.assertEqual(a.owned(), frozenset())
+        # b takes over at its next renewal, not a TTL later
+        await self.tick(RENEW, b)
+        self.assertPartition(rows, [b], [30])
+        self.assertEqual(self.changes.get("b"), 1)
+        self.assertEqual(await a.filter(rows), [])  # a stopped keeper claims nothing
+        await b.stopService()
+        self.assertEqual(self.table(live_only=False), {})
+
+    @inline
+    async def test_restart_with_the_same_id_keeps_its_accounts(self) -> None:
+        rows = make_rows(8)
+        first = self.keeper("fixed")
+        await first.filter(rows)
+        first.disconnect()  # crash
+        second = self.keeper("fixed")
+        second.startService()
+        await self.settle(second)
+        self.assertEqual(second.owned(), {r["id"] for r in rows})
+        await second.stopService()
+
+
+class ReplicaTests(_KeeperCase):
+    async def start(self, n: int, rows: list[dict]) -> list[LeaseKeeper]:
+        keepers = [self.keeper(f"r{i}") for i in range(n)]
+        for k in keepers:
+            k.startService()  # heartbeats at once
+        await self.settle(*keepers)
+        await defer.gatherResults([k.filter(rows) for k in keepers])  # concurrent claims
+        return keepers
+
+    @inline
+    async def test_three_replicas_share_300_accounts_concurrently(self) -> None:
+        rows = make_rows(300)
+        keepers = await self.start(3, rows)
+        self.assertPartition(rows, keepers, [100, 100, 100])
+        for k in keepers:
+            self.assertEqual((k.live_replicas, k.fair_share), (3, 100))
+        # steady state: nothing moves
+        for _ in range(5):
+            await self.tick(RENEW)
+            self.assertPartition(rows, keepers, [100, 100, 100])
+        self.assertEqual(self.changes, {})
+        for k in keepers:
+            await k.stopService()
+
+    @inline
+    async def test_dead_replica_is_taken_over_within_ttl_plus_renew(self) -> None:
+        rows = make_rows(300)
+        a, b, c = await self.start(3, rows)
+        dead = set(c.owned())
+        c.disconnect()  # SIGKILL: no release, no more renewals
+        died = self.clock.seconds()
+        # before the TTL ran out nobody touches its accounts (no double watching)
+        while self.clock.seconds() + RENEW < died + TTL:
+            await self.tick(RENEW, a, b)
+            self.assertFalse((a.owned() | b.owned()) & dead)
+        await self.tick(died + TTL - self.clock.seconds(), a, b)
+        self.assertFalse((a.owned() | b.owned()) & dead)  # exactly at expiry: not yet
+        await self.tick(RENEW, a, b)
+        self.assertLessEqual(self.clock.seconds() - died, TTL + RENEW)
+        self.assertPartition(rows, [a, b], [150, 150])
+        self.assertEqual(self.changes, {"r0": 1, "r1": 1})
+        self.assertEqual((a.live_replicas, a.fair_share), (2, 150))
+        await a.stopService()
+        await b.stopService()
+
+    @inline
+    async def test_new_replica_gets_a_fair_share(self) -> None:
+        rows = make_rows(300)
+        keepers = await self.start(3, rows)
+        d = self.keeper("r3")
+        d.startService()
+        await self.settle(d)
+        self.assertEqual(await d.filter(rows), [])  # all taken, the others release next
+        # one renewal: the old ones release 25 each (nothing is watched twice)...
+        await self.tick(RENEW)
+        owned = [k.owned() for k in [*keepers, d]]
+        self.assertEqual(sorted(map(len, owned)), [0, 75, 75, 75])
+        # ...the next one: the new one claims them (unwatched for at most one renewal)
+        await self.tick(RENEW)
+        self.assertPartition(rows, [*keepers, d], [75, 75, 75, 75])
+        self.assertEqual(self.changes, {"r0": 1, "r1": 1, "r2": 1, "r3": 1})
+        for k in [*keepers, d]:
+            await k.stopService()
+
+    @inline
+    async def test_a_lone_replica_gives_half_to_a_newcomer(self) -> None:
+        rows = make_rows(61)
+        a = self.keeper("a")
+        a.startService()
+        self.assertEqual(len(await a.filter(rows)), 61)
+        b = self.keeper("b")
+        b.startService()
+        await b.filter(rows)
+        await self.tick(RENEW)
+        await self.tick(RENEW)
+        self.assertPartition(rows, [a, b], [31, 30])
+        await a.stopService()
+        await b.stopService()
+
+    @inline
+    async def test_accounts_added_later_are_claimed_by_someone(self) -> None:
+        rows = make_rows(30)
+        a, b = await self.start(2, rows)
+        more = rows + make_rows(4)
+        await a.filter(more)
+        await b.filter(more)
+        self.assertPartition(more, [a, b], [17, 17])
+        await a.stopService()
+        await b.stopService()
+
+    @inline
+    async def test_pooler_style_one_transaction_per_round_on_any_connection(self) -> None:
+        """Through a transaction pooler, consecutive transactions land on different
+        server connections: rounds must not depend on session state."""
+        from txpostgres.txpostgres import ConnectionPool
+
+        pool = ConnectionPool(None, self.dsn, min=3)
+        await pool.start()
+        self.addCleanup(pool.close)
+        turn = iter(range(10**6))
+
+        def run_query(interaction: Callable[[Any], Deferred]) -> Deferred:
+            conns = sorted(pool.connections, key=id)
+            conn = conns[next(turn) % len(conns)]
+            return conn.runInteraction(interaction)
+
+        rows = make_rows(90)
+        keepers = []
+        for i in range(3):
+            k = LeaseKeeper(settings(self.dsn, f"p{i}"), run_query=run_query,
+                            clock=self.clock, use_clock_time=True)
+            keepers.append(k)
+            k.startService()
+        await self.settle(*keepers)
+        await defer.gatherResults([k.filter(rows) for k in keepers])
+        for _ in range(3):
+            await self.tick(RENEW, *keepers)
+        self.assertPartition(rows, keepers, [30, 30, 30])
+        for k in keepers:
+            await k.stopService()
+
+    @inline
+    async def test_database_time_mode(self) -> None:
+        """Without use_clock_time the database's now() is the reference."""
+        rows = make_rows(4)
+        k = LeaseKeeper(settings(self.dsn, "dbtime"), reactor=reactor)
+        self.addCleanup(k.disconnect)
+        self.assertEqual(len(await k.filter(rows)), 4)
+        conn = psycopg2.connect(self.dsn)
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute("SELECT min(expires_at - now()), max(expires_at - now()) "
+                            "FROM rebreak_idle.leases")
+                low, high = cur.fetchone()
+        finally:
+            conn.close()
+        self.assertGreater(low.total_seconds(), TTL - 5)
+        self.assertLessEqual(high.total_seconds(), TTL)
+        await k.stopService()
+
+
+class LostDatabaseTests(_KeeperCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.server = PostgresServer()
+        self.addCleanup(self.server.destroy)
+        self.dsn = self.server.create_database()
+        from rebreak_idle.migrate import apply
+
+        apply(self.dsn, dev_schema=True)
+
+    @inline
+    async def test_unreachable_database_drops_ownership_after_ttl_and_recovers(self) -> None:
+        rows = make_rows(12)
+        k = self.keeper("a")
+        k.startService()
+        self.assertEqual(len(await k.filter(rows)), 12)
+        last_ok = self.clock.seconds()
+        self.server.stop("fast")
+        # failed renewals inside the TTL: still owned
+        await self.tick(RENEW)
+        await self.tick(RENEW)
+        self.assertEqual(len(k.owned()), 12)
+        self.assertEqual(len(await k.filter(rows)), 12)
+        self.assertEqual(self.losses, {})
+        # one TTL after the last successful round the proof is gone
+        self.clock.advance(last_ok + TTL - self.clock.seconds())
+        self.assertEqual(k.owned(), frozenset())
+        self.assertEqual(self.losses, {"a": 1})
+        self.assertEqual(await k.filter(rows), [])
+        await self.tick(RENEW)
+        self.assertEqual(self.losses, {"a": 1})  # called once per loss
+        # the database is back: the keeper reconnects and takes its accounts back
+        self.server.start()
+        await self.tick(RENEW)
+        self.assertEqual(len(k.owned()), 12)
+        self.assertEqual(self.changes.get("a"), 1)
+        await k.stopService()
+
+    @inline
+    async def test_others_wait_until_the_cut_off_replica_has_given_up(self) -> None:
+        """A replica cut off from the database stops before the others take over."""
+        rows = make_rows(20)
+        a = self.keeper("a")
+        b = self.keeper("b")
+        a.startService()
+        b.startService()
+        await self.settle()
+        await a.filter(rows)
+        await b.filter(rows)
+        a_accounts = set(a.owned())
+        a.disconnect()  # its renewals stop (a partition), but a does not know it yet
+        a_proof_until = self.clock.seconds() + TTL
+        # simulate a's view: it would drop at a_proof_until; b must not claim before
+        while self.clock.seconds() < a_proof_until:
+            await self.tick(RENEW, b)
+            if self.clock.seconds() <= a_proof_until:
+                self.assertFalse(b.owned() & a_accounts)
+        await self.tick(RENEW, b)
+        self.assertEqual(b.owned(), {r["id"] for r in rows})
+        await b.stopService()
+
+
+class TimeoutTests(TestCase):
+    """A round that hangs is abandoned after ``round_timeout`` (Clock-driven, no DB)."""
+
+    def test_hung_round_times_out_and_ownership_expires(self) -> None:
+        clock = Clock()
+        pending: list[Deferred] = []
+
+        def run_query(interaction: Callable[[Any], Deferred]) -> Deferred:
+            d: Deferred = Deferred()
+            pending.append(d)
+            return d
+
+        lost: list[int] = []
+        k = LeaseKeeper(settings("postgresql://x", "h"), run_query=run_query, clock=clock,
+                        on_lost_ownership=lambda: lost.append(1))
+        k._owned = frozenset({"x"})  # as if a round had succeeded
+        k._schedule_expiry(clock.seconds() + TTL)
+        done = k.renew()
+        self.assertNoResult(done)
+        clock.advance(k.round_timeout)
+        self.assertEqual(self.successResultOf(done), False)
+        self.assertEqual(k.owned(), {"x"})
+        pending[0].callback(None)  # a late answer is ignored
+        clock.advance(TTL)
+        self.assertEqual(k.owned(), frozenset())
+        self.assertEqual(lost, [1])
