@@ -21,7 +21,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 
 demo: $(BIN)/.installed
-	$(BIN)/python -m rebreak_idle.demo $(DEMO_ARGS)
+	$(BIN)/python -m demo $(DEMO_ARGS)
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -1,14 +1,123 @@
-"""``makeService(settings)``: wires the rooms together (the only module that knows them all)."""
+"""``makeService(settings)``: wires the rooms together (the only module that knows them all).
+
+    AccountStore ──rows──▶ Supervisor ──one per row──▶ MailboxSession ──new mail──▶ ScanTrigger
+         ▲  (IRecorder: errors, heartbeats)  │                                       (treq POST)
+         └───────────────────────────────────┘
+    LeaseKeeper (REBREAK_LEASES=on) narrows the rows; StatusService serves /healthz … /status.
+
+Children of the top ``MultiService`` stop concurrently; each one bounds its own stop by
+``shutdown_timeout`` (sessions: DONE + LOGOUT; store: flush; scans: finish or abandon), so
+SIGTERM ends the process within about that deadline.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.application.service import IService, MultiService
+from twisted.logger import Logger
 
+from . import metrics
+from .account import Account
 from .config import Settings
+from .scan import ScanTrigger
+from .session import MailboxSession
+from .status import StatusService, make_status_resource
+from .store import AccountStore
+from .supervisor import Supervisor
 
-__all__ = ["makeService"]
+__all__ = ["Daemon", "makeService"]
+
+log = Logger()
 
 
-def makeService(settings: Settings) -> IService:
-    top = MultiService()
-    return top
+class Daemon(MultiService):
+    """The running daemon: its parts are attributes, for tests, the demo and the status
+    server."""
+
+    def __init__(self, settings: Settings, reactor: Any) -> None:
+        super().__init__()
+        self.settings = settings
+        self.reactor = reactor
+        self.store = AccountStore(settings.database_url, reactor,
+                                  flush_interval=settings.write_flush_interval)
+        self.scans = ScanTrigger(settings, reactor)
+        self.scans.setServiceParent(self)
+
+        self.leases: Any = None
+        account_filter = None
+        if settings.leases_enabled:
+            from .leases import LeaseKeeper
+
+            self.leases = LeaseKeeper(settings, reactor=reactor,
+                                      on_change=self._owned_changed,
+                                      on_lost_ownership=self._owned_changed)
+            self.leases.setServiceParent(self)
+            account_filter = self.leases.filter
+
+        self.supervisor = Supervisor(self.store, self._new_session, settings, reactor,
+                                     account_filter=account_filter)
+        self.supervisor.setServiceParent(self)
+
+        self.status: StatusService | None = None
+        if settings.status_endpoint:
+            resource = make_status_resource(
+                ready=lambda: self.supervisor.ready,
+                snapshot=self.snapshot,
+                admin_secret=settings.admin_secret,
+                before_metrics=self._update_gauges,
+            )
+            self.status = StatusService(settings.status_endpoint, resource, reactor)
+            self.status.setServiceParent(self)
+
+    def _new_session(self, account: Account) -> IService:
+        return MailboxSession(account, self.settings, self.store, self.scans.request,
+                              self.reactor)
+
+    def _owned_changed(self) -> None:
+        self.supervisor.request_refresh()
+
+    def snapshot(self) -> list[dict]:
+        """One object per account for /status: the session's view plus its last scan."""
+        out = []
+        for entry in self.supervisor.snapshot():
+            entry = dict(entry)
+            entry["last_scan"] = self.scans.last_outcome(entry["id"])
+            out.append(entry)
+        return out
+
+    def _update_gauges(self) -> None:
+        now = self.reactor.seconds()
+        beats = [getattr(s, "last_heartbeat_at", None)
+                 for s in self.supervisor.sessions.values()]
+        beats = [b for b in beats if b is not None]
+        metrics.HEARTBEAT_AGE.set(now - min(beats) if beats else 0)
+
+    def startService(self) -> None:
+        s = self.settings
+        log.info(
+            "rebreak-idle starting: backend {backend}, refresh {refresh:g}s, heartbeat "
+            "{heartbeat:g}s, IDLE renewal {renew:g}s, status server {status}, leases {leases}",
+            backend=s.backend_url, refresh=s.refresh_interval, heartbeat=s.heartbeat_interval,
+            renew=s.idle_renew, status=s.status_endpoint or "off", leases=s.leases,
+        )
+        super().startService()
+
+    def stopService(self):  # type: ignore[no-untyped-def]
+        log.info("rebreak-idle stopping: {n} sessions", n=len(self.supervisor.sessions))
+        d = super().stopService()
+
+        def stopped(result: object) -> object:
+            log.info("rebreak-idle stopped")
+            return result
+
+        return d.addBoth(stopped)
+
+
+def makeService(settings: Settings, reactor: Any = None) -> Daemon:
+    """The daemon's top service for ``settings`` (``reactor`` defaults to the global one)."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    return Daemon(settings, reactor)

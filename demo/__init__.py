@@ -1,0 +1,1 @@
+"""``make demo``: the whole loop on embedded parts (see demo/__main__.py)."""
