@@ -41,6 +41,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -249,6 +250,7 @@ class MailboxSession(Service):
         self._healthy_after = min(HEALTHY_AFTER, settings.heartbeat_interval)
         self._service: ClientService | None = None
         self._stopping = False
+        self._in_policy = False
 
         self.state = "stopped"
         self._since = reactor.seconds()
@@ -321,7 +323,14 @@ class MailboxSession(Service):
             self._set_state("stopped")
             return None
 
-        stopped = goodbye.addCallback(lambda _: service.stopService())
+        def stop_connecting(_: object) -> Deferred[None]:
+            if self._in_policy:
+                # called back from inside ClientService's own transition (a recorder that
+                # stops its session at once): let that transition finish first
+                return deferLater(clock, 0, service.stopService)
+            return service.stopService()
+
+        stopped = goodbye.addCallback(stop_connecting)
         stopped.addBoth(finished)
         return stopped
 
@@ -611,9 +620,13 @@ class MailboxSession(Service):
             state = "backoff"
         self._delay = delay
         self._last_error, self._last_error_at = outcome.text, now
-        self._recorder.record_error(account.id, outcome.text)
-        metrics.RECONNECTS.labels(cause=outcome.cause).inc()
         self._set_state(state)
+        metrics.RECONNECTS.labels(cause=outcome.cause).inc()
+        self._in_policy = True
+        try:
+            self._recorder.record_error(account.id, outcome.text)
+        finally:
+            self._in_policy = False
         log.warn("[idle/{email}] connect failed: {error}", email=account.email,
                  error=outcome.text, cause=outcome.cause, account_id=account.id)
         log.info("[idle/{email}] reconnecting in {delay}s (attempt {attempt})",

@@ -1,0 +1,255 @@
+"""MailboxSession end to end on the real reactor against real IMAP servers on 127.0.0.1:
+the in-process server of tests.support.imapserver (plain, implicit TLS, STARTTLS) and
+Dovecot (tests.support.dovecot) when it is installed. No sleeps: every wait is on an event
+with a deadline."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+
+from rebreak_idle import metrics
+from rebreak_idle.account import Account
+from rebreak_idle.config import Settings
+from rebreak_idle.interfaces import IRecorder
+from rebreak_idle.session import MailboxSession
+from tests.support.certs import make_test_certs
+from tests.support.imapserver import InProcessIMAPServer
+
+USER = "ann@example.org"
+PASSWORD = "correct horse battery"
+TOKEN = "ya29.test-token"
+DEADLINE = 10.0
+
+
+class Events:
+    """Things that happened, and Deferreds that fire when one matching a predicate has."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Any, ...]] = []
+        self._waiting: list[tuple[Callable[[tuple[Any, ...]], bool], defer.Deferred]] = []
+
+    def add(self, *item: Any) -> None:
+        self.items.append(item)
+        waiting, self._waiting = self._waiting, []
+        for predicate, d in waiting:
+            if predicate(item):
+                # fire on the next turn: the session is in the middle of something
+                reactor.callLater(0, d.callback, item)
+            else:
+                self._waiting.append((predicate, d))
+
+    def wait(self, predicate: Callable[[tuple[Any, ...]], bool],
+             timeout: float = DEADLINE, *, new: bool = False) -> defer.Deferred:
+        if not new:
+            for item in self.items:
+                if predicate(item):
+                    return defer.succeed(item)
+        d: defer.Deferred = defer.Deferred()
+        self._waiting.append((predicate, d))
+        return d.addTimeout(timeout, reactor)
+
+    def of(self, kind: str) -> list[tuple[Any, ...]]:
+        return [i for i in self.items if i[0] == kind]
+
+
+@implementer(IRecorder)
+class Recorder:
+    def __init__(self, events: Events) -> None:
+        self.events = events
+
+    def record_error(self, account_id: str, text: str) -> None:
+        self.events.add("error", text, reactor.seconds())
+
+    def clear_error(self, account_id: str) -> None:
+        self.events.add("cleared")
+
+    def record_heartbeat(self, account_id: str) -> None:
+        self.events.add("heartbeat", reactor.seconds())
+
+
+def settings(**kw: Any) -> Settings:
+    base: dict[str, Any] = {"reconnect_delay": 0.05, "reconnect_max_delay": 0.2,
+                            "command_timeout": 5.0, "noop_timeout": 5.0}
+    base.update(kw)
+    return Settings(database_url="postgresql://x", admin_secret="s" * 8,
+                    encryption_key="k" * 32, **base)
+
+
+def account(port: int, security: str = "plain", secret: str = PASSWORD,
+            method: str = "password", username: str = USER) -> Account:
+    return Account(id=f"acc-{security}-{method}", user_id="user-1", email=USER,
+                   host="127.0.0.1", port=port, security=security, username=username,
+                   auth_method=method, secret=secret)
+
+
+class InProcessServerTests(TestCase):
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.server = InProcessIMAPServer(reactor)
+        self.server.add_user(USER, PASSWORD, token=TOKEN)
+        self.addCleanup(self.server.stop)
+        self.events = Events()
+
+    def session(self, acct: Account, **kw: Any) -> MailboxSession:
+        s = MailboxSession(acct, settings(**kw), Recorder(self.events),
+                           lambda a, n, reason: self.events.add("mail", reason, n), reactor,
+                           memory={})
+        s.startService()
+        self.addCleanup(s.stopService)
+        return s
+
+    def mail(self, reason: str, count: int, **kw: Any) -> defer.Deferred:
+        return self.events.wait(lambda i: i == ("mail", reason, count), **kw)
+
+    async def watch_and_deliver(self, acct: Account, **kw: Any) -> MailboxSession:
+        session = self.session(acct, **kw)
+        await self.mail("connected", 0)
+        self.assertEqual(session.state, "idle")
+        await self.server.wait_for_idle(USER)
+        self.server.deliver(USER, subject="one")
+        await self.mail("exists", 1)
+        self.assertEqual(session.snapshot()["last_exists"]["count"], 1)
+        self.assertEqual(self.events.of("error"), [])
+        self.assertEqual(self.events.of("cleared"), [("cleared",)])
+        return session
+
+    @defer.inlineCallbacks
+    def test_plain_loopback_delivery_reaches_on_new_mail(self) -> Any:
+        port = self.server.listen().getHost().port
+        yield defer.Deferred.fromCoroutine(self.watch_and_deliver(account(port)))
+
+    @defer.inlineCallbacks
+    def test_implicit_tls(self) -> Any:
+        port = self.server.listen(tls=True).getHost().port
+        yield defer.Deferred.fromCoroutine(self.watch_and_deliver(
+            account(port, "tls"), tls_ca_file=make_test_certs().ca))
+
+    @defer.inlineCallbacks
+    def test_starttls_with_xoauth2(self) -> Any:
+        port = self.server.listen(starttls=True).getHost().port
+        yield defer.Deferred.fromCoroutine(self.watch_and_deliver(
+            account(port, "starttls", secret=TOKEN, method="xoauth2"),
+            tls_ca_file=make_test_certs().ca))
+
+    @defer.inlineCallbacks
+    def test_untrusted_certificate(self) -> Any:
+        port = self.server.listen(tls=True, cert=make_test_certs().self_signed).getHost().port
+        tls = metrics.REGISTRY.get_sample_value("rebreak_idle_reconnects_total",
+                                                {"cause": "tls"}) or 0.0
+        session = self.session(account(port, "tls"), tls_ca_file=make_test_certs().ca)
+        error = yield self.events.wait(lambda i: i[0] == "error")
+        self.assertTrue(error[1].startswith("certificate verify failed"), error[1])
+        self.assertEqual(session.state, "backoff")
+        self.assertEqual(self.server.login_attempts[USER], 0)
+        self.assertEqual(metrics.REGISTRY.get_sample_value(
+            "rebreak_idle_reconnects_total", {"cause": "tls"}), tls + 1)
+
+    @defer.inlineCallbacks
+    def test_wrong_password_holds_off(self) -> Any:
+        port = self.server.listen().getHost().port
+        holdoff = 1.0
+        session = self.session(account(port, secret="wrong"), auth_failure_holdoff=holdoff)
+        first = yield self.events.wait(lambda i: i[0] == "error")
+        self.assertEqual(first[1], "[AUTHENTICATIONFAILED] Invalid credentials (Failure)")
+        self.assertEqual(session.state, "auth-failed")
+        self.assertEqual(self.server.login_attempts[USER], 1)
+        self.assertEqual(session.snapshot()["last_error"], first[1])
+        second = yield self.events.wait(lambda i: i[0] == "error", new=True)
+        # no retry before the hold-off (the normal backoff would be 0.05 s)
+        self.assertGreaterEqual(second[2] - first[2], holdoff * 0.95)
+        self.assertEqual(self.server.login_attempts[USER], 2)
+        self.assertEqual(self.server.logins_ok[USER], 0)
+        self.assertNotIn(("cleared",), self.events.items)
+
+    @defer.inlineCallbacks
+    def test_server_killed_mid_idle_then_catch_up(self) -> Any:
+        listening = self.server.listen()
+        port = listening.getHost().port
+        session = self.session(account(port))
+        yield self.mail("connected", 0)
+        yield self.server.wait_for_idle(USER)
+        # kill the server: stop listening, drop the connection
+        yield self.server.stop()
+        yield self.events.wait(lambda i: i[0] == "error")
+        self.assertIn(session.state, ("backoff", "connecting"))
+        self.server.deliver(USER, subject="while down")
+        self.server.listen(port=port)
+        yield self.mail("connected", 1)
+        yield self.server.wait_for_idle(USER)
+        self.assertEqual(session.state, "idle")
+        self.assertEqual(session.snapshot()["last_scan_reason"], "connected")
+
+    @defer.inlineCallbacks
+    def test_reconnect_without_changes_does_not_rescan(self) -> Any:
+        port = self.server.listen().getHost().port
+        self.session(account(port))
+        yield self.mail("connected", 0)
+        yield self.server.wait_for_idle(USER)
+        self.server.deliver(USER)
+        yield self.mail("exists", 1)
+        self.server.drop_connections()
+        yield self.events.wait(lambda i: i[0] == "cleared", new=True)
+        yield self.events.wait(lambda i: i[0] == "heartbeat", new=True)  # IDLE entered
+        self.assertEqual([i for i in self.events.of("mail")],
+                         [("mail", "connected", 0), ("mail", "exists", 1)])
+
+    @defer.inlineCallbacks
+    def test_server_that_stops_answering_is_detected(self) -> Any:
+        port = self.server.listen().getHost().port
+        session = self.session(account(port), heartbeat_interval=0.3, noop_timeout=0.3)
+        yield self.mail("connected", 0)
+        yield self.server.wait_for_idle(USER)
+        yield self.events.wait(lambda i: i[0] == "heartbeat" and len(
+            self.events.of("heartbeat")) >= 2)  # a heartbeat NOOP succeeded
+        timeouts = metrics.REGISTRY.get_sample_value("rebreak_idle_reconnects_total",
+                                                     {"cause": "timeout"}) or 0.0
+        self.server.silent = True  # accepts bytes, never replies
+        error = yield self.events.wait(lambda i: i[0] == "error")
+        # DONE normally; NOOP or IDLE when the switch fell inside a heartbeat cycle
+        self.assertRegex(error[1], r"^(DONE|NOOP) timed out after 0.3s$|^IDLE timed out")
+        self.assertEqual(metrics.REGISTRY.get_sample_value(
+            "rebreak_idle_reconnects_total", {"cause": "timeout"}), timeouts + 1)
+        self.server.silent = False
+        yield self.events.wait(lambda i: i[0] == "cleared", new=True)
+        yield self.events.wait(lambda i: i[0] == "heartbeat", new=True)  # IDLE entered
+        self.assertEqual(session.state, "idle")
+
+    @defer.inlineCallbacks
+    def test_polling_server_without_idle(self) -> Any:
+        self.server.idle_enabled = False
+        port = self.server.listen().getHost().port
+        session = self.session(account(port), poll_interval=0.2)
+        yield self.mail("connected", 0)
+        self.assertEqual(session.state, "polling")
+        self.server.deliver(USER)
+        yield self.mail("exists", 1)
+        self.assertGreaterEqual(len(self.events.of("heartbeat")), 1)
+
+    @defer.inlineCallbacks
+    def test_stop_sends_logout(self) -> Any:
+        port = self.server.listen().getHost().port
+        session = self.session(account(port))
+        yield self.mail("connected", 0)
+        yield self.server.wait_for_idle(USER)
+        yield session.stopService().addTimeout(DEADLINE, reactor)
+        self.assertEqual(self.server.commands[b"LOGOUT"], 1)
+        self.assertEqual(self.server.open_connections, 0)
+        self.assertEqual(session.state, "stopped")
+        self.assertEqual(self.events.of("error"), [])
+
+    @defer.inlineCallbacks
+    def test_refused_connection_backs_off(self) -> Any:
+        listening = self.server.listen()
+        port = listening.getHost().port
+        yield listening.stopListening()
+        session = self.session(account(port))
+        error = yield self.events.wait(lambda i: i[0] == "error")
+        self.assertEqual(error[1], "connection refused")
+        yield self.events.wait(lambda i: i[0] == "error", new=True)
+        self.assertGreaterEqual(session.snapshot()["attempt"], 2)
