@@ -327,6 +327,11 @@ class IdleClient(imap4.IMAP4Client):
 
     # ------------------------------------------------------------------ receiving
 
+    def dataReceived(self, data: bytes) -> None:
+        if self.closed:
+            return  # closing: whatever else arrives is dropped, never buffered
+        super().dataReceived(data)
+
     def lineLengthExceeded(self, line: bytes) -> None:
         self._protocol_error(f"server line longer than {self.MAX_LENGTH} bytes")
 
@@ -391,7 +396,9 @@ class IdleClient(imap4.IMAP4Client):
         if self._greeting_state == "waiting":
             self._greeting(tag, rest, line)
             return
-        if self._bye_text is not None and not self._logout_running():
+        if self._bye_text is not None and not (
+                self._logout_running() and self._current is not None
+                and tag == self._current.tag):
             self._protocol_error(f"data after BYE: {_excerpt(line)}")
             return
         if tag == b"*":
