@@ -159,21 +159,18 @@ def client_tls_options(hostname: str, ca_file: str | None = None) -> Any:
 
 
 def _ssl_error_text(exc: SSL.Error) -> str:
-    parts = []
+    """OpenSSL's error queue ``[(lib, func, reason), ...]`` as one short line."""
+    reasons: list[str] = []
     for arg in exc.args:
-        if isinstance(arg, list):
-            for item in arg:
-                if isinstance(item, tuple) and item:
-                    parts.append(str(item[-1]))
-                else:
-                    parts.append(str(item))
-        elif arg:
-            parts.append(str(arg))
-    text = ", ".join(p for p in parts if p) or "handshake failed"
+        items = arg if isinstance(arg, list) else [arg]
+        for item in items:
+            text = str(item[-1]) if isinstance(item, tuple) and item else str(item)
+            if text and text not in reasons:
+                reasons.append(text)
+    text = ", ".join(reasons) or "handshake failed"
     if "certificate verify failed" in text:
-        return "certificate verify failed: " + text.replace("certificate verify failed", "")\
-            .strip(" ,:") if text != "certificate verify failed" else \
-            "certificate verify failed: certificate not trusted"
+        rest = ", ".join(r for r in reasons if r != "certificate verify failed")
+        return f"certificate verify failed: {rest or 'certificate not trusted'}"
     return f"TLS error: {text}"
 
 
@@ -208,8 +205,7 @@ def describe_failure(failure_or_exception: Failure | BaseException) -> str:
     if isinstance(exc, ierror.ConnectionLost):
         return "connection lost"
     if isinstance(exc, ierror.ConnectError):
-        return f"connect failed: {exc.osError or exc.__class__.__name__}" \
-            if getattr(exc, "osError", None) else "connect failed"
+        return f"connect failed: {exc.osError}" if exc.osError else "connect failed"
     name = exc.__class__.__name__
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{name}: {msg}"[:300] if msg else name

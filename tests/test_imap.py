@@ -494,3 +494,53 @@ class StartTLSTests(ClientTestCase):
         self.client.connectionLost(Failure(CertificateVerifyError("certificate has expired")))
         self.assertEqual(d[0].value.text, "certificate verify failed: certificate has expired")
         self.assertEqual(describe_failure(d[0]), d[0].value.text)
+
+
+class DescribeFailureTests(SynchronousTestCase):
+    def test_texts(self) -> None:
+        from OpenSSL import SSL
+        from twisted.internet import error
+
+        cases = [
+            (error.ConnectionRefusedError(), "connection refused"),
+            (error.DNSLookupError("imap.invalid"), "DNS lookup failed: imap.invalid"),
+            (error.TimeoutError(), "connection timed out"),
+            (error.ConnectionDone(), "connection closed by server"),
+            (error.ConnectionLost(), "connection lost"),
+            (SSL.Error([("SSL routines", "", "certificate verify failed")]),
+             "certificate verify failed: certificate not trusted"),
+            (SSL.Error([("SSL routines", "", "wrong version number")]),
+             "TLS error: wrong version number"),
+            (CertificateVerifyError("certificate has expired"),
+             "certificate verify failed: certificate has expired"),
+            (AuthenticationFailed("[AUTHENTICATIONFAILED] Invalid credentials (Failure)"),
+             "[AUTHENTICATIONFAILED] Invalid credentials (Failure)"),
+            (ValueError("bad\nthing"), "ValueError: bad"),
+        ]
+        for exc, text in cases:
+            self.assertEqual(describe_failure(exc), text)
+            self.assertEqual(describe_failure(Failure(exc)), text)
+
+    def test_bad_ca_file(self) -> None:
+        from rebreak_idle.tls import client_tls_options
+
+        with self.assertRaises(ValueError) as cm:
+            client_tls_options("localhost", "/nonexistent/ca.pem")
+        self.assertIn("cannot read TLS CA file /nonexistent/ca.pem", str(cm.exception))
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("not a certificate")
+        with self.assertRaises(ValueError):
+            client_tls_options("localhost", path)
+
+    def test_ca_file_with_several_certificates(self) -> None:
+        from pathlib import Path
+
+        from rebreak_idle.tls import client_tls_options, load_ca_file
+        from tests.support.certs import make_test_certs
+
+        certs = make_test_certs()
+        path = self.mktemp()
+        Path(path).write_bytes(Path(certs.ca).read_bytes() + Path(certs.server.cert).read_bytes())
+        self.assertEqual(len(load_ca_file(path)), 2)
+        self.assertIsNotNone(client_tls_options("127.0.0.1", path))
