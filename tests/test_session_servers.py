@@ -18,6 +18,7 @@ from rebreak_idle.config import Settings
 from rebreak_idle.interfaces import IRecorder
 from rebreak_idle.session import MailboxSession
 from tests.support.certs import make_test_certs
+from tests.support.dovecot import DovecotServer, skip_without_dovecot
 from tests.support.imapserver import InProcessIMAPServer
 
 USER = "ann@example.org"
@@ -253,3 +254,66 @@ class InProcessServerTests(TestCase):
         self.assertEqual(error[1], "connection refused")
         yield self.events.wait(lambda i: i[0] == "error", new=True)
         self.assertGreaterEqual(session.snapshot()["attempt"], 2)
+
+
+class DovecotTests(TestCase):
+    """The same session against an independent, real server."""
+
+    skip = skip_without_dovecot()
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.dovecot = DovecotServer.shared()
+        self.events = Events()
+
+    def session(self, user: str, *, port: int | None = None, security: str = "plain",
+                secret: str | None = None, **kw: Any) -> MailboxSession:
+        acct = Account(id=f"dovecot-{user}-{security}", user_id="user-1", email=user,
+                       host="127.0.0.1", port=port or self.dovecot.imap_port,
+                       security=security, username=user, auth_method="password",
+                       secret=secret if secret is not None else self.dovecot.users[user])
+        kw.setdefault("tls_ca_file", self.dovecot.ca_file)
+        s = MailboxSession(acct, settings(**kw), Recorder(self.events),
+                           lambda a, n, reason: self.events.add("mail", reason, n), reactor,
+                           memory={})
+        s.startService()
+        self.addCleanup(s.stopService)
+        return s
+
+    async def deliver_while_idling(self, user: str, **kw: Any) -> None:
+        session = self.session(user, **kw)
+        _, reason, before = await self.events.wait(lambda i: i[0] == "mail")
+        self.assertEqual(reason, "connected")
+        self.assertEqual(session.state, "idle")
+        self.dovecot.deliver(user, subject="for the session")
+        await self.events.wait(lambda i: i == ("mail", "exists", before + 1))
+        self.assertEqual(self.events.of("error"), [])
+
+    def test_plain_loopback_delivery(self) -> defer.Deferred:
+        return defer.Deferred.fromCoroutine(self.deliver_while_idling("ann@rebreak.test"))
+
+    def test_implicit_tls_delivery(self) -> defer.Deferred:
+        return defer.Deferred.fromCoroutine(self.deliver_while_idling(
+            "bob@rebreak.test", port=self.dovecot.imaps_port, security="tls"))
+
+    @defer.inlineCallbacks
+    def test_wrong_password_holds_off(self) -> Any:
+        session = self.session("carol@rebreak.test", secret="not-the-password",
+                               auth_failure_holdoff=1.0)
+        first = yield self.events.wait(lambda i: i[0] == "error")
+        self.assertTrue(first[1].startswith("[AUTHENTICATIONFAILED]"), first[1])
+        self.assertEqual(session.state, "auth-failed")
+        second = yield self.events.wait(lambda i: i[0] == "error", new=True)
+        self.assertGreaterEqual(second[2] - first[2], 0.95)
+        self.assertEqual(second[1], first[1])
+        self.assertNotIn(("cleared",), self.events.items)
+
+    @defer.inlineCallbacks
+    def test_heartbeat_and_stop(self) -> Any:
+        session = self.session("ann@rebreak.test", heartbeat_interval=0.3)
+        yield self.events.wait(lambda i: i[0] == "mail")
+        yield self.events.wait(lambda i: i[0] == "heartbeat", new=True)  # NOOP succeeded
+        self.assertEqual(session.state, "idle")
+        yield session.stopService().addTimeout(DEADLINE, reactor)
+        self.assertEqual(session.state, "stopped")
+        self.assertEqual(self.events.of("error"), [])
