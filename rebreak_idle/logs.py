@@ -19,6 +19,7 @@ ENCRYPTION_KEY, the DATABASE_URL password) by ``***`` wherever it would appear.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -40,7 +41,7 @@ __all__ = [
     "make_observer",
     "scrub",
     "text_observer",
-    "twistd_json_observer",
+    "twistd_observer",
 ]
 
 FORMATS = ("text", "json")
@@ -179,19 +180,41 @@ def _observer_factory(log_format: str, secrets: Sequence[str]) -> ObserverFactor
 # --- twist / twistd ---------------------------------------------------------------------
 
 # twistd's --logger takes the dotted name of a zero-argument factory, so what it needs to
-# know (where to write, which secrets to mask) is handed over here by postOptions.
+# know (format, where to write, which secrets to mask) is handed over here by postOptions.
 _twistd: dict[str, Any] = {}
 
 
-def twistd_json_observer() -> ILogObserver:
-    """The JSON observer for ``twistd rebreak-idle`` (set as twistd's ``--logger``)."""
+def twistd_observer() -> ILogObserver:
+    """The observer for twistd's ``--logger`` option.
+
+    Set by ``twistd rebreak-idle`` itself when the log format is json. For the .tac file
+    (which has no plugin options), ``twistd -ny rebreak.tac --logger
+    rebreak_idle.logs.twistd_observer`` logs to stdout in ``REBREAK_LOG_FORMAT`` with the
+    secrets of the environment's settings masked."""
+    if not _twistd:
+        return make_observer(_environment_format(), sys.stdout, _environment_secrets())
     target = _twistd.get("logfile")
     secrets = _twistd.get("secrets", ())
     if target is None:
-        return json_observer(sys.stdout, secrets)
+        return make_observer(_twistd["format"], sys.stdout, secrets)
     from twisted.python.logfile import LogFile
 
-    return json_observer(LogFile.fromFullPath(target), secrets)  # type: ignore[arg-type]
+    out = LogFile.fromFullPath(target)
+    return make_observer(_twistd["format"], out, secrets)  # type: ignore[arg-type]
+
+
+def _environment_format() -> str:
+    value = os.environ.get("REBREAK_LOG_FORMAT", "").strip().lower()
+    return value if value in FORMATS else "text"
+
+
+def _environment_secrets() -> tuple[str, ...]:
+    from .config import ConfigError, load_settings
+
+    try:
+        return load_settings().secret_values()
+    except ConfigError:
+        return ()
 
 
 def _twist_format_chosen(argv: Sequence[str], tapname: str) -> bool:
@@ -244,4 +267,5 @@ def configure_runner_logging(
         else:
             _twistd["logfile"] = logfile or "twistd.log"
         _twistd["secrets"] = masked
-        parent["logger"] = f"{__name__}.twistd_json_observer"
+        _twistd["format"] = log_format
+        parent["logger"] = f"{__name__}.twistd_observer"
