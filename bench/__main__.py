@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="REBREAK_CONNECT_RATE of the daemon (default 500/s)")
     p.add_argument("--heartbeat", type=float, default=30.0,
                    help="REBREAK_HEARTBEAT_INTERVAL during the idle window (default 30 s)")
-    p.add_argument("--cpu-window", type=float, default=60.0, help="idle window in seconds")
+    p.add_argument("--cpu-window", type=float, default=None,
+                   help="idle window in seconds (default: max(60, heartbeat), so that every "
+                        "session's heartbeat falls into it)")
     p.add_argument("--inject-rate", type=float, default=50.0, help="EXISTS injections per s")
     p.add_argument("--inject-seconds", type=float, default=20.0)
     p.add_argument("--lost-after", type=float, default=10.0,
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             for tls in modes:
                 cfg = RunConfig(
                     n=n, tls=tls, connect_rate=args.connect_rate, heartbeat=args.heartbeat,
-                    cpu_window=args.cpu_window, inject_rate=args.inject_rate,
+                    cpu_window=args.cpu_window or max(60.0, args.heartbeat),
+                    inject_rate=args.inject_rate,
                     inject_seconds=args.inject_seconds, lost_after=args.lost_after,
                     settle=args.settle, idle_deadline=args.idle_deadline, extra_env=extra)
                 result = bench.run(cfg)
