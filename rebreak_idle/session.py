@@ -321,6 +321,9 @@ class MailboxSession(Service):
             if watchdog.active():
                 watchdog.cancel()
             self._set_state("stopped")
+            if isinstance(result, Failure):
+                log.failure("{label} stopping the connection failed", result,
+                            label=self.account.label, account_id=self.account.id)
             return None
 
         def stop_connecting(_: object) -> Deferred[None]:
@@ -628,7 +631,8 @@ class MailboxSession(Service):
         finally:
             self._in_policy = False
         log.warn("[idle/{email}] connect failed: {error}", email=account.email,
-                 error=outcome.text, cause=outcome.cause, account_id=account.id)
+                 error=outcome.text.removeprefix("connect failed: "), cause=outcome.cause,
+                 account_id=account.id)
         log.info("[idle/{email}] reconnecting in {delay}s (attempt {attempt})",
                  email=account.email, delay=format_delay(delay),
                  attempt=self._backoff.attempt, account_id=account.id)

@@ -802,6 +802,24 @@ class StopTests(SynchronousTestCase):
         self.assertEqual(h.recorder.errors, [])
         self.assertEqual(h.clock.getDelayedCalls(), [])
 
+    def test_stop_from_inside_record_error(self) -> None:
+        h = Harness(self)
+        h.endpoint.refuse = ConnectionRefusedError()
+        stopped: list[Any] = []
+        original = h.recorder.record_error
+
+        def stop_now(account_id: str, text: str) -> None:
+            original(account_id, text)
+            h.session.stopService().addBoth(stopped.append)
+
+        h.recorder.record_error = stop_now  # type: ignore[method-assign]
+        h.start()
+        h.run(0)
+        self.assertEqual(stopped, [None])
+        self.assertEqual(h.session.state, "stopped")
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+        self.assertEqual(h.endpoint.attempts, 1)
+
     def test_stop_before_start_and_twice(self) -> None:
         h = Harness(self)
         self.assertEqual(h.stop(), [None])

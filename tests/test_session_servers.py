@@ -5,6 +5,7 @@ with a deadline."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -123,7 +124,9 @@ class InProcessServerTests(TestCase):
     @defer.inlineCallbacks
     def test_plain_loopback_delivery_reaches_on_new_mail(self) -> Any:
         port = self.server.listen().getHost().port
-        yield defer.Deferred.fromCoroutine(self.watch_and_deliver(account(port)))
+        session = yield defer.Deferred.fromCoroutine(self.watch_and_deliver(account(port)))
+        sock = session._client.transport.getHandle()
+        self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
 
     @defer.inlineCallbacks
     def test_implicit_tls(self) -> Any:
