@@ -337,6 +337,12 @@ class MailboxSession(Service):
         stopped.addBoth(finished)
         return stopped
 
+    @property
+    def last_heartbeat_at(self) -> float | None:
+        """Reactor time (epoch seconds) of the last heartbeat: IDLE entered or a NOOP
+        answered. None before the first one."""
+        return self._last_heartbeat
+
     def snapshot(self) -> dict[str, Any]:
         """JSON-able state for the status endpoint (no secret)."""
         exists = self._last_exists

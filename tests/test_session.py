@@ -509,6 +509,7 @@ class TimerTests(SynchronousTestCase):
         h.run(1)
         self.assertEqual(h.sent()[2:], ["IDLE", "DONE", "NOOP", "IDLE"])
         self.assertEqual(h.recorder.heartbeats, [0.0, 120.0])
+        self.assertEqual(h.session.last_heartbeat_at, 120.0)
         h.run(120 * 12)
         self.assertEqual(len(h.recorder.heartbeats), 14)
         self.assertEqual(h.lines("renewing"), [])  # every heartbeat re-enters IDLE
