@@ -35,10 +35,12 @@ class Daemon(MultiService):
     """The running daemon: its parts are attributes, for tests, the demo and the status
     server."""
 
-    def __init__(self, settings: Settings, reactor: Any) -> None:
+    def __init__(self, settings: Settings, reactor: Any, *, handle_signals: bool = False
+                 ) -> None:
         super().__init__()
         self.settings = settings
         self.reactor = reactor
+        self.handle_signals = handle_signals
         self.store = AccountStore(settings.database_url, reactor,
                                   flush_interval=settings.write_flush_interval)
         self.scans = ScanTrigger(settings, reactor)
@@ -102,6 +104,28 @@ class Daemon(MultiService):
             renew=s.idle_renew, status=s.status_endpoint or "off", leases=s.leases,
         )
         super().startService()
+        if self.handle_signals:
+            self.reactor.callWhenRunning(self._install_signal_handlers)
+
+    def _install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: a graceful stop (LOGOUT, flush, scans) and exit status 0.
+
+        Twisted's own handlers record the signal and re-raise it once the reactor has
+        stopped, so the process would end "killed by SIGTERM"; an operator's stop is a
+        clean exit here. Installed once the reactor runs, after the reactor's handlers."""
+        import signal
+
+        def graceful(signum: int, _frame: object) -> None:
+            log.info("received {signal}: stopping gracefully",
+                     signal=signal.Signals(signum).name)
+            self.reactor.callFromThread(self._stop_reactor)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, graceful)
+
+    def _stop_reactor(self) -> None:
+        if self.reactor.running:
+            self.reactor.stop()
 
     def stopService(self):  # type: ignore[no-untyped-def]
         log.info("rebreak-idle stopping: {n} sessions", n=len(self.supervisor.sessions))
@@ -115,9 +139,10 @@ class Daemon(MultiService):
 
 
 def makeService(settings: Settings, reactor: Any = None) -> Daemon:
-    """The daemon's top service for ``settings`` (``reactor`` defaults to the global one)."""
+    """The daemon's top service for ``settings``. Without ``reactor`` (the commands) it runs
+    on the global reactor and owns SIGTERM/SIGINT (graceful stop, exit 0)."""
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
-        reactor = global_reactor
+        return Daemon(settings, global_reactor, handle_signals=True)
     return Daemon(settings, reactor)
