@@ -53,7 +53,7 @@ from twisted.web.server import Request, Site
 
 from .metrics import REGISTRY
 
-__all__ = ["StatusService", "make_site", "make_status_resource"]
+__all__ = ["StatusService", "make_site", "make_status_resource", "render_page"]
 
 log = Logger()
 
@@ -182,14 +182,7 @@ class _Status(Resource):
 
 # --- the HTML page ------------------------------------------------------------------------
 
-_COLUMNS = (
-    ("email", "E-mail"),
-    ("state", "State"),
-    ("since", "Since"),
-    ("last_error", "Last error"),
-    ("last_heartbeat", "Last heartbeat"),
-    ("last_event", "Last event"),
-)
+_COLUMNS = ("E-mail", "State", "Since", "Last error", "Last heartbeat", "Last event")
 _CSS = (
     "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}"
     "table{border-collapse:collapse;margin-top:1em}"
@@ -200,24 +193,87 @@ _CSS = (
 
 
 def _shown(value: Any) -> str:
-    """An escaped cell value: epoch seconds and datetimes as UTC times, None as a dash."""
+    """An escaped cell value; None as a dash."""
     if value is None or value == "":
         return "—"
     if isinstance(value, bool):
         text = "yes" if value else "no"
-    elif isinstance(value, int | float):
-        try:
-            text = datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-        except (OverflowError, OSError, ValueError):
-            text = str(value)
     elif isinstance(value, datetime):
-        moment = value.astimezone(UTC) if value.tzinfo else value
-        text = moment.strftime("%Y-%m-%d %H:%M:%S") + ("Z" if value.tzinfo else "")
+        text = _time_text(value)
     elif isinstance(value, Mapping):
         text = ", ".join(f"{k}={v}" for k, v in value.items())
     else:
         text = str(value)
     return html.escape(text, quote=True)
+
+
+def _when(value: Any) -> str:
+    """An escaped time: epoch seconds, a datetime or an ISO 8601 string, shown in UTC."""
+    moment = value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            moment = datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            pass
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    return _shown(moment)
+
+
+def _time_text(moment: datetime) -> str:
+    if moment.tzinfo:
+        return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _muted(html_text: str) -> str:
+    return f" <span class=muted>{html_text}</span>" if html_text != "—" else ""
+
+
+def _state_cell(a: Mapping[str, Any]) -> str:
+    cell = _shown(a.get("state"))
+    attempt, wait = a.get("attempt"), a.get("next_attempt_in")
+    details = []
+    if isinstance(attempt, int) and not isinstance(attempt, bool) and attempt > 0:
+        details.append(f"attempt {attempt}")
+    if isinstance(wait, int | float) and not isinstance(wait, bool):
+        details.append(f"next in {wait:.0f}s")
+    return cell + (_muted(html.escape(", ".join(details))) if details else "")
+
+
+def _event_cell(a: Mapping[str, Any]) -> str:
+    """``last_event`` when the snapshot has one, else the last EXISTS and the last scan."""
+    if "last_event" in a:
+        return _shown(a.get("last_event"))
+    lines = []
+    exists = a.get("last_exists")
+    if isinstance(exists, Mapping):
+        lines.append(f"EXISTS {_shown(exists.get('count'))}{_muted(_when(exists.get('at')))}")
+    scan = a.get("last_scan")
+    if isinstance(scan, Mapping):
+        text = f"scan {_shown(scan.get('outcome'))}"
+        if scan.get("scanned") is not None or scan.get("blocked") is not None:
+            text += (f" (scanned={_shown(scan.get('scanned'))}"
+                     f" blocked={_shown(scan.get('blocked'))})")
+        lines.append(text + _muted(_when(scan.get("time"))))
+    return "<br>".join(lines) if lines else "—"
+
+
+def _row(a: Mapping[str, Any]) -> str:
+    error = a.get("last_error")
+    cells = (
+        f"<td>{_shown(a.get('email'))}</td>",
+        f"<td>{_state_cell(a)}</td>",
+        f"<td>{_when(a.get('since'))}</td>",
+        (f"<td class=err>{_shown(error)}{_muted(_when(a.get('last_error_at')))}</td>"
+         if error else "<td>—</td>"),
+        f"<td>{_when(a.get('last_heartbeat'))}</td>",
+        f"<td>{_event_cell(a)}</td>",
+    )
+    return "<tr>" + "".join(cells) + "</tr>"
 
 
 def render_page(accounts: Sequence[Mapping[str, Any]] | None, counts: Mapping[str, int],
@@ -242,14 +298,8 @@ def render_page(accounts: Sequence[Mapping[str, Any]] | None, counts: Mapping[st
             "<p class=muted>Send the header <code>x-admin-secret</code> to see the accounts, "
             "e.g. <code>curl -H \"x-admin-secret: $ADMIN_SECRET\" …</code></p>")
     else:
-        head = "".join(f"<th>{title}</th>" for _, title in _COLUMNS)
-        body = "".join(
-            "<tr>" + "".join(
-                f"<td{' class=err' if key == 'last_error' and a.get(key) else ''}>"
-                f"{_shown(a.get(key))}</td>"
-                for key, _ in _COLUMNS) + "</tr>"
-            for a in sorted(accounts, key=lambda a: str(a.get("email", "")))
-        )
+        head = "".join(f"<th>{title}</th>" for title in _COLUMNS)
+        body = "".join(_row(a) for a in sorted(accounts, key=lambda a: str(a.get("email", ""))))
         parts.append(f"<table><tr>{head}</tr>{body}</table>")
     parts.append("</body></html>\n")
     return "".join(parts)

@@ -257,3 +257,23 @@ class RenderPageTests(SynchronousTestCase):
         page = render_page([{"email": "a@b", "state": "<i>"}], {"<i>": 1}, ready=True)
         self.assertNotIn("<i>", page)
         self.assertIn("&lt;i&gt;", page)
+
+    def test_the_daemons_snapshot_shape(self) -> None:
+        """The keys Daemon.snapshot gives: ISO times, last_exists, last_scan, attempts."""
+        account = {
+            "id": "0a1b", "email": "a@example.com", "state": "backoff",
+            "since": "2026-01-02T03:04:05+00:00", "attempt": 3, "next_attempt_in": 40.0,
+            "last_error": "connection refused <x>", "last_error_at": "2026-01-02T03:04:06+00:00",
+            "last_heartbeat": None,
+            "last_exists": {"at": "2026-01-02T03:00:00+00:00", "count": 12},
+            "last_scan_reason": "exists",
+            "last_scan": {"time": 1_767_322_800.0, "outcome": "ok", "scanned": 2, "blocked": 1,
+                          "status": 200},
+        }
+        page = render_page([account], {"backoff": 1}, ready=True)
+        self.assertIn("<td>backoff <span class=muted>attempt 3, next in 40s</span></td>", page)
+        self.assertIn("<td>2026-01-02 03:04:05Z</td>", page)
+        self.assertIn("connection refused &lt;x&gt; <span class=muted>2026-01-02 03:04:06Z", page)
+        self.assertIn("EXISTS 12 <span class=muted>2026-01-02 03:00:00Z</span><br>"
+                      "scan ok (scanned=2 blocked=1) <span class=muted>2026-01-02 03:00:00Z",
+                      page)
