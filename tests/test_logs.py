@@ -251,11 +251,12 @@ else:
 
 
 class _Daemon(ProcessProtocol):
-    def __init__(self) -> None:
+    def __init__(self, marker: bool) -> None:
+        self.marker = marker
         self.out = bytearray()
         self.err = bytearray()
         self.running: Deferred[None] = Deferred()
-        self.status_url: Deferred[str] = Deferred()
+        self.status_url: Deferred[str | None] = Deferred()  # None: ended without one
         self.ended: Deferred[Exception] = Deferred()
 
     def outReceived(self, data: bytes) -> None:
@@ -270,9 +271,11 @@ class _Daemon(ProcessProtocol):
             self.running.callback(None)
 
     def processEnded(self, reason: Failure) -> None:
-        if not self.running.called:
+        if self.marker and not self.running.called:
             self.running.errback(RuntimeError(
                 f"exited before the reactor ran: {reason.value}\n{self.err.decode()}"))
+        if not self.status_url.called:
+            self.status_url.callback(None)
         self.ended.callback(reason.value)
 
 
@@ -280,14 +283,21 @@ class CommandTests(TestCase):
     timeout = 60
 
     async def run_daemon(self, *argv: str, probe: Callable[[str], Awaitable[None]] | None = None,
-                         **env: str) -> tuple[list[str], Exception]:
+                         script: bool = False, **env: str) -> tuple[list[str], Exception]:
         """Start a command, wait until its reactor runs (and ``probe`` its status server),
-        stop it with SIGTERM; its stdout lines and how it ended."""
-        daemon = _Daemon()
+        stop it with SIGTERM; its stdout lines and how it ended.
+
+        With ``script``, the installed console script itself runs; then the status server
+        answering ``probe`` (required) is the sign that the reactor runs."""
+        daemon = _Daemon(marker=not script)
         environ = {"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", **ENV, **env}
-        process = reactor.spawnProcess(
-            daemon, sys.executable, [sys.executable, "-c", LAUNCHER, *argv],
-            env=environ, path=ROOT)
+        if script:
+            assert probe is not None
+            executable = os.path.join(os.path.dirname(sys.executable), argv[0])
+            args = [executable, *argv[1:]]
+        else:
+            executable, args = sys.executable, [sys.executable, "-c", LAUNCHER, *argv]
+        process = reactor.spawnProcess(daemon, executable, args, env=environ, path=ROOT)
 
         def kill_leftover() -> Deferred[Exception] | None:
             if daemon.ended.called:
@@ -296,9 +306,12 @@ class CommandTests(TestCase):
             return daemon.ended
 
         self.addCleanup(kill_leftover)
-        await daemon.running
+        if not script:
+            await daemon.running
         if probe is not None:
-            await probe(await daemon.status_url)
+            url = await daemon.status_url
+            self.assertIsNotNone(url, daemon.out.decode() + daemon.err.decode())
+            await probe(url)
         process.signalProcess("TERM")
         reason = await daemon.ended
         output = daemon.out.decode("utf-8") + daemon.err.decode("utf-8")
@@ -345,6 +358,13 @@ class CommandTests(TestCase):
         self.assertText(lines)
         self.assertTrue(any("Starting reactor..." in line for line in lines), lines)
         self.assertTrue(any("Main loop terminated." in line for line in lines), lines)
+        self.assertStoppedBySigterm(reason)
+
+    async def test_the_installed_twist_script(self) -> None:
+        lines, reason = await self.run_daemon("twist", "rebreak-idle", script=True,
+                                              probe=self.probe_status_server)
+        self.assertText(lines)
+        self.assertTrue(any("status server listening on 127.0.0.1:" in line for line in lines))
         self.assertStoppedBySigterm(reason)
 
     async def test_twist_logs_json_on_request(self) -> None:
