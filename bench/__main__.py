@@ -45,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="command of the daemon (default: the venv's 'twist rebreak-idle')")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra environment of the daemon (repeatable)")
+    p.add_argument("--profile", action="store_true",
+                   help="record each phase with py-spy into the work directory (such runs "
+                        "are kept out of the docs table)")
+    p.add_argument("--tracemalloc", action="store_true",
+                   help="run the daemon under bench.memprofile and dump the largest "
+                        "allocation sites at steady state (kept out of the docs table)")
     p.add_argument("--results", type=Path, default=RESULTS, help="JSON lines file to append to")
     p.add_argument("--no-docs", action="store_true", help="do not re-render docs/benchmarks.md")
     p.add_argument("--workdir", type=Path, default=None, help="keep logs here (default tmp)")
@@ -64,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                     cpu_window=args.cpu_window or max(60.0, args.heartbeat),
                     inject_rate=args.inject_rate,
                     inject_seconds=args.inject_seconds, lost_after=args.lost_after,
-                    settle=args.settle, idle_deadline=args.idle_deadline, extra_env=extra)
+                    settle=args.settle, idle_deadline=args.idle_deadline, extra_env=extra,
+                    profile=args.profile, tracemalloc=args.tracemalloc)
                 result = bench.run(cfg)
                 failed = failed or bool(result["errors"])
                 line = json.dumps(result, sort_keys=True)

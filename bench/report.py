@@ -47,7 +47,8 @@ def load_results(path: Path = RESULTS) -> list[dict]:
 def _latest(results: list[dict], real_only: bool) -> list[dict]:
     latest: dict[tuple[int, str], dict] = {}
     for r in results:
-        if real_only and not str(r.get("daemon_cmd", "")).endswith("rebreak-idle"):
+        if real_only and (not str(r.get("daemon_cmd", "")).endswith("rebreak-idle")
+                          or r.get("profiled")):
             continue
         latest[(r["n"], r["mode"])] = r
     return [latest[k] for k in sorted(latest)]

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,8 @@ class RunConfig:
     settle: float = 5.0
     idle_deadline: float | None = None  # default: 3 * N / rate + 30 s
     refresh_interval: float = 300.0
+    profile: bool = False  # py-spy record of each phase (figures then not for the table)
+    tracemalloc: bool = False  # run the daemon under bench.memprofile, dump at steady state
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def deadline(self) -> float:
@@ -364,9 +367,13 @@ class Bench:
             "REBREAK_TLS_CA_FILE": self.certs["ca"],
         })
         env.update(cfg.extra_env)
+        cmd = self.daemon_cmd
+        if cfg.tracemalloc:
+            cmd = [sys.executable, "-m", "bench.memprofile"]
+            env["BENCH_TRACEMALLOC_OUT"] = str(run_dir / "tracemalloc.txt")
         out = open(run_dir / "daemon.log", "ab")
         try:
-            return self.children.spawn(self.daemon_cmd, cwd=ROOT, env=env, stdout=out,
+            return self.children.spawn(cmd, cwd=ROOT, env=env, stdout=out,
                                        stderr=subprocess.STDOUT)
         finally:
             out.close()
@@ -406,6 +413,38 @@ class Bench:
         finally:
             self.children.stop(proc)
 
+    @contextlib.contextmanager
+    def py_spy(self, cfg: RunConfig, pid: int, run_dir: Path, phase: str) -> Iterator[None]:
+        """``py-spy record`` of the daemon for the duration of the block (with --profile)."""
+        if not cfg.profile:
+            yield
+            return
+        exe = Path(sys.executable).parent / "py-spy"
+        with open(run_dir / "py-spy.log", "ab") as log:
+            proc = self.children.spawn(
+                [str(exe) if exe.exists() else "py-spy", "record", "--pid", str(pid),
+                 "--format", "raw", "--rate", "100", "--nonblocking", "--output",
+                 str(run_dir / f"pyspy-{phase}.txt")], stdout=log, stderr=log)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.children.stop(proc)
+
+    def tracemalloc_dump(self, daemon: subprocess.Popen, run_dir: Path) -> str | None:
+        out = run_dir / "tracemalloc.txt"
+        out.unlink(missing_ok=True)
+        daemon.send_signal(signal.SIGUSR1)
+        for _ in range(600):
+            if out.exists():
+                return str(out)
+            time.sleep(0.2)
+        return None
+
     # -- one run --
     def run(self, cfg: RunConfig) -> dict:
         mode = "tls" if cfg.tls else "plain"
@@ -418,7 +457,8 @@ class Bench:
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "n": cfg.n, "mode": mode,
             "config": {k: v for k, v in asdict(cfg).items() if k not in ("n", "tls")},
             "machine": self.machine, "daemon_cmd": " ".join(self.daemon_cmd[-2:]),
-            "rss0_kb": self.rss0[cfg.tls], "errors": []}
+            "rss0_kb": self.rss0[cfg.tls], "errors": [],
+            "loadavg_before": [round(x, 2) for x in os.getloadavg()]}
         ls, ls_ready, sink, sink_ready = self.start_helpers(run_dir)
         control = Control("127.0.0.1", ls_ready["control_port"])
         sink_url = f"http://127.0.0.1:{sink_ready['port']}"
@@ -431,12 +471,20 @@ class Bench:
             t_start = time.monotonic()
             daemon = self.start_daemon(run_dir, daemon_dsn, sink_ready["port"], cfg,
                                        status_port)
-            result.update(self._ramp(cfg, daemon, control, t_start, run_dir))
+            if cfg.profile or cfg.tracemalloc:
+                result["profiled"] = "tracemalloc" if cfg.tracemalloc else "py-spy"
+                result["run_dir"] = str(run_dir)
+            with self.py_spy(cfg, daemon.pid, run_dir, "ramp"):
+                result.update(self._ramp(cfg, daemon, control, t_start, run_dir))
             self._settle(cfg, sink_url, daemon, run_dir)
-            result.update(self._idle_window(cfg, daemon, control, dsn, own_role, run_dir))
+            with self.py_spy(cfg, daemon.pid, run_dir, "idle"):
+                result.update(self._idle_window(cfg, daemon, control, dsn, own_role, run_dir))
             result["rss_per_session_kb"] = round(
                 (result["rss_kb"] - result["rss0_kb"]) / max(1, cfg.n), 2)
-            result.update(self._latency(cfg, control, sink_url, users))
+            if cfg.tracemalloc:
+                result["tracemalloc"] = self.tracemalloc_dump(daemon, run_dir)
+            with self.py_spy(cfg, daemon.pid, run_dir, "inject"):
+                result.update(self._latency(cfg, control, sink_url, users))
             with contextlib.suppress(OSError, http.client.HTTPException, RuntimeError):
                 _, body = http_get(f"http://127.0.0.1:{status_port}/metrics")
                 result["metrics"] = _metrics_summary(body.decode(errors="replace"))
@@ -521,6 +569,7 @@ class Bench:
             "rss_kb": rss, "rss_start_window_kb": rss_start,
             "cpu_window_s": round(window, 2), "cpu_s": round(cpu1 - cpu0, 3),
             "cpu_pct": round(100.0 * (cpu1 - cpu0) / window, 2),
+            "loadavg_window": [round(x, 2) for x in os.getloadavg()],
             "heartbeats_in_window": cmds1.get("NOOP", 0) - cmds0.get("NOOP", 0),
             "sql_per_min": round(sql["total"] * 60.0 / window, 1),
             "sql_top": sql["top"],
