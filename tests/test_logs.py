@@ -16,7 +16,7 @@ from twisted.application.twist import _options as twist_options
 from twisted.application.twist._options import TwistOptions
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.error import ProcessDone
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger, LogLevel, jsonFileLogObserver, textFileLogObserver
 from twisted.python.failure import Failure
@@ -238,7 +238,9 @@ class RunnerConfigurationTests(SynchronousTestCase):
 LAUNCHER = """
 import os, sys
 from twisted.internet import reactor
-reactor.callWhenRunning(os.write, 2, b"REACTOR-RUNNING\\n")  # fd 2: sys.stderr gets logged
+# callLater(0): after every when-running call (the daemon's SIGTERM handler is one);
+# fd 2 directly: the runner redirects sys.stderr into the log.
+reactor.callWhenRunning(reactor.callLater, 0, os.write, 2, b"REACTOR-RUNNING\\n")
 command = sys.argv[1]
 sys.argv = sys.argv[1:]
 if command == "twist":
@@ -327,13 +329,9 @@ class CommandTests(TestCase):
             self.assertFalse(line.startswith("{"), line)
 
     def assertStoppedBySigterm(self, reason: Exception) -> None:
-        """After a clean shutdown, twist and twistd both re-raise the signal that stopped
-        the reactor (Twisted's deliberate behaviour: the parent sees "killed by SIGTERM",
-        exit status 143 in a shell, which systemd counts as a clean stop); 0 is fine too."""
-        if isinstance(reason, ProcessTerminated):
-            self.assertEqual((reason.exitCode, reason.signal), (None, 15), reason)
-        else:
-            self.assertIsInstance(reason, ProcessDone)
+        """SIGTERM is a graceful stop with exit status 0 (the daemon's own handler: Twisted's
+        would re-raise the signal once the reactor stopped)."""
+        self.assertIsInstance(reason, ProcessDone)
 
     async def probe_status_server(self, base: str) -> None:
         pool = HTTPConnectionPool(reactor, persistent=False)
