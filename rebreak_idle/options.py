@@ -6,12 +6,13 @@ import os
 import sys
 from collections.abc import Mapping
 
+from twisted.application.service import IService
 from twisted.python import usage
 
 from .config import OPTIONS, ConfigError, Settings, describe, load_settings
 from .logs import FORMATS, configure_runner_logging
 
-__all__ = ["Options", "settings_or_exit"]
+__all__ = ["Options", "service_or_exit", "settings_or_exit"]
 
 
 class Options(usage.Options):
@@ -75,6 +76,19 @@ def settings_or_exit(
     try:
         return load_settings(environ=environ, flags=flags)
     except ConfigError as e:
+        sys.stderr.write(f"rebreak-idle: configuration error: {e}\n")
+        sys.stderr.flush()
+        raise SystemExit(78) from None
+
+
+def service_or_exit(settings: Settings) -> IService:
+    """``makeService(settings)``, or the one-line reason and exit status 78 when a setting
+    only the wiring can check is wrong (e.g. an unparsable REBREAK_STATUS_ENDPOINT)."""
+    from .service import makeService
+
+    try:
+        return makeService(settings)
+    except ValueError as e:
         sys.stderr.write(f"rebreak-idle: configuration error: {e}\n")
         sys.stderr.flush()
         raise SystemExit(78) from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.application.service import IService
 
-from .options import Options, settings_or_exit
+from .options import Options, service_or_exit, settings_or_exit
 
 __all__ = ["Options", "makeService"]
 
@@ -15,6 +15,4 @@ def makeService(options: Options) -> IService:
         from .migrate import migrate_or_exit
 
         migrate_or_exit(settings.database_url, dev_schema=options["dev-schema"])
-    from .service import makeService as make
-
-    return make(settings)
+    return service_or_exit(settings)

@@ -134,3 +134,14 @@ class CommandLineTests(SynchronousTestCase):
         self.assertIn("REBREAK_HEARTBEAT_INTERVAL must be a number of seconds", result.stderr)
         self.assertNotIn("Traceback", result.stderr + result.stdout)
         self.assertNotIn(SECRET, result.stderr + result.stdout)
+
+
+class WiringErrorTests(SynchronousTestCase):
+    def test_bad_status_endpoint_is_one_line(self) -> None:
+        result = run_twist("rebreak-idle", "--status-endpoint", "nonsense:1:2",
+                           environ=env())
+        self.assertEqual(result.returncode, 78, result.stderr)
+        lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("REBREAK_STATUS_ENDPOINT", lines[0])
+        self.assertNotIn(SECRET, lines[0])
