@@ -246,14 +246,18 @@ class ReplicaTests(_KeeperCase):
         d.startService()
         await self.settle(d)
         self.assertEqual(await d.filter(rows), [])  # all taken, the others release next
-        # one renewal: the old ones release 25 each (nothing is watched twice)...
+        # one renewal: the old ones release 25 each (nothing is watched twice); the new
+        # one may already claim what was released before its own round ran...
         await self.tick(RENEW)
-        owned = [k.owned() for k in [*keepers, d]]
-        self.assertEqual(sorted(map(len, owned)), [0, 75, 75, 75])
-        # ...the next one: the new one claims them (unwatched for at most one renewal)
+        self.assertEqual([len(k.owned()) for k in keepers], [75, 75, 75])
+        union = set().union(*(k.owned() for k in keepers))
+        self.assertFalse(union & d.owned())
+        # ...at the latest the next one claims the rest (unwatched for at most one renewal)
         await self.tick(RENEW)
         self.assertPartition(rows, [*keepers, d], [75, 75, 75, 75])
-        self.assertEqual(self.changes, {"r0": 1, "r1": 1, "r2": 1, "r3": 1})
+        self.assertEqual({k: v for k, v in self.changes.items() if k != "r3"},
+                         {"r0": 1, "r1": 1, "r2": 1})
+        self.assertIn(self.changes["r3"], (1, 2))  # one claim, or two half claims
         for k in [*keepers, d]:
             await k.stopService()
 
