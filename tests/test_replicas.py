@@ -355,4 +355,3 @@ class ReplicaProcessTests(TestCase):
         self.assertEqual(self.table(), {})
         sys.stderr.write(f"\nreplica figures (TTL {TTL:g}s, renew {RENEW:g}s): "
                          f"{json.dumps(figures)}\n")
-        (self.dir.parent / "rebreak-replica-figures.json").write_text(json.dumps(figures))
