@@ -493,3 +493,45 @@ class ScriptedIMAPServer:
             if not d.called:
                 d.cancel()
         return defer.gatherResults(ds, consumeErrors=True)
+
+
+# -- child daemons ----------------------------------------------------------------------
+
+def save_daemon_log(test_id: str, lines: list[str]) -> Path:
+    """Write a child daemon's output to :data:`DAEMON_LOGS` (for the leak check)."""
+    DAEMON_LOGS.mkdir(parents=True, exist_ok=True)
+    path = DAEMON_LOGS / (re.sub(r"[^A-Za-z0-9_.-]", "_", test_id) + ".log")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def child_env(dsn: str, backend_url: str) -> dict[str, str]:
+    return {"DATABASE_URL": dsn, "ADMIN_SECRET": ADMIN_SECRET,
+            "ENCRYPTION_KEY": ENCRYPTION_KEY, "BACKEND_URL": backend_url}
+
+
+def child_args(**overrides: Any) -> list[str]:
+    """Flags for ``twist rebreak-idle`` from :data:`FAST` (plus ``overrides``)."""
+    values = dict(FAST, **overrides)
+    args = []
+    for name, value in values.items():
+        args += ["--" + name.replace("_", "-"), str(value)]
+    return args
+
+
+async def http_get(reactor: Any, url: str, headers: dict[str, str] | None = None,
+                   timeout: float = 5.0) -> tuple[int, bytes]:
+    """(status, body) of a GET on loopback; the connection is closed afterwards."""
+    import treq
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    client = treq.client.HTTPClient(Agent(reactor, pool=pool))
+    try:
+        d = client.get(url, headers=headers or {})
+        d.addTimeout(timeout, reactor)
+        response = await d
+        body = await treq.content(response)
+        return response.code, body
+    finally:
+        await pool.closeCachedConnections()
