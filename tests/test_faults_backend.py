@@ -5,12 +5,14 @@ Results: docs/reliability.md.
 
 from __future__ import annotations
 
+import itertools
+
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from rebreak_idle import metrics
 from tests.support.backend import Answer, Gate
-from tests.support.faults import FaultCase, until
+from tests.support.faults import FaultCase, record_figure, until
 from tests.support.leaks import IMAP_PASSWORDS
 
 ANN = IMAP_PASSWORDS[0]
@@ -46,9 +48,10 @@ class BackendFaultTests(FaultCase, TestCase):
         requests = self.scans_of(ann)[1:]
         self.assertEqual([r.status for r in requests], [500, 500, 200, 200])
         self.assertEqual([r.body["exists"] for r in requests], [1, 1, 1, 6])
-        gaps = [b.time - a.time for a, b in zip(requests, requests[1:3], strict=False)]
+        gaps = [b.time - a.time for a, b in itertools.pairwise(requests[:3])]
         self.assertGreaterEqual(gaps[0], 0.95)
         self.assertGreaterEqual(gaps[1], 1.95)
+        record_figure(self, "retry_gaps_s", [round(g, 2) for g in gaps])
         self.assertEqual(self.daemon.scans.last_outcome(ann)["outcome"], "ok")
 
     async def test_timeout_retried(self) -> None:

@@ -19,11 +19,11 @@ from rebreak_idle.migrate import apply
 from tests.support.daemon import DaemonProcess
 from tests.support.faults import (
     FaultCase,
-    app_dsn,
     child_args,
     child_env,
     free_port,
     http_get,
+    record_figure,
     save_daemon_log,
     until,
 )
@@ -107,7 +107,7 @@ class RestartTests(FaultCase, TestCase):
         await _running(server)
         restarted_at = datetime.now(UTC)
         await self.wait_log(r"\[idle/db\] status writes work again", deadline=15)
-        self.measured = time.monotonic() - outage_started
+        record_figure(self, "writes_back_after_restart_s", time.monotonic() - outage_started)
         row = await until(lambda: (r := self.status_row(bob))["error"] and r,
                           what="bob's buffered error written")
         self.assertIn("[AUTHENTICATIONFAILED]", row["error"])
@@ -173,7 +173,7 @@ class UnreachableAtStartTests(FaultCase, TestCase):
         while not await ready():
             self.assertLess(time.monotonic(), end, "readyz not 200 within 15s of the restart")
             await deferLater(self.reactor, 0.1, lambda: None)
-        self.measured = time.monotonic() - started
+        record_figure(self, "ready_after_db_start_s", time.monotonic() - started)
         await daemon.wait_for(r"\[idle/ann@faults\.test\] connected \(", deadline=10)
         self.assertEqual(await daemon.terminate(deadline=15), 0)
         for secret in KNOWN_SECRETS:

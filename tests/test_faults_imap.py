@@ -6,14 +6,14 @@ rejects the password; and rows that cannot be watched. Results: docs/reliability
 
 from __future__ import annotations
 
+import itertools
 import re
 
-from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from rebreak_idle import metrics
 from tests.support.certs import make_test_certs
-from tests.support.faults import FaultCase, ScriptedIMAPServer, until
+from tests.support.faults import FaultCase, ScriptedIMAPServer, record_figure, until
 from tests.support.leaks import ENCRYPTION_KEY, IMAP_PASSWORDS, XOAUTH2_TOKEN
 
 ANN, BOB, CAT, WRONG = IMAP_PASSWORDS
@@ -54,9 +54,8 @@ class ConnectionDropTests(FaultCase, TestCase):
         self.assertEqual(len(self.scans_of(ann)), 2)  # exactly one catch-up scan
 
         # The server goes away for a while: attempts back off (0.2, 0.4, 0.8, 1.6 s ...).
-        port = self.imap.listen().getHost().port  # a second listener keeps the helper alive
-        await self.imap._ports[0].stopListening()
-        del self.imap._ports[0]
+        listening = self.imap._ports.pop(0)
+        await listening.stopListening()
         self.imap.drop_connections()
         await self.wait_log(r"\[idle/ann@faults\.test\] reconnecting in .* \(attempt 4\)",
                             deadline=15)
@@ -69,14 +68,13 @@ class ConnectionDropTests(FaultCase, TestCase):
         self.assertEqual(attempts, list(range(attempts[0], 5)))
         self.assertEqual(delays, sorted(delays))
         self.assertGreaterEqual(delays[-1], 1.6)
-        gaps = [b["log_time"] - a["log_time"] for a, b in zip(events, events[1:],
-                                                                strict=False)]
+        gaps = [b["log_time"] - a["log_time"] for a, b in itertools.pairwise(events)]
         for delay, gap in zip(delays, gaps, strict=False):
             self.assertGreaterEqual(gap, delay * 0.95, (delays, gaps))
+        record_figure(self, "backoff_delays_s", delays)
         self.assertIn("refused", self.snap(ann)["last_error"].lower())
         # Back on the old port: reconnects without anyone's help.
         self.imap.listen(port=self.imap_port)
-        del port
         await self.connected("ann@faults.test", count=3, deadline=15)
         await until(lambda: self.status_row(ann)["error"] is None,
                     what="last_connect_error cleared after the reconnect")
@@ -97,13 +95,10 @@ class ConnectionDropTests(FaultCase, TestCase):
         self.assertIn("timed out", line)
         bound = settings.heartbeat_interval + settings.noop_timeout
         self.assertLessEqual(detected, bound + 0.5)
-        self.measured = detected
+        record_figure(self, "detected_after_s", detected)
         self.assertEqual(self.snap(ann)["state"], "backoff")
         self.imap.silent = False  # answers again: the next attempt (or the one after) works
         await self.connected("ann@faults.test", count=2, deadline=15)
-        error = await until(lambda: self.status_row(ann)["error"] or None, deadline=1,
-                            what="") if self.status_row(ann)["error"] else None
-        del error
         await until(lambda: self.status_row(ann)["error"] is None, what="error cleared")
 
 
@@ -182,7 +177,7 @@ class HostileServerTests(FaultCase, TestCase):
         # the client stopped reading at 64 KiB; what the server got out is the socket
         # buffers, far below the 32 MiB it wanted to send
         self.assertLess(sent, server.stream_limit // 4)
-        self.measured = sent
+        record_figure(self, "bytes_sent_before_close", sent)
 
     async def test_huge_literal_memory_bounded(self) -> None:
         server = await self._hostile("huge-literal-idle",
@@ -235,7 +230,7 @@ class NoIdleTests(FaultCase, TestCase):
                          ("exists", 1))
         self.assertLessEqual(latency, settings.poll_interval + 1.0)
         self.assertEqual(self.imap.commands[b"IDLE"], 0)
-        self.measured = latency
+        record_figure(self, "delivery_to_post_s", latency)
 
 
 class WrongPasswordTests(FaultCase, TestCase):
@@ -315,5 +310,3 @@ class InvalidRowTests(FaultCase, TestCase):
 
     test_bad_rows_error_clearly_others_unaffected.timeout = 40  # type: ignore[attr-defined]
 
-
-del defer

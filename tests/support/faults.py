@@ -43,13 +43,13 @@ from .leaks import (
     DB_ROLE,
     ENCRYPTION_KEY,
     IMAP_PASSWORDS,
-    KNOWN_SECRETS,
     text_has_secret,
 )
 from .pg import fresh_database
 
-__all__ = ["DAEMON_LOGS", "FAST", "FaultCase", "ScriptedIMAPServer", "app_dsn", "free_port",
-           "until"]
+__all__ = ["DAEMON_LOGS", "FAST", "FIGURES", "FaultCase", "LogCapture", "ScriptedIMAPServer",
+           "app_dsn", "child_args", "child_env", "free_port", "http_get", "record_figure",
+           "save_daemon_log", "until"]
 
 #: Where tests save the output of child daemons (checked by ``python -m tests.support.leaks``).
 DAEMON_LOGS = Path(os.environ.get("REBREAK_DAEMON_LOGS", "/tmp/rebreak-trial/daemon-logs"))
@@ -535,3 +535,17 @@ async def http_get(reactor: Any, url: str, headers: dict[str, str] | None = None
         return response.code, body
     finally:
         await pool.closeCachedConnections()
+
+
+FIGURES = DAEMON_LOGS.parent / "fault-figures.jsonl"
+
+
+def record_figure(test: Any, name: str, value: Any) -> None:
+    """Append a measured figure of ``test`` to :data:`FIGURES` (for docs/reliability.md)."""
+    import json
+
+    FIGURES.parent.mkdir(parents=True, exist_ok=True)
+    with FIGURES.open("a") as f:
+        f.write(json.dumps({"test": test.id(), "name": name,
+                            "value": round(value, 3) if isinstance(value, float) else value})
+                + "\n")
