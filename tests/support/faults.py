@@ -316,7 +316,6 @@ class FaultCase:
 FAULTS = ("bye-greeting", "bye-login", "bye-idle", "garbage-idle", "long-line-idle",
           "huge-literal-idle", "unknown-tag-idle", "normal")
 
-CAPS = b"IMAP4rev1 IDLE AUTH=PLAIN SASL-IR"
 
 
 class _Scripted(LineOnlyReceiver):
@@ -335,7 +334,8 @@ class _Scripted(LineOnlyReceiver):
             self.send(b"* BYE [UNAVAILABLE] maintenance, come back later")
             self.transport.loseConnection()
             return
-        self.send(b"* OK [CAPABILITY " + CAPS + b"] scripted server ready")
+        self.send(b"* OK [CAPABILITY " + s.caps() + b"] scripted server ready")
+        self.told = s.exists
 
     def connectionLost(self, reason: Any = None) -> None:
         self.lost = True
@@ -355,7 +355,7 @@ class _Scripted(LineOnlyReceiver):
         cmd = cmd.upper()
         s.commands.append(cmd)
         if cmd == b"CAPABILITY":
-            self.send(b"* CAPABILITY " + CAPS)
+            self.send(b"* CAPABILITY " + s.caps())
             self.send(tag + b" OK done")
         elif cmd in (b"LOGIN", b"AUTHENTICATE"):
             s.logins += 1
@@ -366,17 +366,19 @@ class _Scripted(LineOnlyReceiver):
                 return
             self.send(tag + b" OK logged in")
         elif cmd in (b"SELECT", b"EXAMINE"):
+            self.told = s.exists
             self.send(b"* %d EXISTS" % s.exists)
             self.send(b"* OK [UIDVALIDITY 7] ok")
             self.send(b"* OK [UIDNEXT %d] ok" % (s.exists + 1))
             self.send(tag + b" OK [READ-WRITE] selected")
-        elif cmd == b"IDLE":
+        elif cmd == b"IDLE" and s.idle_enabled:
             self.idle_tag = tag
             self.send(b"+ idling")
             s._idle_started(self)
             if self.fault.endswith("-idle"):
                 s.reactor.callLater(0, self.misbehave)
         elif cmd == b"NOOP":
+            self.tell()
             self.send(tag + b" OK noop")
         elif cmd == b"LOGOUT":
             s.logouts += 1
@@ -385,6 +387,12 @@ class _Scripted(LineOnlyReceiver):
             self.transport.loseConnection()
         else:
             self.send(tag + b" BAD unknown command")
+
+    def tell(self) -> None:
+        """Send ``* N EXISTS`` when mail arrived since this connection last heard."""
+        if self.server.exists != self.told:
+            self.told = self.server.exists
+            self.send(b"* %d EXISTS" % self.told)
 
     def misbehave(self) -> None:
         if self.lost:
@@ -435,12 +443,26 @@ class ScriptedIMAPServer:
         self.plan = list(plan or [])
         self.stream_limit = stream_limit
         self.exists = 3
+        #: advertise and accept IDLE; without it, new mail is told only in NOOP answers
+        self.idle_enabled = True
         self.logins = 0
         self.logouts = 0
         self.commands: list[bytes] = []
         self.connections: list[_Scripted] = []
         self._port: Any = None
         self._idle_waiters: list[tuple[int, defer.Deferred]] = []
+
+    def caps(self) -> bytes:
+        return b"IMAP4rev1 " + (b"IDLE " if self.idle_enabled else b"") + \
+            b"AUTH=PLAIN SASL-IR"
+
+    def deliver(self) -> None:
+        """One more message: idling connections hear ``* N EXISTS`` at once, the others
+        at their next NOOP (as servers without IDLE do)."""
+        self.exists += 1
+        for c in self.connections:
+            if not c.lost and c.idle_tag is not None:
+                c.tell()
 
     def listen(self) -> int:
         factory = Factory.forProtocol(_Scripted)
