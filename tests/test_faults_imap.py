@@ -145,6 +145,13 @@ class ByeTests(FaultCase, TestCase):
         self.start_daemon()
         error = await until(lambda: self.status_row(ann)["error"], what="error recorded")
         self.assertIn("[UNAVAILABLE] maintenance, come back later", error)
+        self.assertEqual(self.snap(ann)["last_error"], error)
+        # a server that greets with BYE every time is not hammered: the delays grow
+        await self.wait_log(r"\[idle/ann@faults\.test\] reconnecting in .* \(attempt 4\)",
+                            deadline=10)
+        delays = [float(e["delay"]) for e in _reconnect_events(self.logs, "ann@faults.test")]
+        self.assertEqual(delays, sorted(delays))
+        self.assertGreaterEqual(delays[3], 4 * delays[0])
         self.assertEqual(server.logins, 0)
 
 
@@ -186,12 +193,13 @@ class HostileServerTests(FaultCase, TestCase):
 
 
 class TLSTests(FaultCase, TestCase):
-    async def _tls_case(self, cert_name: str, reason: str) -> None:
+    async def _tls_case(self, cert_name: str, reason: str, security: str = "tls") -> None:
         await self.start_parts()
         certs = make_test_certs()
-        port = self.imap.listen(tls=True, cert=getattr(certs, cert_name)).getHost().port
+        port = self.imap.listen(tls=security == "tls", starttls=security == "starttls",
+                                cert=getattr(certs, cert_name)).getHost().port
         good_port = self.imap.listen(tls=True).getHost().port
-        bad = self.add_account("ann@faults.test", ANN, port=port, security="tls")
+        bad = self.add_account("ann@faults.test", ANN, port=port, security=security)
         good = self.add_account("bob@faults.test", BOB, port=good_port, security="tls")
         self.start_daemon(tls_ca_file=certs.ca)
         line = await self.wait_log(r"\[idle/ann@faults\.test\] connect failed: ")
@@ -211,6 +219,9 @@ class TLSTests(FaultCase, TestCase):
 
     async def test_expired_certificate(self) -> None:
         await self._tls_case("expired", "certificate has expired")
+
+    async def test_starttls_untrusted_certificate(self) -> None:
+        await self._tls_case("self_signed", "self-signed certificate", security="starttls")
 
 
 class NoIdleTests(FaultCase, TestCase):
@@ -268,6 +279,14 @@ class WrongPasswordTests(FaultCase, TestCase):
         self.assertEqual(self.imap.logins_ok["bob@faults.test"], 1)
         self.assertIsNone(self.status_row(good)["error"])
         self.assertEqual(self.logs.count(r"\[idle/ann@faults\.test\] connect failed"), 1)
+        # the user fixes the password in the app: the hold-off ends at the next refresh
+        from rebreak_idle.secrets import encrypt_secret
+
+        self.sql("UPDATE rebreak.mail_connections SET encrypted_secret = %s WHERE id = %s",
+                 (encrypt_secret(ANN, ENCRYPTION_KEY.encode()[:32]), wrong))
+        await self.connected("ann@faults.test", deadline=5)
+        await until(lambda: self.status_row(wrong)["error"] is None, what="error cleared")
+        self.assertEqual(self.imap.login_attempts["ann@faults.test"], 2)
 
 
 class InvalidRowTests(FaultCase, TestCase):
