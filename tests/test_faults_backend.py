@@ -93,7 +93,9 @@ class BackendFaultTests(FaultCase, TestCase):
             metrics.SCANS.labels(reason="exists", outcome="gave_up")._value.get(), gave_up)
 
     async def test_thousand_exists_during_one_slow_scan(self) -> None:
-        ann = await self._watching()
+        # scan_timeout well above the test's length: the one scan stays in flight (a
+        # timed-out attempt would be retried, correctly, and add a request)
+        ann = await self._watching(scan_timeout=60)
         gate = self.backend.hold()
         self.addCleanup(gate.release)
         events = metrics.EXISTS_EVENTS._value.get()

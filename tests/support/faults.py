@@ -47,12 +47,17 @@ from .leaks import (
 )
 from .pg import fresh_database
 
-__all__ = ["DAEMON_LOGS", "FAST", "FIGURES", "FaultCase", "LogCapture", "ScriptedIMAPServer",
-           "app_dsn", "child_args", "child_env", "free_port", "http_get", "record_figure",
+__all__ = ["FAST", "FaultCase", "LogCapture", "ScriptedIMAPServer",
+           "app_dsn", "child_args", "child_env", "daemon_logs_dir", "free_port", "http_get",
+           "record_figure",
            "save_daemon_log", "until"]
 
-#: Where tests save the output of child daemons (checked by ``python -m tests.support.leaks``).
-DAEMON_LOGS = Path(os.environ.get("REBREAK_DAEMON_LOGS", "/tmp/rebreak-trial/daemon-logs"))
+def daemon_logs_dir() -> Path:
+    """Where tests save the output of child daemons (checked by ``python -m
+    tests.support.leaks``): ``daemon-logs/`` in trial's temporary directory (the working
+    directory while tests run: ``/tmp/rebreak-trial/daemon-logs`` under ``make test``), or
+    ``$REBREAK_DAEMON_LOGS``."""
+    return Path(os.environ.get("REBREAK_DAEMON_LOGS") or Path.cwd() / "daemon-logs")
 
 #: Short intervals for the whole suite (seconds).
 FAST: dict[str, Any] = dict(
@@ -520,9 +525,10 @@ class ScriptedIMAPServer:
 # -- child daemons ----------------------------------------------------------------------
 
 def save_daemon_log(test_id: str, lines: list[str]) -> Path:
-    """Write a child daemon's output to :data:`DAEMON_LOGS` (for the leak check)."""
-    DAEMON_LOGS.mkdir(parents=True, exist_ok=True)
-    path = DAEMON_LOGS / (re.sub(r"[^A-Za-z0-9_.-]", "_", test_id) + ".log")
+    """Write a child daemon's output to :func:`daemon_logs_dir` (for the leak check)."""
+    directory = daemon_logs_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / (re.sub(r"[^A-Za-z0-9_.-]", "_", test_id) + ".log")
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -559,15 +565,14 @@ async def http_get(reactor: Any, url: str, headers: dict[str, str] | None = None
         await pool.closeCachedConnections()
 
 
-FIGURES = DAEMON_LOGS.parent / "fault-figures.jsonl"
-
-
 def record_figure(test: Any, name: str, value: Any) -> None:
-    """Append a measured figure of ``test`` to :data:`FIGURES` (for docs/reliability.md)."""
+    """Append a measured figure of ``test`` to ``fault-figures.jsonl`` next to the daemon
+    logs (for docs/reliability.md)."""
     import json
 
-    FIGURES.parent.mkdir(parents=True, exist_ok=True)
-    with FIGURES.open("a") as f:
+    path = daemon_logs_dir().parent / "fault-figures.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
         f.write(json.dumps({"test": test.id(), "name": name,
                             "value": round(value, 3) if isinstance(value, float) else value})
                 + "\n")
