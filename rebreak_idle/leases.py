@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 
 from .config import Settings
 from .metrics import REGISTRY
+from .pool import connect, new_connection
 
 __all__ = ["LEASES_SQL", "LeaseKeeper", "RoundResult"]
 
@@ -153,6 +154,10 @@ def fair_share(accounts: int, live: int) -> int:
     return math.ceil(accounts / max(live, 1))
 
 
+#: Seconds a connect of the lease connection may take.
+CONNECT_TIMEOUT = 10.0
+
+
 class _Database:
     """One txpostgres connection, opened on demand and dropped after any failure (the next
     round reconnects). Each call is one transaction."""
@@ -166,13 +171,13 @@ class _Database:
         return Deferred.fromCoroutine(self._run(interaction))
 
     async def _run(self, interaction: Callable[[Any], Deferred]) -> Any:
-        from txpostgres.txpostgres import Connection
-
         if self._conn is None:
-            conn = Connection(reactor=self._reactor)
+            # the pool's connection type: closes quietly when the server goes away, and
+            # connecting has a deadline
+            conn = new_connection(self._reactor)
             self._conn = conn
             try:
-                await conn.connect(self._dsn)
+                await connect(self._dsn, self._reactor, CONNECT_TIMEOUT, conn)
             except BaseException:
                 self.reset(conn)
                 raise

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 
-from . import metrics
 from .account import Account
 from .config import Settings
 from .scan import ScanTrigger
@@ -53,7 +53,7 @@ class Daemon(MultiService):
 
             self.leases = LeaseKeeper(settings, reactor=reactor,
                                       on_change=self._owned_changed,
-                                      on_lost_ownership=self._owned_changed)
+                                      on_lost_ownership=self._ownership_lost)
             self.leases.setServiceParent(self)
             account_filter = self.leases.filter
 
@@ -67,7 +67,6 @@ class Daemon(MultiService):
                 ready=lambda: self.supervisor.ready,
                 snapshot=self.snapshot,
                 admin_secret=settings.admin_secret,
-                before_metrics=self._update_gauges,
             )
             self.status = StatusService(settings.status_endpoint, resource, reactor)
             self.status.setServiceParent(self)
@@ -79,6 +78,14 @@ class Daemon(MultiService):
     def _owned_changed(self) -> None:
         self.supervisor.request_refresh()
 
+    def _ownership_lost(self) -> None:
+        """No lease round succeeded for a whole TTL (database unreachable): another replica
+        may own these accounts now, so stop watching them rather than watch twice. The
+        next refresh that succeeds starts what this replica owns again."""
+        log.warn("[idle/db] lease ownership lost (no renewal for {ttl:g}s): stopping "
+                 "{n} sessions", ttl=self.settings.lease_ttl, n=len(self.supervisor.sessions))
+        self.supervisor.stop_all_sessions()
+
     def snapshot(self) -> list[dict]:
         """One object per account for /status: the session's view plus its last scan."""
         out = []
@@ -87,13 +94,6 @@ class Daemon(MultiService):
             entry["last_scan"] = self.scans.last_outcome(entry["id"])
             out.append(entry)
         return out
-
-    def _update_gauges(self) -> None:
-        now = self.reactor.seconds()
-        beats = [getattr(s, "last_heartbeat_at", None)
-                 for s in self.supervisor.sessions.values()]
-        beats = [b for b in beats if b is not None]
-        metrics.HEARTBEAT_AGE.set(now - min(beats) if beats else 0)
 
     def startService(self) -> None:
         s = self.settings
@@ -127,15 +127,22 @@ class Daemon(MultiService):
         if self.reactor.running:
             self.reactor.stop()
 
-    def stopService(self):  # type: ignore[no-untyped-def]
+    def stopService(self) -> Deferred:
+        """Stop the children concurrently (each bounded by ``shutdown_timeout``); the lease
+        keeper last, so that no other replica takes an account over while its session is
+        still logging out."""
         log.info("rebreak-idle stopping: {n} sessions", n=len(self.supervisor.sessions))
-        d = super().stopService()
+        return Deferred.fromCoroutine(self._stop())
 
-        def stopped(result: object) -> object:
-            log.info("rebreak-idle stopped")
-            return result
-
-        return d.addBoth(stopped)
+    async def _stop(self) -> None:
+        Service.stopService(self)
+        children = [c for c in reversed(list(self)) if c is not self.leases]
+        await DeferredList([maybeDeferred(c.stopService) for c in children],
+                           consumeErrors=True)
+        if self.leases is not None:
+            await maybeDeferred(self.leases.stopService).addErrback(
+                lambda f: log.failure("releasing leases failed", f))
+        log.info("rebreak-idle stopped")
 
 
 def makeService(settings: Settings, reactor: Any = None) -> Daemon:

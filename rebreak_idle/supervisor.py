@@ -116,6 +116,13 @@ class Supervisor(MultiService):
             self._next_refresh()
         return d
 
+    def stop_all_sessions(self) -> None:
+        """Stop every session now, without reading the table (a replica that lost its
+        leases); the next successful refresh starts sessions again."""
+        for account_id in list(self.sessions):
+            self._stop_session(account_id)
+        self._update_gauge()
+
     def request_refresh(self) -> None:
         """A refresh in about a second (NOTIFY); calls before then are folded into it."""
         if self._debounce is None and self.running:

@@ -9,7 +9,7 @@ import time
 import uuid
 
 import psycopg2
-from twisted.internet import reactor, task
+from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from rebreak_idle.secrets import encrypt_secret
@@ -17,6 +17,7 @@ from tests.support.backend import BackendDouble
 from tests.support.daemon import DaemonProcess
 from tests.support.dovecot import DovecotServer, skip_without_dovecot
 from tests.support.pg import fresh_database
+from tests.support.wait import until
 
 KEY = "e2e-" + secrets.token_hex(20)
 ADMIN = "adm-" + secrets.token_hex(12)
@@ -38,18 +39,6 @@ def dovecot() -> DovecotServer:
         _dovecot = DovecotServer(users=USERS)
         atexit.register(_dovecot.stop)
     return _dovecot
-
-
-async def until(check, deadline: float = DEADLINE, every: float = 0.1, what: str = ""):
-    """Waits until ``check()`` returns a true value (returned); fails after ``deadline``."""
-    end = time.monotonic() + deadline
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"not within {deadline}s: {what or check}")
-        await task.deferLater(reactor, every, lambda: None)
 
 
 class EndToEndTests(TestCase):
@@ -131,7 +120,7 @@ class EndToEndTests(TestCase):
         self.assertIn("[AUTHENTICATIONFAILED]", line)
         error = await until(lambda: self.sql(
             "SELECT last_connect_error FROM rebreak.mail_connections WHERE id = %s",
-            (dan,))[0][0], what="last_connect_error written")
+            (dan,))[0][0], deadline=DEADLINE, what="last_connect_error written")
         self.assertIn("[AUTHENTICATIONFAILED]", error)
         # Five more refreshes (~5 s at --reconnect-delay 0.2 would be many retries):
         # the hold-off keeps it at one login attempt.
@@ -151,26 +140,26 @@ class EndToEndTests(TestCase):
             return self.sql("SELECT last_idle_heartbeat_at FROM rebreak.mail_connections "
                             "WHERE id = %s", (ann,))[0][0]
 
-        first = await until(heartbeat, what="first heartbeat")
-        await until(lambda: heartbeat() > first, what="heartbeat advancing")
+        first = await until(heartbeat, deadline=DEADLINE, what="first heartbeat")
+        await until(lambda: heartbeat() > first, deadline=DEADLINE, what="heartbeat advancing")
 
         bob = self.add_row("bob@rebreak.test")
         await daemon.wait_for(r"\[idle/bob@rebreak\.test\] connected")
         requests = await until(lambda: [r for r in self.backend.requests
                                         if r.body.get("connectionId") == bob],
-                               what="catch-up scan of the added row")
+                               deadline=DEADLINE, what="catch-up scan of the added row")
         self.assertEqual(requests[0].body["reason"], "connected")
 
         logouts = self.imap.log_text().count("Logged out")
         self.sql("UPDATE rebreak.mail_connections SET is_active = false WHERE id = %s", (ann,))
         await daemon.wait_for(r"\[idle/db\] refreshed — 1 active connections, 1 sessions")
         await until(lambda: self.imap.log_text().count("Logged out") > logouts,
-                    what="LOGOUT at Dovecot after deactivation")
+                    deadline=DEADLINE, what="LOGOUT at Dovecot after deactivation")
         self.assertTrue(re.search(r"imap\(ann@rebreak\.test\).*Logged out",
                                   self.imap.log_text()))
 
         self.assertEqual(await daemon.terminate(), 0)
         await until(lambda: re.search(r"imap\(bob@rebreak\.test\).*Logged out",
                                       self.imap.log_text()),
-                    what="LOGOUT of bob on SIGTERM")
+                    deadline=DEADLINE, what="LOGOUT of bob on SIGTERM")
 

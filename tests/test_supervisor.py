@@ -161,6 +161,23 @@ class ReconcileTests(SynchronousTestCase):
         self.assertEqual(self.events, [])
         self.assertIn("[idle/db] refreshed — 2 active connections, 2 sessions", self.logs)
 
+    def test_stop_all_sessions_without_a_read(self) -> None:
+        """A replica that lost its leases stops watching at once (no database read); the
+        next successful refresh starts the sessions again."""
+        sup = self.supervisor()
+        sup.startService()
+        self.events.clear()
+        reads = self.store.reads
+        self.store.fail = True
+        sup.stop_all_sessions()
+        self.assertEqual(self.store.reads, reads)
+        self.assertEqual(sup.sessions, {})
+        self.assertEqual(sorted(self.events),
+                         [("stop", row(0)["id"]), ("stop", row(1)["id"])])
+        self.store.fail = False
+        sup.refresh()
+        self.assertEqual(sorted(sup.sessions), [row(0)["id"], row(1)["id"]])
+
     def test_changed_host_restarts(self) -> None:
         sup = self.supervisor()
         sup.startService()
