@@ -637,7 +637,7 @@ class MailboxSession(Service):
         finally:
             self._in_policy = False
         log.warn("[idle/{email}] connect failed: {error}", email=account.email,
-                 error=outcome.text.removeprefix("connect failed: "), cause=outcome.cause,
+                 error=outcome.text, cause=outcome.cause,
                  account_id=account.id)
         log.info("[idle/{email}] reconnecting in {delay}s (attempt {attempt})",
                  email=account.email, delay=format_delay(delay),

@@ -205,7 +205,7 @@ def describe_failure(failure_or_exception: Failure | BaseException) -> str:
     if isinstance(exc, ierror.ConnectionLost):
         return "connection lost"
     if isinstance(exc, ierror.ConnectError):
-        return f"connect failed: {exc.osError}" if exc.osError else "connect failed"
+        return f"network error: {exc.osError}" if exc.osError else "network error"
     name = exc.__class__.__name__
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{name}: {msg}"[:300] if msg else name
