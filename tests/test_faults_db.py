@@ -27,7 +27,7 @@ from tests.support.faults import (
     save_daemon_log,
     until,
 )
-from tests.support.leaks import IMAP_PASSWORDS, KNOWN_SECRETS
+from tests.support.leaks import DB_ROLE, IMAP_PASSWORDS, KNOWN_SECRETS
 from tests.support.pg import PostgresServer
 
 ANN, BOB, CAT, WRONG = IMAP_PASSWORDS
@@ -36,10 +36,17 @@ _server: PostgresServer | None = None
 
 
 def dedicated_server() -> PostgresServer:
-    """One PostgreSQL server of this module that tests may stop and start."""
+    """One PostgreSQL server of this module that tests may stop and start. Unlike the
+    shared test server, it checks the password of the daemon's role (scram-sha-256), so
+    DB_PASSWORD really travels in the daemon's connections."""
     global _server
     if _server is None:
-        _server = PostgresServer()
+        server = PostgresServer()
+        hba = server.data / "pg_hba.conf"
+        hba.write_text(f"host all {DB_ROLE} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+        server.stop()
+        server.start()
+        _server = server
     return _server
 
 
