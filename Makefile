@@ -16,6 +16,8 @@ $(BIN)/.installed: setup.py pyproject.toml
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/trial --temp-directory=/tmp/rebreak-trial $(TESTS)
+	$(BIN)/python -m tests.support.leaks /tmp/rebreak-trial/test.log \
+		$$(ls /tmp/rebreak-trial/daemon-logs/*.log 2>/dev/null)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

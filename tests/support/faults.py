@@ -18,15 +18,13 @@ from __future__ import annotations
 import os
 import re
 import socket
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg2
 from psycopg2.extensions import parse_dsn
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols.basic import LineOnlyReceiver
@@ -46,6 +44,7 @@ from .leaks import (
     text_has_secret,
 )
 from .pg import fresh_database
+from .wait import until
 
 __all__ = ["FAST", "FaultCase", "LogCapture", "ScriptedIMAPServer",
            "app_dsn", "child_args", "child_env", "daemon_logs_dir", "free_port", "http_get",
@@ -74,23 +73,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-async def until(check: Callable[[], Any], deadline: float = 10.0, every: float = 0.05,
-                what: str = "") -> Any:
-    """Wait until ``check()`` returns a true value (and return it); fail after
-    ``deadline`` seconds. For conditions that have no event to wait on (rows in the
-    database, counters)."""
-    from twisted.internet import reactor
-
-    end = time.monotonic() + deadline
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"not within {deadline}s: {what or check}")
-        await task.deferLater(reactor, every, lambda: None)
 
 
 def app_dsn(admin_dsn: str) -> str:
