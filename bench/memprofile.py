@@ -46,7 +46,7 @@ def _dump(signum: int, frame: object) -> None:
 def main() -> None:
     tracemalloc.start(int(os.environ.get("BENCH_TRACEMALLOC_FRAMES", "8")))
     signal.signal(signal.SIGUSR1, _dump)
-    from twisted.application.twist import Twist
+    from twisted.application.twist._twist import Twist
 
     Twist.main(["twist", "rebreak-idle", *sys.argv[1:]])
 

@@ -452,7 +452,11 @@ class Bench:
         run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.tls not in self.rss0:
             self.log(f"RSS_0 ({mode}) ...")
-            self.rss0[cfg.tls] = self.measure_rss0(cfg)
+            try:
+                self.rss0[cfg.tls] = self.measure_rss0(cfg)
+            except (RuntimeError, OSError, psycopg2.Error) as e:
+                return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "n": cfg.n, "mode": mode,
+                        "machine": self.machine, "errors": [f"RSS_0: {e}"], "targets": {}}
         result: dict[str, Any] = {
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "n": cfg.n, "mode": mode,
             "config": {k: v for k, v in asdict(cfg).items() if k not in ("n", "tls")},
