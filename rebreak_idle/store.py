@@ -53,7 +53,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -122,7 +121,8 @@ class AccountStore:
         self._heartbeats = WriteBuffer(max_buffer)
         self._errors = WriteBuffer(max_buffer)
         self._reported_drops = 0
-        self._flush_lock = defer.DeferredLock()
+        self._flushing = False  # a flush pass is running
+        self._flush_waiters: list[Deferred] = []  # callers of flush() for the next pass
         self._loop: LoopingCall | None = None
         self._prompt: Any = None  # IDelayedCall of the prompt error flush
         self._writes_failing = False
@@ -174,8 +174,32 @@ class AccountStore:
 
     def flush(self) -> Deferred:
         """Write everything buffered now (one statement per kind); fires with None when
-        done, also when the write failed (the entries stay buffered)."""
-        return self._flush_lock.run(lambda: Deferred.fromCoroutine(self._flush_once()))
+        done, also when the write failed (the entries stay buffered).
+
+        Flushes never overlap and never queue up: a call while a pass is running waits for
+        one more pass after it, shared by every caller in the meantime (however many
+        prompt flushes a slow database lets pile up, there is one pass running and at
+        most one waiting)."""
+        d: Deferred = Deferred()
+        self._flush_waiters.append(d)
+        if not self._flushing:
+            self._next_flush()
+        return d
+
+    def _next_flush(self) -> None:
+        waiters, self._flush_waiters = self._flush_waiters, []
+        self._flushing = True
+
+        def done(_: object) -> None:
+            self._flushing = False
+            for d in waiters:
+                d.callback(None)
+            if self._flush_waiters:
+                self._next_flush()
+
+        d = Deferred.fromCoroutine(self._flush_once())
+        d.addErrback(lambda f: log.failure("[idle/db] status write pass crashed", f))
+        d.addCallback(done)
 
     def close(self, timeout: float = 10.0) -> Deferred:
         """Stop flushing, stop listening, write what is buffered (waiting at most

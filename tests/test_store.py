@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg2
 from twisted.internet import defer, reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -254,6 +254,38 @@ class BufferTests(SynchronousTestCase):
         buf.put("a", 2)
         buf.put("c", 1)  # drops b, the oldest
         self.assertEqual(buf.take(), {"a": 2, "c": 1})
+
+
+class FlushCoalescingTests(SynchronousTestCase):
+    """A slow database must not make flushes pile up (each prompt error write asks for
+    one): while a pass runs, every flush() waits for one shared pass after it."""
+
+    def test_flushes_during_a_slow_write_share_one_pass(self) -> None:
+        store = AccountStore("postgresql://127.0.0.1:1/none", Clock())
+        self.addCleanup(store.pool.close)
+        calls: list[tuple] = []
+        gate: Deferred = Deferred()
+
+        def run_operation(sql: str, params: tuple) -> Deferred:
+            calls.append(params)
+            return gate if len(calls) == 1 else succeed(None)
+
+        store.pool.run_operation = run_operation  # the database seam, held by the test
+        first_id = str(uuid.uuid4())
+        store.record_heartbeat(first_id)
+        results = [store.flush()]
+        for _ in range(5000):  # far beyond the recursion limit if each one queued
+            store.record_error(str(uuid.uuid4()), "connect failed")
+            results.append(store.flush())
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(calls[0], ([first_id], calls[0][1]))
+
+        gate.callback(None)
+        self.assertEqual(len(calls), 2, "one more pass for all 5,000 waiting callers")
+        self.assertEqual(len(calls[1][0]), 5000, "one statement for every buffered error")
+        fired = [d for d in results if d.called]
+        self.assertEqual(len(fired), len(results))
+        self.assertEqual(store.pending, 0)
 
 
 class ListenTests(StoreTestCase):
