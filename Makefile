@@ -26,6 +26,7 @@ demo: $(BIN)/.installed
 	$(BIN)/python -m demo $(DEMO_ARGS)
 
 bench: $(BIN)/.installed
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,bench]' --config-settings editable_mode=compat
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:

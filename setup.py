@@ -28,6 +28,8 @@ setup(
             "hypothesis>=6.90",
             "ruff>=0.5",
         ],
+        # bench/ --profile samples the daemon with py-spy (not needed by the tests)
+        "bench": ["py-spy>=0.3"],
     },
     entry_points={
         "console_scripts": ["rebreak-idle=rebreak_idle.cli:main"],
