@@ -60,6 +60,7 @@ from zope.interface import implementer
 
 from . import metrics
 from .account import COLUMNS
+from .coalesce import Coalesced
 from .interfaces import IRecorder
 from .listener import Listener
 from .pool import Pool, db_error_text
@@ -121,8 +122,8 @@ class AccountStore:
         self._heartbeats = WriteBuffer(max_buffer)
         self._errors = WriteBuffer(max_buffer)
         self._reported_drops = 0
-        self._flushing = False  # a flush pass is running
-        self._flush_waiters: list[Deferred] = []  # callers of flush() for the next pass
+        self._flush = Coalesced(lambda: Deferred.fromCoroutine(self._flush_once()),
+                                lambda f: log.failure("[idle/db] status write pass crashed", f))
         self._loop: LoopingCall | None = None
         self._prompt: Any = None  # IDelayedCall of the prompt error flush
         self._writes_failing = False
@@ -174,32 +175,10 @@ class AccountStore:
 
     def flush(self) -> Deferred:
         """Write everything buffered now (one statement per kind); fires with None when
-        done, also when the write failed (the entries stay buffered).
-
-        Flushes never overlap and never queue up: a call while a pass is running waits for
-        one more pass after it, shared by every caller in the meantime (however many
-        prompt flushes a slow database lets pile up, there is one pass running and at
-        most one waiting)."""
-        d: Deferred = Deferred()
-        self._flush_waiters.append(d)
-        if not self._flushing:
-            self._next_flush()
-        return d
-
-    def _next_flush(self) -> None:
-        waiters, self._flush_waiters = self._flush_waiters, []
-        self._flushing = True
-
-        def done(_: object) -> None:
-            self._flushing = False
-            for d in waiters:
-                d.callback(None)
-            if self._flush_waiters:
-                self._next_flush()
-
-        d = Deferred.fromCoroutine(self._flush_once())
-        d.addErrback(lambda f: log.failure("[idle/db] status write pass crashed", f))
-        d.addCallback(done)
+        done, also when the write failed (the entries stay buffered). Flushes never
+        overlap and never queue up (:class:`~rebreak_idle.coalesce.Coalesced`): a slow
+        database cannot make the prompt flushes of thousands of errors pile up."""
+        return self._flush()
 
     def close(self, timeout: float = 10.0) -> Deferred:
         """Stop flushing, stop listening, write what is buffered (waiting at most

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 
 from . import metrics
 from .account import Account, InvalidAccount, account_from_row
+from .coalesce import Coalesced
 from .config import Settings
 from .pool import db_error_text
 from .secrets import SecretError, decrypt_secret
@@ -74,8 +75,8 @@ class Supervisor(MultiService):
         self._queue: OrderedDict[str, IService] = OrderedDict()
         self._ramp: Any = None
         self._stopping: set[Deferred] = set()
-        self._refreshing = False
-        self._waiting: list[Deferred] = []
+        self._refresh = Coalesced(lambda: Deferred.fromCoroutine(self._refresh_once()),
+                                  self._refresh_crashed)
         self._debounce: Any = None
         self._ready = False
         self.listener: Any = None  # the store's Listener when notify_channel is set
@@ -110,11 +111,7 @@ class Supervisor(MultiService):
     def refresh(self) -> Deferred:
         """Read the rows and reconcile; fires with True (done) or False (the read failed).
         Never fails. Asked while a refresh runs, it runs once more after that one."""
-        d: Deferred = Deferred()
-        self._waiting.append(d)
-        if not self._refreshing:
-            self._next_refresh()
-        return d
+        return self._refresh()
 
     def stop_all_sessions(self) -> None:
         """Stop every session now, without reading the table (a replica that lost its
@@ -183,20 +180,10 @@ class Supervisor(MultiService):
         self._debounce = None
         self.refresh()
 
-    def _next_refresh(self) -> None:
-        waiting, self._waiting = self._waiting, []
-        self._refreshing = True
-
-        def done(ok: bool) -> None:
-            self._refreshing = False
-            for d in waiting:
-                d.callback(ok)
-            if self._waiting:
-                self._next_refresh()
-
-        d = Deferred.fromCoroutine(self._refresh_once())
-        d.addErrback(lambda f: (log.failure("[idle/db] refresh crashed", f), False)[1])
-        d.addCallback(done)
+    @staticmethod
+    def _refresh_crashed(failure: Any) -> bool:
+        log.failure("[idle/db] refresh crashed", failure)
+        return False
 
     async def _refresh_once(self) -> bool:
         started = self.clock.seconds()
