@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import Counter, Gauge
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredLock
@@ -35,8 +34,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from . import metrics
 from .config import Settings
-from .metrics import REGISTRY
 from .pool import connect, new_connection
 
 __all__ = ["LEASES_SQL", "LeaseKeeper", "RoundResult"]
@@ -55,14 +54,6 @@ CREATE TABLE IF NOT EXISTS rebreak_idle.replicas (
     seen_at      timestamptz NOT NULL
 );
 """
-
-LEASES_HELD = Gauge(
-    "rebreak_idle_leases_held", "Account leases held by this replica", registry=REGISTRY)
-LIVE_REPLICAS = Gauge(
-    "rebreak_idle_live_replicas", "Replicas with a heartbeat younger than the lease TTL",
-    registry=REGISTRY)
-LEASE_ROUND_FAILURES = Counter(
-    "rebreak_idle_lease_round_failures", "Lease renewals/claims that failed", registry=REGISTRY)
 
 log = Logger(namespace="rebreak_idle.leases")
 
@@ -346,7 +337,7 @@ class LeaseKeeper(Service):
         self._owned = frozenset()
         self._cancel_expiry()
         self._valid_until = None
-        LEASES_HELD.set(0)
+        metrics.LEASES_HELD.set(0)
 
         def interaction(cur: Any) -> Deferred:
             return cur.execute(_RELEASE_ALL, params)
@@ -370,7 +361,7 @@ class LeaseKeeper(Service):
         try:
             result = await self._attempt(universe, started)
         except Exception:  # any failure: keep what is still proven owned
-            LEASE_ROUND_FAILURES.inc()
+            metrics.LEASE_ROUND_FAILURES.inc()
             if not self._failing:
                 self._failing = True
                 log.warn("[idle/leases] lease renewal failed ({reason}); holding {held} "
@@ -389,8 +380,8 @@ class LeaseKeeper(Service):
         self._owned = result.owned
         self.live_replicas = result.live
         self.fair_share = result.share
-        LEASES_HELD.set(len(result.owned))
-        LIVE_REPLICAS.set(result.live)
+        metrics.LEASES_HELD.set(len(result.owned))
+        metrics.LIVE_REPLICAS.set(result.live)
         self._schedule_expiry(valid_until)
         changed = result.owned != before
         if changed or result.claimed or result.released:
@@ -494,7 +485,7 @@ class LeaseKeeper(Service):
             return
         held = len(self._owned)
         self._owned = frozenset()
-        LEASES_HELD.set(0)
+        metrics.LEASES_HELD.set(0)
         log.error("[idle/leases] replica {replica_id} could not renew its leases for "
                   "{ttl:g}s: stopping its {held} sessions (another replica may take them)",
                   replica_id=self.replica_id, ttl=self.ttl, held=held)

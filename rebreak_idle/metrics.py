@@ -46,3 +46,11 @@ DB_WRITE_BUFFER = Gauge(
     registry=REGISTRY)
 DB_WRITE_FAILURES = Counter(
     "rebreak_idle_db_write_failures", "Status write statements that failed", registry=REGISTRY)
+
+LEASES_HELD = Gauge(
+    "rebreak_idle_leases_held", "Account leases held by this replica", registry=REGISTRY)
+LIVE_REPLICAS = Gauge(
+    "rebreak_idle_live_replicas", "Replicas with a heartbeat younger than the lease TTL",
+    registry=REGISTRY)
+LEASE_ROUND_FAILURES = Counter(
+    "rebreak_idle_lease_round_failures", "Lease renewals/claims that failed", registry=REGISTRY)
