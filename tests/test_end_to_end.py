@@ -8,7 +8,6 @@ import secrets
 import time
 import uuid
 
-import psycopg2
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
@@ -16,7 +15,7 @@ from rebreak_idle.secrets import encrypt_secret
 from tests.support.backend import BackendDouble
 from tests.support.daemon import DaemonProcess
 from tests.support.dovecot import DovecotServer, skip_without_dovecot
-from tests.support.pg import fresh_database
+from tests.support.pg import fresh_database, sql
 from tests.support.wait import until
 
 KEY = "e2e-" + secrets.token_hex(20)
@@ -62,13 +61,7 @@ class EndToEndTests(TestCase):
         return account_id
 
     def sql(self, statement: str, args: tuple = ()) -> list[tuple]:
-        conn = psycopg2.connect(self.dsn)
-        try:
-            with conn, conn.cursor() as cur:
-                cur.execute(statement, args)
-                return cur.fetchall() if cur.description else []
-        finally:
-            conn.close()
+        return sql(self.dsn, statement, args)
 
     def start_daemon(self, *args: str) -> DaemonProcess:
         daemon = DaemonProcess(reactor, env={

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import uuid
 
-import psycopg2
 import treq
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
@@ -17,7 +16,7 @@ from rebreak_idle.secrets import encrypt_secret
 from rebreak_idle.service import makeService
 from tests.support.backend import BackendDouble
 from tests.support.imapserver import InProcessIMAPServer
-from tests.support.pg import PostgresServer, fresh_database
+from tests.support.pg import PostgresServer, fresh_database, sql
 from tests.support.wait import until
 
 KEY = "service-test-key-" + "x" * 20
@@ -42,15 +41,12 @@ class DaemonCase(TestCase):
 
     def add_row(self, user: str) -> str:
         account_id = str(uuid.uuid4())
-        conn = psycopg2.connect(self.dsn)
-        with conn, conn.cursor() as cur:
-            cur.execute(
-                "INSERT INTO rebreak.mail_connections (id, user_id, email, imap_host, "
-                "imap_port, imap_security, auth_method, encrypted_secret) VALUES "
-                "(%s, %s, %s, '127.0.0.1', %s, 'plain', 'password', %s)",
-                (account_id, str(uuid.uuid4()), user, self.port,
-                 encrypt_secret(USERS[user], KEY.encode()[:32])))
-        conn.close()
+        sql(self.dsn,
+            "INSERT INTO rebreak.mail_connections (id, user_id, email, imap_host, "
+            "imap_port, imap_security, auth_method, encrypted_secret) VALUES "
+            "(%s, %s, %s, '127.0.0.1', %s, 'plain', 'password', %s)",
+            (account_id, str(uuid.uuid4()), user, self.port,
+             encrypt_secret(USERS[user], KEY.encode()[:32])))
         return account_id
 
     def start_daemon(self, **overrides: object):  # type: ignore[no-untyped-def]
@@ -113,12 +109,9 @@ class WiringTests(DaemonCase):
         logouts = self.imap.commands[b"LOGOUT"]
         await daemon.stopService()
         self.assertEqual(self.imap.commands[b"LOGOUT"] - logouts, len(USERS))
-        conn = psycopg2.connect(self.dsn)
-        with conn, conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM rebreak.mail_connections "
-                        "WHERE last_idle_heartbeat_at IS NOT NULL")
-            self.assertEqual(cur.fetchone()[0], len(USERS))
-        conn.close()
+        [(count,)] = sql(self.dsn, "SELECT count(*) FROM rebreak.mail_connections "
+                                   "WHERE last_idle_heartbeat_at IS NOT NULL")
+        self.assertEqual(count, len(USERS))
 
 
 class LeaseLossTests(DaemonCase):

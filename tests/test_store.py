@@ -18,7 +18,7 @@ from rebreak_idle import metrics
 from rebreak_idle.account import COLUMNS
 from rebreak_idle.store import AccountStore
 from rebreak_idle.writes import WriteBuffer
-from tests.support.pg import PostgresServer, fresh_database
+from tests.support.pg import PostgresServer, fresh_database, sql
 
 
 def inline(f: Callable[..., Coroutine]) -> Callable[..., Deferred]:
@@ -27,18 +27,6 @@ def inline(f: Callable[..., Coroutine]) -> Callable[..., Deferred]:
         return Deferred.fromCoroutine(f(*a, **kw))
 
     return run
-
-
-def sql(dsn: str, statement: str, params: tuple = ()) -> list[tuple]:
-    """Run one statement with a plain blocking connection (test set-up and checks)."""
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement, params)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
 
 
 def add_row(dsn: str, active: bool = True, secret: str = "iv:tag:ct",  # noqa: S107

@@ -43,7 +43,7 @@ from .leaks import (
     IMAP_PASSWORDS,
     text_has_secret,
 )
-from .pg import fresh_database
+from .pg import fresh_database, sql
 from .wait import until
 
 __all__ = ["FAST", "FaultCase", "LogCapture", "ScriptedIMAPServer",
@@ -235,13 +235,7 @@ class FaultCase:
     # -- the table ----------------------------------------------------------------------
 
     def sql(self, statement: str, args: tuple = ()) -> list[tuple]:
-        conn = psycopg2.connect(self.admin_dsn)
-        try:
-            with conn, conn.cursor() as cur:
-                cur.execute(statement, args)
-                return cur.fetchall() if cur.description else []
-        finally:
-            conn.close()
+        return sql(self.admin_dsn, statement, args)
 
     def add_account(self, email: str, password: str, *, port: int | None = None,
                     host: str = "127.0.0.1", security: str = "plain",

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psycopg2
 
-__all__ = ["PostgresServer", "fresh_database", "shared_server"]
+__all__ = ["PostgresServer", "fresh_database", "shared_server", "sql"]
 
 _USER = "embedded_postgres"
 
@@ -169,3 +169,15 @@ def fresh_database(dev_schema: bool = True) -> str:
         apply(dsn, dev_schema=True)
     return dsn
 
+
+
+def sql(dsn: str, statement: str, params: tuple = ()) -> list[tuple]:
+    """Run one statement with a plain blocking connection (test set-up and checks)."""
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement, params)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
