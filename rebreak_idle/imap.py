@@ -29,7 +29,6 @@ from __future__ import annotations
 import base64
 import ipaddress
 import re
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -172,7 +171,10 @@ def _is_loopback_address(host: str) -> bool:
 
 
 class _Command:
-    """One command in the queue or on the wire."""
+    """One command in the queue or on the wire (``tag`` is set once it has been written)."""
+
+    __slots__ = ("auth", "deferred", "name", "next_piece", "on_continuation", "on_ok",
+                 "on_untagged", "pieces", "tag", "timeout")
 
     def __init__(self, name: bytes, pieces: list[bytes], timeout: float, *,
                  on_untagged: Callable[[bytes, bytes], bool] | None = None,
@@ -188,7 +190,6 @@ class _Command:
         self.auth = auth
         self.deferred: defer.Deferred = defer.Deferred()
         self.tag: bytes | None = None
-        self.timer: IDelayedCall | None = None
         self.next_piece = 1
 
     @property
@@ -203,7 +204,11 @@ class IdleClient(imap4.IMAP4Client):
     for :attr:`greeted`, then calls ``start_tls`` / ``login_password`` /
     ``login_xoauth2`` / ``select_inbox`` / ``idle`` / ``done`` / ``noop`` / ``logout``.
     Commands are sent one at a time (queued in order); while an IDLE is in progress only
-    ``done()`` and ``logout()`` are accepted (``logout`` ends the IDLE first).
+    ``done()``, ``done_noop()`` and ``logout()`` are accepted (``logout`` ends the IDLE
+    first). ``done_noop()`` is the one pipelined exchange: DONE and NOOP in one write.
+
+    One deadline timer per connection (a ``DelayedCall`` that is reset from command to
+    command) covers whichever command is waiting for its answer.
     """
 
     #: called with N for ``* N EXISTS`` (not for the EXISTS inside SELECT's response,
@@ -245,8 +250,13 @@ class IdleClient(imap4.IMAP4Client):
         self._greeting_state = "waiting"   # waiting | capabilities | done
         self._greeting_timer: IDelayedCall | None = None
         self._caps_known = False
-        self._queue: deque[_Command] = deque()
+        self._queue: list[_Command] = []
         self._current: _Command | None = None
+        #: the connection's one command deadline and what it guards (None: nothing; the
+        #: IDLE command while a DONE is unanswered)
+        self._deadline: IDelayedCall | None = None
+        self._deadline_cmd: _Command | None = None
+        self._done_written = False
         self._idle_cmd: _Command | None = None
         self._idle_deferred: defer.Deferred | None = None
         self._done_deferred: defer.Deferred | None = None
@@ -303,13 +313,10 @@ class IdleClient(imap4.IMAP4Client):
         if self._greeting_timer is not None and self._greeting_timer.active():
             self._greeting_timer.cancel()
         self._greeting_timer = None
-        commands = ([self._current] if self._current else []) + list(self._queue)
+        commands = ([self._current] if self._current else []) + self._queue
         self._current = None
-        self._queue.clear()
-        for cmd in commands:
-            if cmd.timer is not None and cmd.timer.active():
-                cmd.timer.cancel()
-            cmd.timer = None
+        self._queue = []
+        self._disarm()
         waiters = [self.greeted, self._idle_deferred, self._done_deferred]
         self._idle_deferred = self._done_deferred = None
         self._idle_cmd = None
@@ -537,9 +544,7 @@ class IdleClient(imap4.IMAP4Client):
         if status not in (b"OK", b"NO", b"BAD"):
             self._protocol_error(f"malformed tagged response: {_excerpt(line)}")
             return
-        if cmd.timer is not None and cmd.timer.active():
-            cmd.timer.cancel()
-        cmd.timer = None
+        self._deadline_cmd = None  # the timer is re-armed for the next command or cancelled
         self._current = None
         code, _ = _split_code(text)
         if code is not None and code.upper().startswith(b"CAPABILITY "):
@@ -557,6 +562,8 @@ class IdleClient(imap4.IMAP4Client):
             cmd.deferred.errback(Failure(self._command_failed(cmd, status, code, text)))
         if not self.closed:
             self._send_next()
+            if self._current is None and self._deadline_cmd is None:
+                self._disarm()
 
     def _command_failed(self, cmd: _Command, status: bytes, code: bytes | None,
                         text: bytes) -> CommandFailed:
@@ -585,20 +592,44 @@ class IdleClient(imap4.IMAP4Client):
     def _send_next(self) -> None:
         if self._current is not None or not self._queue or self.closed:
             return
-        cmd = self._queue.popleft()
-        cmd.tag = self.makeTag()
+        cmd = self._queue.pop(0)
         self._current = cmd
-        cmd.timer = self.clock.callLater(cmd.timeout, self._timed_out, cmd)
-        self.transport.write(cmd.tag + b" " + cmd.pieces[0] + b"\r\n")
+        self._arm(cmd, cmd.timeout)
+        if cmd.tag is None:
+            cmd.tag = self.makeTag()
+            self.transport.write(cmd.tag + b" " + cmd.pieces[0] + b"\r\n")
+        # else: written ahead (the NOOP of done_noop); its deadline starts now, as if it
+        # had been sent when the previous command was answered
 
-    def _timed_out(self, cmd: _Command | None) -> None:
-        if cmd is None:
-            self._greeting_timer = None
-            text = f"no greeting within {self.command_timeout:g}s"
+    def _arm(self, cmd: _Command, timeout: float) -> None:
+        """Point the connection's deadline at ``cmd``, ``timeout`` seconds from now."""
+        self._deadline_cmd = cmd
+        call = self._deadline
+        if call is not None and call.active():
+            call.reset(timeout)
         else:
-            cmd.timer = None
+            self._deadline = self.clock.callLater(timeout, self._deadline_expired)
+
+    def _disarm(self) -> None:
+        self._deadline_cmd = None
+        call, self._deadline = self._deadline, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _deadline_expired(self) -> None:
+        self._deadline = None
+        cmd, self._deadline_cmd = self._deadline_cmd, None
+        if cmd is None or self.closed:
+            return
+        if cmd is self._idle_cmd and self._done_written:
+            text = f"DONE timed out after {self.noop_timeout:g}s"
+        else:
             text = f"{cmd.label} timed out after {cmd.timeout:g}s"
         self._close(CommandTimeout(text))
+
+    def _timed_out(self, cmd: None) -> None:
+        self._greeting_timer = None
+        self._close(CommandTimeout(f"no greeting within {self.command_timeout:g}s"))
 
     def _command(self, name: bytes, args: bytes = b"", *, timeout: float | None = None,
                  **kw: Any) -> defer.Deferred:
@@ -875,6 +906,7 @@ class IdleClient(imap4.IMAP4Client):
             return defer.fail(IMAPError("IDLE already in progress"))
         self._idle_deferred = defer.Deferred()
         self._done_requested = False
+        self._done_written = False
         cmd = _Command(b"IDLE", [b"IDLE"], self.command_timeout,
                        on_continuation=self._idle_continuation)
         self._idle_cmd = cmd
@@ -886,9 +918,8 @@ class IdleClient(imap4.IMAP4Client):
         cmd = self._idle_cmd
         if self.idling or cmd is None:
             return
-        if cmd.timer is not None and cmd.timer.active():
-            cmd.timer.cancel()
-        cmd.timer = None
+        if self._deadline_cmd is cmd:
+            self._disarm()  # no deadline while idling
         self.idling = True
         d, self._idle_deferred = self._idle_deferred, None
         if d is not None:
@@ -929,19 +960,54 @@ class IdleClient(imap4.IMAP4Client):
             self._write_done()
         return self._done_deferred
 
+    def done_noop(self) -> defer.Deferred:
+        """End the IDLE and send a NOOP in the same write (RFC 3501 §5.5: the client may
+        send the next command once it has sent DONE). Fires with None on the NOOP's tagged
+        OK, which arrives after the IDLE's tagged OK. Deadlines as for ``done()`` and then
+        ``noop()``: the IDLE's OK within ``noop_timeout`` of the DONE, the NOOP's OK within
+        ``noop_timeout`` of that. Fails like ``done()`` when the IDLE ends with NO/BAD and
+        like ``noop()`` when the NOOP does."""
+        cmd = self._idle_cmd
+        if not self.idling or cmd is None:
+            return defer.fail(IMAPError("not idling"))
+        if self._done_written or self._done_deferred is not None or self._queue:
+            return defer.fail(IMAPError("DONE already sent"))
+        noop = _Command(b"NOOP", [b"NOOP"], self.noop_timeout)
+        noop.tag = self.makeTag()
+        self._queue.append(noop)
+        done = self._done_deferred = defer.Deferred()
+        self._done_written = True
+        self._arm(cmd, self.noop_timeout)
+        self.transport.write(b"DONE\r\n" + noop.tag + b" NOOP\r\n")
+        result: defer.Deferred = defer.Deferred()
+
+        def done_failed(failure: Failure) -> None:
+            if not result.called:
+                result.errback(failure)
+
+        def noop_answered(outcome: Any) -> None:
+            if result.called:
+                return None
+            if isinstance(outcome, Failure):
+                result.errback(outcome)
+            else:
+                result.callback(None)
+            return None
+
+        done.addErrback(done_failed)
+        noop.deferred.addBoth(noop_answered)
+        return result
+
     def _write_done(self) -> None:
         cmd = self._idle_cmd
-        if cmd is None or cmd.timer is not None:
+        if cmd is None or self._done_written:
             return
         if self._done_deferred is None:
             self._done_deferred = defer.Deferred()
             self._done_deferred.addErrback(lambda f: None)
-        cmd.timer = self.clock.callLater(self.noop_timeout, self._timed_out_done, cmd)
+        self._done_written = True
+        self._arm(cmd, self.noop_timeout)
         self.transport.write(b"DONE\r\n")
-
-    def _timed_out_done(self, cmd: _Command) -> None:
-        cmd.timer = None
-        self._close(CommandTimeout(f"DONE timed out after {self.noop_timeout:g}s"))
 
     # ------------------------------------------------------------------ misc commands
 

@@ -32,8 +32,14 @@ from typing import Any
 from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet import error as ierror
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.interfaces import (
     IDelayedCall,
     IProtocol,
@@ -141,6 +147,21 @@ def classify(failure: Failure) -> _Outcome:
     if isinstance(exc, ierror.ConnectError | ierror.DNSLookupError | OSError):
         return _Outcome("network", text)
     return _Outcome("protocol", text)
+
+
+def _ignore(*args: Any) -> None:
+    return None
+
+
+#: SESSIONS{state} children by state (``labels()`` takes a lock and builds a key per call)
+_STATE_GAUGES: dict[str, Any] = {}
+
+
+def _state_gauge(state: str) -> Any:
+    gauge = _STATE_GAUGES.get(state)
+    if gauge is None:
+        gauge = _STATE_GAUGES[state] = metrics.SESSIONS.labels(state=state)
+    return gauge
 
 
 def _iso(t: float | None) -> str | None:
@@ -371,9 +392,9 @@ class MailboxSession(Service):
         self.state = state
         self._since = self._reactor.seconds()
         if old != "stopped":
-            metrics.SESSIONS.labels(state=old).dec()
+            _state_gauge(old).dec()
         if state != "stopped":
-            metrics.SESSIONS.labels(state=state).inc()
+            _state_gauge(state).inc()
 
     def _cancel_timer(self) -> None:
         timer, self._timer = self._timer, None
@@ -397,9 +418,14 @@ class MailboxSession(Service):
         if self._endpoint is not None:
             return self._endpoint
         account = self.account
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(
-            self._reactor, account.host, account.port,
-            timeout=max(1, int(self._settings.command_timeout)))
+        host, timeout = account.host, max(1, int(self._settings.command_timeout))
+        endpoint: IStreamClientEndpoint
+        if isIPAddress(host):  # an IP literal needs no resolver (and no thread)
+            endpoint = TCP4ClientEndpoint(self._reactor, host, account.port, timeout=timeout)
+        elif isIPv6Address(host):
+            endpoint = TCP6ClientEndpoint(self._reactor, host, account.port, timeout=timeout)
+        else:
+            endpoint = HostnameEndpoint(self._reactor, host, account.port, timeout=timeout)
         if account.security == "tls":
             endpoint = wrapClientTLS(self._tls_options(), endpoint)
         return endpoint
@@ -413,7 +439,7 @@ class MailboxSession(Service):
         self._outcome = None
         self._ready_at = None
         self._exists = None
-        self._client = None
+        self._detach()
         self._set_state("connecting")
 
     def _connect_failed(self, failure: Failure) -> Failure:
@@ -424,13 +450,23 @@ class MailboxSession(Service):
         return failure
 
     def _attach(self, client: imap.IdleClient) -> None:
-        """A connection was built: route the client's events to this session."""
+        """A connection was built: route the client's events to this session (bound
+        methods: the events of the current client only; :meth:`_detach` unhooks a client
+        that is no longer the current one)."""
+        self._detach()
         self._client = client
-        client.on_exists = functools.partial(self._on_exists, client)
-        client.on_expunge = functools.partial(self._on_expunge, client)
-        client.on_bye = functools.partial(self._on_bye, client)
-        client.on_idle_ended = functools.partial(self._on_idle_ended, client)
-        client.on_connection_lost = functools.partial(self._on_connection_lost, client)
+        client.on_exists = self._on_exists
+        client.on_expunge = self._on_expunge
+        client.on_bye = self._on_bye
+        client.on_idle_ended = self._on_idle_ended
+        client.on_connection_lost = self._on_connection_lost
+
+    def _detach(self) -> None:
+        """Forget the current client; its later events reach nobody."""
+        client, self._client = self._client, None
+        if client is not None:
+            client.on_exists = client.on_expunge = client.on_bye = _ignore
+            client.on_idle_ended = client.on_connection_lost = _ignore
 
     def _transport_connected(self, protocol: IProtocol) -> IProtocol:
         client = self._client
@@ -509,8 +545,8 @@ class MailboxSession(Service):
             log.failure("{label} on_new_mail failed", label=self.account.label,
                         account_id=self.account.id)
 
-    def _on_exists(self, client: imap.IdleClient, count: int) -> None:
-        if client is not self._client or self._exists is None or self._stopping:
+    def _on_exists(self, count: int) -> None:
+        if self._client is None or self._exists is None or self._stopping:
             return  # during SELECT the result carries the count; after stop, nobody cares
         previous, self._exists = self._exists, count
         if count <= previous:
@@ -528,17 +564,18 @@ class MailboxSession(Service):
                  account_id=self.account.id, exists=count)
         self._new_mail(count, "exists")
 
-    def _on_expunge(self, client: imap.IdleClient, seq: int) -> None:
-        if client is self._client and self._exists:
+    def _on_expunge(self, seq: int) -> None:
+        if self._client is not None and self._exists:
             self._exists -= 1
 
-    def _on_bye(self, client: imap.IdleClient, text: str) -> None:
-        if client is self._client and not self._stopping:
+    def _on_bye(self, text: str) -> None:
+        if self._client is not None and not self._stopping:
             self._fail(_Outcome("bye", text or "server said BYE"))
 
-    def _on_idle_ended(self, client: imap.IdleClient, text: str) -> None:
+    def _on_idle_ended(self, text: str) -> None:
         """The server ended IDLE by itself: enter it again."""
-        if client is not self._client or self._stopping or self.state != "idle":
+        client = self._client
+        if client is None or self._stopping or self.state != "idle":
             return
         log.debug("{label} server ended IDLE ({text}); idling again",
                   label=self.account.label, text=text, account_id=self.account.id)
@@ -546,11 +583,11 @@ class MailboxSession(Service):
         again.addCallback(lambda _: setattr(self, "_idle_since", self._reactor.seconds()))
         again.addErrback(self._step_failed, client)
 
-    def _on_connection_lost(self, client: imap.IdleClient, reason: Failure) -> None:
-        if client is not self._client:
+    def _on_connection_lost(self, reason: Failure) -> None:
+        if self._client is None:
             return
         self._cancel_timer()
-        self._client = None
+        self._detach()
         if not self._stopping:
             self._fail(classify(reason))
 
@@ -581,16 +618,16 @@ class MailboxSession(Service):
         step.addErrback(self._step_failed, client)
 
     async def _cycle(self, client: imap.IdleClient, heartbeat: bool) -> None:
-        """DONE, then NOOP for a heartbeat, then IDLE again. No answer to DONE or NOOP
-        within noop_timeout fails with CommandTimeout and the client closes the
-        connection (half-open TCP, NAT drop)."""
-        if not heartbeat:
+        """DONE, then NOOP for a heartbeat (both in one write), then IDLE again. No answer
+        to DONE or NOOP within noop_timeout fails with CommandTimeout and the client
+        closes the connection (half-open TCP, NAT drop)."""
+        if heartbeat:
+            await client.done_noop()
+            self._heartbeat()
+        else:
             log.info("[idle/{email}] idle renewing (25min threshold)",
                      email=self.account.email, account_id=self.account.id)
-        await client.done()
-        if heartbeat:
-            await client.noop()
-            self._heartbeat()
+            await client.done()
         await client.idle()
         self._idle_since = self._reactor.seconds()
         if client is self._client and not self._stopping:
@@ -616,7 +653,7 @@ class MailboxSession(Service):
         if self._ready_at is not None and now - self._ready_at >= self._healthy_after:
             self._backoff.reset()
         self._ready_at = None
-        self._client = None
+        self._detach()
         self._exists = None
         self._cancel_timer()
         if outcome.cause == "auth" and not outcome.text.upper().startswith(

@@ -367,6 +367,137 @@ class IdleTests(ClientTestCase):
         self.assertIsInstance(d[0].value, ConnectionLost)
         self.assertEqual(self.events.seen, [("lost", d[0].value)])
 
+    def test_idle_has_no_pending_timer(self) -> None:
+        self.start_idle()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class PipelinedHeartbeatTests(ClientTestCase):
+    """done_noop(): DONE and NOOP in one write, one deadline timer reused throughout."""
+
+    def start_idle(self, **kw: Any) -> None:
+        self.connect(**kw)
+        result_of(self.client.idle())
+        self.server(b"+ idling\r\n")
+        self.sent()
+
+    def test_one_write_then_answers_in_order(self) -> None:
+        self.start_idle()
+        writes: list[bytes] = []
+        write = self.transport.write
+        self.transport.write = lambda data: (writes.append(data), write(data))  # type: ignore
+        d = result_of(self.client.done_noop())
+        self.assertEqual(writes, [b"DONE\r\n0002 NOOP\r\n"])  # one write, one segment
+        self.assertEqual(self.sent(), b"DONE\r\n0002 NOOP\r\n")
+        self.server(b"* 6 EXISTS\r\n0001 OK IDLE terminated\r\n")
+        self.assertEqual(d, [])
+        self.assertFalse(self.client.idling)
+        self.server(b"* 7 EXISTS\r\n0002 OK NOOP completed\r\n")
+        self.assertEqual(d, [None])
+        self.assertEqual(self.events.seen, [("exists", 6), ("exists", 7)])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        # IDLE again: the next tag follows
+        result_of(self.client.idle())
+        self.assertEqual(self.sent(), b"0003 IDLE\r\n")
+
+    def test_answers_in_one_segment(self) -> None:
+        self.start_idle()
+        heartbeat = self.client.done_noop()
+        d = result_of(heartbeat)
+        idle_again: list[Any] = []
+        heartbeat.addCallback(lambda _: idle_again.append(result_of(self.client.idle())))
+        self.server(b"0001 OK IDLE terminated\r\n0002 OK NOOP completed\r\n+ idling\r\n")
+        self.assertEqual(d, [None])
+        self.assertEqual(idle_again[0], [None])
+        self.assertTrue(self.client.idling)
+        self.assertEqual(self.sent(), b"DONE\r\n0002 NOOP\r\n0003 IDLE\r\n")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_one_timer_reset_from_command_to_command(self) -> None:
+        self.start_idle(noop_timeout=30, command_timeout=60)
+        result_of(self.client.done_noop())
+        (timer,) = self.clock.getDelayedCalls()
+        self.assertEqual(timer.getTime(), 30)
+        self.clock.advance(10)
+        self.server(b"0001 OK IDLE terminated\r\n")
+        self.assertEqual(self.clock.getDelayedCalls(), [timer])  # the same call, reset
+        self.assertEqual(timer.getTime(), 40)  # the NOOP's deadline starts at the IDLE's OK
+
+    def test_done_unanswered(self) -> None:
+        self.start_idle(noop_timeout=30)
+        d = result_of(self.client.done_noop())
+        self.clock.advance(29.9)
+        self.assertEqual(d, [])
+        self.clock.advance(0.1)
+        self.assertIsInstance(d[0].value, CommandTimeout)
+        self.assertEqual(d[0].value.text, "DONE timed out after 30s")
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_noop_unanswered(self) -> None:
+        self.start_idle(noop_timeout=10)
+        d = result_of(self.client.done_noop())
+        self.clock.advance(5)
+        self.server(b"0001 OK IDLE terminated\r\n")
+        self.clock.advance(9.9)
+        self.assertEqual(d, [])
+        self.clock.advance(0.1)
+        self.assertEqual(d[0].value.text, "NOOP timed out after 10s")
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_idle_ends_with_no(self) -> None:
+        self.start_idle()
+        d = result_of(self.client.done_noop())
+        self.server(b"0001 NO IDLE failed\r\n")
+        self.assertIsInstance(d[0].value, CommandFailed)
+        self.assertEqual(d[0].value.text, "IDLE failed")
+        self.server(b"0002 OK NOOP completed\r\n")  # the NOOP's answer is still expected
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_noop_fails(self) -> None:
+        self.start_idle()
+        d = result_of(self.client.done_noop())
+        self.server(b"0001 OK IDLE terminated\r\n0002 BAD no\r\n")
+        self.assertIsInstance(d[0].value, CommandFailed)
+        self.assertEqual(d[0].value.command, "NOOP")
+
+    def test_noop_answer_before_idle_answer_is_hostile(self) -> None:
+        self.start_idle()
+        d = result_of(self.client.done_noop())
+        self.server(b"0002 OK NOOP completed\r\n")
+        self.assertIsInstance(d[0].value, ProtocolError)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_connection_lost_fails_it(self) -> None:
+        self.start_idle()
+        d = result_of(self.client.done_noop())
+        self.server(b"0001 OK IDLE terminated\r\n")
+        self.lose()
+        self.assertIsInstance(d[0].value, ConnectionLost)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_refused_when_not_idling_or_twice(self) -> None:
+        self.connect()
+        self.assertIsInstance(result_of(self.client.done_noop())[0].value, IMAPError)
+        result_of(self.client.idle())
+        self.server(b"+ idling\r\n")
+        result_of(self.client.done_noop())
+        self.sent()
+        self.assertIsInstance(result_of(self.client.done_noop())[0].value, IMAPError)
+        self.assertEqual(result_of(self.client.done()), [])  # the DONE already sent
+        self.assertEqual(self.sent(), b"")
+
+    def test_logout_during_heartbeat(self) -> None:
+        self.start_idle()
+        d = result_of(self.client.done_noop())
+        out = result_of(self.client.logout())
+        self.assertEqual(self.sent(), b"DONE\r\n0002 NOOP\r\n")  # no second DONE
+        self.server(b"0001 OK IDLE terminated\r\n0002 OK NOOP completed\r\n")
+        self.assertEqual(d, [None])
+        self.assertEqual(self.sent(), b"0003 LOGOUT\r\n")
+        self.server(b"* BYE bye\r\n0003 OK Logout completed\r\n")
+        self.assertEqual(out, [None])
+
 
 class MiscTests(ClientTestCase):
     def test_untagged_between_commands(self) -> None:

@@ -118,6 +118,27 @@ class ServerScenarios:
         yield client.lost
 
     @defer.inlineCallbacks
+    def test_pipelined_heartbeat(self) -> Any:
+        """done_noop() (DONE and NOOP in one write) then IDLE again, three times over; new
+        mail between heartbeats still arrives during IDLE."""
+        client = yield self.logged_in()
+        events = Recorder(client)
+        info = yield client.select_inbox()
+        before = info["EXISTS"]
+        yield client.idle()
+        for _ in range(3):
+            yield client.done_noop().addTimeout(WAIT, reactor)
+            self.assertFalse(client.idling)
+            yield client.idle().addTimeout(WAIT, reactor)
+            self.assertTrue(client.idling)
+        arrived = events.next("exists")
+        yield self.deliver(self.user)
+        exists = yield arrived
+        self.assertEqual(exists, before + 1)
+        yield client.logout()
+        yield client.lost
+
+    @defer.inlineCallbacks
     def test_failed_login_carries_server_text(self) -> Any:
         client = yield self.connect(self.port)
         yield client.greeted

@@ -533,7 +533,7 @@ class TimerTests(SynchronousTestCase):
         h.run(100)
         first.responsive = False  # accepts bytes, never answers (half-open TCP)
         h.run(20)
-        self.assertEqual(first.lines[-1], "DONE")
+        self.assertEqual(h.sent(first)[-2:], ["DONE", "NOOP"])  # pipelined heartbeat
         h.run(29.9)
         self.assertEqual(h.session.state, "idle")
         h.run(0.1)
