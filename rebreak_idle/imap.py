@@ -170,6 +170,10 @@ def _is_loopback_address(host: str) -> bool:
         return False
 
 
+def _ignore(*args: Any) -> None:
+    return None
+
+
 class _Command:
     """One command in the queue or on the wire (``tag`` is set once it has been written)."""
 
@@ -223,51 +227,70 @@ class IdleClient(imap4.IMAP4Client):
     on_idle_ended: Callable[[str], None]
     on_connection_lost: Callable[[Failure], None]
 
+    # Defaults at class level: an instance holds only what differs, so that its attributes
+    # stay few enough (≤ 30) for CPython's compact per-instance storage; 10,000 sessions
+    # hold 10,000 clients. IMAP4Client.__init__ is not called: its command table, queue,
+    # authenticators and parser state belong to the line handling this class replaces.
+    on_exists = on_expunge = on_recent = on_flags = staticmethod(_ignore)
+    on_bye = on_idle_ended = on_connection_lost = staticmethod(_ignore)
+    command_timeout = 60.0
+    noop_timeout = 30.0
+    MAX_LENGTH = 64 * 1024
+    max_literal = 1024 * 1024
+    max_fetch_literal = 64 * 1024 * 1024
+    allow_plaintext_auth = False
+    idling = False
+    closed = False
+    _greeting_timer: IDelayedCall | None = None
+    _caps_known = False
+    _current: _Command | None = None
+    #: the connection's one command deadline and what it guards (None: nothing; the IDLE
+    #: command while a DONE is unanswered)
+    _deadline: IDelayedCall | None = None
+    _deadline_cmd: _Command | None = None
+    _done_written = False
+    _idle_cmd: _Command | None = None
+    _idle_deferred: defer.Deferred | None = None
+    _done_deferred: defer.Deferred | None = None
+    _done_requested = False
+    #: an IDLE written ahead by done_noop(idle_again=True), and who waits for its "+"
+    _idle_ahead: _Command | None = None
+    _idle_ahead_waiter: defer.Deferred | None = None
+    #: that IDLE was sent on before anyone called idle() for it
+    _idle_unclaimed = False
+    _bye_text: str | None = None
+    _close_error: IMAPError | None = None
+    _literal: bytearray | None = None
+    _literal_left = 0
+    _response_parts: list[bytes] | None = None
+    _response_size = 0
+    _response_cap = 0
+    _tag = _parts = _lastCmd = None
+
     def __init__(self, *, clock: IReactorTime, command_timeout: float = 60.0,
                  noop_timeout: float = 30.0, max_line: int = 64 * 1024,
                  max_literal: int = 1024 * 1024,
                  max_fetch_literal: int = 64 * 1024 * 1024,
                  allow_plaintext_auth: bool = False) -> None:
-        super().__init__()
         self.clock = clock
-        self.command_timeout = command_timeout
-        self.noop_timeout = noop_timeout
-        self.MAX_LENGTH = max_line
-        self.max_literal = max_literal
-        self.max_fetch_literal = max_fetch_literal
-        self.allow_plaintext_auth = allow_plaintext_auth
-
-        self.on_exists = self.on_expunge = self.on_recent = _ignore
-        self.on_flags = _ignore
-        self.on_bye = self.on_idle_ended = _ignore
-        self.on_connection_lost = _ignore
+        cls = type(self)
+        if command_timeout != cls.command_timeout:
+            self.command_timeout = command_timeout
+        if noop_timeout != cls.noop_timeout:
+            self.noop_timeout = noop_timeout
+        if max_line != cls.MAX_LENGTH:
+            self.MAX_LENGTH = max_line
+        if max_literal != cls.max_literal:
+            self.max_literal = max_literal
+        if max_fetch_literal != cls.max_fetch_literal:
+            self.max_fetch_literal = max_fetch_literal
+        if allow_plaintext_auth:
+            self.allow_plaintext_auth = True
 
         self.greeted: defer.Deferred = defer.Deferred()
         self.capabilities: dict[bytes, list[bytes] | None] = {}
-        self.idling = False
-        self.closed = False
-
         self._greeting_state = "waiting"   # waiting | capabilities | done
-        self._greeting_timer: IDelayedCall | None = None
-        self._caps_known = False
         self._queue: list[_Command] = []
-        self._current: _Command | None = None
-        #: the connection's one command deadline and what it guards (None: nothing; the
-        #: IDLE command while a DONE is unanswered)
-        self._deadline: IDelayedCall | None = None
-        self._deadline_cmd: _Command | None = None
-        self._done_written = False
-        self._idle_cmd: _Command | None = None
-        self._idle_deferred: defer.Deferred | None = None
-        self._done_deferred: defer.Deferred | None = None
-        self._done_requested = False
-        self._bye_text: str | None = None
-        self._close_error: IMAPError | None = None
-        self._literal: bytearray | None = None
-        self._literal_left = 0
-        self._response_parts: list[bytes] | None = None
-        self._response_size = 0
-        self._response_cap = 0
 
     # ------------------------------------------------------------------ connection
 
@@ -317,9 +340,11 @@ class IdleClient(imap4.IMAP4Client):
         self._current = None
         self._queue = []
         self._disarm()
-        waiters = [self.greeted, self._idle_deferred, self._done_deferred]
-        self._idle_deferred = self._done_deferred = None
-        self._idle_cmd = None
+        waiters = [self.greeted, self._idle_deferred, self._done_deferred,
+                   self._idle_ahead_waiter]
+        self._idle_deferred = self._done_deferred = self._idle_ahead_waiter = None
+        self._idle_cmd = self._idle_ahead = None
+        self._idle_unclaimed = False
         self.idling = False
         for cmd in commands:
             if cmd.name == b"LOGOUT":
@@ -453,7 +478,6 @@ class IdleClient(imap4.IMAP4Client):
 
     def _set_caps(self, words: bytes) -> None:
         self.capabilities = _parse_caps(words)
-        self._capCache = self.capabilities
         self._caps_known = True
 
     def _untagged(self, rest: bytes, line: bytes) -> None:
@@ -598,8 +622,16 @@ class IdleClient(imap4.IMAP4Client):
         if cmd.tag is None:
             cmd.tag = self.makeTag()
             self.transport.write(cmd.tag + b" " + cmd.pieces[0] + b"\r\n")
-        # else: written ahead (the NOOP of done_noop); its deadline starts now, as if it
-        # had been sent when the previous command was answered
+            return
+        # written ahead by done_noop(): its deadline starts now, as if it had been sent
+        # when the previous command was answered
+        if cmd is self._idle_ahead:
+            self._idle_ahead = None
+            self._idle_cmd = cmd
+            self._done_written = False
+            waiter, self._idle_ahead_waiter = self._idle_ahead_waiter, None
+            self._idle_deferred = waiter  # None: the next idle() claims it
+            self._idle_unclaimed = waiter is None
 
     def _arm(self, cmd: _Command, timeout: float) -> None:
         """Point the connection's deadline at ``cmd``, ``timeout`` seconds from now."""
@@ -633,7 +665,7 @@ class IdleClient(imap4.IMAP4Client):
 
     def _command(self, name: bytes, args: bytes = b"", *, timeout: float | None = None,
                  **kw: Any) -> defer.Deferred:
-        if self._idle_cmd is not None:
+        if self._idle_cmd is not None or self._idle_ahead is not None:
             return defer.fail(IMAPError(
                 f"{name.decode()} refused: IDLE in progress, call done() first"))
         line = name + (b" " + args if args else b"")
@@ -660,7 +692,7 @@ class IdleClient(imap4.IMAP4Client):
             cmd.finish(b"OK " + text, lambda unused: None)
             return results[0]
 
-        if self._idle_cmd is not None:
+        if self._idle_cmd is not None or self._idle_ahead is not None:
             return defer.fail(IMAPError("command refused: IDLE in progress"))
         line = cmd.format(b"").lstrip(b" ")
         ours = _Command(cmd.command, [line], self.command_timeout,
@@ -751,7 +783,6 @@ class IdleClient(imap4.IMAP4Client):
             self.transport.startTLS(creator)
             self.startedTLS = True
             self.capabilities = {}
-            self._capCache = None
             self._caps_known = False
 
         d = self._command(b"STARTTLS", on_ok=ok)
@@ -796,7 +827,7 @@ class IdleClient(imap4.IMAP4Client):
             return defer.fail(CommandFailed("user name or password holds a NUL character",
                                             command="LOGIN"))
         pieces = self._join_pieces([b"LOGIN"], user_pieces, pass_pieces)
-        if self._idle_cmd is not None:
+        if self._idle_cmd is not None or self._idle_ahead is not None:
             return defer.fail(IMAPError("LOGIN refused: IDLE in progress"))
         cmd = _Command(b"LOGIN", pieces, self.command_timeout, on_ok=self._after_login,
                        auth=True)
@@ -902,17 +933,32 @@ class IdleClient(imap4.IMAP4Client):
     def idle(self) -> defer.Deferred:
         """Send IDLE; fires when the server's ``+`` arrives (``idling`` is then True).
         Fails :class:`CommandFailed` when the server answers NO/BAD."""
+        if self._idle_ahead is not None:
+            # written ahead with the heartbeat's NOOP: wait for its continuation
+            if self._idle_ahead_waiter is None:
+                self._idle_ahead_waiter = defer.Deferred()
+            return self._idle_ahead_waiter
+        if self._idle_unclaimed:
+            self._idle_unclaimed = False
+            if self.idling:
+                return defer.succeed(None)
+            self._idle_deferred = defer.Deferred()
+            return self._idle_deferred
         if self._idle_cmd is not None:
             return defer.fail(IMAPError("IDLE already in progress"))
         self._idle_deferred = defer.Deferred()
         self._done_requested = False
         self._done_written = False
-        cmd = _Command(b"IDLE", [b"IDLE"], self.command_timeout,
-                       on_continuation=self._idle_continuation)
+        cmd = self._idle_command()
         self._idle_cmd = cmd
-        cmd.deferred.addErrback(lambda f: None)  # failures go to _idle/_done_deferred
         self._send(cmd)
         return self._idle_deferred
+
+    def _idle_command(self) -> _Command:
+        cmd = _Command(b"IDLE", [b"IDLE"], self.command_timeout,
+                       on_continuation=self._idle_continuation)
+        cmd.deferred.addErrback(lambda f: None)  # failures go to _idle/_done_deferred
+        return cmd
 
     def _idle_continuation(self, rest: bytes) -> None:
         cmd = self._idle_cmd
@@ -930,6 +976,7 @@ class IdleClient(imap4.IMAP4Client):
     def _idle_finished(self, status: bytes, code: bytes | None, text: bytes) -> None:
         cmd = self._idle_cmd
         self._idle_cmd = None
+        self._idle_unclaimed = False
         was_idling = self.idling
         self.idling = False
         idle_d, self._idle_deferred = self._idle_deferred, None
@@ -960,13 +1007,17 @@ class IdleClient(imap4.IMAP4Client):
             self._write_done()
         return self._done_deferred
 
-    def done_noop(self) -> defer.Deferred:
+    def done_noop(self, idle_again: bool = False) -> defer.Deferred:
         """End the IDLE and send a NOOP in the same write (RFC 3501 §5.5: the client may
-        send the next command once it has sent DONE). Fires with None on the NOOP's tagged
-        OK, which arrives after the IDLE's tagged OK. Deadlines as for ``done()`` and then
-        ``noop()``: the IDLE's OK within ``noop_timeout`` of the DONE, the NOOP's OK within
-        ``noop_timeout`` of that. Fails like ``done()`` when the IDLE ends with NO/BAD and
-        like ``noop()`` when the NOOP does."""
+        send the next command once it has sent DONE), with ``idle_again`` an IDLE after
+        the NOOP as well. Fires with None on the NOOP's tagged OK, which arrives after the
+        IDLE's tagged OK; with ``idle_again`` the next ``idle()`` then waits for the
+        continuation of the IDLE already sent instead of sending one. Deadlines as for
+        ``done()``, ``noop()`` and ``idle()`` one after the other: the IDLE's OK within
+        ``noop_timeout`` of the DONE, the NOOP's OK within ``noop_timeout`` of that, the
+        new IDLE's continuation within ``command_timeout`` of the NOOP's OK. Fails like
+        ``done()`` when the IDLE ends with NO/BAD and like ``noop()`` when the NOOP
+        does."""
         cmd = self._idle_cmd
         if not self.idling or cmd is None:
             return defer.fail(IMAPError("not idling"))
@@ -975,10 +1026,16 @@ class IdleClient(imap4.IMAP4Client):
         noop = _Command(b"NOOP", [b"NOOP"], self.noop_timeout)
         noop.tag = self.makeTag()
         self._queue.append(noop)
+        data = b"DONE\r\n" + noop.tag + b" NOOP\r\n"
+        if idle_again:
+            ahead = self._idle_ahead = self._idle_command()
+            ahead.tag = self.makeTag()
+            self._queue.append(ahead)
+            data += ahead.tag + b" IDLE\r\n"
         done = self._done_deferred = defer.Deferred()
         self._done_written = True
         self._arm(cmd, self.noop_timeout)
-        self.transport.write(b"DONE\r\n" + noop.tag + b" NOOP\r\n")
+        self.transport.write(data)
         result: defer.Deferred = defer.Deferred()
 
         def done_failed(failure: Failure) -> None:
@@ -1021,7 +1078,7 @@ class IdleClient(imap4.IMAP4Client):
         closes. The transport is closed afterwards."""
         if self.closed:
             return defer.succeed(None)
-        if self._idle_cmd is not None:
+        if self._idle_cmd is not None or self._idle_ahead is not None:
             self._done_requested = True
             if self.idling:
                 self._write_done()
@@ -1037,10 +1094,6 @@ class IdleClient(imap4.IMAP4Client):
     # Twisted's timeout mixin is not used: every command has its own deadline.
     def timeoutConnection(self) -> None:  # pragma: no cover
         self._close(CommandTimeout("connection timed out"))
-
-
-def _ignore(*args: Any) -> None:
-    return None
 
 
 _MALFORMED = object()

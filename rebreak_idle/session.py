@@ -618,11 +618,12 @@ class MailboxSession(Service):
         step.addErrback(self._step_failed, client)
 
     async def _cycle(self, client: imap.IdleClient, heartbeat: bool) -> None:
-        """DONE, then NOOP for a heartbeat (both in one write), then IDLE again. No answer
-        to DONE or NOOP within noop_timeout fails with CommandTimeout and the client
-        closes the connection (half-open TCP, NAT drop)."""
+        """DONE, then NOOP for a heartbeat, then IDLE again (a heartbeat writes all three
+        at once; the NOOP's OK records it). No answer to DONE or NOOP within noop_timeout
+        fails with CommandTimeout and the client closes the connection (half-open TCP,
+        NAT drop)."""
         if heartbeat:
-            await client.done_noop()
+            await client.done_noop(idle_again=True)
             self._heartbeat()
         else:
             log.info("[idle/{email}] idle renewing (25min threshold)",

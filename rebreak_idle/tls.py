@@ -13,6 +13,7 @@ logged and stored as ``last_connect_error``; it never contains a secret.
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,9 @@ class _VerifyingCreator:
         else:
             self._service_id = DNS_ID(hostname)
             self._sni = hostname.encode("idna")
+        #: connections whose verification failed (their later callbacks fail at once)
+        self._failed: weakref.WeakSet[SSL.Connection] = weakref.WeakSet()
+        context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         connection = SSL.Connection(self._context, None)
@@ -131,31 +135,29 @@ class _VerifyingCreator:
         if self._sni is not None:
             connection.set_tlsext_host_name(self._sni)
         connection.set_connect_state()
-        failed = []
-        service_id, hostname = self._service_id, self._hostname
-
-        def verify(conn: SSL.Connection, cert: crypto.X509, err: int, depth: int,
-                   ok: int) -> bool:
-            if failed:
-                return False
-            reason = None
-            if not ok:
-                reason = _verify_error_text(err)
-            elif depth == 0:
-                try:
-                    verify_service_identity(extract_patterns(cert), [service_id], [])
-                except VerificationError:
-                    reason = f"certificate is not valid for {hostname}"
-                except Exception as e:  # pragma: no cover - malformed certificate
-                    reason = f"cannot check certificate names: {e}"
-            if reason is None:
-                return True
-            failed.append(reason)
-            tlsProtocol.failVerification(Failure(CertificateVerifyError(reason)))
-            return False
-
-        connection.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify)
         return connection
+
+    def _verify(self, conn: SSL.Connection, cert: crypto.X509, err: int, depth: int,
+                ok: int) -> bool:
+        """The context's verify callback, shared by its connections (one callback per
+        context instead of a closure and a C callback per connection)."""
+        if conn in self._failed:
+            return False
+        reason = None
+        if not ok:
+            reason = _verify_error_text(err)
+        elif depth == 0:
+            try:
+                verify_service_identity(extract_patterns(cert), [self._service_id], [])
+            except VerificationError:
+                reason = f"certificate is not valid for {self._hostname}"
+            except Exception as e:  # pragma: no cover - malformed certificate
+                reason = f"cannot check certificate names: {e}"
+        if reason is None:
+            return True
+        self._failed.add(conn)
+        conn.get_app_data().failVerification(Failure(CertificateVerifyError(reason)))
+        return False
 
 
 def client_tls_options(hostname: str, ca_file: str | None = None) -> Any:

@@ -487,6 +487,96 @@ class PipelinedHeartbeatTests(ClientTestCase):
         self.assertEqual(result_of(self.client.done()), [])  # the DONE already sent
         self.assertEqual(self.sent(), b"")
 
+    def test_idle_again_in_the_same_write(self) -> None:
+        self.start_idle(noop_timeout=30, command_timeout=60)
+        heartbeat = result_of(self.client.done_noop(idle_again=True))
+        self.assertEqual(self.sent(), b"DONE\r\n0002 NOOP\r\n0003 IDLE\r\n")
+        self.server(b"0001 OK IDLE terminated\r\n")
+        self.assertIsInstance(result_of(self.client.noop())[0].value, IMAPError)
+        self.server(b"0002 OK NOOP completed\r\n")
+        self.assertEqual(heartbeat, [None])
+        idle = result_of(self.client.idle())  # the IDLE already sent: nothing written
+        self.assertEqual(self.sent(), b"")
+        self.assertEqual(idle, [])
+        (timer,) = self.clock.getDelayedCalls()
+        self.assertEqual(timer.getTime(), 60)
+        self.server(b"* 9 EXISTS\r\n+ idling\r\n")
+        self.assertEqual(idle, [None])
+        self.assertTrue(self.client.idling)
+        self.assertEqual(self.events.seen, [("exists", 9)])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        # and the next heartbeat works the same way
+        result_of(self.client.done_noop(idle_again=True))
+        self.assertEqual(self.sent(), b"DONE\r\n0004 NOOP\r\n0005 IDLE\r\n")
+
+    def test_idle_again_answers_in_one_segment(self) -> None:
+        self.start_idle()
+        heartbeat = self.client.done_noop(idle_again=True)
+        idle: list[Any] = []
+        heartbeat.addCallback(lambda _: idle.append(result_of(self.client.idle())))
+        self.server(b"0001 OK done\r\n0002 OK done\r\n+ idling\r\n")
+        self.assertEqual(idle, [[None]])
+        self.assertTrue(self.client.idling)
+        self.assertEqual(self.sent(), b"DONE\r\n0002 NOOP\r\n0003 IDLE\r\n")
+
+    def test_idle_again_without_continuation_times_out(self) -> None:
+        self.start_idle(command_timeout=60)
+        result_of(self.client.done_noop(idle_again=True))
+        self.server(b"0001 OK\r\n0002 OK\r\n")
+        idle = result_of(self.client.idle())
+        self.clock.advance(60)
+        self.assertEqual(idle[0].value.text, "IDLE timed out after 60s")
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_idle_again_rejected(self) -> None:
+        self.start_idle()
+        result_of(self.client.done_noop(idle_again=True))
+        self.server(b"0001 OK\r\n0002 OK\r\n")
+        idle = result_of(self.client.idle())
+        self.server(b"0003 NO not now\r\n")
+        self.assertIsInstance(idle[0].value, CommandFailed)
+        self.assertFalse(self.client.idling)
+
+    def test_idle_again_lost(self) -> None:
+        self.start_idle()
+        heartbeat = result_of(self.client.done_noop(idle_again=True))
+        self.server(b"0001 OK\r\n0002 OK\r\n")
+        idle = result_of(self.client.idle())
+        self.lose()
+        self.assertEqual(heartbeat, [None])
+        self.assertIsInstance(idle[0].value, ConnectionLost)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_idle_again_lost_before_noop_answer(self) -> None:
+        self.start_idle()
+        heartbeat = result_of(self.client.done_noop(idle_again=True))
+        self.server(b"0001 OK\r\n")
+        self.lose()
+        self.assertIsInstance(heartbeat[0].value, ConnectionLost)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_logout_before_idle_again_starts(self) -> None:
+        self.start_idle()
+        heartbeat = result_of(self.client.done_noop(idle_again=True))
+        self.sent()
+        self.server(b"0001 OK IDLE terminated\r\n")
+        out = result_of(self.client.logout())  # the new IDLE is on its way: DONE on "+"
+        self.assertEqual(self.sent(), b"")
+        self.server(b"0002 OK NOOP completed\r\n+ idling\r\n")
+        self.assertEqual(heartbeat, [None])
+        self.assertEqual(self.sent(), b"DONE\r\n")
+        self.server(b"0003 OK IDLE terminated\r\n")
+        self.assertEqual(self.sent(), b"0004 LOGOUT\r\n")
+        self.server(b"* BYE bye\r\n0004 OK Logout completed\r\n")
+        self.assertEqual(out, [None])
+
+    def test_unexpected_continuation_during_noop_is_hostile(self) -> None:
+        self.start_idle()
+        heartbeat = result_of(self.client.done_noop(idle_again=True))
+        self.server(b"0001 OK\r\n+ idling\r\n")
+        self.assertIsInstance(heartbeat[0].value, ProtocolError)
+        self.assertTrue(self.transport.disconnecting)
+
     def test_logout_during_heartbeat(self) -> None:
         self.start_idle()
         d = result_of(self.client.done_noop())

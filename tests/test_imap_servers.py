@@ -119,15 +119,15 @@ class ServerScenarios:
 
     @defer.inlineCallbacks
     def test_pipelined_heartbeat(self) -> Any:
-        """done_noop() (DONE and NOOP in one write) then IDLE again, three times over; new
-        mail between heartbeats still arrives during IDLE."""
+        """done_noop() (DONE and NOOP in one write, with or without the next IDLE) then
+        IDLE again, five times over; new mail after that still arrives during IDLE."""
         client = yield self.logged_in()
         events = Recorder(client)
         info = yield client.select_inbox()
         before = info["EXISTS"]
         yield client.idle()
-        for _ in range(3):
-            yield client.done_noop().addTimeout(WAIT, reactor)
+        for idle_again in (False, True, True, False, True):
+            yield client.done_noop(idle_again).addTimeout(WAIT, reactor)
             self.assertFalse(client.idling)
             yield client.idle().addTimeout(WAIT, reactor)
             self.assertTrue(client.idling)

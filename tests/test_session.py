@@ -533,7 +533,7 @@ class TimerTests(SynchronousTestCase):
         h.run(100)
         first.responsive = False  # accepts bytes, never answers (half-open TCP)
         h.run(20)
-        self.assertEqual(h.sent(first)[-2:], ["DONE", "NOOP"])  # pipelined heartbeat
+        self.assertEqual(h.sent(first)[-3:], ["DONE", "NOOP", "IDLE"])  # one write
         h.run(29.9)
         self.assertEqual(h.session.state, "idle")
         h.run(0.1)
@@ -555,7 +555,11 @@ class TimerTests(SynchronousTestCase):
         original = conn.handle
 
         def no_noop_answer(line: str) -> None:
-            if not line.endswith(" NOOP"):
+            if line.endswith(" NOOP"):
+                # no answer to the NOOP, hence (commands are answered in order) to nothing
+                # after it: the IDLE sent in the same write stays unanswered too
+                conn.responsive = False
+            else:
                 original(line)
 
         conn.handle = no_noop_answer  # type: ignore[method-assign]
