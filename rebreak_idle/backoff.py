@@ -8,6 +8,7 @@ count, which the session resets only after a connection that stayed healthy.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 
@@ -54,8 +55,9 @@ class Backoff:
 
 def format_delay(seconds: float) -> str:
     """The ``<s>`` of ``reconnecting in <s>s``: whole seconds from 10 s on, else one decimal
-    (``5``, ``6.2``, ``0.5``, ``1800``)."""
+    (``5``, ``6.2``, ``0.5``, ``1800``), rounded down, so that the next attempt never comes
+    sooner than the line says (0.452 s reads ``0.4``, not ``0.5``)."""
     if seconds >= 10:
-        return str(round(seconds))
-    text = f"{seconds:.1f}"
-    return text[:-2] if text.endswith(".0") else text
+        return str(math.floor(seconds + 1e-9))
+    tenths = math.floor(seconds * 10 + 1e-9)
+    return str(tenths // 10) if tenths % 10 == 0 else f"{tenths / 10:.1f}"

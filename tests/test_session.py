@@ -325,6 +325,9 @@ class BackoffTests(SynchronousTestCase):
     def test_format(self) -> None:
         self.assertEqual([format_delay(d) for d in (5, 6.25, 0.5, 12.4, 1800)],
                          ["5", "6.2", "0.5", "12", "1800"])
+        # rounded down: the attempt never comes sooner than the line says
+        self.assertEqual([format_delay(d) for d in (0.452, 0.7, 0.2 * 8, 9.99, 10.6, 59.99)],
+                         ["0.4", "0.7", "1.6", "9.9", "10", "59"])
 
 
 class ConnectTests(SynchronousTestCase):
