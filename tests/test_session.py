@@ -849,3 +849,30 @@ class StopTests(SynchronousTestCase):
 class InterfaceTests(SynchronousTestCase):
     def test_recorder_double_provides_interface(self) -> None:
         verifyObject(IRecorder, Recorder(Clock()))
+
+
+class EndpointTests(SynchronousTestCase):
+    """IP literals connect without the resolver (no thread hop per connect); names keep
+    HostnameEndpoint; implicit TLS wraps whichever it is."""
+
+    def endpoint(self, host: str, security: str = "plain") -> Any:
+        from twisted.internet.testing import MemoryReactorClock
+
+        account = Account(**{**ACCOUNT.__dict__, "host": host, "security": security})
+        session = MailboxSession(account, make_settings(), Recorder(Clock()),
+                                 lambda *a: None, MemoryReactorClock(),
+                                 tls_creator=lambda host: object())
+        return session._make_endpoint()
+
+    def test_kinds(self) -> None:
+        from twisted.internet.endpoints import (
+            HostnameEndpoint,
+            TCP4ClientEndpoint,
+            TCP6ClientEndpoint,
+        )
+
+        self.assertIsInstance(self.endpoint("127.0.0.1"), TCP4ClientEndpoint)
+        self.assertIsInstance(self.endpoint("::1"), TCP6ClientEndpoint)
+        self.assertIsInstance(self.endpoint("imap.example.test"), HostnameEndpoint)
+        wrapped = self.endpoint("127.0.0.1", "tls")
+        self.assertIsInstance(wrapped._wrappedEndpoint, TCP4ClientEndpoint)
