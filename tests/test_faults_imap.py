@@ -25,6 +25,21 @@ def _reconnect_events(logs, email: str) -> list[dict]:
             and e.get("email") == email]
 
 
+async def _ann_on_scripted_server(case: FaultCase, plan: list[str] | None = None, *,
+                                  idle_enabled: bool = True) -> tuple[ScriptedIMAPServer, int]:
+    """The parts without the in-process IMAP server, and ann@faults.test's account on a
+    :class:`ScriptedIMAPServer` following ``plan``. Returns the server and ann's id; the
+    daemon is not started yet."""
+    await case.start_parts(imap=False)
+    server = ScriptedIMAPServer(case.reactor, plan=plan)
+    server.idle_enabled = idle_enabled
+    case.imap_port = server.listen()
+    case.addCleanup(server.stop)
+    case.imap = None  # type: ignore[assignment]
+    ann = case.add_account("ann@faults.test", ANN, server=server)
+    return server, ann
+
+
 class ConnectionDropTests(FaultCase, TestCase):
     async def test_closed_mid_idle_reconnects_with_backoff_and_catches_up(self) -> None:
         """The server closes the connection mid-IDLE: the session reconnects after
@@ -104,12 +119,7 @@ class ConnectionDropTests(FaultCase, TestCase):
 
 class ByeTests(FaultCase, TestCase):
     async def _bye_case(self, fault: str, text: str) -> None:
-        await self.start_parts(imap=False)
-        server = ScriptedIMAPServer(self.reactor, plan=[fault])
-        self.imap_port = server.listen()
-        self.addCleanup(server.stop)
-        self.imap = None  # type: ignore[assignment]
-        ann = self.add_account("ann@faults.test", ANN, server=server)
+        server, ann = await _ann_on_scripted_server(self, [fault])
         self.start_daemon()
         line = await self.wait_log(r"\[idle/ann@faults\.test\] connect failed: ")
         self.assertIn(text, line)
@@ -136,12 +146,7 @@ class ByeTests(FaultCase, TestCase):
 
     async def test_bye_error_reaches_the_table(self) -> None:
         """The BYE text is what the table records while the server keeps saying BYE."""
-        await self.start_parts(imap=False)
-        server = ScriptedIMAPServer(self.reactor, plan=["bye-greeting"] * 50)
-        self.imap_port = server.listen()
-        self.addCleanup(server.stop)
-        self.imap = None  # type: ignore[assignment]
-        ann = self.add_account("ann@faults.test", ANN, server=server)
+        server, ann = await _ann_on_scripted_server(self, ["bye-greeting"] * 50)
         self.start_daemon()
         error = await until(lambda: self.status_row(ann)["error"], what="error recorded")
         self.assertIn("[UNAVAILABLE] maintenance, come back later", error)
@@ -157,12 +162,7 @@ class ByeTests(FaultCase, TestCase):
 
 class HostileServerTests(FaultCase, TestCase):
     async def _hostile(self, fault: str, reason: str) -> ScriptedIMAPServer:
-        await self.start_parts(imap=False)
-        server = ScriptedIMAPServer(self.reactor, plan=[fault])
-        self.imap_port = server.listen()
-        self.addCleanup(server.stop)
-        self.imap = None  # type: ignore[assignment]
-        ann = self.add_account("ann@faults.test", ANN, server=server)
+        server, ann = await _ann_on_scripted_server(self, [fault])
         self.start_daemon()
         line = await self.wait_log(r"\[idle/ann@faults\.test\] connect failed: ")
         self.assertIn(reason, line)
@@ -228,13 +228,7 @@ class NoIdleTests(FaultCase, TestCase):
     async def test_polling_mode_detects_exists(self) -> None:
         """A server without IDLE that reports new mail only in answers to commands: the
         session polls with NOOP every poll_interval and sees the EXISTS."""
-        await self.start_parts(imap=False)
-        server = ScriptedIMAPServer(self.reactor)
-        server.idle_enabled = False
-        self.imap_port = server.listen()
-        self.addCleanup(server.stop)
-        self.imap = None  # type: ignore[assignment]
-        ann = self.add_account("ann@faults.test", ANN, server=server)
+        server, ann = await _ann_on_scripted_server(self, idle_enabled=False)
         settings = self.start_daemon().settings
         await self.connected("ann@faults.test")
         [first] = await self.backend.wait_for(1)
