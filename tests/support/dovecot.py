@@ -107,8 +107,11 @@ def _mail_user() -> tuple[int, int, str]:
     return entry.pw_uid, entry.pw_gid, entry.pw_name
 
 
-_CONF_23 = """\
-base_dir = {d}/run
+# What both versions share. The ``{...}`` fields named in _CONF_23 / _CONF_24 are the
+# lines where 2.3 and 2.4 differ; the rest are the instance's values (directory, ports,
+# certificate, mail owner).
+_CONF = """\
+{version_header}base_dir = {d}/run
 state_dir = {d}/state
 log_path = {d}/dovecot.log
 instance_name = rebreak-test-{imap}
@@ -117,21 +120,44 @@ listen = 127.0.0.1
 default_login_user = dovenull
 default_internal_user = dovecot
 ssl = yes
-ssl_cert = <{cert}
-ssl_key = <{key}
-ssl_min_protocol = TLSv1.2
-disable_plaintext_auth = no
+{ssl_files}ssl_min_protocol = TLSv1.2
+{allow_cleartext}
 auth_mechanisms = plain login
 auth_failure_delay = 0
 auth_cache_size = 0
-mail_location = maildir:{d}/mail/%u/Maildir
-mail_uid = {uid}
+{mail_location}mail_uid = {uid}
 mail_gid = {gid}
 first_valid_uid = 1
 first_valid_gid = 1
-imap_idle_notify_interval = 1 secs
-mailbox_idle_check_interval = 1 secs
+imap_idle_notify_interval = {one_second}
+mailbox_idle_check_interval = {one_second}
 shutdown_clients = yes
+{auth_dbs}service imap-login {{
+  inet_listener imap {{
+    {listener_address} = 127.0.0.1
+    port = {imap}
+  }}
+  inet_listener imaps {{
+    {listener_address} = 127.0.0.1
+    port = {imaps}
+    ssl = yes
+  }}
+}}
+{other_services}"""
+
+# Dovecot 2.3.
+_CONF_23 = {
+    "version_header": "",
+    "ssl_files": """\
+ssl_cert = <{cert}
+ssl_key = <{key}
+""",
+    "allow_cleartext": "disable_plaintext_auth = no",
+    "mail_location": """\
+mail_location = maildir:{d}/mail/%u/Maildir
+""",
+    "one_second": "1 secs",
+    "auth_dbs": """\
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {d}/users
@@ -140,17 +166,9 @@ userdb {{
   driver = static
   args = uid={uid} gid={gid} home={d}/mail/%u
 }}
-service imap-login {{
-  inet_listener imap {{
-    address = 127.0.0.1
-    port = {imap}
-  }}
-  inet_listener imaps {{
-    address = 127.0.0.1
-    port = {imaps}
-    ssl = yes
-  }}
-}}
+""",
+    "listener_address": "address",
+    "other_services": """\
 service anvil {{
   chroot =
 }}
@@ -162,36 +180,26 @@ service stats {{
     mode = 0666
   }}
 }}
-"""
+""",
+}
 
-_CONF_24 = """\
+# Dovecot 2.4: new names for the same settings, named passdb/userdb blocks, %{user}.
+_CONF_24 = {
+    "version_header": """\
 dovecot_config_version = 2.4.0
 dovecot_storage_version = 2.4.0
-base_dir = {d}/run
-state_dir = {d}/state
-log_path = {d}/dovecot.log
-instance_name = rebreak-test-{imap}
-protocols = imap
-listen = 127.0.0.1
-default_login_user = dovenull
-default_internal_user = dovecot
-ssl = yes
+""",
+    "ssl_files": """\
 ssl_server_cert_file = {cert}
 ssl_server_key_file = {key}
-ssl_min_protocol = TLSv1.2
-auth_allow_cleartext = yes
-auth_mechanisms = plain login
-auth_failure_delay = 0
-auth_cache_size = 0
+""",
+    "allow_cleartext": "auth_allow_cleartext = yes",
+    "mail_location": """\
 mail_driver = maildir
 mail_path = {d}/mail/%{{user}}/Maildir
-mail_uid = {uid}
-mail_gid = {gid}
-first_valid_uid = 1
-first_valid_gid = 1
-imap_idle_notify_interval = 1s
-mailbox_idle_check_interval = 1s
-shutdown_clients = yes
+""",
+    "one_second": "1s",
+    "auth_dbs": """\
 passdb passwd-file {{
   passwd_file_path = {d}/users
   default_password_scheme = PLAIN
@@ -203,18 +211,17 @@ userdb static {{
     home = {d}/mail/%{{user}}
   }}
 }}
-service imap-login {{
-  inet_listener imap {{
-    listen = 127.0.0.1
-    port = {imap}
-  }}
-  inet_listener imaps {{
-    listen = 127.0.0.1
-    port = {imaps}
-    ssl = yes
-  }}
-}}
-"""
+""",
+    "listener_address": "listen",
+    "other_services": "",
+}
+
+
+def _dovecot_conf(version: tuple[int, int], **values: object) -> str:
+    """The config file for Dovecot ``version``: :data:`_CONF` with that version's lines,
+    all filled in with ``values`` (d, cert, key, uid, gid, imap, imaps)."""
+    lines = _CONF_24 if version >= (2, 4) else _CONF_23
+    return _CONF.format(**values, **{k: v.format(**values) for k, v in lines.items()})
 
 
 class DovecotServer:
@@ -249,10 +256,9 @@ class DovecotServer:
             "".join(f"{u}:{p}::::::\n" for u, p in self.users.items()))
         for user in self.users:
             self._maildir(user)
-        template = _CONF_24 if self.version >= (2, 4) else _CONF_23
         self.conf = self.dir / "dovecot.conf"
-        self.conf.write_text(template.format(
-            d=self.dir, cert=self.certs.server.cert, key=self.certs.server.key,
+        self.conf.write_text(_dovecot_conf(
+            self.version, d=self.dir, cert=self.certs.server.cert, key=self.certs.server.key,
             uid=self.uid, gid=self.gid, imap=self.imap_port, imaps=self.imaps_port))
         self.log = self.dir / "dovecot.log"
         self.process = subprocess.Popen([binary, "-F", "-c", str(self.conf)],
