@@ -16,17 +16,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from rebreak_idle.migrate import apply
-from tests.support.daemon import DaemonProcess
-from tests.support.faults import (
-    FaultCase,
-    child_args,
-    child_env,
-    free_port,
-    http_get,
-    record_figure,
-    save_daemon_log,
-    until,
-)
+from tests.support.faults import FaultCase, http_get, record_figure, until
 from tests.support.leaks import DB_ROLE, IMAP_PASSWORDS, KNOWN_SECRETS
 from tests.support.pg import PostgresServer
 
@@ -147,13 +137,7 @@ class UnreachableAtStartTests(FaultCase, TestCase):
         self.add_account("ann@faults.test", ANN)
         await _stopped(server)
 
-        port = free_port()
-        daemon = DaemonProcess(self.reactor, env=child_env(self.dsn, self.backend.url),
-                               args=child_args(status_endpoint=f"tcp:{port}:interface="
-                                               "127.0.0.1"))
-        daemon.start()
-        self.addCleanup(lambda: save_daemon_log(self.id(), daemon.lines))
-        self.addCleanup(daemon.kill)
+        daemon, port = self.start_child_daemon()
         base = f"http://127.0.0.1:{port}"
 
         line = await daemon.wait_for(r"\[idle/db\] refresh failed", deadline=20)

@@ -18,18 +18,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from rebreak_idle.secrets import encrypt_secret
-from tests.support.daemon import DaemonProcess
-from tests.support.faults import (
-    KEY,
-    FaultCase,
-    child_args,
-    child_env,
-    free_port,
-    http_get,
-    record_figure,
-    save_daemon_log,
-    until,
-)
+from tests.support.faults import KEY, FaultCase, http_get, record_figure, until
 from tests.support.leaks import (
     ADMIN_SECRET,
     DB_PASSWORD,
@@ -69,16 +58,9 @@ class SigtermUnderLoadTests(FaultCase, TestCase):
                 "(%s, %s, %s, '127.0.0.1', %s, 'plain', 'password', %s)", rows)
         conn.close()
 
-        port = free_port()
-        daemon = DaemonProcess(self.reactor, env=child_env(self.dsn, self.backend.url),
-                               args=child_args(
-                                   write_flush_interval=600, heartbeat_interval=1,
-                                   shutdown_timeout=SHUTDOWN_TIMEOUT, refresh_interval=5,
-                                   scan_timeout=30,
-                                   status_endpoint=f"tcp:{port}:interface=127.0.0.1"))
-        daemon.start()
-        self.addCleanup(lambda: save_daemon_log(self.id(), daemon.lines))
-        self.addCleanup(daemon.kill)
+        daemon, port = self.start_child_daemon(
+            write_flush_interval=600, heartbeat_interval=1, shutdown_timeout=SHUTDOWN_TIMEOUT,
+            refresh_interval=5, scan_timeout=30)
 
         await until(lambda: self.imap.idling_connections() == N_ACCOUNTS, deadline=30,
                     what=f"{N_ACCOUNTS} sessions idling")

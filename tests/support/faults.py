@@ -34,6 +34,7 @@ from rebreak_idle.secrets import encrypt_secret
 from rebreak_idle.service import Daemon, makeService
 
 from .backend import BackendDouble
+from .daemon import DaemonProcess
 from .imapserver import InProcessIMAPServer
 from .leaks import (
     ADMIN_SECRET,
@@ -231,6 +232,20 @@ class FaultCase:
         if not daemon.running:
             return defer.succeed(None)
         return defer.maybeDeferred(daemon.stopService).addTimeout(20, self.reactor)
+
+    def start_child_daemon(self, **overrides: Any) -> tuple[DaemonProcess, int]:
+        """``twist rebreak-idle`` in a child process on this test's database and backend,
+        with :func:`child_args` (``overrides`` on :data:`FAST`) and the status endpoint on a
+        free loopback port. Returns the process and that port. Cleanup kills the process,
+        then saves its output with :func:`save_daemon_log` (for the leak check)."""
+        port = free_port()
+        daemon = DaemonProcess(self.reactor, env=child_env(self.dsn, self.backend.url),
+                               args=child_args(**overrides, status_endpoint=f"tcp:{port}:"
+                                               "interface=127.0.0.1"))
+        daemon.start()
+        self.addCleanup(lambda: save_daemon_log(self.id(), daemon.lines))
+        self.addCleanup(daemon.kill)
+        return daemon, port
 
     # -- the table ----------------------------------------------------------------------
 
