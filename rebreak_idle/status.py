@@ -111,6 +111,16 @@ def _public_fields(account: Mapping[str, Any]) -> dict[str, Any]:
             if not any(word in str(k).lower() for word in _SECRET_WORDS)}
 
 
+def _public_accounts(snapshot: Snapshot) -> list[dict[str, Any]] | None:
+    """Every account's :func:`_public_fields`; None (the failure logged) when ``snapshot()``
+    raises."""
+    try:
+        return [_public_fields(a) for a in snapshot()]
+    except Exception:
+        log.failure("status server: taking the account snapshot failed")
+        return None
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, datetime | date):
         return value.isoformat()
@@ -171,10 +181,8 @@ class _Status(Resource):
     def render_GET(self, request: Request) -> bytes:
         if not self._secret.check(request):
             return _plain(request, 401, "unauthorized\n")
-        try:
-            accounts = [_public_fields(a) for a in self._snapshot()]
-        except Exception:
-            log.failure("status server: taking the account snapshot failed")
+        accounts = _public_accounts(self._snapshot)
+        if accounts is None:
             return _plain(request, 500, "internal error\n")
         _set_headers(request, b"application/json")
         return json.dumps(accounts, default=_json_default, ensure_ascii=False).encode("utf-8")
@@ -320,10 +328,8 @@ class _Page(Resource):
         allowed = self._secret.check(request)
         if allowed is False:
             return _plain(request, 401, "unauthorized\n")
-        try:
-            accounts = [_public_fields(a) for a in self._snapshot()]
-        except Exception:
-            log.failure("status server: taking the account snapshot failed")
+        accounts = _public_accounts(self._snapshot)
+        if accounts is None:
             return _plain(request, 500, "internal error\n")
         counts = Counter(str(a.get("state", "unknown")) for a in accounts)
         page = render_page(accounts if allowed else None, counts, bool(self._ready()))
