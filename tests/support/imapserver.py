@@ -358,16 +358,21 @@ class _ServerProtocol(imap4.IMAP4Server):
         self.setTimeout(self.POSTAUTH_TIMEOUT)
         self.sendPositiveResponse(tag, what + b" completed")
 
+    def _password_login(self, tag: bytes, user: bytes, password: bytes, what: bytes) -> None:
+        """Count the attempt and check ``user``/``password`` against the portal: ``tag``
+        gets ``<what> completed`` or AUTHENTICATIONFAILED."""
+        name = user.decode("utf-8", "replace")
+        self.server.login_attempts[name] += 1
+        d = self.server.portal.login(UsernamePassword(user, password), None, imap4.IAccount)
+        d.addCallbacks(lambda _: self._succeeded(tag, name, what),
+                       lambda f: (f.trap(UnauthorizedLogin), self._failed(tag)))
+        d.addErrback(legacy_log.err)
+
     def do_LOGIN(self, tag: bytes, user: bytes, passwd: bytes) -> None:
         if b"LOGINDISABLED" in self.capabilities():
             self.sendBadResponse(tag, b"LOGIN is disabled before STARTTLS")
             return
-        name = user.decode("utf-8", "replace")
-        self.server.login_attempts[name] += 1
-        d = self.server.portal.login(UsernamePassword(user, passwd), None, imap4.IAccount)
-        d.addCallbacks(lambda _: self._succeeded(tag, name, b"LOGIN"),
-                       lambda f: (f.trap(UnauthorizedLogin), self._failed(tag)))
-        d.addErrback(legacy_log.err)
+        self._password_login(tag, user, passwd, b"LOGIN")
 
     unauth_LOGIN = (do_LOGIN, imap4.IMAP4Server.arg_astring,
                     imap4.IMAP4Server.arg_finalastring)
@@ -413,13 +418,7 @@ class _ServerProtocol(imap4.IMAP4Server):
         if len(parts) != 3:
             self.sendBadResponse(tag, b"Malformed PLAIN response")
             return
-        user, password = parts[1], parts[2]
-        name = user.decode("utf-8", "replace")
-        self.server.login_attempts[name] += 1
-        d = self.server.portal.login(UsernamePassword(user, password), None, imap4.IAccount)
-        d.addCallbacks(lambda _: self._succeeded(tag, name, b"AUTHENTICATE"),
-                       lambda f: (f.trap(UnauthorizedLogin), self._failed(tag)))
-        d.addErrback(legacy_log.err)
+        self._password_login(tag, parts[1], parts[2], b"AUTHENTICATE")
 
     def _xoauth2(self, tag: bytes, decoded: bytes) -> None:
         fields = dict(p.split(b"=", 1) for p in decoded.split(b"\x01") if b"=" in p)
