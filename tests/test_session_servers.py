@@ -82,6 +82,16 @@ def settings(**kw: Any) -> Settings:
                     encryption_key="k" * 32, **base)
 
 
+def start_session(test: TestCase, acct: Account, events: Events, **kw: Any) -> MailboxSession:
+    """A running MailboxSession for ``acct`` with :func:`settings` (``kw``) that reports to
+    ``events`` (errors, heartbeats, ``("mail", reason, exists)``); stopped at cleanup."""
+    s = MailboxSession(acct, settings(**kw), Recorder(events),
+                       lambda a, n, reason: events.add("mail", reason, n), reactor, memory={})
+    s.startService()
+    test.addCleanup(s.stopService)
+    return s
+
+
 def account(port: int, security: str = "plain", secret: str = PASSWORD,
             method: str = "password", username: str = USER) -> Account:
     return Account(id=f"acc-{security}-{method}", user_id="user-1", email=USER,
@@ -99,12 +109,7 @@ class InProcessServerTests(TestCase):
         self.events = Events()
 
     def session(self, acct: Account, **kw: Any) -> MailboxSession:
-        s = MailboxSession(acct, settings(**kw), Recorder(self.events),
-                           lambda a, n, reason: self.events.add("mail", reason, n), reactor,
-                           memory={})
-        s.startService()
-        self.addCleanup(s.stopService)
-        return s
+        return start_session(self, acct, self.events, **kw)
 
     def mail(self, reason: str, count: int, **kw: Any) -> defer.Deferred:
         return self.events.wait(lambda i: i == ("mail", reason, count), **kw)
@@ -276,12 +281,7 @@ class DovecotTests(TestCase):
                        security=security, username=user, auth_method="password",
                        secret=secret if secret is not None else self.dovecot.users[user])
         kw.setdefault("tls_ca_file", self.dovecot.ca_file)
-        s = MailboxSession(acct, settings(**kw), Recorder(self.events),
-                           lambda a, n, reason: self.events.add("mail", reason, n), reactor,
-                           memory={})
-        s.startService()
-        self.addCleanup(s.stopService)
-        return s
+        return start_session(self, acct, self.events, **kw)
 
     async def deliver_while_idling(self, user: str, **kw: Any) -> None:
         session = self.session(user, **kw)
