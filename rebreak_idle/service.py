@@ -25,6 +25,7 @@ from .session import MailboxSession
 from .status import StatusService, make_status_resource
 from .store import AccountStore
 from .supervisor import Supervisor
+from .wheel import TimerWheel
 
 __all__ = ["Daemon", "makeService"]
 
@@ -41,6 +42,8 @@ class Daemon(MultiService):
         self.settings = settings
         self.reactor = reactor
         self.handle_signals = handle_signals
+        #: the sessions' heartbeat timers and command deadlines, on one reactor timer
+        self.timers = TimerWheel(reactor)
         self.store = AccountStore(settings.database_url, reactor,
                                   flush_interval=settings.write_flush_interval)
         self.scans = ScanTrigger(settings, reactor)
@@ -73,7 +76,7 @@ class Daemon(MultiService):
 
     def _new_session(self, account: Account) -> IService:
         return MailboxSession(account, self.settings, self.store, self.scans.request,
-                              self.reactor)
+                              self.reactor, timers=self.timers)
 
     def _owned_changed(self) -> None:
         self.supervisor.request_refresh()

@@ -38,7 +38,6 @@ from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
-    wrapClientTLS,
 )
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -57,7 +56,8 @@ from .account import Account
 from .backoff import Backoff, format_delay
 from .config import Settings
 from .interfaces import IRecorder, OnNewMail
-from .tls import client_tls_options, describe_failure
+from .tls import TLSClientEndpoint, client_tls_options, describe_failure
+from .wheel import TimerWheel
 
 __all__ = ["CAUSES", "STATES", "MailboxSession"]
 
@@ -241,7 +241,9 @@ class MailboxSession(Service):
     :func:`~rebreak_idle.tls.client_tls_options` with ``settings.tls_ca_file``).
     Keyword-only extras for tests and embedding: ``endpoint`` (an IStreamClientEndpoint used
     instead of HostnameEndpoint and implicit TLS), ``jitter`` (0-argument callable in
-    [0, 1)), ``memory`` (mapping of what was last seen per mailbox, default process-wide).
+    [0, 1)), ``memory`` (mapping of what was last seen per mailbox, default process-wide),
+    ``timers`` (the :class:`~rebreak_idle.wheel.TimerWheel` that the daemon's sessions
+    share for their heartbeat timers and command deadlines; default one of its own).
     """
 
     def __init__(
@@ -256,12 +258,14 @@ class MailboxSession(Service):
         endpoint: IStreamClientEndpoint | None = None,
         jitter: Callable[[], float] | None = None,
         memory: MutableMapping[str, tuple[Any, ...]] | None = None,
+        timers: TimerWheel | None = None,
     ) -> None:
         self.account = account
         self._settings = settings
         self._recorder = recorder
         self._on_new_mail = on_new_mail
         self._reactor = reactor
+        self._timers = TimerWheel(reactor) if timers is None else timers
         self._tls_creator = tls_creator
         self._endpoint = endpoint
         self._memory = MAILBOX_MEMORY if memory is None else memory
@@ -302,7 +306,7 @@ class MailboxSession(Service):
         endpoint = _SessionEndpoint(self, self._make_endpoint)
         factory = _ClientFactory(
             self,
-            clock=self._reactor,
+            clock=self._timers,
             command_timeout=self._settings.command_timeout,
             noop_timeout=self._settings.noop_timeout,
             allow_plaintext_auth=self.account.security == "plain",
@@ -427,7 +431,7 @@ class MailboxSession(Service):
         else:
             endpoint = HostnameEndpoint(self._reactor, host, account.port, timeout=timeout)
         if account.security == "tls":
-            endpoint = wrapClientTLS(self._tls_options(), endpoint)
+            endpoint = TLSClientEndpoint(self._tls_options(), endpoint)
         return endpoint
 
     def _tls_options(self) -> Any:
@@ -601,8 +605,7 @@ class MailboxSession(Service):
         else:
             due = min(self._idle_since + settings.idle_renew, base + settings.heartbeat_interval)
         self._cancel_timer()
-        self._timer = self._reactor.callLater(max(0.0, due - self._reactor.seconds()),
-                                              self._tick)
+        self._timer = self._timers.callLater(due - self._reactor.seconds(), self._tick)
 
     def _tick(self) -> None:
         self._timer = None
@@ -611,28 +614,34 @@ class MailboxSession(Service):
             return
         if self.state == "polling":
             step = Deferred.fromCoroutine(self._poll(client))
+        elif self._reactor.seconds() >= ((self._last_heartbeat or 0.0)
+                                         + self._settings.heartbeat_interval):
+            # DONE, NOOP and IDLE in one write; the NOOP's OK records the heartbeat. No
+            # answer to DONE or NOOP within noop_timeout fails with CommandTimeout and the
+            # client closes the connection (half-open TCP, NAT drop). Plain callbacks, not
+            # a coroutine: this runs 10,000 times per heartbeat interval.
+            step = client.done_noop(idle_again=True)
+            step.addCallback(self._heartbeat_answered, client)
         else:
-            due = self._last_heartbeat or 0.0
-            heartbeat = self._reactor.seconds() >= due + self._settings.heartbeat_interval
-            step = Deferred.fromCoroutine(self._cycle(client, heartbeat))
+            step = Deferred.fromCoroutine(self._renew(client))
         step.addErrback(self._step_failed, client)
 
-    async def _cycle(self, client: imap.IdleClient, heartbeat: bool) -> None:
-        """DONE, then NOOP for a heartbeat, then IDLE again (a heartbeat writes all three
-        at once; the NOOP's OK records it). No answer to DONE or NOOP within noop_timeout
-        fails with CommandTimeout and the client closes the connection (half-open TCP,
-        NAT drop)."""
-        if heartbeat:
-            await client.done_noop(idle_again=True)
-            self._heartbeat()
-        else:
-            log.info("[idle/{email}] idle renewing (25min threshold)",
-                     email=self.account.email, account_id=self.account.id)
-            await client.done()
-        await client.idle()
+    def _heartbeat_answered(self, _: object, client: imap.IdleClient) -> Deferred[None]:
+        self._heartbeat()
+        return client.idle().addCallback(self._idling_again, client)
+
+    def _idling_again(self, _: object, client: imap.IdleClient) -> None:
         self._idle_since = self._reactor.seconds()
         if client is self._client and not self._stopping:
             self._schedule()
+
+    async def _renew(self, client: imap.IdleClient) -> None:
+        """End IDLE with DONE and enter it again (no heartbeat was due)."""
+        log.info("[idle/{email}] idle renewing (25min threshold)",
+                 email=self.account.email, account_id=self.account.id)
+        await client.done()
+        await client.idle()
+        self._idling_again(None, client)
 
     async def _poll(self, client: imap.IdleClient) -> None:
         await client.noop()

@@ -7,6 +7,9 @@ does) that trusts the platform's roots plus every certificate of an optional PEM
 chain or the host name does not verify, the connection is lost with a
 :class:`CertificateVerifyError` whose message reads ``certificate verify failed: <reason>``.
 
+:class:`TLSClientEndpoint` runs a client endpoint's connections over TLS (implicit TLS,
+port 993) without Twisted's small-write aggregation.
+
 :func:`describe_failure` turns any connection or command failure into the one line that is
 logged and stored as ``last_connect_error``; it never contains a secret.
 """
@@ -28,12 +31,20 @@ from service_identity.pyopenssl import extract_patterns
 from twisted.internet import error as ierror
 from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
 from twisted.internet.ssl import CertificateOptions
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["CertificateVerifyError", "client_tls_options", "describe_failure", "load_ca_file"]
+__all__ = ["CertificateVerifyError", "TLSClientEndpoint", "client_tls_options",
+           "describe_failure", "load_ca_file"]
 
 
 class CertificateVerifyError(Exception):
@@ -170,6 +181,29 @@ def client_tls_options(hostname: str, ca_file: str | None = None) -> Any:
     # each connection's read and write buffers (about 34 KB) between records.
     context.set_mode(SSL.MODE_RELEASE_BUFFERS)
     return _VerifyingCreator(context, hostname)
+
+
+class _UnbufferedTLSFactory(TLSMemoryBIOFactory):
+    """TLS whose writes go to OpenSSL at once. Twisted's default TLS transport collects
+    small writes and sends them on the next reactor turn (a ``callLater(0)`` and one more
+    turn per write); ``IdleClient`` already writes each command, and a heartbeat's DONE,
+    NOOP and IDLE, in one piece, so that buys nothing here and costs per heartbeat."""
+
+    protocol = TLSMemoryBIOProtocol
+
+
+@implementer(IStreamClientEndpoint)
+class TLSClientEndpoint:
+    """``wrapClientTLS(creator, endpoint)`` with :class:`_UnbufferedTLSFactory`: connects
+    ``endpoint`` and runs TLS over it; ``connect`` fires with the application protocol."""
+
+    def __init__(self, creator: Any, endpoint: IStreamClientEndpoint) -> None:
+        self.creator = creator
+        self.endpoint = endpoint
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        connecting = self.endpoint.connect(_UnbufferedTLSFactory(self.creator, True, factory))
+        return connecting.addCallback(lambda protocol: protocol.wrappedProtocol)
 
 
 def _ssl_error_text(exc: SSL.Error) -> str:

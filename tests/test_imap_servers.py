@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import Clock
 from twisted.mail import imap4
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.trial.unittest import TestCase
 
 from rebreak_idle.imap import (
@@ -21,7 +22,7 @@ from rebreak_idle.imap import (
     ConnectionLost,
     IdleClient,
 )
-from rebreak_idle.tls import client_tls_options
+from rebreak_idle.tls import TLSClientEndpoint, client_tls_options
 from tests.support.certs import make_test_certs
 from tests.support.dovecot import DovecotServer, skip_without_dovecot
 from tests.support.imapserver import InProcessIMAPServer
@@ -67,7 +68,7 @@ class ServerScenarios:
         client = IdleClient(**kw)
         endpoint: Any = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=WAIT)
         if creator is not None:
-            endpoint = wrapClientTLS(creator, endpoint)
+            endpoint = TLSClientEndpoint(creator, endpoint)  # the sessions' implicit TLS
         lost: defer.Deferred = defer.Deferred()
         original = client.connectionLost
 
@@ -156,7 +157,13 @@ class ServerScenarios:
     def test_implicit_tls(self) -> Any:
         client = yield self.logged_in(self.tls_port, self.tls())
         self.assertTrue(client.tls_active())
+        # writes go to OpenSSL at once, not through Twisted's next-turn write buffer
+        self.assertIs(type(client.transport), TLSMemoryBIOProtocol)
         yield client.select_inbox()
+        yield client.idle()
+        yield client.done_noop(idle_again=True).addTimeout(WAIT, reactor)
+        yield client.idle().addTimeout(WAIT, reactor)
+        self.assertTrue(client.idling)
 
     @defer.inlineCallbacks
     def test_starttls(self) -> Any:

@@ -74,6 +74,8 @@ class WiringTests(DaemonCase):
         daemon = self.start_daemon(status_endpoint="tcp:0:interface=127.0.0.1")
         port = (await daemon.status.when_listening()).getHost().port
         await self.all_idle(daemon)
+        # the sessions' heartbeat timers are on the daemon's one wheel
+        self.assertGreaterEqual(len(daemon.timers), len(USERS))
         await self.backend.wait_for(2, deadline=15, answered=True)
         await until(lambda: all(s["last_scan"] for s in daemon.snapshot()), deadline=15,
                     what="last scan outcome in the snapshot")

@@ -25,6 +25,8 @@ from rebreak_idle.backoff import Backoff, format_delay
 from rebreak_idle.config import Settings
 from rebreak_idle.interfaces import IRecorder
 from rebreak_idle.session import MailboxSession
+from rebreak_idle.tls import TLSClientEndpoint
+from rebreak_idle.wheel import TimerWheel
 
 SECRET = "s3cret-Pa55word"
 ACCOUNT = Account(id="acc-1", user_id="user-1", email="ann@example.test", host="127.0.0.1",
@@ -225,8 +227,9 @@ class FakeEndpoint:
 class Harness:
     def __init__(self, test: SynchronousTestCase, *, settings: Settings | None = None,
                  account: Account = ACCOUNT, jitter: float = 0.0,
-                 memory: dict[str, Any] | None = None) -> None:
+                 memory: dict[str, Any] | None = None, timers: bool = False) -> None:
         self.clock = Clock()
+        self.timers = TimerWheel(self.clock) if timers else None
         self.settings = settings or make_settings()
         self.recorder = Recorder(self.clock)
         self.mailbox = Mailbox()
@@ -247,7 +250,8 @@ class Harness:
         self.session = MailboxSession(
             account, self.settings, self.recorder,
             lambda acc, n, reason: self.mails.append((n, reason)), self.clock,
-            endpoint=self.endpoint, jitter=lambda: jitter, memory=self.memory)
+            endpoint=self.endpoint, jitter=lambda: jitter, memory=self.memory,
+            timers=self.timers)
 
     def start(self) -> None:
         self.session.startService()
@@ -517,6 +521,28 @@ class TimerTests(SynchronousTestCase):
         self.assertEqual(len(h.recorder.heartbeats), 14)
         self.assertEqual(h.lines("renewing"), [])  # every heartbeat re-enters IDLE
         self.assertEqual(h.session.state, "idle")
+
+    def test_idle_sessions_share_one_reactor_timer(self) -> None:
+        h = Harness(self, timers=True)
+        bob = Account(**{**ACCOUNT.__dict__, "id": "acc-2", "email": "bob@example.test"})
+        other = MailboxSession(bob, h.settings, h.recorder, lambda *a: None, h.clock,
+                               endpoint=h.endpoint, memory=h.memory, timers=h.timers)
+        h.start()
+        other.startService()
+        h.pump()
+        self.assertEqual(len(h.recorder.heartbeats), 2)
+        self.assertEqual(len(h.timers), 2)  # each session's next heartbeat ...
+        self.assertEqual(len(h.clock.getDelayedCalls()), 1)  # ... on one reactor timer
+        h.run(120)
+        self.assertEqual(h.recorder.heartbeats, [0.0, 0.0, 120.0, 120.0])
+        self.assertEqual(len(h.clock.getDelayedCalls()), 1)
+        for conn in h.mailbox.connections:
+            self.assertEqual(conn.lines[-3:][0], "DONE")
+        h.stop()
+        other.stopService()
+        h.pump()
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+        self.assertEqual(len(h.timers), 0)
 
     def test_exists_during_heartbeat_noop(self) -> None:
         h = Harness(self)
@@ -875,4 +901,5 @@ class EndpointTests(SynchronousTestCase):
         self.assertIsInstance(self.endpoint("::1"), TCP6ClientEndpoint)
         self.assertIsInstance(self.endpoint("imap.example.test"), HostnameEndpoint)
         wrapped = self.endpoint("127.0.0.1", "tls")
-        self.assertIsInstance(wrapped._wrappedEndpoint, TCP4ClientEndpoint)
+        self.assertIsInstance(wrapped, TLSClientEndpoint)
+        self.assertIsInstance(wrapped.endpoint, TCP4ClientEndpoint)
