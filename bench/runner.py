@@ -137,12 +137,17 @@ def rss_kb(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far."""
     with open(f"/proc/{pid}/stat") as f:
         text = f.read()
     fields = text[text.rindex(")") + 2:].split()
-    utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_times(pid))
 
 
 def machine() -> dict:
@@ -494,7 +499,8 @@ class Bench:
                 result["metrics"] = _metrics_summary(body.decode(errors="replace"))
             before = control.stats()["commands"].get("LOGOUT", 0)
             self._check_alive(daemon, run_dir)
-            took = self.children.stop(daemon, 30.0)
+            with self.py_spy(cfg, daemon.pid, run_dir, "stop"):
+                took = self.children.stop(daemon, 30.0)
             result["shutdown_s"] = None if took is None else round(took, 2)
             time.sleep(0.5)
             result["logouts_on_stop"] = control.stats()["commands"].get("LOGOUT", 0) - before
@@ -556,7 +562,7 @@ class Bench:
         rss_start = rss_kb(daemon.pid)
         cmds0 = control.stats()["commands"]
         self.sql_statements(dsn, own_role, reset=True)
-        cpu0, t0 = cpu_seconds(daemon.pid), time.monotonic()
+        (user0, sys0), t0 = cpu_times(daemon.pid), time.monotonic()
         end = t0 + cfg.cpu_window
         for _ in range(int(cfg.cpu_window) + 5):
             left = end - time.monotonic()
@@ -564,7 +570,8 @@ class Bench:
                 break
             time.sleep(min(1.0, left))
             self._check_alive(daemon, run_dir)
-        cpu1, t1 = cpu_seconds(daemon.pid), time.monotonic()
+        (user1, sys1), t1 = cpu_times(daemon.pid), time.monotonic()
+        cpu0, cpu1 = user0 + sys0, user1 + sys1
         sql = self.sql_statements(dsn, own_role)
         cmds1 = control.stats()["commands"]
         window = t1 - t0
@@ -573,6 +580,7 @@ class Bench:
             "rss_kb": rss, "rss_start_window_kb": rss_start,
             "cpu_window_s": round(window, 2), "cpu_s": round(cpu1 - cpu0, 3),
             "cpu_pct": round(100.0 * (cpu1 - cpu0) / window, 2),
+            "cpu_user_s": round(user1 - user0, 3), "cpu_sys_s": round(sys1 - sys0, 3),
             "loadavg_window": [round(x, 2) for x in os.getloadavg()],
             "heartbeats_in_window": cmds1.get("NOOP", 0) - cmds0.get("NOOP", 0),
             "sql_per_min": round(sql["total"] * 60.0 / window, 1),

@@ -957,7 +957,7 @@ class IdleClient(imap4.IMAP4Client):
     def _idle_command(self) -> _Command:
         cmd = _Command(b"IDLE", [b"IDLE"], self.command_timeout,
                        on_continuation=self._idle_continuation)
-        cmd.deferred.addErrback(lambda f: None)  # failures go to _idle/_done_deferred
+        cmd.deferred.addErrback(_ignore)  # failures go to _idle/_done_deferred
         return cmd
 
     def _idle_continuation(self, rest: bytes) -> None:
@@ -1055,16 +1055,17 @@ class IdleClient(imap4.IMAP4Client):
         noop.deferred.addBoth(noop_answered)
         return result
 
-    def _write_done(self) -> None:
+    def _write_done(self, then: bytes = b"") -> None:
+        """Write DONE (and ``then``, a command written ahead, in the same write)."""
         cmd = self._idle_cmd
         if cmd is None or self._done_written:
             return
         if self._done_deferred is None:
             self._done_deferred = defer.Deferred()
-            self._done_deferred.addErrback(lambda f: None)
+            self._done_deferred.addErrback(_ignore)
         self._done_written = True
         self._arm(cmd, self.noop_timeout)
-        self.transport.write(b"DONE\r\n")
+        self.transport.write(b"DONE\r\n" + then)
 
     # ------------------------------------------------------------------ misc commands
 
@@ -1078,12 +1079,19 @@ class IdleClient(imap4.IMAP4Client):
         closes. The transport is closed afterwards."""
         if self.closed:
             return defer.succeed(None)
-        if self._idle_cmd is not None or self._idle_ahead is not None:
-            self._done_requested = True
-            if self.idling:
-                self._write_done()
         cmd = _Command(b"LOGOUT", [b"LOGOUT"], self.command_timeout)
         cmd.deferred.addCallback(self._logged_out)
+        if self._idle_cmd is not None or self._idle_ahead is not None:
+            self._done_requested = True
+            if self.idling and not self._done_written and not self._queue:
+                # DONE and LOGOUT in one write, like a heartbeat's DONE and NOOP: one
+                # round trip less for each of 10,000 sessions when the daemon stops
+                cmd.tag = self.makeTag()
+                self._queue.append(cmd)
+                self._write_done(cmd.tag + b" LOGOUT\r\n")
+                return cmd.deferred
+            if self.idling:
+                self._write_done()
         return self._send(cmd)
 
     def _logged_out(self, result: Any) -> None:

@@ -18,10 +18,11 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 
+from . import gc_tuning
 from .account import Account
 from .config import Settings
 from .scan import ScanTrigger
-from .session import MailboxSession
+from .session import MailboxSession, timer_resolution
 from .status import StatusService, make_status_resource
 from .store import AccountStore
 from .supervisor import Supervisor
@@ -34,7 +35,9 @@ log = Logger()
 
 class Daemon(MultiService):
     """The running daemon: its parts are attributes, for tests, the demo and the status
-    server."""
+    server. ``handle_signals``: the daemon owns the process (``twist``/``twistd``): it
+    installs the SIGTERM/SIGINT handlers and tunes the garbage collector
+    (:mod:`rebreak_idle.gc_tuning`)."""
 
     def __init__(self, settings: Settings, reactor: Any, *, handle_signals: bool = False
                  ) -> None:
@@ -43,7 +46,7 @@ class Daemon(MultiService):
         self.reactor = reactor
         self.handle_signals = handle_signals
         #: the sessions' heartbeat timers and command deadlines, on one reactor timer
-        self.timers = TimerWheel(reactor)
+        self.timers = TimerWheel(reactor, timer_resolution(settings))
         self.store = AccountStore(settings.database_url, reactor,
                                   flush_interval=settings.write_flush_interval)
         self.scans = ScanTrigger(settings, reactor)
@@ -108,6 +111,7 @@ class Daemon(MultiService):
         )
         super().startService()
         if self.handle_signals:
+            gc_tuning.tune_for_many_sessions()
             self.reactor.callWhenRunning(self._install_signal_handlers)
 
     def _install_signal_handlers(self) -> None:
@@ -135,6 +139,8 @@ class Daemon(MultiService):
         keeper last, so that no other replica takes an account over while its session is
         still logging out."""
         log.info("rebreak-idle stopping: {n} sessions", n=len(self.supervisor.sessions))
+        if self.handle_signals:
+            gc_tuning.stopping()
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:

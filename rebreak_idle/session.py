@@ -59,7 +59,7 @@ from .interfaces import IRecorder, OnNewMail
 from .tls import TLSClientEndpoint, client_tls_options, describe_failure
 from .wheel import TimerWheel
 
-__all__ = ["CAUSES", "STATES", "MailboxSession"]
+__all__ = ["CAUSES", "STATES", "MailboxSession", "timer_resolution"]
 
 log = Logger(namespace="rebreak_idle.session")
 
@@ -151,6 +151,15 @@ def classify(failure: Failure) -> _Outcome:
 
 def _ignore(*args: Any) -> None:
     return None
+
+
+def timer_resolution(settings: Settings) -> float:
+    """Tick of the sessions' :class:`~rebreak_idle.wheel.TimerWheel`: 1 s, or a twentieth of
+    the shortest heartbeat, poll or command interval when that is shorter (so a timer is
+    never more than 5 % of its interval late)."""
+    shortest = min(settings.heartbeat_interval, settings.poll_interval,
+                   settings.noop_timeout, settings.command_timeout)
+    return max(0.001, min(1.0, shortest / 20))
 
 
 #: SESSIONS{state} children by state (``labels()`` takes a lock and builds a key per call)
@@ -265,7 +274,8 @@ class MailboxSession(Service):
         self._recorder = recorder
         self._on_new_mail = on_new_mail
         self._reactor = reactor
-        self._timers = TimerWheel(reactor) if timers is None else timers
+        self._timers = (TimerWheel(reactor, timer_resolution(settings)) if timers is None
+                        else timers)
         self._tls_creator = tls_creator
         self._endpoint = endpoint
         self._memory = MAILBOX_MEMORY if memory is None else memory

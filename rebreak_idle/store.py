@@ -48,6 +48,7 @@ Instant refresh (optional)
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -92,7 +93,9 @@ ERRORS_SQL = (
 )
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _valid_id(account_id: str) -> bool:
+    """Whether the id is a UUID (remembered: every heartbeat of a session asks again)."""
     try:
         uuid.UUID(str(account_id))
     except ValueError:

@@ -146,13 +146,20 @@ class Supervisor(MultiService):
             self._ramp.cancel()
         self._ramp = None
         self._queue.clear()
+        started, count = self.clock.seconds(), len(self.sessions)
         for account_id in list(self.sessions):
             self._stop_session(account_id)
         timeout = self.settings.shutdown_timeout
         if not await self._all_stopped(timeout):
             log.warn("[idle/db] {n} sessions did not stop within {timeout}s",
                      n=len(self._stopping), timeout=timeout)
+        else:
+            log.info("[idle/db] {n} sessions stopped in {seconds:.1f}s", n=count,
+                     seconds=self.clock.seconds() - started)
+        started, pending = self.clock.seconds(), self.store.pending
         await self.store.close(timeout)
+        log.info("[idle/db] final write of {n} status updates took {seconds:.1f}s", n=pending,
+                 seconds=self.clock.seconds() - started)
         timer_stopped.addErrback(lambda f: log.failure("[idle/db] refresh timer", f))
         self._update_gauge()
 

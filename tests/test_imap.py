@@ -341,9 +341,10 @@ class IdleTests(ClientTestCase):
     def test_logout_while_idling(self) -> None:
         self.start_idle()
         d = result_of(self.client.logout())
-        self.assertEqual(self.sent(), b"DONE\r\n")
+        self.assertEqual(self.sent(), b"DONE\r\n0002 LOGOUT\r\n")  # one write
         self.server(b"0001 OK done\r\n")
-        self.assertEqual(self.sent(), b"0002 LOGOUT\r\n")
+        self.assertEqual(self.sent(), b"")
+        self.assertEqual(d, [])
         self.server(b"* BYE Logging out\r\n0002 OK Logout completed\r\n")
         self.assertEqual(d, [None])
         self.assertTrue(self.transport.disconnecting)
@@ -554,6 +555,22 @@ class PipelinedHeartbeatTests(ClientTestCase):
         self.lose()
         self.assertIsInstance(heartbeat[0].value, ConnectionLost)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_logout_written_with_done_keeps_its_deadline(self) -> None:
+        self.connect(noop_timeout=30, command_timeout=60)
+        self.client.capabilities = {b"IDLE": None}
+        self.start_idle()
+        d = result_of(self.client.logout())
+        self.assertEqual(self.sent(), b"DONE\r\n0002 LOGOUT\r\n")
+        self.clock.advance(10)
+        self.server(b"0001 OK IDLE terminated\r\n")  # LOGOUT's 60 s start now
+        self.clock.advance(59)
+        self.assertEqual(d, [])
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(1)  # a LOGOUT that times out closes the connection
+        self.assertTrue(self.transport.disconnecting)
+        self.lose()
+        self.assertEqual(d, [None])
 
     def test_logout_before_idle_again_starts(self) -> None:
         self.start_idle()

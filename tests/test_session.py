@@ -24,7 +24,7 @@ from rebreak_idle.account import Account
 from rebreak_idle.backoff import Backoff, format_delay
 from rebreak_idle.config import Settings
 from rebreak_idle.interfaces import IRecorder
-from rebreak_idle.session import MailboxSession
+from rebreak_idle.session import MailboxSession, timer_resolution
 from rebreak_idle.tls import TLSClientEndpoint
 from rebreak_idle.wheel import TimerWheel
 
@@ -544,6 +544,11 @@ class TimerTests(SynchronousTestCase):
         self.assertEqual(h.clock.getDelayedCalls(), [])
         self.assertEqual(len(h.timers), 0)
 
+    def test_timer_resolution(self) -> None:
+        self.assertEqual(timer_resolution(make_settings()), 1.0)  # 120 s / 30 s / 60 s
+        fast = make_settings(heartbeat_interval=1.0, noop_timeout=1.0)
+        self.assertEqual(timer_resolution(fast), 0.05)  # never more than 5 % late
+
     def test_exists_during_heartbeat_noop(self) -> None:
         h = Harness(self)
         h.start()
@@ -775,7 +780,7 @@ class StopTests(SynchronousTestCase):
         self.assertEqual(result, [])
         h.run(0.1)  # the LOGOUT deadline: close the connection
         self.assertEqual(result, [None])
-        self.assertEqual(h.sent()[-2:], ["IDLE", "DONE"])  # LOGOUT waits for IDLE's end
+        self.assertEqual(h.sent()[-3:], ["IDLE", "DONE", "LOGOUT"])  # written together
         self.assertEqual(h.clock.getDelayedCalls(), [])
         self.assertEqual(h.recorder.errors, [])
 

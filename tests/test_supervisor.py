@@ -77,6 +77,7 @@ class MemoryStore:
         self.gate: Deferred | None = None  # when set, active() waits for it
         self.fail = False
         self.started = self.closed = False
+        self.pending = 0  # status writes waiting
 
     def active(self) -> Deferred:
         self.reads += 1
@@ -316,8 +317,15 @@ class ShutdownTests(SynchronousTestCase):
         sup = Supervisor(store, lambda a: TestSession(a, events), settings(), clock)
         sup.startService()
         done: list = []
+        lines: list[str] = []
+        observer = lambda e: lines.append(formatEvent(e))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        store.pending = 3
         sup.stopService().addCallback(done.append)
         self.assertEqual(done, [None])
+        self.assertIn("[idle/db] 2 sessions stopped in 0.0s", lines)
+        self.assertIn("[idle/db] final write of 3 status updates took 0.0s", lines)
         self.assertEqual(sorted(e for e in events if e[0] == "stop"),
                          [("stop", row(0)["id"]), ("stop", row(1)["id"])])
         self.assertTrue(store.closed)

@@ -49,12 +49,14 @@ class TimerWheelTests(TestCase):
     @given(delays=st.lists(st.floats(min_value=0, max_value=500, allow_nan=False),
                            min_size=1, max_size=40),
            start=st.floats(min_value=0, max_value=1e6, allow_nan=False),
-           step=st.sampled_from([0.1, 0.25, 0.5, 1.0, 3.0]))
+           step=st.sampled_from([0.1, 0.25, 0.5, 1.0, 3.0]),
+           resolution=st.sampled_from([0.05, 0.3, 1.0]))
     def test_never_early_at_most_one_resolution_late(self, delays: list[float],
-                                                     start: float, step: float) -> None:
+                                                     start: float, step: float,
+                                                     resolution: float) -> None:
         clock = Clock()
         clock.advance(start)
-        wheel = TimerWheel(clock, resolution=1.0)
+        wheel = TimerWheel(clock, resolution=resolution)
         fired: dict[int, float] = {}
         due = {i: clock.seconds() + d for i, d in enumerate(delays)}
         for i, d in enumerate(delays):
@@ -65,7 +67,7 @@ class TimerWheelTests(TestCase):
         self.assertEqual(sorted(fired), sorted(due))
         for i, at in fired.items():
             self.assertGreaterEqual(at, due[i] - 1e-6)
-            self.assertLessEqual(at, due[i] + 1.0 + step + 1e-6)
+            self.assertLessEqual(at, due[i] + resolution + step + 1e-6)
 
     def test_cancel(self) -> None:
         a = self.wheel.callLater(3, self.note, "a")
