@@ -5,7 +5,8 @@ notification) it reads the active rows, decrypts and validates them, and reconci
 
 * a new row gets a new session;
 * a row that is gone or inactive has its session stopped (LOGOUT);
-* a row whose ``connection_key`` changed has its session replaced;
+* a row whose ``connection_key`` changed has its session replaced (the new session
+  starts once the old one has logged out: never two connections watching one mailbox);
 * an unchanged row keeps its session untouched (no reconnect);
 * a row that cannot be decrypted or is invalid gets ``last_connect_error`` (only when the
   text changed) and no session; the other rows are not affected.
@@ -75,6 +76,8 @@ class Supervisor(MultiService):
         self._queue: OrderedDict[str, IService] = OrderedDict()
         self._ramp: Any = None
         self._stopping: set[Deferred] = set()
+        #: account id -> the stop of its previous session, still logging out
+        self._leaving: dict[str, Deferred] = {}
         self._refresh = Coalesced(lambda: Deferred.fromCoroutine(self._refresh_once()),
                                   self._refresh_crashed)
         self._debounce: Any = None
@@ -93,12 +96,13 @@ class Supervisor(MultiService):
 
     def snapshot(self) -> list[dict]:
         """One dict per session (its ``snapshot()``; state ``queued`` while it waits for the
-        start-up ramp) plus one per invalid row (state ``invalid``, ``last_error`` saying
-        why)."""
+        start-up ramp or for its predecessor's LOGOUT) plus one per invalid row (state
+        ``invalid``, ``last_error`` saying why)."""
         out = []
         for account_id, session in self.sessions.items():
             snap = dict(session.snapshot())
-            if account_id in self._queue:
+            if account_id in self._queue or (not session.running
+                                             and account_id in self._leaving):
                 snap["state"] = "queued"
             out.append(snap)
         for account_id, (row, message) in self._invalid.items():
@@ -255,7 +259,11 @@ class Supervisor(MultiService):
             if account_id not in self.sessions:
                 session = self.session_factory(account)
                 self.sessions[account_id] = session
-                self._queue[account_id] = session
+                leaving = self._leaving.get(account_id)
+                if leaving is None:
+                    self._queue[account_id] = session
+                else:  # one connection per mailbox: start after the old one's LOGOUT
+                    leaving.addBoth(self._predecessor_gone, account_id, session)
         self._ramp_step()
         metrics.HEARTBEAT_AGE.set(max(ages) if ages else 0)
         self._update_gauge()
@@ -266,14 +274,25 @@ class Supervisor(MultiService):
             return
         d = defer.maybeDeferred(session.stopService)
         self._stopping.add(d)
+        self._leaving[account_id] = d
 
         def gone(result: Any) -> None:
             self._stopping.discard(d)
+            if self._leaving.get(account_id) is d:
+                del self._leaving[account_id]
             self._update_gauge()
 
         d.addErrback(lambda f: log.failure("[idle/db] stopping session {account_id} failed", f,
                                            account_id=account_id))
         d.addBoth(gone)
+
+    def _predecessor_gone(self, result: Any, account_id: str, session: IService) -> Any:
+        """The previous session of this account has stopped: queue its successor, unless
+        that one was dropped meanwhile or the supervisor is stopping."""
+        if self.running and self.sessions.get(account_id) is session:
+            self._queue[account_id] = session
+            self._ramp_step()
+        return result
 
     # -- start-up ramp --------------------------------------------------------------------
 

@@ -162,6 +162,43 @@ class ReconcileTests(SynchronousTestCase):
         self.assertEqual(self.events, [])
         self.assertIn("[idle/db] refreshed — 2 active connections, 2 sessions", self.logs)
 
+    def test_restarted_session_waits_for_the_old_ones_logout(self) -> None:
+        """Changed settings: the new session connects only after the old one has logged
+        out (one connection per mailbox, never two sessions watching it)."""
+        logging_out: Deferred = Deferred()
+        stops = iter([logging_out])
+        sup = Supervisor(self.store,
+                         lambda a: TestSession(a, self.events, stop_result=next(stops, None)),
+                         settings(refresh_interval=300), self.clock)
+        sup.startService()
+        self.events.clear()
+        self.store.rows = [row(0, password="new password"), row(1)]
+        self.clock.advance(300)
+        self.assertEqual(self.events, [("stop", row(0)["id"])])
+        states = {s["id"]: s["state"] for s in sup.snapshot()}
+        self.assertEqual(states[row(0)["id"]], "queued")
+        self.clock.advance(300)  # a refresh meanwhile changes nothing
+        self.assertEqual(self.events, [("stop", row(0)["id"])])
+        logging_out.callback(None)
+        self.assertEqual(self.events, [("stop", row(0)["id"]), ("start", row(0)["id"])])
+        self.assertEqual(sup.sessions[row(0)["id"]].account.secret, "new password")
+
+    def test_successor_dropped_while_waiting_is_never_started(self) -> None:
+        logging_out: Deferred = Deferred()
+        stops = iter([logging_out])
+        sup = Supervisor(self.store,
+                         lambda a: TestSession(a, self.events, stop_result=next(stops, None)),
+                         settings(refresh_interval=300), self.clock)
+        sup.startService()
+        self.events.clear()
+        self.store.rows = [row(0, password="new password"), row(1)]
+        self.clock.advance(300)
+        self.store.rows = [row(1)]  # deactivated before the old session was gone
+        self.clock.advance(300)
+        logging_out.callback(None)
+        self.assertEqual(self.events, [("stop", row(0)["id"])])
+        self.assertNotIn(row(0)["id"], sup.sessions)
+
     def test_stop_all_sessions_without_a_read(self) -> None:
         """A replica that lost its leases stops watching at once (no database read); the
         next successful refresh starts the sessions again."""
