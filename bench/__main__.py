@@ -51,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tracemalloc", action="store_true",
                    help="run the daemon under bench.memprofile and dump the largest "
                         "allocation sites at steady state (kept out of the docs table)")
+    p.add_argument("--gc-log", action="store_true",
+                   help="run the daemon under bench.gclog: garbage collections (count, ms) "
+                        "per generation and phase in the JSON line")
+    p.add_argument("--gc-default", action="store_true",
+                   help="as --gc-log, with CPython's default GC thresholds instead of the "
+                        "daemon's (for comparison; kept out of the docs table)")
     p.add_argument("--results", type=Path, default=RESULTS, help="JSON lines file to append to")
     p.add_argument("--no-docs", action="store_true", help="do not re-render docs/benchmarks.md")
     p.add_argument("--workdir", type=Path, default=None, help="keep logs here (default tmp)")
@@ -71,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                     inject_rate=args.inject_rate,
                     inject_seconds=args.inject_seconds, lost_after=args.lost_after,
                     settle=args.settle, idle_deadline=args.idle_deadline, extra_env=extra,
-                    profile=args.profile, tracemalloc=args.tracemalloc)
+                    profile=args.profile, tracemalloc=args.tracemalloc,
+                    gc_log=args.gc_log, gc_default=args.gc_default)
                 result = bench.run(cfg)
                 failed = failed or bool(result["errors"])
                 line = json.dumps(result, sort_keys=True)

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import psycopg2
 
 from .certs import make_test_certificates
+from .gclog import summarise as summarise_gc
 from .loadserver import raise_nofile_limit
 
 __all__ = ["Bench", "Control", "RunConfig", "http_get_json", "percentile"]
@@ -56,6 +57,8 @@ class RunConfig:
     refresh_interval: float = 300.0
     profile: bool = False  # py-spy record of each phase (figures then not for the table)
     tracemalloc: bool = False  # run the daemon under bench.memprofile, dump at steady state
+    gc_log: bool = False  # run the daemon under bench.gclog: collections per phase
+    gc_default: bool = False  # ... with CPython's default GC thresholds (not for the table)
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def deadline(self) -> float:
@@ -376,6 +379,10 @@ class Bench:
         if cfg.tracemalloc:
             cmd = [sys.executable, "-m", "bench.memprofile"]
             env["BENCH_TRACEMALLOC_OUT"] = str(run_dir / "tracemalloc.txt")
+        elif cfg.gc_log or cfg.gc_default:
+            cmd = [sys.executable, "-m", "bench.gclog"]
+            env["BENCH_GC_LOG"] = str(run_dir / "gc.txt")
+            env["BENCH_GC_DEFAULT"] = "1" if cfg.gc_default else "0"
         out = open(run_dir / "daemon.log", "ab")
         try:
             return self.children.spawn(cmd, cwd=ROOT, env=env, stdout=out,
@@ -480,14 +487,18 @@ class Bench:
             t_start = time.monotonic()
             daemon = self.start_daemon(run_dir, daemon_dsn, sink_ready["port"], cfg,
                                        status_port)
-            if cfg.profile or cfg.tracemalloc:
-                result["profiled"] = "tracemalloc" if cfg.tracemalloc else "py-spy"
+            if cfg.profile or cfg.tracemalloc or cfg.gc_default:
+                result["profiled"] = ("tracemalloc" if cfg.tracemalloc else
+                                      "default-gc" if cfg.gc_default else "py-spy")
                 result["run_dir"] = str(run_dir)
             with self.py_spy(cfg, daemon.pid, run_dir, "ramp"):
                 result.update(self._ramp(cfg, daemon, control, t_start, run_dir))
+            phases = {"ramp": (t_start, time.monotonic())}
             self._settle(cfg, sink_url, daemon, run_dir)
+            t_window = time.monotonic()
             with self.py_spy(cfg, daemon.pid, run_dir, "idle"):
                 result.update(self._idle_window(cfg, daemon, control, dsn, own_role, run_dir))
+            phases["idle"] = (t_window, time.monotonic())
             result["rss_per_session_kb"] = round(
                 (result["rss_kb"] - result["rss0_kb"]) / max(1, cfg.n), 2)
             if cfg.tracemalloc:
@@ -499,8 +510,12 @@ class Bench:
                 result["metrics"] = _metrics_summary(body.decode(errors="replace"))
             before = control.stats()["commands"].get("LOGOUT", 0)
             self._check_alive(daemon, run_dir)
+            t_stop = time.monotonic()
             with self.py_spy(cfg, daemon.pid, run_dir, "stop"):
                 took = self.children.stop(daemon, 30.0)
+            phases["stop"] = (t_stop, time.monotonic())
+            if (cfg.gc_log or cfg.gc_default) and (run_dir / "gc.txt").exists():
+                result["gc"] = summarise_gc(run_dir / "gc.txt", phases)
             result["shutdown_s"] = None if took is None else round(took, 2)
             time.sleep(0.5)
             result["logouts_on_stop"] = control.stats()["commands"].get("LOGOUT", 0) - before
