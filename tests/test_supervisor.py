@@ -162,9 +162,9 @@ class ReconcileTests(SynchronousTestCase):
         self.assertEqual(self.events, [])
         self.assertIn("[idle/db] refreshed — 2 active connections, 2 sessions", self.logs)
 
-    def test_restarted_session_waits_for_the_old_ones_logout(self) -> None:
-        """Changed settings: the new session connects only after the old one has logged
-        out (one connection per mailbox, never two sessions watching it)."""
+    def row_0_changed_while_the_old_session_logs_out(self) -> tuple[Supervisor, Deferred]:
+        """Both rows running, then row 0's secret changes; the old session's stop (its
+        LOGOUT) stays pending until the test fires the returned Deferred."""
         logging_out: Deferred = Deferred()
         stops = iter([logging_out])
         sup = Supervisor(self.store,
@@ -174,6 +174,12 @@ class ReconcileTests(SynchronousTestCase):
         self.events.clear()
         self.store.rows = [row(0, password="new password"), row(1)]
         self.clock.advance(300)
+        return sup, logging_out
+
+    def test_restarted_session_waits_for_the_old_ones_logout(self) -> None:
+        """Changed settings: the new session connects only after the old one has logged
+        out (one connection per mailbox, never two sessions watching it)."""
+        sup, logging_out = self.row_0_changed_while_the_old_session_logs_out()
         self.assertEqual(self.events, [("stop", row(0)["id"])])
         states = {s["id"]: s["state"] for s in sup.snapshot()}
         self.assertEqual(states[row(0)["id"]], "queued")
@@ -184,15 +190,7 @@ class ReconcileTests(SynchronousTestCase):
         self.assertEqual(sup.sessions[row(0)["id"]].account.secret, "new password")
 
     def test_successor_dropped_while_waiting_is_never_started(self) -> None:
-        logging_out: Deferred = Deferred()
-        stops = iter([logging_out])
-        sup = Supervisor(self.store,
-                         lambda a: TestSession(a, self.events, stop_result=next(stops, None)),
-                         settings(refresh_interval=300), self.clock)
-        sup.startService()
-        self.events.clear()
-        self.store.rows = [row(0, password="new password"), row(1)]
-        self.clock.advance(300)
+        sup, logging_out = self.row_0_changed_while_the_old_session_logs_out()
         self.store.rows = [row(1)]  # deactivated before the old session was gone
         self.clock.advance(300)
         logging_out.callback(None)
