@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
                         "allocation sites at steady state (kept out of the docs table)")
     p.add_argument("--gc-log", action="store_true",
                    help="run the daemon under bench.gclog: garbage collections (count, ms) "
-                        "per generation and phase in the JSON line")
+                        "per generation and phase in the JSON line (kept out of the docs "
+                        "table)")
     p.add_argument("--gc-default", action="store_true",
                    help="as --gc-log, with CPython's default GC thresholds instead of the "
                         "daemon's (for comparison; kept out of the docs table)")

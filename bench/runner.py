@@ -487,9 +487,11 @@ class Bench:
             t_start = time.monotonic()
             daemon = self.start_daemon(run_dir, daemon_dsn, sink_ready["port"], cfg,
                                        status_port)
-            if cfg.profile or cfg.tracemalloc or cfg.gc_default:
+            if cfg.profile or cfg.tracemalloc or cfg.gc_default or cfg.gc_log:
                 result["profiled"] = ("tracemalloc" if cfg.tracemalloc else
-                                      "default-gc" if cfg.gc_default else "py-spy")
+                                      "default-gc" if cfg.gc_default else
+                                      "gc-log" if cfg.gc_log and not cfg.profile else
+                                      "py-spy")
                 result["run_dir"] = str(run_dir)
             with self.py_spy(cfg, daemon.pid, run_dir, "ramp"):
                 result.update(self._ramp(cfg, daemon, control, t_start, run_dir))
