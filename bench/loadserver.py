@@ -26,33 +26,23 @@ import argparse
 import asyncio
 import base64
 import binascii
-import contextlib
-import gc
 import json
 import re
 import resource
-import signal
 import ssl
-import sys
 import time
 from collections import Counter
 from typing import IO
 
-__all__ = ["LoadServer", "main", "raise_nofile_limit"]
+from .loopback import announce_and_wait, parser, run
+
+__all__ = ["LoadServer", "main"]
 
 CAPABILITIES = b"IMAP4rev1 IDLE AUTH=PLAIN AUTH=XOAUTH2 SASL-IR"
 MAX_LINE = 64 * 1024
 MAX_LITERAL = 1024 * 1024
 UIDVALIDITY = 1_700_000_000
 _LITERAL = re.compile(rb"\{(\d{1,9})(\+?)\}$")
-
-
-def raise_nofile_limit() -> tuple[int, int]:
-    """Raise the soft RLIMIT_NOFILE to the hard limit (children inherit it)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
 def tokenize(text: bytes) -> list[bytes]:
@@ -494,17 +484,8 @@ async def serve(args: argparse.Namespace) -> None:
     listeners.append(control)
     ready["control_port"] = control.sockets[0].getsockname()[1]
     ready["nofile"] = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    gc.freeze()
-    sys.stdout.write(json.dumps(ready) + "\n")
-    sys.stdout.flush()
     try:
-        if args.max_seconds > 0:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), args.max_seconds)
-        else:
-            await stop.wait()
+        await announce_and_wait(ready, stop, args.max_seconds)
     finally:
         for listener in listeners:
             listener.close()
@@ -516,9 +497,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.loadserver",
-                                description=__doc__.split("\n")[0])
-    p.add_argument("--host", default="127.0.0.1")
+    p = parser("python -m bench.loadserver", __doc__.split("\n")[0])
     p.add_argument("--port", type=int, default=0, help="plain IMAP port (0: any free)")
     p.add_argument("--tls-port", type=int, default=0, help="implicit-TLS port (-1: none)")
     p.add_argument("--control-port", type=int, default=0)
@@ -527,13 +506,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--initial-exists", type=int, default=3)
     p.add_argument("--backlog", type=int, default=4096)
     p.add_argument("--injection-log", help="append '<unix time> <user> <exists>' per injection")
-    p.add_argument("--max-seconds", type=float, default=3600.0,
-                   help="stop by itself after this long (0: never)")
-    args = p.parse_args(argv)
-    if args.host not in ("127.0.0.1", "::1", "localhost"):
-        p.error("the load server listens on loopback only")
-    raise_nofile_limit()
-    asyncio.run(serve(args))
+    run(p, argv, "load server", serve)
 
 
 if __name__ == "__main__":

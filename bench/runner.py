@@ -32,7 +32,7 @@ import psycopg2
 
 from .certs import make_test_certificates
 from .gclog import summarise as summarise_gc
-from .loadserver import raise_nofile_limit
+from .loopback import raise_nofile_limit
 
 __all__ = ["Bench", "Control", "RunConfig", "http_get_json", "percentile"]
 
@@ -218,8 +218,8 @@ class Children:
         self.procs.clear()
 
 
-def _ready_line(proc: subprocess.Popen, what: str, timeout: float = 30.0) -> dict:
-    """The JSON ready line a helper prints on stdout."""
+def ready_line(proc: subprocess.Popen, what: str, timeout: float = 30.0) -> dict:
+    """The JSON ready line a helper (load server, sink) prints on stdout."""
     assert proc.stdout is not None
     sel_deadline = time.monotonic() + timeout
     import selectors
@@ -350,12 +350,12 @@ class Bench:
              self.certs["key"], "--injection-log", str(run_dir / "injections.log"),
              "--max-seconds", "1800"],
             cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        ls_ready = _ready_line(ls, "load server")
+        ls_ready = ready_line(ls, "load server")
         sink = self.children.spawn(
             [sys.executable, "-m", "bench.sink", "--admin-secret", ADMIN_SECRET,
              "--max-seconds", "1800"],
             cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        sink_ready = _ready_line(sink, "sink")
+        sink_ready = ready_line(sink, "sink")
         return ls, ls_ready, sink, sink_ready
 
     def start_daemon(self, run_dir: Path, daemon_dsn: str, backend_port: int, cfg: RunConfig,

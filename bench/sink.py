@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import gc
 import json
-import signal
-import sys
 import time
 from urllib.parse import parse_qs, urlsplit
+
+from .loopback import announce_and_wait, parser, run
 
 __all__ = ["Sink", "main"]
 
@@ -192,38 +190,18 @@ async def serve(args: argparse.Namespace) -> None:
     sink = Sink(args.admin_secret)
     server = await loop.create_server(lambda: HttpConnection(sink), args.host, args.port,
                                       backlog=4096, reuse_address=True)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    gc.freeze()
-    sys.stdout.write(json.dumps({"ready": True, "host": args.host,
-                                 "port": server.sockets[0].getsockname()[1]}) + "\n")
-    sys.stdout.flush()
+    ready = {"ready": True, "host": args.host, "port": server.sockets[0].getsockname()[1]}
     try:
-        if args.max_seconds > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), args.max_seconds)
-        else:
-            await stop.wait()
+        await announce_and_wait(ready, asyncio.Event(), args.max_seconds)
     finally:
         server.close()
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.sink",
-                                description=__doc__.split("\n")[0])
-    p.add_argument("--host", default="127.0.0.1")
+    p = parser("python -m bench.sink", __doc__.split("\n")[0])
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--admin-secret", help="expected x-admin-secret (401 otherwise)")
-    p.add_argument("--max-seconds", type=float, default=3600.0,
-                   help="stop by itself after this long (0: never)")
-    args = p.parse_args(argv)
-    if args.host not in ("127.0.0.1", "::1", "localhost"):
-        p.error("the sink listens on loopback only")
-    from .loadserver import raise_nofile_limit
-
-    raise_nofile_limit()
-    asyncio.run(serve(args))
+    run(p, argv, "sink", serve)
 
 
 if __name__ == "__main__":

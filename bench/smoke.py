@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     d = sub.add_parser("client")
     d.add_argument("--seconds", type=float, default=900.0)
     args = p.parse_args(argv)
-    from .loadserver import raise_nofile_limit
+    from .loopback import raise_nofile_limit
 
     raise_nofile_limit()
     if args.mode == "check":

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     from rebreak_idle.tls import client_tls_options
 
     from .certs import make_test_certificates
-    from .loadserver import raise_nofile_limit
+    from .loopback import raise_nofile_limit
     from .runner import Children, Control, _ready_line
 
     raise_nofile_limit()

@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,8 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
+from bench.runner import free_port, ready_line
+
 ROOT = Path(__file__).resolve().parent.parent
 N_ACCOUNTS = 300
 TTL = 6.0
@@ -50,30 +51,6 @@ DEBOUNCE = 1.0  # the supervisor's refresh debounce after on_change
 CONNECT_SLACK = 1.0  # refresh query + ramp + loopback LOGIN/SELECT/IDLE, and sampling
 ADMIN_SECRET = "replica-test-admin-secret"
 ENCRYPTION_KEY = "replica-test-encryption-key-0123456789"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ready_line(proc: subprocess.Popen, what: str, timeout: float = 30.0) -> dict:
-    import selectors
-
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if sel.select(0.5):
-                line = proc.stdout.readline()
-                if line:
-                    return json.loads(line)
-                break
-            if proc.poll() is not None:
-                break
-    raise RuntimeError(f"{what} did not start")
 
 
 def _missing_parts() -> str | None:
@@ -152,10 +129,10 @@ class ReplicaProcessTests(TestCase):
 
         self.imap = self._helper([sys.executable, "-m", "bench.loadserver", "--tls-port", "-1",
                                   "--max-seconds", "600"], "load server")
-        imap_port = _ready_line(self.imap, "load server")["port"]
+        imap_port = ready_line(self.imap, "load server")["port"]
         self.sink = self._helper([sys.executable, "-m", "bench.sink", "--admin-secret",
                                   ADMIN_SECRET, "--max-seconds", "600"], "sink")
-        self.backend_port = _ready_line(self.sink, "sink")["port"]
+        self.backend_port = ready_line(self.sink, "sink")["port"]
         self.ids = self._seed(imap_port)
 
         from twisted.web.client import Agent, HTTPConnectionPool
@@ -203,7 +180,7 @@ class ReplicaProcessTests(TestCase):
         return ids
 
     def start_replica(self, name: str) -> None:
-        port = _free_port()
+        port = free_port()
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("REBREAK_") and k not in (
                    "DATABASE_URL", "ADMIN_SECRET", "ENCRYPTION_KEY", "BACKEND_URL", "NODE_ENV")}
