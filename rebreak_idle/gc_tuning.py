@@ -39,7 +39,10 @@ GEN0_THRESHOLD = 10_000
 
 
 def tune_for_many_sessions() -> None:
-    """Raise the young-generation threshold; the older two stay at their defaults."""
+    """Raise the young-generation threshold (the older two stay as they are), and give
+    back to the collector what an earlier :func:`stopping` froze (a service started again
+    in the same process)."""
+    gc.unfreeze()
     gen0, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(max(GEN0_THRESHOLD, gen0), gen1, gen2)
     log.debug("gc thresholds {thresholds}", thresholds=gc.get_threshold())

@@ -29,3 +29,9 @@ class GcTuningTests(SynchronousTestCase):
         gc_tuning.stopping()
         self.assertGreater(gc.get_freeze_count(), len(kept))
         self.assertTrue(gc.isenabled())  # new garbage is still collected
+
+    def test_starting_again_unfreezes(self) -> None:
+        self.addCleanup(gc.unfreeze)
+        gc_tuning.stopping()
+        gc_tuning.tune_for_many_sessions()
+        self.assertEqual(gc.get_freeze_count(), 0)
