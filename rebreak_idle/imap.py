@@ -211,7 +211,8 @@ class IdleClient(imap4.IMAP4Client):
     ``done()``, ``done_noop()`` and ``logout()`` are accepted (``logout`` ends the IDLE
     first). ``done_noop()`` is the one pipelined exchange: DONE and NOOP in one write.
 
-    One deadline timer per connection (a ``DelayedCall`` that is reset from command to
+    One deadline timer per connection (an ``IDelayedCall`` of ``clock``, in the daemon the
+    sessions' shared :class:`~rebreak_idle.wheel.TimerWheel`, reset from command to
     command) covers whichever command is waiting for its answer.
     """
 

@@ -17,8 +17,9 @@ after a failed authentication) would otherwise hit a missing transition of Clien
 state machine. A failed login closes the connection, which ClientService treats like any
 other lost connection.
 
-Per session there is at most one pending timer (``_timer``): the login-step watchdog while
-connecting, the next heartbeat/renewal while idling, the next poll while polling.
+Per session there is at most one pending timer (``_timer``, on the
+:class:`~rebreak_idle.wheel.TimerWheel` the daemon's sessions share): the next
+heartbeat/renewal while idling, the next poll while polling.
 """
 
 from __future__ import annotations
