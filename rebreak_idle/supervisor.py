@@ -75,8 +75,8 @@ class Supervisor(MultiService):
         self._invalid: dict[str, tuple[Mapping[str, Any], str]] = {}
         self._queue: OrderedDict[str, IService] = OrderedDict()
         self._ramp: Any = None
-        self._stopping: set[Deferred] = set()
-        #: account id -> the stop of its previous session, still logging out
+        #: account id -> the stop (LOGOUT) of its session, still running. One per account:
+        #: a replacement session starts only after its predecessor's stop has fired.
         self._leaving: dict[str, Deferred] = {}
         self._refresh = Coalesced(lambda: Deferred.fromCoroutine(self._refresh_once()),
                                   self._refresh_crashed)
@@ -156,7 +156,7 @@ class Supervisor(MultiService):
         timeout = self.settings.shutdown_timeout
         if not await self._all_stopped(timeout):
             log.warn("[idle/db] {n} sessions did not stop within {timeout}s",
-                     n=len(self._stopping), timeout=timeout)
+                     n=len(self._leaving), timeout=timeout)
         else:
             log.info("[idle/db] {n} sessions stopped in {seconds:.1f}s", n=count,
                      seconds=self.clock.seconds() - started)
@@ -179,7 +179,7 @@ class Supervisor(MultiService):
             if not waiter.called:
                 waiter.callback(True)
 
-        defer.DeferredList(list(self._stopping)).addBoth(all_gone)
+        defer.DeferredList(list(self._leaving.values())).addBoth(all_gone)
         return waiter
 
     # -- refresh ------------------------------------------------------------------------
@@ -273,13 +273,10 @@ class Supervisor(MultiService):
         if self._queue.pop(account_id, None) is not None or not session.running:
             return
         d = defer.maybeDeferred(session.stopService)
-        self._stopping.add(d)
         self._leaving[account_id] = d
 
         def gone(result: Any) -> None:
-            self._stopping.discard(d)
-            if self._leaving.get(account_id) is d:
-                del self._leaving[account_id]
+            del self._leaving[account_id]
             self._update_gauge()
 
         d.addErrback(lambda f: log.failure("[idle/db] stopping session {account_id} failed", f,
