@@ -56,11 +56,14 @@ class WheelTimer:
     def active(self) -> bool:
         return self._state == 0
 
-    def cancel(self) -> None:
+    def _check_pending(self) -> None:
         if self._state == 1:
             raise error.AlreadyCalled()
         if self._state == 2:
             raise error.AlreadyCancelled()
+
+    def cancel(self) -> None:
+        self._check_pending()
         self._state = 2
         self._wheel._count -= 1
         self._wheel._remove(self)
@@ -73,10 +76,7 @@ class WheelTimer:
         self._move(self._when + secondsLater)
 
     def _move(self, when: float) -> None:
-        if self._state == 1:
-            raise error.AlreadyCalled()
-        if self._state == 2:
-            raise error.AlreadyCancelled()
+        self._check_pending()
         wheel = self._wheel
         wheel._remove(self)
         self._when = when
