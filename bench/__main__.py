@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                     inject_seconds=args.inject_seconds, lost_after=args.lost_after,
                     settle=args.settle, idle_deadline=args.idle_deadline, extra_env=extra,
                     profile=args.profile, tracemalloc=args.tracemalloc,
-                    gc_log=args.gc_log, gc_default=args.gc_default)
+                    gc_log=args.gc_log or args.gc_default, gc_default=args.gc_default)
                 result = bench.run(cfg)
                 failed = failed or bool(result["errors"])
                 line = json.dumps(result, sort_keys=True)

@@ -58,13 +58,26 @@ class RunConfig:
     profile: bool = False  # py-spy record of each phase (figures then not for the table)
     tracemalloc: bool = False  # run the daemon under bench.memprofile, dump at steady state
     gc_log: bool = False  # run the daemon under bench.gclog: collections per phase
-    gc_default: bool = False  # ... with CPython's default GC thresholds (not for the table)
+    gc_default: bool = False  # with gc_log: CPython's default GC thresholds
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def deadline(self) -> float:
         if self.idle_deadline is not None:
             return self.idle_deadline
         return 3.0 * self.n / self.connect_rate + 30.0
+
+
+def _profiled(cfg: RunConfig) -> str | None:
+    """How a run was instrumented (such runs stay out of the docs table), or None."""
+    if cfg.tracemalloc:
+        return "tracemalloc"
+    if cfg.gc_default:
+        return "default-gc"
+    if cfg.profile:
+        return "py-spy"
+    if cfg.gc_log:
+        return "gc-log"
+    return None
 
 
 # -- small clients ---------------------------------------------------------------------------
@@ -379,7 +392,7 @@ class Bench:
         if cfg.tracemalloc:
             cmd = [sys.executable, "-m", "bench.memprofile"]
             env["BENCH_TRACEMALLOC_OUT"] = str(run_dir / "tracemalloc.txt")
-        elif cfg.gc_log or cfg.gc_default:
+        elif cfg.gc_log:
             cmd = [sys.executable, "-m", "bench.gclog"]
             env["BENCH_GC_LOG"] = str(run_dir / "gc.txt")
             env["BENCH_GC_DEFAULT"] = "1" if cfg.gc_default else "0"
@@ -487,11 +500,9 @@ class Bench:
             t_start = time.monotonic()
             daemon = self.start_daemon(run_dir, daemon_dsn, sink_ready["port"], cfg,
                                        status_port)
-            if cfg.profile or cfg.tracemalloc or cfg.gc_default or cfg.gc_log:
-                result["profiled"] = ("tracemalloc" if cfg.tracemalloc else
-                                      "default-gc" if cfg.gc_default else
-                                      "gc-log" if cfg.gc_log and not cfg.profile else
-                                      "py-spy")
+            profiled = _profiled(cfg)
+            if profiled is not None:
+                result["profiled"] = profiled
                 result["run_dir"] = str(run_dir)
             with self.py_spy(cfg, daemon.pid, run_dir, "ramp"):
                 result.update(self._ramp(cfg, daemon, control, t_start, run_dir))
@@ -516,7 +527,7 @@ class Bench:
             with self.py_spy(cfg, daemon.pid, run_dir, "stop"):
                 took = self.children.stop(daemon, 30.0)
             phases["stop"] = (t_stop, time.monotonic())
-            if (cfg.gc_log or cfg.gc_default) and (run_dir / "gc.txt").exists():
+            if cfg.gc_log and (run_dir / "gc.txt").exists():
                 result["gc"] = summarise_gc(run_dir / "gc.txt", phases)
             result["shutdown_s"] = None if took is None else round(took, 2)
             time.sleep(0.5)
