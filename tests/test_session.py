@@ -537,7 +537,7 @@ class TimerTests(SynchronousTestCase):
         self.assertEqual(h.recorder.heartbeats, [0.0, 0.0, 120.0, 120.0])
         self.assertEqual(len(h.clock.getDelayedCalls()), 1)
         for conn in h.mailbox.connections:
-            self.assertEqual(conn.lines[-3:][0], "DONE")
+            self.assertEqual(h.sent(conn)[-3:], ["DONE", "NOOP", "IDLE"])
         h.stop()
         other.stopService()
         h.pump()
