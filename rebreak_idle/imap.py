@@ -45,7 +45,7 @@ from twisted.logger import Logger
 from twisted.mail import imap4
 from twisted.python.failure import Failure
 
-from .tls import describe_failure
+from .failures import describe
 
 __all__ = [
     "AuthenticationFailed",
@@ -66,6 +66,7 @@ _TEXT_LIMIT = 300
 _NUMBER = re.compile(rb"[0-9]{1,10}")
 _LITERAL = re.compile(rb"~?\{([0-9]{1,20})\+?\}$")
 _TAG = re.compile(rb"[\x21-\x7e]{1,64}")
+_ATOM = re.compile(rb"[A-Za-z0-9_.+&/-]{1,200}")
 
 
 class IMAPError(imap4.IMAP4Exception):
@@ -205,8 +206,8 @@ class IdleClient(imap4.IMAP4Client):
     """IMAP4 client for long-lived IDLE sessions (see the module docstring).
 
     The owner sets the ``on_*`` callbacks (plain attributes, no-ops by default), waits
-    for :attr:`greeted`, then calls ``start_tls`` / ``login_password`` /
-    ``login_xoauth2`` / ``select_inbox`` / ``idle`` / ``done`` / ``noop`` / ``logout``.
+    for :attr:`greeted`, then calls ``startTLS`` / ``login`` /
+    ``login_xoauth2`` / ``select`` / ``idle`` / ``done`` / ``noop`` / ``logout``.
     Commands are sent one at a time (queued in order); while an IDLE is in progress only
     ``done()``, ``done_noop()`` and ``logout()`` are accepted (``logout`` ends the IDLE
     first). ``done_noop()`` is the one pipelined exchange: DONE and NOOP in one write.
@@ -217,7 +218,7 @@ class IdleClient(imap4.IMAP4Client):
     """
 
     #: called with N for ``* N EXISTS`` (not for the EXISTS inside SELECT's response,
-    #: which ``select_inbox`` returns instead)
+    #: which ``select`` returns instead)
     on_exists: Callable[[int], None]
     on_expunge: Callable[[int], None]
     on_recent: Callable[[int], None]
@@ -305,7 +306,7 @@ class IdleClient(imap4.IMAP4Client):
         if self._close_error is not None:
             error: IMAPError = self._close_error
         else:
-            error = ConnectionLost(describe_failure(reason) if reason is not None
+            error = ConnectionLost(describe(reason) if reason is not None
                                    else "connection lost")
         self._fail_all(error)
         try:
@@ -703,7 +704,7 @@ class IdleClient(imap4.IMAP4Client):
 
     # ------------------------------------------------------------------ capabilities
 
-    def get_capabilities(self) -> defer.Deferred:
+    def getCapabilities(self) -> defer.Deferred:
         """The capabilities (bytes names, upper case → None or list of bytes values),
         from the greeting or the last login response when known, else via CAPABILITY."""
         if self._caps_known:
@@ -714,8 +715,6 @@ class IdleClient(imap4.IMAP4Client):
         d = self._command(b"CAPABILITY")
         d.addCallback(lambda _: self.capabilities)
         return d
-
-    getCapabilities = get_capabilities
 
     def _has(self, name: bytes, value: bytes | None = None) -> bool:
         if value is None:
@@ -764,8 +763,8 @@ class IdleClient(imap4.IMAP4Client):
             return False
         return _is_loopback_address(str(host))
 
-    def start_tls(self, creator: Any) -> defer.Deferred:
-        """STARTTLS, then the TLS handshake (verified by ``creator``), then CAPABILITY
+    def startTLS(self, contextFactory: Any = None) -> defer.Deferred:
+        """STARTTLS, then the TLS handshake (verified by ``contextFactory``), then CAPABILITY
         again; fires with the new capabilities. A verification failure fails it with
         :class:`ConnectionLost` whose text is ``certificate verify failed: ...``."""
         if self.tls_active():
@@ -781,7 +780,7 @@ class IdleClient(imap4.IMAP4Client):
                 # bytes the server sent after its OK, before TLS: an injection attempt
                 self._protocol_error("data after STARTTLS response before TLS")
                 raise self._close_error  # type: ignore[misc]
-            self.transport.startTLS(creator)
+            self.transport.startTLS(contextFactory)
             self.startedTLS = True
             self.capabilities = {}
             self._caps_known = False
@@ -805,10 +804,10 @@ class IdleClient(imap4.IMAP4Client):
             self._caps_known = False
 
     def _login_done(self, d: defer.Deferred) -> defer.Deferred:
-        d.addCallback(lambda _: self.get_capabilities())
+        d.addCallback(lambda _: self.getCapabilities())
         return d
 
-    def login_password(self, username: str, password: str) -> defer.Deferred:
+    def login(self, username: str, password: str) -> defer.Deferred:
         """AUTHENTICATE PLAIN when offered (with SASL-IR when offered), else LOGIN.
         Fires with the capabilities after login; fails :class:`AuthenticationFailed`
         (server text), :class:`InsecureConnection` or :class:`CommandFailed`."""
@@ -891,8 +890,8 @@ class IdleClient(imap4.IMAP4Client):
 
     # ------------------------------------------------------------------ mailbox
 
-    def select_inbox(self) -> defer.Deferred:
-        """SELECT INBOX; fires with ``{"EXISTS": int, "RECENT": int|None,
+    def select(self, mailbox: str = "INBOX") -> defer.Deferred:
+        """SELECT ``mailbox``; fires with ``{"EXISTS": int, "RECENT": int|None,
         "UIDVALIDITY": int|None, "UIDNEXT": int|None, "UNSEEN": int|None,
         "FLAGS": list[str], "PERMANENTFLAGS": list[str], "READ-WRITE": bool}``.
         The EXISTS line of this response does not reach ``on_exists``."""
@@ -927,7 +926,11 @@ class IdleClient(imap4.IMAP4Client):
             self.state = "selected"
             return info
 
-        return self._command(b"SELECT", b"INBOX", on_untagged=untagged, on_ok=ok)
+        raw = mailbox.encode("ascii", "replace")
+        if not _ATOM.fullmatch(raw):
+            return defer.fail(CommandFailed("mailbox name must be an IMAP atom",
+                                            command="SELECT"))
+        return self._command(b"SELECT", raw, on_untagged=untagged, on_ok=ok)
 
     # ------------------------------------------------------------------ IDLE
 

@@ -33,45 +33,25 @@ from twisted.logger import (
     formatEventAsClassicLogText,
 )
 
+from .failures import is_secret_name, maskable, scrub
+
 __all__ = [
     "FORMATS",
     "configure_runner_logging",
     "event_as_json",
     "json_observer",
     "make_observer",
-    "scrub",
     "text_observer",
     "twistd_observer",
 ]
 
 FORMATS = ("text", "json")
-MASK = "***"
-#: Secrets shorter than this are not masked: replacing every "a" of the log would only
-#: garble it (configuration validation is where short secrets should be refused).
-MIN_MASKED = 4
-
 _RESERVED = {"time", "level", "message", "namespace"}
 # Legacy twisted.python.log keys that duplicate what "message" already carries.
 _LEGACY = {"format", "isError", "system", "why", "failure", "time"}
-_SECRET_WORDS = ("secret", "password", "passwd", "token", "authorization", "encryption_key",
-                 "database_url", "dsn", "credential")
 _PLAIN = (str, int, float, bool, type(None))
 
 ObserverFactory = Callable[[IO[str]], ILogObserver]
-
-
-def scrub(text: str, secrets: Sequence[str]) -> str:
-    """``text`` with every secret value replaced by ``***``."""
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, MASK)
-    return text
-
-
-def _maskable(secrets: Iterable[str]) -> tuple[str, ...]:
-    # longest first, so a secret containing another is masked whole
-    kept = {s for s in secrets if s and len(s) >= MIN_MASKED}
-    return tuple(sorted(kept, key=len, reverse=True))
 
 
 def _json_value(value: Any, depth: int = 0) -> tuple[bool, Any]:
@@ -92,11 +72,6 @@ def _json_value(value: Any, depth: int = 0) -> tuple[bool, Any]:
         if all(ok for ok, _ in pairs.values()):
             return True, {k: v for k, (_, v) in pairs.items()}
     return False, None
-
-
-def _secret_name(key: str) -> bool:
-    lowered = key.lower()
-    return any(word in lowered for word in _SECRET_WORDS)
 
 
 def event_as_json(event: LogEvent) -> dict[str, Any]:
@@ -121,7 +96,7 @@ def event_as_json(event: LogEvent) -> dict[str, Any]:
     legacy = "log_legacy" in event or "isError" in event
     for key, value in event.items():
         if (not isinstance(key, str) or key.startswith("log_") or key in _RESERVED
-                or (legacy and key in _LEGACY) or key == "message" or _secret_name(key)):
+                or (legacy and key in _LEGACY) or key == "message" or is_secret_name(key)):
             continue
         ok, plain = _json_value(value)
         if ok:
@@ -149,12 +124,12 @@ def _text_line(secrets: Sequence[str]) -> Callable[[LogEvent], str | None]:
 
 def text_observer(out: IO[str], secrets: Iterable[str] = ()) -> ILogObserver:
     """Twisted's classic text lines on ``out``, secret values masked."""
-    return FileLogObserver(out, _text_line(_maskable(secrets)))
+    return FileLogObserver(out, _text_line(maskable(secrets)))
 
 
 def json_observer(out: IO[str], secrets: Iterable[str] = ()) -> ILogObserver:
     """One JSON object per line on ``out`` (see the module docstring), secret values masked."""
-    return FileLogObserver(out, _json_line(_maskable(secrets)))
+    return FileLogObserver(out, _json_line(maskable(secrets)))
 
 
 def make_observer(log_format: str, out: IO[str], secrets: Iterable[str] = ()) -> ILogObserver:
@@ -247,7 +222,7 @@ def configure_runner_logging(
       JSON observer on twistd's log target is installed through its ``logger`` option,
       unless the operator chose ``--logger`` or ``--syslog``.
     """
-    masked = _maskable(secrets)
+    masked = maskable(secrets)
     argv = sys.argv[1:] if argv is None else argv
     if "fileLogObserverFactory" in parent:  # twist
         if not explicit and _twist_format_chosen(argv, tapname):

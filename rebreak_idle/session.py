@@ -56,8 +56,9 @@ from . import imap, metrics
 from .account import Account
 from .backoff import Backoff, format_delay
 from .config import Settings
+from .failures import describe
 from .interfaces import IRecorder, OnNewMail
-from .tls import TLSClientEndpoint, client_tls_options, describe_failure
+from .tls import TLSClientEndpoint, client_tls_options
 from .wheel import TimerWheel
 
 __all__ = ["CAUSES", "STATES", "MailboxSession", "timer_resolution"]
@@ -124,7 +125,7 @@ def classify(failure: Failure) -> _Outcome:
     exc = failure.value
     if isinstance(exc, _SessionError):
         return _Outcome(exc.cause, exc.text)
-    text = describe_failure(failure)
+    text = describe(failure)
     if isinstance(exc, imap.ConnectionLost):
         # the client turns the transport's reason into its text
         if text.startswith(_TLS_TEXTS):
@@ -497,15 +498,15 @@ class MailboxSession(Service):
         if account.security == "starttls":
             if not client.has_starttls:
                 raise _SessionError("protocol", "server does not offer STARTTLS")
-            await client.start_tls(self._tls_options())
+            await client.startTLS(self._tls_options())
         self._set_state("authenticating")
         if account.auth_method == "xoauth2":
             await client.login_xoauth2(account.username, account.secret)
         else:
-            await client.login_password(account.username, account.secret)
+            await client.login(account.username, account.secret)
         self._recorder.clear_error(account.id)
         self._last_error = self._last_error_at = None
-        mailbox = await client.select_inbox()
+        mailbox = await client.select()
         exists = int(mailbox.get("EXISTS") or 0)
         uidvalidity, uidnext = mailbox.get("UIDVALIDITY"), mailbox.get("UIDNEXT")
         self._exists = exists
@@ -709,5 +710,5 @@ class MailboxSession(Service):
 
     def _goodbye_failed(self, failure: Failure) -> None:
         log.debug("{label} logout on stop failed: {error}", label=self.account.label,
-                  error=describe_failure(failure), account_id=self.account.id)
+                  error=describe(failure), account_id=self.account.id)
         return None

@@ -51,6 +51,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
+from .failures import is_secret_name
 from .metrics import REGISTRY
 
 __all__ = ["StatusService", "make_site", "make_status_resource", "render_page"]
@@ -62,7 +63,6 @@ Snapshot = Callable[[], Sequence[Mapping[str, Any]]]
 ADMIN_HEADER = b"x-admin-secret"
 QUIET_PATHS = frozenset({b"/healthz", b"/readyz", b"/metrics"})
 NOT_READY = "not ready: the first account refresh has not succeeded yet\n"
-_SECRET_WORDS = ("secret", "password", "passwd", "token", "credential", "encrypted")
 _SECURITY_HEADERS = {
     b"cache-control": b"no-store",
     b"x-content-type-options": b"nosniff",
@@ -108,7 +108,7 @@ class _Secret:
 
 def _public_fields(account: Mapping[str, Any]) -> dict[str, Any]:
     return {str(k): v for k, v in account.items()
-            if not any(word in str(k).lower() for word in _SECRET_WORDS)}
+            if not is_secret_name(k)}
 
 
 def _public_accounts(snapshot: Snapshot) -> list[dict[str, Any]] | None:

@@ -1,4 +1,4 @@
-"""TLS for IMAP connections: verified client options and one-line failure descriptions.
+"""TLS for IMAP connections: verified client options and an unbuffered TLS endpoint.
 
 :func:`client_tls_options` builds an ``IOpenSSLClientConnectionCreator`` on Twisted's
 ``CertificateOptions`` (host-name checks by service_identity, as ``optionsForClientTLS``
@@ -9,9 +9,6 @@ chain or the host name does not verify, the connection is lost with a
 
 :class:`TLSClientEndpoint` runs a client endpoint's connections over TLS (implicit TLS,
 port 993) without Twisted's small-write aggregation.
-
-:func:`describe_failure` turns any connection or command failure into the one line that is
-logged and stored as ``last_connect_error``; it never contains a secret.
 """
 
 from __future__ import annotations
@@ -28,7 +25,6 @@ from service_identity.hazmat import (
     verify_service_identity,
 )
 from service_identity.pyopenssl import extract_patterns
-from twisted.internet import error as ierror
 from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
@@ -44,7 +40,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 __all__ = ["CertificateVerifyError", "TLSClientEndpoint", "client_tls_options",
-           "describe_failure", "load_ca_file"]
+           "load_ca_file"]
 
 
 class CertificateVerifyError(Exception):
@@ -204,56 +200,3 @@ class TLSClientEndpoint:
     def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         connecting = self.endpoint.connect(_UnbufferedTLSFactory(self.creator, True, factory))
         return connecting.addCallback(lambda protocol: protocol.wrappedProtocol)
-
-
-def _ssl_error_text(exc: SSL.Error) -> str:
-    """OpenSSL's error queue ``[(lib, func, reason), ...]`` as one short line."""
-    reasons: list[str] = []
-    for arg in exc.args:
-        items = arg if isinstance(arg, list) else [arg]
-        for item in items:
-            text = str(item[-1]) if isinstance(item, tuple) and item else str(item)
-            if text and text not in reasons:
-                reasons.append(text)
-    text = ", ".join(reasons) or "handshake failed"
-    if "certificate verify failed" in text:
-        rest = ", ".join(r for r in reasons if r != "certificate verify failed")
-        return f"certificate verify failed: {rest or 'certificate not trusted'}"
-    return f"TLS error: {text}"
-
-
-def describe_failure(failure_or_exception: Failure | BaseException) -> str:
-    """One line for ``last_connect_error`` and logs: the server's text for IMAP errors,
-    ``certificate verify failed: <reason>`` for TLS verification, short texts for network
-    errors. Never includes a secret (exception texts here are built from server responses
-    and addresses only)."""
-    exc = (failure_or_exception.value if isinstance(failure_or_exception, Failure)
-           else failure_or_exception)
-    text = getattr(exc, "text", None)
-    if isinstance(text, str) and text:
-        return text
-    if isinstance(exc, CertificateVerifyError):
-        return str(exc)
-    if isinstance(exc, VerificationError):
-        return "certificate verify failed: certificate is not valid for this host"
-    if isinstance(exc, SSL.Error):
-        return _ssl_error_text(exc)
-    if isinstance(exc, ierror.DNSLookupError):
-        return f"DNS lookup failed: {exc.args[0] if exc.args else 'unknown host'}"
-    if isinstance(exc, ierror.ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, ierror.TimeoutError | ierror.TCPTimedOutError):
-        return "connection timed out"
-    if isinstance(exc, ierror.NoRouteError):
-        return "no route to host"
-    if isinstance(exc, ierror.ConnectionDone):
-        return "connection closed by server"
-    if isinstance(exc, ierror.ConnectionAborted):
-        return "connection aborted"
-    if isinstance(exc, ierror.ConnectionLost):
-        return "connection lost"
-    if isinstance(exc, ierror.ConnectError):
-        return f"network error: {exc.osError}" if exc.osError else "network error"
-    name = exc.__class__.__name__
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{name}: {msg}"[:300] if msg else name

@@ -12,6 +12,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from rebreak_idle.failures import describe
 from rebreak_idle.imap import (
     AuthenticationFailed,
     CommandFailed,
@@ -24,7 +25,7 @@ from rebreak_idle.imap import (
     ProtocolError,
     ServerBye,
 )
-from rebreak_idle.tls import CertificateVerifyError, describe_failure
+from rebreak_idle.tls import CertificateVerifyError
 
 GREETING = b"* OK [CAPABILITY IMAP4rev1 IDLE AUTH=PLAIN SASL-IR STARTTLS] ready\r\n"
 
@@ -97,7 +98,7 @@ class GreetingTests(ClientTestCase):
 
     def test_get_capabilities_cached(self) -> None:
         self.connect()
-        self.assertTrue(result_of(self.client.get_capabilities())[0][b"IDLE"] is None)
+        self.assertTrue(result_of(self.client.getCapabilities())[0][b"IDLE"] is None)
         self.assertEqual(self.sent(), b"")
 
     def test_bad_greeting(self) -> None:
@@ -136,7 +137,7 @@ class GreetingTests(ClientTestCase):
 class LoginTests(ClientTestCase):
     def test_plain_with_sasl_ir(self) -> None:
         self.connect()
-        d = result_of(self.client.login_password("ann", "pässword"))
+        d = result_of(self.client.login("ann", "pässword"))
         expected = base64.b64encode(b"\x00ann\x00p\xc3\xa4ssword")
         self.assertEqual(self.sent(), b"0001 AUTHENTICATE PLAIN " + expected + b"\r\n")
         self.server(b"0001 OK [CAPABILITY IMAP4rev1 IDLE MOVE] Logged in\r\n")
@@ -146,7 +147,7 @@ class LoginTests(ClientTestCase):
 
     def test_plain_by_continuation(self) -> None:
         self.connect(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] hi\r\n")
-        d = result_of(self.client.login_password("ann", "secret"))
+        d = result_of(self.client.login("ann", "secret"))
         self.assertEqual(self.sent(), b"0001 AUTHENTICATE PLAIN\r\n")
         self.server(b"+ \r\n")
         self.assertEqual(self.sent(), base64.b64encode(b"\x00ann\x00secret") + b"\r\n")
@@ -158,7 +159,7 @@ class LoginTests(ClientTestCase):
 
     def test_login_when_no_auth_plain(self) -> None:
         self.connect(b"* OK [CAPABILITY IMAP4rev1] hi\r\n")
-        d = result_of(self.client.login_password("ann", 'se"c\\ret'))
+        d = result_of(self.client.login("ann", 'se"c\\ret'))
         self.assertEqual(self.sent(), b'0001 LOGIN "ann" "se\\"c\\\\ret"\r\n')
         self.server(b"0001 NO [AUTHENTICATIONFAILED] Invalid credentials (Failure)\r\n")
         f = d[0]
@@ -170,7 +171,7 @@ class LoginTests(ClientTestCase):
 
     def test_login_with_literal(self) -> None:
         self.connect(b"* OK [CAPABILITY IMAP4rev1] hi\r\n")
-        d = result_of(self.client.login_password("ann", "pä"))
+        d = result_of(self.client.login("ann", "pä"))
         self.assertEqual(self.sent(), b'0001 LOGIN "ann" {3}\r\n')
         self.server(b"+ go ahead\r\n")
         self.assertEqual(self.sent(), b"p\xc3\xa4\r\n")
@@ -180,13 +181,13 @@ class LoginTests(ClientTestCase):
 
     def test_logindisabled_without_plain(self) -> None:
         self.connect(b"* OK [CAPABILITY IMAP4rev1 LOGINDISABLED STARTTLS] hi\r\n")
-        d = result_of(self.client.login_password("ann", "x"))
+        d = result_of(self.client.login("ann", "x"))
         self.assertIsInstance(d[0].value, CommandFailed)
         self.assertEqual(self.sent(), b"")
 
     def test_bad_is_not_authentication_failure(self) -> None:
         self.connect()
-        d = result_of(self.client.login_password("ann", "x"))
+        d = result_of(self.client.login("ann", "x"))
         self.sent()
         self.server(b"0001 BAD [CLIENTBUG] syntax\r\n")
         self.assertIsInstance(d[0].value, CommandFailed)
@@ -219,7 +220,7 @@ class LoginTests(ClientTestCase):
     def test_insecure_refused(self) -> None:
         self.peer = "192.0.2.7"
         self.connect()
-        for d in (self.client.login_password("a", "pw"), self.client.login_xoauth2("a", "t")):
+        for d in (self.client.login("a", "pw"), self.client.login_xoauth2("a", "t")):
             f = result_of(d)[0]
             self.assertIsInstance(f.value, InsecureConnection)
             self.assertIn("192.0.2.7", f.value.text)
@@ -228,12 +229,12 @@ class LoginTests(ClientTestCase):
     def test_insecure_allowed_explicitly(self) -> None:
         self.peer = "192.0.2.7"
         self.connect(allow_plaintext_auth=True)
-        result_of(self.client.login_password("a", "pw"))
+        result_of(self.client.login("a", "pw"))
         self.assertTrue(self.sent().startswith(b"0001 AUTHENTICATE PLAIN "))
 
     def test_login_timeout_closes(self) -> None:
         self.connect(command_timeout=60)
-        d = result_of(self.client.login_password("ann", "pw"))
+        d = result_of(self.client.login("ann", "pw"))
         self.clock.advance(60)
         self.assertIsInstance(d[0].value, CommandTimeout)
         self.assertEqual(d[0].value.text, "AUTHENTICATE timed out after 60s")
@@ -243,7 +244,7 @@ class LoginTests(ClientTestCase):
 class SelectTests(ClientTestCase):
     def test_select_inbox(self) -> None:
         self.connect()
-        d = result_of(self.client.select_inbox())
+        d = result_of(self.client.select())
         self.assertEqual(self.sent(), b"0001 SELECT INBOX\r\n")
         self.server(b"* FLAGS (\\Answered \\Seen)\r\n* 17 EXISTS\r\n* 2 RECENT\r\n"
                     b"* OK [UNSEEN 12] first unseen\r\n* OK [UIDVALIDITY 3857529045] ok\r\n"
@@ -260,7 +261,7 @@ class SelectTests(ClientTestCase):
 
     def test_select_no(self) -> None:
         self.connect()
-        d = result_of(self.client.select_inbox())
+        d = result_of(self.client.select())
         self.server(b"0001 NO [NONEXISTENT] Mailbox doesn't exist\r\n")
         self.assertEqual(d[0].value.text, "[NONEXISTENT] Mailbox doesn't exist")
 
@@ -699,7 +700,7 @@ class StartTLSTests(ClientTestCase):
         from twisted.internet.interfaces import ITLSTransport
         from zope.interface import alsoProvides
         alsoProvides(self.transport, ITLSTransport)
-        d = result_of(self.client.start_tls("creator"))
+        d = result_of(self.client.startTLS("creator"))
         self.assertEqual(self.sent(), b"0001 STARTTLS\r\n")
         self.server(b"0001 OK Begin TLS negotiation now\r\n")
         self.assertEqual(started, ["creator"])
@@ -716,7 +717,7 @@ class StartTLSTests(ClientTestCase):
         alsoProvides(self.transport, ITLSTransport)
         started: list[Any] = []
         self.transport.startTLS = started.append  # type: ignore[attr-defined]
-        d = result_of(self.client.start_tls("creator"))
+        d = result_of(self.client.startTLS("creator"))
         self.server(b"0001 OK go\r\n* 1 EXISTS\r\n")
         self.assertEqual(started, [])
         self.assertIsInstance(d[0].value, ProtocolError)
@@ -724,14 +725,14 @@ class StartTLSTests(ClientTestCase):
 
     def test_starttls_not_offered(self) -> None:
         self.connect(b"* OK [CAPABILITY IMAP4rev1] hi\r\n")
-        self.assertIsInstance(result_of(self.client.start_tls("c"))[0].value, CommandFailed)
+        self.assertIsInstance(result_of(self.client.startTLS("c"))[0].value, CommandFailed)
 
     def test_tls_failure_text(self) -> None:
         self.connect()
         d = result_of(self.client.noop())
         self.client.connectionLost(Failure(CertificateVerifyError("certificate has expired")))
         self.assertEqual(d[0].value.text, "certificate verify failed: certificate has expired")
-        self.assertEqual(describe_failure(d[0]), d[0].value.text)
+        self.assertEqual(describe(d[0]), d[0].value.text)
 
 
 class DescribeFailureTests(SynchronousTestCase):
@@ -756,8 +757,8 @@ class DescribeFailureTests(SynchronousTestCase):
             (ValueError("bad\nthing"), "ValueError: bad"),
         ]
         for exc, text in cases:
-            self.assertEqual(describe_failure(exc), text)
-            self.assertEqual(describe_failure(Failure(exc)), text)
+            self.assertEqual(describe(exc), text)
+            self.assertEqual(describe(Failure(exc)), text)
 
     def test_bad_ca_file(self) -> None:
         from rebreak_idle.tls import client_tls_options

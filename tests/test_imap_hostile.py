@@ -49,9 +49,9 @@ class Harness:
     def act(self, action: str) -> None:
         c = self.client
         call = {
-            "noop": c.noop, "idle": c.idle, "done": c.done, "select": c.select_inbox,
-            "login": lambda: c.login_password("ann", "pw"), "logout": c.logout,
-            "caps": c.get_capabilities, "xoauth2": lambda: c.login_xoauth2("ann", "tok"),
+            "noop": c.noop, "idle": c.idle, "done": c.done, "select": c.select,
+            "login": lambda: c.login("ann", "pw"), "logout": c.logout,
+            "caps": c.getCapabilities, "xoauth2": lambda: c.login_xoauth2("ann", "tok"),
         }[action]
         d = call()
         self.deferreds.append(d)
@@ -190,7 +190,7 @@ class HandWrittenTests(SynchronousTestCase):
         from zope.interface import alsoProvides
         alsoProvides(h.transport, ITLSTransport)
         h.transport.startTLS = lambda creator: None  # type: ignore[attr-defined]
-        d = h.client.start_tls(object())
+        d = h.client.startTLS(object())
         h.deferreds.append(d)
         h.track(d)
         h.feed(b"0001 OK go\r\n0002 OK [CAPABILITY AUTH=PLAIN] injected\r\n")

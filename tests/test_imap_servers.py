@@ -95,7 +95,7 @@ class ServerScenarios:
     def logged_in(self, port: int | None = None, creator: Any = None) -> Any:
         client = yield self.connect(port or self.port, creator)
         yield client.greeted.addTimeout(WAIT, reactor)
-        yield client.login_password(self.user, self.password)
+        yield client.login(self.user, self.password)
         return client
 
     @defer.inlineCallbacks
@@ -103,7 +103,7 @@ class ServerScenarios:
         client = yield self.logged_in()
         events = Recorder(client)
         self.assertTrue(client.has_idle)
-        info = yield client.select_inbox()
+        info = yield client.select()
         before = info["EXISTS"]
         yield client.idle()
         self.assertTrue(client.idling)
@@ -124,7 +124,7 @@ class ServerScenarios:
         IDLE again, five times over; new mail after that still arrives during IDLE."""
         client = yield self.logged_in()
         events = Recorder(client)
-        info = yield client.select_inbox()
+        info = yield client.select()
         before = info["EXISTS"]
         yield client.idle()
         for idle_again in (False, True, True, False, True):
@@ -144,14 +144,14 @@ class ServerScenarios:
         client = yield self.connect(self.port)
         yield client.greeted
         try:
-            yield client.login_password(self.user, "wrong-password")
+            yield client.login(self.user, "wrong-password")
         except AuthenticationFailed as e:
             self.assertEqual(e.text, self.bad_login_text)
             self.assertEqual(e.code, "AUTHENTICATIONFAILED")
         else:
             self.fail("login succeeded")
         # the connection stays usable for another attempt
-        yield client.login_password(self.user, self.password)
+        yield client.login(self.user, self.password)
 
     @defer.inlineCallbacks
     def test_implicit_tls(self) -> Any:
@@ -159,7 +159,7 @@ class ServerScenarios:
         self.assertTrue(client.tls_active())
         # writes go to OpenSSL at once, not through Twisted's next-turn write buffer
         self.assertIs(type(client.transport), TLSMemoryBIOProtocol)
-        yield client.select_inbox()
+        yield client.select()
         yield client.idle()
         yield client.done_noop(idle_again=True).addTimeout(WAIT, reactor)
         yield client.idle().addTimeout(WAIT, reactor)
@@ -170,11 +170,11 @@ class ServerScenarios:
         client = yield self.connect(self.starttls_port)
         yield client.greeted
         self.assertTrue(client.has_starttls)
-        yield client.start_tls(self.tls())
+        yield client.startTLS(self.tls())
         self.assertTrue(client.tls_active())
         self.assertFalse(client.has_starttls)
-        yield client.login_password(self.user, self.password)
-        yield client.select_inbox()
+        yield client.login(self.user, self.password)
+        yield client.select()
 
     @defer.inlineCallbacks
     def assert_tls_refused(self, creator: Any, reason: str) -> Any:
@@ -230,7 +230,7 @@ class InProcessServerTests(ServerScenarios, TestCase):
     def test_deliver_and_delete_reach_idle(self) -> Any:
         client = yield self.logged_in()
         events = Recorder(client)
-        yield client.select_inbox()
+        yield client.select()
         yield client.idle()
         yield self.server.wait_for_idle(self.user).addTimeout(WAIT, reactor)
         self.assertEqual(self.server.idling_connections(self.user), 1)
@@ -251,8 +251,8 @@ class InProcessServerTests(ServerScenarios, TestCase):
         yield client.greeted
         self.assertEqual(self.server.open_connections, 1)
         with self.assertRaises(AuthenticationFailed):
-            yield client.login_password(self.user, "nope")
-        yield client.login_password(self.user, self.password)
+            yield client.login(self.user, "nope")
+        yield client.login(self.user, self.password)
         self.assertEqual(self.server.login_attempts[self.user], 2)
         self.assertEqual(self.server.logins_ok[self.user], 1)
 
@@ -261,7 +261,7 @@ class InProcessServerTests(ServerScenarios, TestCase):
         self.server.mechanisms = []
         client = yield self.logged_in()
         self.assertEqual(self.server.commands[b"LOGIN"], 1)
-        yield client.select_inbox()
+        yield client.select()
 
     @defer.inlineCallbacks
     def test_xoauth2(self) -> Any:
@@ -275,14 +275,14 @@ class InProcessServerTests(ServerScenarios, TestCase):
             self.assertEqual(cm.exception.text, self.bad_login_text)
             self.assertIn('"status":"401"', cm.exception.details)
             yield client.login_xoauth2(self.user, "ann-token")
-            yield client.select_inbox()
+            yield client.select()
 
     @defer.inlineCallbacks
     def test_idle_disabled(self) -> Any:
         self.server.idle_enabled = False
         client = yield self.logged_in()
         self.assertFalse(client.has_idle)
-        yield client.select_inbox()
+        yield client.select()
         with self.assertRaises(CommandFailed):
             yield client.idle()
         yield client.noop()
@@ -302,7 +302,7 @@ class InProcessServerTests(ServerScenarios, TestCase):
         clock = Clock()
         client = yield self.connect(self.port, clock=clock)
         yield client.greeted
-        yield client.login_password(self.user, self.password)
+        yield client.login(self.user, self.password)
         self.server.silent = True
         d = client.noop()
         clock.advance(30)
@@ -314,7 +314,7 @@ class InProcessServerTests(ServerScenarios, TestCase):
     def test_dropped_connection(self) -> Any:
         client = yield self.logged_in()
         events = Recorder(client)
-        yield client.select_inbox()
+        yield client.select()
         yield client.idle()
         lost = events.next("lost")
         self.server.drop_connections()
@@ -360,5 +360,5 @@ class DovecotTests(ServerScenarios, TestCase):
         caps = yield client.greeted
         self.assertIn(b"IDLE", caps)
         self.assertTrue(client.has_auth_plain and client.has_sasl_ir and client.has_starttls)
-        yield client.login_password(self.user, self.password)
+        yield client.login(self.user, self.password)
         self.assertIn(b"IDLE", client.capabilities)

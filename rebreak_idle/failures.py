@@ -1,0 +1,105 @@
+"""Failures as text, and secrets kept out of text: the one place for both.
+
+:func:`describe` turns any connection, command, TLS or network failure into the one line
+that is logged and stored as ``last_connect_error``; it never contains a secret.
+
+:func:`scrub` replaces configured secret values by ``***`` in any text;
+:func:`is_secret_name` tells whether a field or key name suggests a secret (log fields,
+status objects), from the one list :data:`SECRET_WORDS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from OpenSSL import SSL
+from service_identity.hazmat import VerificationError
+from twisted.internet import error as ierror
+from twisted.python.failure import Failure
+
+from .tls import CertificateVerifyError
+
+__all__ = ["MASK", "MIN_MASKED", "SECRET_WORDS", "describe", "is_secret_name", "maskable",
+           "scrub"]
+
+MASK = "***"
+#: Secrets shorter than this are not masked: replacing every "a" of the log would only
+#: garble it (configuration validation is where short secrets should be refused).
+MIN_MASKED = 4
+#: Field and key names containing one of these words are never logged or shown.
+SECRET_WORDS = ("secret", "password", "passwd", "token", "authorization", "encryption_key",
+                "database_url", "dsn", "credential", "encrypted")
+
+
+def scrub(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with every secret value replaced by ``***`` (pass :func:`maskable` values)."""
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def maskable(secrets: Iterable[str]) -> tuple[str, ...]:
+    """The secrets worth masking, longest first, so a secret containing another is masked
+    whole."""
+    kept = {s for s in secrets if s and len(s) >= MIN_MASKED}
+    return tuple(sorted(kept, key=len, reverse=True))
+
+
+def is_secret_name(name: object) -> bool:
+    """Whether a field or key called ``name`` may hold a secret."""
+    lowered = str(name).lower()
+    return any(word in lowered for word in SECRET_WORDS)
+
+
+def _ssl_error_text(exc: SSL.Error) -> str:
+    """OpenSSL's error queue ``[(lib, func, reason), ...]`` as one short line."""
+    reasons: list[str] = []
+    for arg in exc.args:
+        items = arg if isinstance(arg, list) else [arg]
+        for item in items:
+            text = str(item[-1]) if isinstance(item, tuple) and item else str(item)
+            if text and text not in reasons:
+                reasons.append(text)
+    text = ", ".join(reasons) or "handshake failed"
+    if "certificate verify failed" in text:
+        rest = ", ".join(r for r in reasons if r != "certificate verify failed")
+        return f"certificate verify failed: {rest or 'certificate not trusted'}"
+    return f"TLS error: {text}"
+
+
+def describe(failure_or_exception: Failure | BaseException) -> str:
+    """One line for ``last_connect_error`` and logs: the server's text for IMAP errors,
+    ``certificate verify failed: <reason>`` for TLS verification, short texts for network
+    errors. Never includes a secret (exception texts here are built from server responses
+    and addresses only)."""
+    exc = (failure_or_exception.value if isinstance(failure_or_exception, Failure)
+           else failure_or_exception)
+    text = getattr(exc, "text", None)
+    if isinstance(text, str) and text:
+        return text
+    if isinstance(exc, CertificateVerifyError):
+        return str(exc)
+    if isinstance(exc, VerificationError):
+        return "certificate verify failed: certificate is not valid for this host"
+    if isinstance(exc, SSL.Error):
+        return _ssl_error_text(exc)
+    if isinstance(exc, ierror.DNSLookupError):
+        return f"DNS lookup failed: {exc.args[0] if exc.args else 'unknown host'}"
+    if isinstance(exc, ierror.ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ierror.TimeoutError | ierror.TCPTimedOutError):
+        return "connection timed out"
+    if isinstance(exc, ierror.NoRouteError):
+        return "no route to host"
+    if isinstance(exc, ierror.ConnectionDone):
+        return "connection closed by server"
+    if isinstance(exc, ierror.ConnectionAborted):
+        return "connection aborted"
+    if isinstance(exc, ierror.ConnectionLost):
+        return "connection lost"
+    if isinstance(exc, ierror.ConnectError):
+        return f"network error: {exc.osError}" if exc.osError else "network error"
+    name = exc.__class__.__name__
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{name}: {msg}"[:300] if msg else name
