@@ -61,7 +61,7 @@ from zope.interface import implementer
 
 from . import metrics
 from .account import COLUMNS
-from .coalesce import Coalesced
+from .deferreds import Coalesced
 from .interfaces import IRecorder
 from .listener import Listener
 from .pool import Pool, db_error_text

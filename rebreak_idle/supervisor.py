@@ -30,8 +30,8 @@ from twisted.logger import Logger
 
 from . import metrics
 from .account import Account, InvalidAccount, account_from_row
-from .coalesce import Coalesced
 from .config import Settings
+from .deferreds import Coalesced
 from .pool import db_error_text
 from .secrets import SecretError, decrypt_secret
 

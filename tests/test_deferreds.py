@@ -1,11 +1,12 @@
-"""Coalesced: one run going, at most one waiting, callers never see a failure."""
+"""Coalesced: one run going, at most one waiting, callers never see a failure; Waiters."""
 
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred, fail
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from rebreak_idle.coalesce import Coalesced
+from rebreak_idle.deferreds import Coalesced, Waiters
 
 
 class CoalescedTests(SynchronousTestCase):
@@ -36,3 +37,31 @@ class CoalescedTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(run()), "fallback")
         self.assertEqual(str(seen[0]), "boom")
         self.assertFalse(run.running)
+
+
+class WaitersTests(SynchronousTestCase):
+    def test_fire_answers_current_waiters_only(self) -> None:
+        w = Waiters()
+        first = w.wait()
+        w.fire("x")
+        self.assertEqual(self.successResultOf(first), "x")
+        later = w.wait()
+        self.assertNoResult(later)
+        w.fire(None)
+        self.assertIsNone(self.successResultOf(later))
+
+    def test_settle_answers_later_waiters_until_unsettled(self) -> None:
+        w = Waiters()
+        before = w.wait()
+        w.settle(7)
+        self.assertEqual(self.successResultOf(before), 7)
+        self.assertEqual(self.successResultOf(w.wait()), 7)
+        w.unsettle()
+        self.assertNoResult(w.wait())
+
+    def test_failure_errbacks(self) -> None:
+        w = Waiters()
+        d = w.wait()
+        w.settle(Failure(ValueError("no port")))
+        self.failureResultOf(d, ValueError)
+        self.failureResultOf(w.wait(), ValueError)
