@@ -10,8 +10,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=["rebreak_idle", "twisted.plugins"],
-    package_data={"rebreak_idle": ["sql/*.sql"], "twisted": ["plugins/rebreak_idle_plugin.py"]},
+    packages=["rebreak_idle", "rebreak_idle.db", "twisted.plugins"],
+    package_data={"rebreak_idle.db": ["sql/*.sql"], "twisted": ["plugins/rebreak_idle_plugin.py"]},
     install_requires=[
         "twisted[tls]>=23.10",
         "txpostgres>=1.7",

@@ -288,7 +288,7 @@ class Bench:
         """(bench DSN, daemon DSN, whether the daemon has a role of its own)."""
         from psycopg2.extensions import make_dsn, parse_dsn
 
-        from rebreak_idle.migrate import apply
+        from rebreak_idle.db.migrate import apply
 
         name = f"bench_{uuid.uuid4().hex[:10]}"
         conn = psycopg2.connect(self.admin_url)

@@ -36,8 +36,8 @@ from twisted.logger import (
 )
 
 from rebreak_idle.config import Settings
+from rebreak_idle.db.migrate import apply
 from rebreak_idle.logs import text_observer
-from rebreak_idle.migrate import apply
 from rebreak_idle.secrets import encrypt_secret
 from rebreak_idle.service import makeService
 from tests.support.backend import BackendDouble

@@ -256,3 +256,25 @@ def describe(opt: Option) -> str:
     shown = "required" if opt.required else f"default {default}" if default is not None else "unset"
     return f"{opt.help} [env {opt.env}; {shown}]"
 
+
+
+# --- supervisor view ---
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    """What the supervisor reads: its refresh timer, the start-up ramp, the stop deadline,
+    and the secret values its log lines must not repeat."""
+
+    refresh_interval: float
+    connect_rate: float
+    shutdown_timeout: float
+    secret_values: tuple[str, ...] = ()
+
+
+def supervisor_settings(settings: Settings) -> SupervisorSettings:
+    """The supervisor's view of ``settings``."""
+    return SupervisorSettings(refresh_interval=settings.refresh_interval,
+                              connect_rate=settings.connect_rate,
+                              shutdown_timeout=settings.shutdown_timeout,
+                              secret_values=settings.secret_values())

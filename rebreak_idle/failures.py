@@ -1,7 +1,7 @@
 """Failures as text, and secrets kept out of text: the one place for both.
 
-:func:`describe` turns any connection, command, TLS or network failure into the one line
-that is logged and stored as ``last_connect_error``; it never contains a secret.
+:func:`describe` turns any connection, command, TLS, network or database failure into the
+one line that is logged and stored as ``last_connect_error``; it never contains a secret.
 
 :func:`scrub` replaces configured secret values by ``***`` in any text;
 :func:`is_secret_name` tells whether a field or key name suggests a secret (log fields,
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import psycopg2
 from OpenSSL import SSL
 from service_identity.hazmat import VerificationError
 from twisted.internet import error as ierror
@@ -68,16 +69,27 @@ def _ssl_error_text(exc: SSL.Error) -> str:
     return f"TLS error: {text}"
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of ``str(exc)``, or the exception's class name."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
 def describe(failure_or_exception: Failure | BaseException) -> str:
-    """One line for ``last_connect_error`` and logs: the server's text for IMAP errors,
-    ``certificate verify failed: <reason>`` for TLS verification, short texts for network
-    errors. Never includes a secret (exception texts here are built from server responses
-    and addresses only)."""
+    """One line for ``last_connect_error`` and logs: an exception's own ``text`` (IMAP
+    server responses, the database deadlines), ``certificate verify failed: <reason>`` for
+    TLS verification, the first line of a PostgreSQL/libpq message, short texts for
+    network errors. Never includes a secret (exception texts here are built from server
+    responses and addresses only; libpq does not repeat a password)."""
     exc = (failure_or_exception.value if isinstance(failure_or_exception, Failure)
            else failure_or_exception)
     text = getattr(exc, "text", None)
     if isinstance(text, str) and text:
         return text
+    if isinstance(exc, psycopg2.Error):  # libpq messages span several lines
+        return _first_line(exc)
     if isinstance(exc, CertificateVerifyError):
         return str(exc)
     if isinstance(exc, VerificationError):

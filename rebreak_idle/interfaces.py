@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING
 from zope.interface import Interface
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
     from .account import Account
 
-__all__ = ["IRecorder", "OnNewMail"]
+__all__ = ["IAccountSource", "IRecorder", "OnNewMail"]
 
 
 class IRecorder(Interface):
@@ -27,6 +29,18 @@ class IRecorder(Interface):
 
     def record_heartbeat(account_id: str) -> None:
         """IDLE was entered or a heartbeat NOOP succeeded: store the time."""
+
+
+class IAccountSource(Interface):
+    """Where the supervisor reads the accounts to watch (the store, CONTRACT §3)."""
+
+    def active() -> Deferred:
+        """Fire with the active rows as dicts: ``account.COLUMNS`` plus
+        ``last_connect_error`` (the stored text) and ``heartbeat_age`` (seconds since the
+        stored heartbeat, or None); fail when they cannot be read."""
+
+    def record_error(account_id: str, text: str) -> None:
+        """A row cannot be watched: store ``text`` (never a secret) and the time."""
 
 
 #: ``on_new_mail(account, exists, reason)`` with reason ``"exists"`` or ``"connected"``.

@@ -5,13 +5,15 @@
          └───────────────────────────────────┘
     LeaseKeeper (REBREAK_LEASES=on) narrows the rows; StatusService serves /healthz … /status.
 
-Children of the top ``MultiService`` stop concurrently; each one bounds its own stop by
-``shutdown_timeout`` (sessions: DONE + LOGOUT; store: flush; scans: finish or abandon), so
-SIGTERM ends the process within about that deadline.
+The stop order is written once, in :meth:`Daemon.stopService`: the supervisor (sessions:
+DONE + LOGOUT) with the scans and the status server, then the store (the final write of
+what the sessions recorded), then the lease keeper. Each one bounds its own stop by
+``shutdown_timeout``, so SIGTERM ends the process within a small multiple of it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
@@ -19,16 +21,17 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 
 from . import gc_tuning
-from .account import Account
-from .config import Settings
+from .account import Account, InvalidAccount, account_from_row
+from .config import Settings, supervisor_settings
+from .db.store import AccountStore
 from .scan import ScanTrigger
+from .secrets import SecretError, decrypt_secret
 from .session import MailboxSession, timer_resolution
 from .status import StatusService, make_status_resource
-from .store import AccountStore
-from .supervisor import Supervisor
+from .supervisor import Decode, InvalidRow, Supervisor
 from .wheel import TimerWheel
 
-__all__ = ["Daemon", "makeService"]
+__all__ = ["Daemon", "makeService", "row_decoder"]
 
 log = Logger()
 
@@ -48,14 +51,16 @@ class Daemon(MultiService):
         #: the sessions' heartbeat timers and command deadlines, on one reactor timer
         self.timers = TimerWheel(reactor, timer_resolution(settings))
         self.store = AccountStore(settings.database_url, reactor,
-                                  flush_interval=settings.write_flush_interval)
+                                  flush_interval=settings.write_flush_interval,
+                                  shutdown_timeout=settings.shutdown_timeout)
         self.scans = ScanTrigger(settings, reactor)
         self.scans.setServiceParent(self)
+        self.store.setServiceParent(self)
 
         self.leases: Any = None
         account_filter = None
         if settings.leases_enabled:
-            from .leases import LeaseKeeper
+            from .db.leases import LeaseKeeper
 
             self.leases = LeaseKeeper(settings, reactor=reactor,
                                       on_change=self._owned_changed,
@@ -63,9 +68,13 @@ class Daemon(MultiService):
             self.leases.setServiceParent(self)
             account_filter = self.leases.filter
 
-        self.supervisor = Supervisor(self.store, self._new_session, settings, reactor,
+        self.supervisor = Supervisor(self.store, self._new_session,
+                                     row_decoder(settings.key_bytes),
+                                     supervisor_settings(settings), reactor,
                                      account_filter=account_filter)
         self.supervisor.setServiceParent(self)
+        if settings.notify_channel:
+            self.store.listen(settings.notify_channel, self.supervisor.request_refresh)
 
         self.status: StatusService | None = None
         if settings.status_endpoint:
@@ -135,9 +144,10 @@ class Daemon(MultiService):
             self.reactor.stop()
 
     def stopService(self) -> Deferred:
-        """Stop the children concurrently (each bounded by ``shutdown_timeout``); the lease
-        keeper last, so that no other replica takes an account over while its session is
-        still logging out."""
+        """Stop the children (each bounded by ``shutdown_timeout``) in this order: the
+        supervisor, whose sessions log out, concurrently with the other parts; then the
+        store, which writes what the sessions recorded; the lease keeper last, so that no
+        other replica takes an account over while its session is still logging out."""
         log.info("rebreak-idle stopping: {n} sessions", n=len(self.supervisor.sessions))
         if self.handle_signals:
             gc_tuning.stopping()
@@ -145,9 +155,11 @@ class Daemon(MultiService):
 
     async def _stop(self) -> None:
         Service.stopService(self)
-        children = [c for c in reversed(list(self)) if c is not self.leases]
+        children = [c for c in reversed(list(self)) if c not in (self.store, self.leases)]
         await DeferredList([maybeDeferred(c.stopService) for c in children],
                            consumeErrors=True)
+        await maybeDeferred(self.store.stopService).addErrback(
+            lambda f: log.failure("the final status write failed", f))
         if self.leases is not None:
             await maybeDeferred(self.leases.stopService).addErrback(
                 lambda f: log.failure("releasing leases failed", f))
@@ -162,3 +174,19 @@ def makeService(settings: Settings, reactor: Any = None) -> Daemon:
 
         return Daemon(settings, global_reactor, handle_signals=True)
     return Daemon(settings, reactor)
+
+
+def row_decoder(key: bytes) -> Decode:
+    """The supervisor's ``decode(row)``: the row's Account with its secret decrypted by
+    ``key`` (CONTRACT §4), or an InvalidRow saying why it cannot be watched."""
+
+    def decrypt(value: str) -> str:
+        return decrypt_secret(value, key)
+
+    def decode(row: Mapping[str, Any]) -> Account | InvalidRow:
+        try:
+            return account_from_row(row, decrypt)
+        except (SecretError, InvalidAccount) as e:
+            return InvalidRow(str(row["id"]), row.get("email"), str(e))
+
+    return decode

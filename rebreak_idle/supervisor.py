@@ -1,7 +1,8 @@
 """``Supervisor``: keeps one session per active, valid row (CONTRACT §3, §7).
 
-Every ``refresh_interval`` seconds (and, with a NOTIFY channel, about a second after each
-notification) it reads the active rows, decrypts and validates them, and reconciles:
+Every ``refresh_interval`` seconds (and about a second after each :meth:`request_refresh`,
+which the daemon calls on every NOTIFY) it reads the active rows, turns them into accounts
+with the injected ``decode(row)`` (which decrypts and validates), and reconciles:
 
 * a new row gets a new session;
 * a row that is gone or inactive has its session stopped (LOGOUT);
@@ -20,7 +21,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService
@@ -29,13 +31,13 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from . import metrics
-from .account import Account, InvalidAccount, account_from_row
-from .config import Settings
+from .account import Account
+from .config import SupervisorSettings
 from .deferreds import Coalesced
-from .pool import db_error_text
-from .secrets import SecretError, decrypt_secret
+from .failures import describe, maskable, scrub
+from .interfaces import IAccountSource
 
-__all__ = ["AccountSource", "Supervisor"]
+__all__ = ["Decode", "InvalidRow", "Supervisor"]
 
 log = Logger()
 
@@ -45,44 +47,51 @@ NOTIFY_DEBOUNCE = 1.0
 RAMP_TICK = 0.1
 
 
-class AccountSource(Protocol):
-    """What the supervisor needs of :class:`~rebreak_idle.store.AccountStore`."""
+@dataclass(frozen=True, slots=True)
+class InvalidRow:
+    """A row that cannot be watched, and why (``reason`` is stored as its
+    ``last_connect_error``; it never holds a secret)."""
 
-    def active(self) -> Deferred: ...
-    def record_error(self, account_id: str, text: str) -> None: ...
-    def start(self) -> None: ...
-    def close(self, timeout: float = ...) -> Deferred: ...
-    def listen(self, channel: str, on_notify: Callable[[], None]) -> Any: ...
+    id: str
+    email: str | None
+    reason: str
+
+
+#: ``decode(row)``: the row's :class:`Account` (its secret decrypted), or an
+#: :class:`InvalidRow` saying why it cannot be watched.
+Decode = Callable[[Mapping[str, Any]], "Account | InvalidRow"]
 
 
 class Supervisor(MultiService):
-    """See the module docstring. ``session_factory(account)`` returns an unstarted
-    ``IService`` with ``.account`` and ``snapshot()``; ``account_filter(rows)`` (replica
-    leases) may narrow the active rows before reconciling."""
+    """See the module docstring. ``store`` provides
+    :class:`~rebreak_idle.interfaces.IAccountSource`; ``session_factory(account)`` returns
+    an unstarted ``IService`` with ``.account`` and ``snapshot()``; ``account_filter(rows)``
+    (replica leases) may narrow the active rows before reconciling."""
 
-    def __init__(self, store: AccountSource, session_factory: Callable[[Account], IService],
-                 settings: Settings, clock: Any, *,
+    def __init__(self, store: IAccountSource, session_factory: Callable[[Account], IService],
+                 decode: Decode, settings: SupervisorSettings, clock: Any, *,
                  account_filter: Callable[[list[dict]], Deferred] | None = None) -> None:
         super().__init__()
         self.store = store
         self.session_factory = session_factory
+        self.decode = decode
         self.settings = settings
         self.clock = clock
         self.account_filter = account_filter
-        key = settings.key_bytes
-        self._decrypt: Callable[[str], str] = lambda v: decrypt_secret(v, key)
+        self._secrets = maskable(settings.secret_values)
         self.sessions: dict[str, IService] = {}
-        self._invalid: dict[str, tuple[Mapping[str, Any], str]] = {}
+        self._invalid: dict[str, InvalidRow] = {}
         self._queue: OrderedDict[str, IService] = OrderedDict()
         self._ramp: Any = None
         #: account id -> the stop (LOGOUT) of its session, still running. One per account:
         #: a replacement session starts only after its predecessor's stop has fired.
         self._leaving: dict[str, Deferred] = {}
+        #: accounts whose new session waits for that stop (not started, not in the ramp)
+        self._successors: set[str] = set()
         self._refresh = Coalesced(lambda: Deferred.fromCoroutine(self._refresh_once()),
                                   self._refresh_crashed)
         self._debounce: Any = None
         self._ready = False
-        self.listener: Any = None  # the store's Listener when notify_channel is set
         timer = TimerService(settings.refresh_interval, self._tick)
         timer.clock = clock
         timer.setServiceParent(self)
@@ -101,15 +110,15 @@ class Supervisor(MultiService):
         out = []
         for account_id, session in self.sessions.items():
             snap = dict(session.snapshot())
-            if account_id in self._queue or (not session.running
-                                             and account_id in self._leaving):
+            if self._is_queued(account_id):
                 snap["state"] = "queued"
             out.append(snap)
-        for account_id, (row, message) in self._invalid.items():
-            out.append({"id": account_id, "email": row.get("email"), "state": "invalid",
+        for invalid in self._invalid.values():
+            out.append({"id": invalid.id, "email": invalid.email, "state": "invalid",
                         "since": None, "attempt": 0, "next_attempt_in": None,
-                        "last_error": message, "last_error_at": None, "last_heartbeat": None,
-                        "last_exists": None, "last_scan_reason": None})
+                        "last_error": invalid.reason, "last_error_at": None,
+                        "last_heartbeat": None, "last_exists": None,
+                        "last_scan_reason": None})
         return out
 
     def refresh(self) -> Deferred:
@@ -132,11 +141,7 @@ class Supervisor(MultiService):
     # -- service ----------------------------------------------------------------------
 
     def startService(self) -> None:
-        self.store.start()
         super().startService()  # the timer refreshes at once
-        if self.settings.notify_channel:
-            self.listener = self.store.listen(self.settings.notify_channel,
-                                              self.request_refresh)
 
     def stopService(self) -> Deferred:
         return Deferred.fromCoroutine(self._stop())
@@ -160,27 +165,17 @@ class Supervisor(MultiService):
         else:
             log.info("[idle/db] {n} sessions stopped in {seconds:.1f}s", n=count,
                      seconds=self.clock.seconds() - started)
-        started, pending = self.clock.seconds(), self.store.pending
-        await self.store.close(timeout)
-        log.info("[idle/db] final write of {n} status updates took {seconds:.1f}s", n=pending,
-                 seconds=self.clock.seconds() - started)
         timer_stopped.addErrback(lambda f: log.failure("[idle/db] refresh timer", f))
         self._update_gauge()
 
     def _all_stopped(self, timeout: float) -> Deferred:
-        """Fires True when every stopping session is gone, False after ``timeout`` (the
-        sessions' own Deferreds are left alone)."""
-        waiter: Deferred = Deferred()
-        timer = self.clock.callLater(timeout, lambda: waiter.called or waiter.callback(False))
-
-        def all_gone(_: Any) -> None:
-            if timer.active():
-                timer.cancel()
-            if not waiter.called:
-                waiter.callback(True)
-
-        defer.DeferredList(list(self._leaving.values())).addBoth(all_gone)
-        return waiter
+        """Fires True when every stopping session is gone, False after ``timeout``. The
+        deadline is on a Deferred of its own that the sessions' stops feed: a timeout must
+        not cancel them (a DeferredList would)."""
+        gone: Deferred = Deferred()
+        defer.DeferredList(list(self._leaving.values())).chainDeferred(gone)
+        gone.addCallback(lambda _: True)
+        return gone.addTimeout(timeout, self.clock, onTimeoutCancel=lambda _r, _t: False)
 
     # -- refresh ------------------------------------------------------------------------
 
@@ -208,7 +203,7 @@ class Supervisor(MultiService):
                 return False
             metrics.REFRESH_FAILURES.inc()
             log.warn("[idle/db] refresh failed, keeping {sessions} sessions: {error}",
-                     sessions=len(self.sessions), error=self._scrub(db_error_text(e)))
+                     sessions=len(self.sessions), error=scrub(describe(e), self._secrets))
             return False
         if not self.running:
             return False
@@ -219,30 +214,25 @@ class Supervisor(MultiService):
                  active=count, sessions=len(self.sessions))
         return True
 
-    def _scrub(self, text: str) -> str:
-        for secret in self.settings.secret_values():
-            text = text.replace(secret, "***")
-        return text
-
     # -- reconcile ----------------------------------------------------------------------
 
     def _reconcile(self, rows: list[dict]) -> None:
         wanted: dict[str, Account] = {}
-        invalid: dict[str, tuple[Mapping[str, Any], str]] = {}
+        invalid: dict[str, InvalidRow] = {}
         ages: list[float] = []
         for row in rows:
             account_id = str(row["id"])
-            try:
-                wanted[account_id] = account_from_row(row, self._decrypt)
-            except (SecretError, InvalidAccount) as e:
-                message = str(e)
-                invalid[account_id] = (row, message)
-                known = self._invalid.get(account_id, (None, None))[1]
-                if message not in (known, row.get("last_connect_error")):
-                    self.store.record_error(account_id, message)
-                    log.warn("[idle/{email}] not watched: {error}", email=row.get("email"),
-                             error=message, account_id=account_id)
+            decoded = self.decode(row)
+            if isinstance(decoded, InvalidRow):
+                invalid[account_id] = decoded
+                known = self._invalid.get(account_id)
+                stored = row.get("last_connect_error")
+                if decoded.reason not in (known.reason if known else None, stored):
+                    self.store.record_error(account_id, decoded.reason)
+                    log.warn("[idle/{email}] not watched: {error}", email=decoded.email,
+                             error=decoded.reason, account_id=account_id)
                 continue
+            wanted[account_id] = decoded
             if row.get("heartbeat_age") is not None:
                 ages.append(float(row["heartbeat_age"]))
         self._invalid = invalid
@@ -263,6 +253,7 @@ class Supervisor(MultiService):
                 if leaving is None:
                     self._queue[account_id] = session
                 else:  # one connection per mailbox: start after the old one's LOGOUT
+                    self._successors.add(account_id)
                     leaving.addBoth(self._predecessor_gone, account_id, session)
         self._ramp_step()
         metrics.HEARTBEAT_AGE.set(max(ages) if ages else 0)
@@ -270,6 +261,7 @@ class Supervisor(MultiService):
 
     def _stop_session(self, account_id: str) -> None:
         session = self.sessions.pop(account_id)
+        self._successors.discard(account_id)
         if self._queue.pop(account_id, None) is not None or not session.running:
             return
         d = defer.maybeDeferred(session.stopService)
@@ -286,9 +278,12 @@ class Supervisor(MultiService):
     def _predecessor_gone(self, result: Any, account_id: str, session: IService) -> Any:
         """The previous session of this account has stopped: queue its successor, unless
         that one was dropped meanwhile or the supervisor is stopping."""
-        if self.running and self.sessions.get(account_id) is session:
-            self._queue[account_id] = session
+        if self.sessions.get(account_id) is session:
+            self._successors.discard(account_id)
+            if self.running:
+                self._queue[account_id] = session
             self._ramp_step()
+            self._update_gauge()
         return result
 
     # -- start-up ramp --------------------------------------------------------------------
@@ -314,6 +309,10 @@ class Supervisor(MultiService):
         self._ramp = None
         self._ramp_step()
 
+    def _is_queued(self, account_id: str) -> bool:
+        """Waiting for the start-up ramp, or for its predecessor's LOGOUT."""
+        return account_id in self._queue or account_id in self._successors
+
     def _update_gauge(self) -> None:
-        metrics.SESSIONS.labels(state="queued").set(len(self._queue))
+        metrics.SESSIONS.labels(state="queued").set(len(self._queue) + len(self._successors))
         metrics.SESSIONS.labels(state="invalid").set(len(self._invalid))

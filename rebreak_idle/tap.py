@@ -12,7 +12,7 @@ __all__ = ["Options", "makeService"]
 def makeService(options: Options) -> IService:
     settings = settings_or_exit(options.flag_values())
     if options["migrate"]:
-        from .migrate import migrate_or_exit
+        from .db.migrate import migrate_or_exit
 
         migrate_or_exit(settings.database_url, dev_schema=options["dev-schema"])
     return service_or_exit(settings)

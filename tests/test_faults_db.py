@@ -15,7 +15,7 @@ from twisted.internet import threads
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from rebreak_idle.migrate import apply
+from rebreak_idle.db.migrate import apply
 from tests.support.faults import FaultCase, http_get, record_figure, until
 from tests.support.leaks import DB_ROLE, IMAP_PASSWORDS, KNOWN_SECRETS
 from tests.support.pg import PostgresServer

@@ -13,12 +13,12 @@ from typing import Any
 
 import psycopg2
 from twisted.internet import defer, reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from rebreak_idle.config import Settings
-from rebreak_idle.leases import LEASES_SQL, LeaseKeeper, fair_share
+from rebreak_idle.db.leases import LEASES_SQL, LeaseKeeper, fair_share
 from tests.support.pg import PostgresServer, fresh_database
 
 TTL = 30.0
@@ -298,7 +298,7 @@ class ReplicaTests(_KeeperCase):
         self.addCleanup(pool.close)
         turn = iter(range(10**6))
 
-        def run_query(interaction: Callable[[Any], Deferred]) -> Deferred:
+        def run_interaction(interaction: Callable[[Any], Deferred]) -> Deferred:
             conns = sorted(pool.connections, key=id)
             conn = conns[next(turn) % len(conns)]
             return conn.runInteraction(interaction)
@@ -306,7 +306,7 @@ class ReplicaTests(_KeeperCase):
         rows = make_rows(90)
         keepers = []
         for i in range(3):
-            k = LeaseKeeper(settings(self.dsn, f"p{i}"), run_query=run_query,
+            k = LeaseKeeper(settings(self.dsn, f"p{i}"), run_interaction=run_interaction,
                             clock=self.clock, use_clock_time=True)
             keepers.append(k)
             k.startService()
@@ -344,7 +344,7 @@ class LostDatabaseTests(_KeeperCase):
         self.server = PostgresServer()
         self.addCleanup(self.server.destroy)
         self.dsn = self.server.create_database()
-        from rebreak_idle.migrate import apply
+        from rebreak_idle.db.migrate import apply
 
         apply(self.dsn, dev_schema=True)
 
@@ -400,23 +400,41 @@ class LostDatabaseTests(_KeeperCase):
         await b.stopService()
 
 
+class AnsweringCursor:
+    """A cursor for a round without accounts known yet (heartbeat, live count, renew):
+    every statement succeeds; one live replica; the renewal returns lease "x"."""
+
+    def execute(self, statement: str, params: object = None) -> Deferred:
+        return succeed(None)
+
+    def fetchone(self) -> tuple:
+        return (1,)
+
+    def fetchall(self) -> list[tuple]:
+        return [("x",)]
+
+
 class TimeoutTests(TestCase):
     """A round that hangs is abandoned after ``round_timeout`` (Clock-driven, no DB)."""
 
     def test_hung_round_times_out_and_ownership_expires(self) -> None:
         clock = Clock()
         pending: list[Deferred] = []
+        answered: list[bool] = []
 
-        def run_query(interaction: Callable[[Any], Deferred]) -> Deferred:
+        def run_interaction(interaction: Callable[[Any], Deferred]) -> Deferred:
+            if not answered:  # the first round succeeds: one live replica, lease "x" renewed
+                answered.append(True)
+                return interaction(AnsweringCursor())
             d: Deferred = Deferred()
             pending.append(d)
             return d
 
         lost: list[int] = []
-        k = LeaseKeeper(settings("postgresql://x", "h"), run_query=run_query, clock=clock,
-                        on_lost_ownership=lambda: lost.append(1))
-        k._owned = frozenset({"x"})  # as if a round had succeeded
-        k._schedule_expiry(clock.seconds() + TTL)
+        k = LeaseKeeper(settings("postgresql://x", "h"), run_interaction=run_interaction,
+                        clock=clock, on_lost_ownership=lambda: lost.append(1))
+        self.assertEqual(self.successResultOf(k.renew()), True)
+        self.assertEqual(k.owned(), {"x"})
         done = k.renew()
         self.assertNoResult(done)
         clock.advance(k.round_timeout)

@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg2
 from twisted.trial.unittest import SynchronousTestCase
 
-from rebreak_idle.migrate import apply
+from rebreak_idle.db.migrate import apply
 from tests.support.pg import fresh_database
 from tests.test_store import sql
 

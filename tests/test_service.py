@@ -11,7 +11,7 @@ from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from rebreak_idle.config import Settings
-from rebreak_idle.migrate import apply
+from rebreak_idle.db.migrate import apply
 from rebreak_idle.secrets import encrypt_secret
 from rebreak_idle.service import makeService
 from tests.support.backend import BackendDouble

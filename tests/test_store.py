@@ -12,13 +12,23 @@ import psycopg2
 from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
 
 from rebreak_idle import metrics
 from rebreak_idle.account import COLUMNS
-from rebreak_idle.store import AccountStore
-from rebreak_idle.writes import WriteBuffer
+from rebreak_idle.config import Settings
+from rebreak_idle.db.store import AccountStore
+from rebreak_idle.db.writes import WriteBuffer
+from rebreak_idle.interfaces import IAccountSource, IRecorder
+from rebreak_idle.service import Daemon
 from tests.support.pg import PostgresServer, fresh_database, sql
+
+
+def sample(name: str, **labels: str) -> float | None:
+    """A metric's current value, read through the daemon's registry."""
+    return metrics.REGISTRY.get_sample_value(name, labels)
 
 
 def inline(f: Callable[..., Coroutine]) -> Callable[..., Deferred]:
@@ -59,8 +69,9 @@ class StoreTestCase(TestCase):
     timeout = 60
 
     def make_store(self, dsn: str, **kw: Any) -> AccountStore:
+        kw.setdefault("shutdown_timeout", 5)
         store = AccountStore(dsn, reactor, **kw)
-        self.addCleanup(store.close, 5)
+        self.addCleanup(store.stopService)
         return store
 
 
@@ -117,7 +128,7 @@ class WriteTests(StoreTestCase):
         sql(dsn, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         ids = [add_row(dsn) for _ in range(5)]
         store = self.make_store(dsn, flush_interval=3600)
-        store.start()
+        store.startService()
         sql(dsn, "SELECT pg_stat_statements_reset()")
         for i, row_id in enumerate(ids):
             store.record_error(row_id, f"first {i}")
@@ -143,9 +154,9 @@ class WriteTests(StoreTestCase):
             store.record_heartbeat(row_id)
             store.record_heartbeat(row_id)
         self.assertEqual(store.pending, 300)
-        self.assertEqual(metrics.DB_WRITE_BUFFER._value.get(), 300)
+        self.assertEqual(sample("rebreak_idle_db_write_buffer"), 300)
         await store.flush()
-        self.assertEqual(metrics.DB_WRITE_BUFFER._value.get(), 0)
+        self.assertEqual(sample("rebreak_idle_db_write_buffer"), 0)
         count = sql(dsn, "SELECT count(*) FROM rebreak.mail_connections "
                          "WHERE last_idle_heartbeat_at IS NOT NULL")[0][0]
         self.assertEqual(count, 300)
@@ -159,7 +170,7 @@ class WriteTests(StoreTestCase):
         clock = Clock()
         clock.advance(1_700_000_000)
         store = self.make_store(dsn, clock=clock, flush_interval=5)
-        store.start()
+        store.startService()
         store.record_heartbeat(a)
         clock.advance(4)
         self.assertEqual(store.pending, 1)
@@ -183,19 +194,19 @@ class OutageTests(StoreTestCase):
         server = PostgresServer()
         self.addCleanup(server.destroy)
         dsn = server.create_database()
-        from rebreak_idle.migrate import apply
+        from rebreak_idle.db.migrate import apply
 
         apply(dsn, dev_schema=True)
         a, b = add_row(dsn), add_row(dsn)
         store = self.make_store(dsn, connect_timeout=5)
         self.assertEqual(len(await store.active()), 2)  # the pool holds a connection now
         server.stop()
-        failures = metrics.DB_WRITE_FAILURES._value.get()
+        failures = sample("rebreak_idle_db_write_failures_total")
         store.record_heartbeat(a)
         store.record_error(b, "connect failed: timeout")
         await store.flush()
         self.assertEqual(store.pending, 2)
-        self.assertGreater(metrics.DB_WRITE_FAILURES._value.get(), failures)
+        self.assertGreater(sample("rebreak_idle_db_write_failures_total"), failures)
         with self.assertRaises(psycopg2.OperationalError):
             await store.active()
         store.record_heartbeat(b)
@@ -281,6 +292,7 @@ class ListenTests(StoreTestCase):
     async def test_notify_calls_back_and_survives_a_killed_connection(self) -> None:
         dsn = fresh_database()
         store = self.make_store(dsn)
+        store.startService()
         calls: list[Deferred] = [Deferred() for _ in range(3)]
         seen = iter(calls)
         listener = store.listen("rebreak_idle", lambda: next(seen).callback(None))
@@ -316,7 +328,7 @@ class SilentServerTests(StoreTestCase):
 
     @inline
     async def test_connect_deadline(self) -> None:
-        from rebreak_idle.pool import StatementTimeout
+        from rebreak_idle.db.pool import StatementTimeout
 
         store = self.make_store(self.silent_dsn(), connect_timeout=0.3)
         with self.assertRaises(StatementTimeout):
@@ -327,14 +339,100 @@ class SilentServerTests(StoreTestCase):
 
     @inline
     async def test_close_while_connecting(self) -> None:
-        from rebreak_idle.pool import PoolClosed
+        from rebreak_idle.db.pool import PoolClosed
 
-        store = AccountStore(self.silent_dsn(), reactor, connect_timeout=30)
+        store = AccountStore(self.silent_dsn(), reactor, connect_timeout=30, shutdown_timeout=1)
+        store.startService()
         listener = store.listen("ch", lambda: None)
         pending = store.active()
         results: list = []
         pending.addBoth(results.append)
-        await store.close(1)
+        await store.stopService()
         self.assertFalse(listener.running)
         self.assertEqual(len(results), 1)
         self.assertIsInstance(results[0].value, PoolClosed)
+
+
+class ServiceTests(SynchronousTestCase):
+    """The store is a service of the daemon: stopping it writes what is buffered (within
+    ``shutdown_timeout``), then closes the connections."""
+
+    def store_with(self, answer: Callable[[], Deferred]) -> tuple[AccountStore, Clock]:
+        clock = Clock()
+        store = AccountStore("postgresql://127.0.0.1:1/none", clock, shutdown_timeout=10)
+        self.addCleanup(store.pool.close)
+        store.pool.run_operation = lambda sql, params: answer()  # the database seam
+        store.startService()
+        return store, clock
+
+    def logs(self) -> list[str]:
+        lines: list[str] = []
+        observer = lambda e: lines.append(formatEvent(e))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        return lines
+
+    def test_stop_writes_what_is_buffered_then_closes(self) -> None:
+        store, clock = self.store_with(lambda: succeed(None))
+        verifyObject(IAccountSource, store)
+        verifyObject(IRecorder, store)
+        lines = self.logs()
+        for _ in range(3):
+            store.record_heartbeat(str(uuid.uuid4()))
+        self.assertEqual(store.pending, 3)
+        done: list = []
+        store.stopService().addCallback(done.append)
+        self.assertEqual(done, [None])
+        self.assertIn("[idle/db] final write of 3 status updates took 0.0s", lines)
+        self.assertEqual(store.pending, 0)
+        self.assertTrue(store.closed)
+        self.assertTrue(store.pool.closed)
+        self.assertFalse(store.running)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_stop_waits_at_most_the_shutdown_timeout(self) -> None:
+        store, clock = self.store_with(Deferred)  # a write that never answers
+        lines = self.logs()
+        store.record_heartbeat(str(uuid.uuid4()))
+        done: list = []
+        store.stopService().addCallback(done.append)
+        clock.advance(9)
+        self.assertEqual(done, [])
+        self.assertFalse(store.closed)
+        clock.advance(1)
+        self.assertEqual(done, [None])
+        self.assertTrue(store.closed)
+        self.assertIn("[idle/db] final write did not finish within 10s; 1 writes lost", lines)
+
+
+class DaemonStopOrderTests(TestCase):
+    """The daemon's stop order, written once in service.py: the supervisor (sessions log
+    out), then the store (the final write), then the lease keeper (leases released)."""
+
+    timeout = 60
+
+    @inline
+    async def test_supervisor_then_store_then_leases(self) -> None:
+        dsn = fresh_database()
+        settings = Settings(database_url=dsn, admin_secret="s" * 8, encryption_key="k" * 32,
+                            leases="on", replica_id="stop-order", shutdown_timeout=3.0)
+        daemon = Daemon(settings, reactor)
+        lines: list[str] = []
+        observer = lambda e: lines.append(formatEvent(e))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        daemon.startService()
+        self.addCleanup(lambda: daemon.running and daemon.stopService())
+        self.assertTrue(daemon.store.running)
+        self.assertTrue(await daemon.supervisor.refresh())
+        await daemon.stopService()
+
+        def first(prefix: str) -> int:
+            return next(i for i, line in enumerate(lines) if line.startswith(prefix))
+
+        self.assertLess(first("[idle/db] 0 sessions stopped in"),
+                        first("[idle/db] final write of 0 status updates"))
+        self.assertLess(first("[idle/db] final write of 0 status updates"),
+                        first("[idle/leases] replica stop-order released its"))
+        self.assertTrue(daemon.store.closed)
+        self.assertFalse(daemon.store.running)

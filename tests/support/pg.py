@@ -164,7 +164,7 @@ def fresh_database(dev_schema: bool = True) -> str:
     else:
         dsn = shared_server().create_database()
     if dev_schema:
-        from rebreak_idle.migrate import apply
+        from rebreak_idle.db.migrate import apply
 
         apply(dsn, dev_schema=True)
     return dsn

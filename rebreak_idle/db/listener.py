@@ -11,11 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from .pool import _Connection, connect, db_error_text, new_connection
+from ..backoff import Backoff
+from ..deferreds import Waiters
+from ..failures import describe
+from .connect import DBConnection, StatementTimeout, connect, new_connection, with_deadline
 
 __all__ = ["Listener", "quote_ident"]
 
@@ -41,15 +44,14 @@ class Listener:
         self._reactor = reactor
         self._clock = clock if clock is not None else reactor
         self._connect_timeout = connect_timeout
-        self._retry_delay = retry_delay
-        self._max_retry_delay = max_retry_delay
-        self._delay = retry_delay
+        #: reconnect delays: doubling from ``retry_delay`` up to ``max_retry_delay``
+        self._backoff = Backoff(retry_delay, max_retry_delay, spread=0.0)
         self._ping_interval = ping_interval
-        self._conn: _Connection | None = None
-        self._connecting: _Connection | None = None
+        self._conn: DBConnection | None = None
+        self._connecting: DBConnection | None = None
         self._retry: Any = None
         self._ping: LoopingCall | None = None
-        self._waiters: list[Deferred] = []
+        self._waiters = Waiters()
         self._ever_listened = False
         self.running = False
 
@@ -77,11 +79,7 @@ class Listener:
 
     def when_listening(self) -> Deferred:
         """A Deferred that fires once LISTEN is in place (at once if it is now)."""
-        if self.listening:
-            return Deferred.fromCoroutine(_noop())
-        d: Deferred = Deferred()
-        self._waiters.append(d)
-        return d
+        return succeed(None) if self.listening else self._waiters.wait()
 
     def _attempt(self) -> None:
         self._retry = None
@@ -104,7 +102,7 @@ class Listener:
         conn.addNotifyObserver(self._notified)
         conn.lost_callbacks.append(self._lost)
         self._conn = conn
-        self._delay = self._retry_delay
+        self._backoff.reset()
         log.info("[idle/db] listening on channel {channel}", channel=self.channel)
         self._ping = LoopingCall(self._check)
         self._ping.clock = self._clock
@@ -112,9 +110,7 @@ class Listener:
             lambda f: log.failure("[idle/db] listen check stopped", f))
         again = self._ever_listened
         self._ever_listened = True
-        waiters, self._waiters = self._waiters, []
-        for w in waiters:
-            w.callback(None)
+        self._waiters.fire(None)
         if again:
             self._on_notify()
 
@@ -126,17 +122,12 @@ class Listener:
         conn = self._conn
         if conn is None or not conn.alive:
             return None
-        timer = self._clock.callLater(self._connect_timeout, conn.kill)
-
-        def stop_timer(result: Any) -> Any:
-            if timer.active():
-                timer.cancel()
-            return result
-
-        d = conn.runOperation("SELECT 1").addBoth(stop_timer)
+        late = StatementTimeout(f"the listen check took longer than {self._connect_timeout:g}s")
+        d = with_deadline(conn.runOperation("SELECT 1"), self._connect_timeout, self._clock,
+                          conn.kill, late)
         return d.addErrback(lambda _: conn.kill())
 
-    def _lost(self, conn: _Connection) -> None:
+    def _lost(self, conn: DBConnection) -> None:
         if conn is not self._conn:
             return
         self._conn = None
@@ -148,20 +139,19 @@ class Listener:
     def _failed(self, failure: Any) -> None:
         if not self.running:
             return
+        delay = self._schedule()
         log.warn("[idle/db] LISTEN {channel} failed, retrying in {delay:.0f}s: {error}",
-                 channel=self.channel, delay=self._delay, error=db_error_text(failure.value))
-        self._schedule()
+                 channel=self.channel, delay=delay, error=describe(failure))
 
-    def _schedule(self) -> None:
+    def _schedule(self) -> float:
+        """Schedule the next attempt (unless one is scheduled); return its delay."""
         if self._retry is None:
-            self._retry = self._clock.callLater(self._delay, self._attempt)
-            self._delay = min(self._delay * 2, self._max_retry_delay)
+            delay = self._backoff.next()
+            self._retry = self._clock.callLater(delay, self._attempt)
+            return delay
+        return self._retry.getTime() - self._clock.seconds()
 
     def _stop_ping(self) -> None:
         if self._ping is not None and self._ping.running:
             self._ping.stop()
         self._ping = None
-
-
-async def _noop() -> None:
-    return None

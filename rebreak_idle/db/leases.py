@@ -34,9 +34,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from . import metrics
-from .config import Settings
-from .pool import connect, new_connection
+from .. import metrics
+from ..config import Settings
+from ..failures import describe
+from .connect import StatementTimeout, connect, new_connection, with_deadline
 
 __all__ = ["LEASES_SQL", "LeaseKeeper", "RoundResult"]
 
@@ -57,9 +58,9 @@ CREATE TABLE IF NOT EXISTS rebreak_idle.replicas (
 
 log = Logger(namespace="rebreak_idle.leases")
 
-#: ``run_query(interaction)``: run ``interaction(cursor)`` (which returns a Deferred) in one
-#: transaction and fire with its result — txpostgres ``runInteraction``.
-RunQuery = Callable[[Callable[[Any], Deferred]], Deferred]
+#: ``run_interaction(interaction)``: run ``interaction(cursor)`` (which returns a Deferred)
+#: in one transaction and fire with its result — txpostgres ``runInteraction``.
+RunInteraction = Callable[[Callable[[Any], Deferred]], Deferred]
 
 # -- SQL of one round (parameters: r = replica id, now, ttl seconds, ids = uuid[]) ----------
 
@@ -201,13 +202,6 @@ class _Database:
         self.reset()
 
 
-def _reason(f: Failure) -> str:
-    """One line describing a database failure (psycopg2 error texts carry no password)."""
-    e = f.value
-    text = getattr(e, "pgerror", None) or str(e) or type(e).__name__
-    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
-
-
 class LeaseKeeper(Service):
     """Holds this replica's account leases (a Twisted service).
 
@@ -218,7 +212,7 @@ class LeaseKeeper(Service):
     balance), and ``on_lost_ownership()`` when it could not renew for one TTL (the owned set
     is then empty). ``stopService()`` releases every lease of this replica.
 
-    ``run_query`` is a txpostgres-style ``runInteraction``; by default the keeper opens its
+    ``run_interaction`` is a txpostgres-style ``runInteraction``; by default the keeper opens its
     own connection to ``settings.database_url`` (and reconnects after failures).
     ``use_clock_time`` takes "now" from ``clock.seconds()`` instead of the database's
     ``now()`` (for tests with a ``task.Clock``; in production the database clock is the
@@ -230,7 +224,7 @@ class LeaseKeeper(Service):
     def __init__(
         self,
         settings: Settings,
-        run_query: RunQuery | None = None,
+        run_interaction: RunInteraction | None = None,
         clock: IReactorTime | None = None,
         *,
         reactor: Any = None,
@@ -238,7 +232,7 @@ class LeaseKeeper(Service):
         on_change: Callable[[], object] | None = None,
         on_lost_ownership: Callable[[], object] | None = None,
     ) -> None:
-        if reactor is None and (run_query is None or clock is None):
+        if reactor is None and (run_interaction is None or clock is None):
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
@@ -247,10 +241,10 @@ class LeaseKeeper(Service):
         self.renew_interval = settings.lease_renew
         self._clock: IReactorTime = clock if clock is not None else reactor
         self._db: _Database | None = None
-        if run_query is None:
+        if run_interaction is None:
             self._db = _Database(settings.database_url, reactor)
-            run_query = self._db.run
-        self._run_query = run_query
+            run_interaction = self._db.run
+        self._run_interaction = run_interaction
         self._use_clock_time = use_clock_time
         self.on_change = on_change
         self.on_lost_ownership = on_lost_ownership
@@ -261,7 +255,6 @@ class LeaseKeeper(Service):
         self._lock = DeferredLock()
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self._clock
-        self._valid_until: float | None = None
         self._expiry: IDelayedCall | None = None
         self._failing = False
         self._stopped = False
@@ -336,18 +329,17 @@ class LeaseKeeper(Service):
         held = len(self._owned)
         self._owned = frozenset()
         self._cancel_expiry()
-        self._valid_until = None
         metrics.LEASES_HELD.set(0)
 
         def interaction(cur: Any) -> Deferred:
             return cur.execute(_RELEASE_ALL, params)
 
         try:
-            await self._timed(self._run_query(interaction))
+            await self._timed(self._run_interaction(interaction))
         except Exception:  # reported, then the leases simply expire
             log.warn("[idle/leases] could not release the leases of replica {replica_id} "
                      "({reason}); they expire in {ttl:g}s", replica_id=self.replica_id,
-                     reason=_reason(Failure()), ttl=self.ttl)
+                     reason=describe(Failure()), ttl=self.ttl)
         else:
             log.info("[idle/leases] replica {replica_id} released its {held} leases",
                      replica_id=self.replica_id, held=held)
@@ -365,7 +357,7 @@ class LeaseKeeper(Service):
             if not self._failing:
                 self._failing = True
                 log.warn("[idle/leases] lease renewal failed ({reason}); holding {held} "
-                         "accounts for at most {ttl:g}s", reason=_reason(Failure()),
+                         "accounts for at most {ttl:g}s", reason=describe(Failure()),
                          held=len(self._owned), ttl=self.ttl)
             return False
         valid_until = started + self.ttl
@@ -398,38 +390,24 @@ class LeaseKeeper(Service):
         clock_now = started if self._use_clock_time else None
         try:
             return await self._timed(
-                self._run_query(lambda cur: Deferred.fromCoroutine(
+                self._run_interaction(lambda cur: Deferred.fromCoroutine(
                     self._transaction(cur, universe, clock_now))))
         except Exception as e:
             if getattr(e, "pgcode", None) not in _RETRYABLE:
                 raise
         return await self._timed(
-            self._run_query(lambda cur: Deferred.fromCoroutine(
+            self._run_interaction(lambda cur: Deferred.fromCoroutine(
                 self._transaction(cur, universe, clock_now))))
 
     def _timed(self, d: Deferred) -> Deferred:
-        """``d``, failing with a TimeoutError after ``round_timeout`` (the connection is
-        then dropped; txpostgres queries are not cancelled, their late result ignored)."""
-        result: Deferred = Deferred()
+        """``d``, failing after ``round_timeout`` (the connection is then dropped;
+        txpostgres queries are not cancelled, their late result is ignored)."""
+        return with_deadline(d, self.round_timeout, self._clock, self._drop_connection,
+                             StatementTimeout("lease round timed out"))
 
-        def timeout() -> None:
-            if self._db is not None:
-                self._db.reset()
-            result.errback(defer.TimeoutError("lease round timed out"))
-
-        call = self._clock.callLater(self.round_timeout, timeout)
-
-        def done(value: object) -> None:
-            if call.active():
-                call.cancel()
-                if isinstance(value, Failure):
-                    result.errback(value)
-                else:
-                    result.callback(value)
-            # else: timed out already; a late result or failure is consumed here
-
-        d.addBoth(done)
-        return result
+    def _drop_connection(self) -> None:
+        if self._db is not None:
+            self._db.reset()
 
     async def _transaction(
         self, cur: Any, universe: tuple[str, ...] | None, clock_now: float | None
@@ -468,7 +446,6 @@ class LeaseKeeper(Service):
     # -- proof of ownership -------------------------------------------------------------
 
     def _schedule_expiry(self, valid_until: float) -> None:
-        self._valid_until = valid_until
         self._cancel_expiry()
         self._expiry = self._clock.callLater(
             max(0.0, valid_until - self._clock.seconds()), self._expire)
@@ -480,7 +457,6 @@ class LeaseKeeper(Service):
 
     def _expire(self) -> None:
         self._expiry = None
-        self._valid_until = None
         if not self._owned:
             return
         held = len(self._owned)

@@ -2,7 +2,11 @@
 
 Reads the active rows of ``rebreak.mail_connections`` and writes the three status columns
 (``last_connect_error``, ``last_connect_error_at``, ``last_idle_heartbeat_at``). It is the
-sessions' :class:`~rebreak_idle.interfaces.IRecorder`.
+sessions' :class:`~rebreak_idle.interfaces.IRecorder`, the supervisor's
+:class:`~rebreak_idle.interfaces.IAccountSource`, and a service of the daemon: starting it
+starts the periodic flush and the LISTEN connections; stopping it writes what is still
+buffered and closes every connection (the daemon stops it after the supervisor, whose
+sessions record until they have logged out, and before the lease keeper).
 
 Writes
     Heartbeats are buffered (last value per account wins) and written every
@@ -15,7 +19,7 @@ Writes
     entries waiting, ``metrics.DB_WRITE_FAILURES`` counts statements that failed.
 
 Connections
-    A small self-healing pool (:mod:`rebreak_idle.pool`): single autocommit statements,
+    A small self-healing pool (:mod:`rebreak_idle.db.pool`): single autocommit statements,
     no prepared statements, no ``SET``, no session locks — it works through a
     transaction-mode pooler (PgBouncer, Supabase's pooler on port 6543). A dead connection
     is replaced with the next statement. ``DATABASE_URL`` may be a URI or a key=value DSN;
@@ -23,7 +27,7 @@ Connections
 
 Instant refresh (optional)
     With ``REBREAK_NOTIFY_CHANNEL`` set, :meth:`AccountStore.listen` keeps a dedicated
-    connection in ``LISTEN <channel>`` (:mod:`rebreak_idle.listener`) and calls back on every
+    connection in ``LISTEN <channel>`` (:mod:`rebreak_idle.db.listener`) and calls back on every
     notification, reconnecting when it dies. LISTEN needs a session, so it does **not** work
     through a transaction-mode pooler: point ``DATABASE_URL`` at the database directly (or
     the pooler's session mode, port 5432 on Supabase), or leave the channel unset and rely
@@ -54,20 +58,22 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from . import metrics
-from .account import COLUMNS
-from .deferreds import Coalesced
-from .interfaces import IRecorder
+from .. import metrics
+from ..account import COLUMNS
+from ..deferreds import Coalesced
+from ..failures import describe
+from ..interfaces import IAccountSource, IRecorder
 from .listener import Listener
-from .pool import Pool, db_error_text
+from .pool import Pool
 from .writes import WriteBuffer
 
-__all__ = ["ACTIVE_SQL", "AccountStore", "db_error_text"]
+__all__ = ["ACTIVE_SQL", "AccountStore"]
 
 log = Logger()
 
@@ -103,23 +109,29 @@ def _valid_id(account_id: str) -> bool:
     return True
 
 
-@implementer(IRecorder)
-class AccountStore:
+@implementer(IRecorder, IAccountSource)
+class AccountStore(Service):
     """Reads accounts and buffers status writes; see the module docstring.
 
     ``reactor`` runs the sockets (IReactorFDSet + IReactorTime); ``clock`` (default: the
-    reactor) times the flushes and stamps the recorded times. Call :meth:`start` to begin
-    periodic flushing and :meth:`close` to flush and disconnect.
+    reactor) times the flushes and stamps the recorded times. :meth:`startService` begins
+    the periodic flushing (statements work before it: connections open on demand);
+    :meth:`stopService` writes what is buffered (waiting at most ``shutdown_timeout``
+    seconds) and disconnects.
     """
+
+    name = "store"
 
     def __init__(self, dsn: str, reactor: Any, *, clock: Any = None,
                  flush_interval: float = 5.0, max_buffer: int = 100_000, pool_size: int = 2,
-                 connect_timeout: float = 10.0, statement_timeout: float = 30.0) -> None:
+                 connect_timeout: float = 10.0, statement_timeout: float = 30.0,
+                 shutdown_timeout: float = 10.0) -> None:
         self._dsn = dsn
         self._reactor = reactor
         self._clock = clock if clock is not None else reactor
         self._flush_interval = flush_interval
         self._connect_timeout = connect_timeout
+        self._shutdown_timeout = shutdown_timeout
         self.pool = Pool(dsn, reactor, size=pool_size, connect_timeout=connect_timeout,
                          statement_timeout=statement_timeout)
         self._heartbeats = WriteBuffer(max_buffer)
@@ -168,30 +180,35 @@ class AccountStore:
 
     # -- flushing -------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Begin flushing every ``flush_interval`` seconds."""
+    def startService(self) -> None:
+        """Begin flushing every ``flush_interval`` seconds, and listening."""
+        super().startService()
         if self._loop is None:
             self._loop = LoopingCall(self.flush)
             self._loop.clock = self._clock
             self._loop.start(self._flush_interval, now=False).addErrback(
                 lambda f: log.failure("[idle/db] write loop stopped", f))
+        for listener in self._listeners:
+            listener.start()
 
     def flush(self) -> Deferred:
         """Write everything buffered now (one statement per kind); fires with None when
         done, also when the write failed (the entries stay buffered). Flushes never
-        overlap and never queue up (:class:`~rebreak_idle.coalesce.Coalesced`): a slow
+        overlap and never queue up (:class:`~rebreak_idle.deferreds.Coalesced`): a slow
         database cannot make the prompt flushes of thousands of errors pile up."""
         return self._flush()
 
-    def close(self, timeout: float = 10.0) -> Deferred:
+    def stopService(self) -> Deferred:
         """Stop flushing, stop listening, write what is buffered (waiting at most
-        ``timeout`` seconds), then close every connection."""
+        ``shutdown_timeout`` seconds), then close every connection."""
+        super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._cancel_prompt()
         for listener in self._listeners:
             listener.stop()
         self._listeners.clear()
+        started, pending, timeout = self._clock.seconds(), self.pending, self._shutdown_timeout
         d = self.flush()
         d.addTimeout(timeout, self._clock)
         d.addErrback(lambda f: log.warn(
@@ -199,6 +216,8 @@ class AccountStore:
             timeout=timeout, n=self.pending))
 
         def shut(_: Any) -> None:
+            log.info("[idle/db] final write of {n} status updates took {seconds:.1f}s",
+                     n=pending, seconds=self._clock.seconds() - started)
             self.closed = True
             self.pool.close()
 
@@ -209,11 +228,12 @@ class AccountStore:
     def listen(self, channel: str, on_notify: Callable[[], None]) -> Listener:
         """Keep a dedicated connection in ``LISTEN channel`` and call ``on_notify()`` on
         every notification (and after each reconnect, as notifications may have been
-        missed). Stopped by :meth:`close`."""
+        missed). It starts with the service (at once if it runs) and stops with it."""
         listener = Listener(self._dsn, channel, on_notify, self._reactor, clock=self._clock,
                             connect_timeout=self._connect_timeout)
         self._listeners.append(listener)
-        listener.start()
+        if self.running:
+            listener.start()
         return listener
 
     # -- internals ------------------------------------------------------------------
@@ -274,7 +294,7 @@ class AccountStore:
             metrics.DB_WRITE_FAILURES.inc()
             if not self._writes_failing:
                 log.warn("[idle/db] writing {n} {kind} update(s) failed, keeping them for the "
-                         "next attempt: {error}", n=n, kind=kind, error=db_error_text(e))
+                         "next attempt: {error}", n=n, kind=kind, error=describe(e))
             self._writes_failing = True
             return False
         finally:

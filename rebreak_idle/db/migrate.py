@@ -11,10 +11,13 @@ from importlib.resources import files
 
 import psycopg2
 
+from ..failures import describe
+
 __all__ = ["MIGRATION_SQL", "SCHEMA_SQL", "apply", "migrate_or_exit"]
 
-SCHEMA_SQL = files("rebreak_idle").joinpath("sql/schema.sql").read_text(encoding="utf-8")
-MIGRATION_SQL = files("rebreak_idle").joinpath("sql/migration.sql").read_text(encoding="utf-8")
+_SQL = files("rebreak_idle.db").joinpath("sql")
+SCHEMA_SQL = _SQL.joinpath("schema.sql").read_text(encoding="utf-8")
+MIGRATION_SQL = _SQL.joinpath("migration.sql").read_text(encoding="utf-8")
 
 
 def apply(dsn: str, dev_schema: bool = False) -> None:
@@ -38,8 +41,7 @@ def migrate_or_exit(dsn: str, dev_schema: bool = False) -> None:
     try:
         apply(dsn, dev_schema=dev_schema)
     except psycopg2.Error as e:
-        reason = (getattr(e, "pgerror", None) or str(e)).strip().splitlines()[0]
-        sys.stderr.write(f"rebreak-idle: migration failed: {reason}\n")
+        sys.stderr.write(f"rebreak-idle: migration failed: {describe(e)}\n")
         raise SystemExit(1) from None
     sys.stdout.write("rebreak-idle: migration applied\n")
     raise SystemExit(0)
