@@ -21,6 +21,7 @@ from rebreak_idle.account import COLUMNS
 from rebreak_idle.config import Settings
 from rebreak_idle.db.store import AccountStore
 from rebreak_idle.db.writes import WriteBuffer
+from rebreak_idle.failures import describe
 from rebreak_idle.interfaces import IAccountSource, IRecorder
 from rebreak_idle.service import Daemon
 from tests.support.pg import PostgresServer, fresh_database, sql
@@ -436,3 +437,23 @@ class DaemonStopOrderTests(TestCase):
                         first("[idle/leases] replica stop-order released its"))
         self.assertTrue(daemon.store.closed)
         self.assertFalse(daemon.store.running)
+
+
+class DescribeTests(SynchronousTestCase):
+    """Database failures as one line (failures.describe, the database branch)."""
+
+    def test_libpq_message_first_line(self) -> None:
+        error = psycopg2.OperationalError(
+            'connection to server at "127.0.0.1", port 1 failed: Connection refused\n'
+            "\tIs the server running on that host and accepting TCP/IP connections?\n")
+        self.assertEqual(describe(error), 'connection to server at "127.0.0.1", port 1 '
+                                          "failed: Connection refused")
+        self.assertEqual(describe(psycopg2.OperationalError("")), "OperationalError")
+
+    def test_own_deadlines_read_as_their_message(self) -> None:
+        from rebreak_idle.db.pool import PoolClosed, StatementTimeout
+
+        self.assertEqual(describe(StatementTimeout("statement took longer than 30s")),
+                         "statement took longer than 30s")
+        self.assertEqual(describe(PoolClosed("the database pool is closed")),
+                         "the database pool is closed")
