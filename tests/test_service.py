@@ -1,4 +1,4 @@
-"""The wired daemon (``makeService``) in this process on the real reactor: real PostgreSQL,
+"""The wired daemon (``build_daemon``) in this process on the real reactor: real PostgreSQL,
 the in-process IMAP server and the backend double."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from twisted.trial.unittest import TestCase
 from rebreak_idle.config import Settings
 from rebreak_idle.migrate import apply
 from rebreak_idle.secrets import encrypt_secret
-from rebreak_idle.service import makeService
+from rebreak_idle.service import build_daemon
 from tests.support.backend import BackendDouble
 from tests.support.imapserver import InProcessIMAPServer
 from tests.support.pg import PostgresServer, fresh_database, sql
@@ -55,7 +55,7 @@ class DaemonCase(TestCase):
                       heartbeat_interval=2.0, reconnect_delay=0.2, write_flush_interval=0.2,
                       shutdown_timeout=3.0)
         values.update(overrides)
-        daemon = makeService(Settings(**values), reactor)  # type: ignore[arg-type]
+        daemon = build_daemon(Settings(**values), reactor)  # type: ignore[arg-type]
         daemon.startService()
         self.addCleanup(lambda: daemon.running and daemon.stopService())
         return daemon
