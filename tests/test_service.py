@@ -104,6 +104,24 @@ class WiringTests(DaemonCase):
             self.assertNotIn(secret, text)
         await daemon.stopService()
 
+    async def test_a_removed_account_leaves_no_scan_outcome(self) -> None:
+        """The scan trigger forgets an account once its session has ended for good (its
+        outcomes used to grow with every account ever seen)."""
+        await self.start_parts(fresh_database())
+        daemon = self.start_daemon()
+        await self.all_idle(daemon)
+        ann, bob = self.ids["ann@svc.test"], self.ids["bob@svc.test"]
+        await until(lambda: daemon.scans.last_outcome(ann) is not None
+                    and daemon.scans.last_outcome(bob) is not None, deadline=15,
+                    what="both first-connect scans answered")
+        sql(self.dsn, "UPDATE rebreak.mail_connections SET is_active = false WHERE id = %s",
+            (ann,))
+        await until(lambda: daemon.scans.last_outcome(ann) is None, deadline=15,
+                    what="ann's scan outcome discarded")
+        self.assertNotIn(ann, daemon.supervisor.sessions)
+        self.assertEqual(daemon.scans.last_outcome(bob)["outcome"], "ok")
+        await daemon.stopService()
+
     async def test_stop_sends_logout_and_flushes(self) -> None:
         await self.start_parts(fresh_database())
         daemon = self.start_daemon(write_flush_interval=60.0)
