@@ -7,7 +7,7 @@
 3. a demo backend on loopback that really scans: on each trigger it reads the mailbox over
    IMAP and deletes messages whose subject or sender matches a gambling keyword or
    blocklist, answering ``{"scanned", "blocked"}``;
-4. the daemon itself — the same ``makeService`` as ``twist rebreak-idle`` — with short
+4. the daemon itself — the same ``build_daemon`` as ``twist rebreak-idle`` — with short
    intervals so that a heartbeat and a refresh happen within the demo;
 5. a script that delivers normal and casino mail over time and adds a fourth account to the
    table while the daemon runs.
@@ -39,7 +39,7 @@ from rebreak_idle.config import Settings
 from rebreak_idle.db.migrate import apply
 from rebreak_idle.logs import text_observer
 from rebreak_idle.secrets import encrypt_secret
-from rebreak_idle.service import makeService
+from rebreak_idle.service import build_daemon
 from tests.support.backend import BackendDouble
 from tests.support.imapserver import InProcessIMAPServer
 from tests.support.pg import PostgresServer
@@ -151,7 +151,7 @@ class Demo:
             backend_url=self.backend.url, refresh_interval=10.0, heartbeat_interval=5.0,
             write_flush_interval=1.0, reconnect_delay=1.0, shutdown_timeout=5.0,
         )
-        daemon = makeService(settings, self.reactor)
+        daemon = build_daemon(settings, self.reactor)
         daemon.startService()
         try:
             for user in USERS:
@@ -176,7 +176,7 @@ class Demo:
             await self.wait(settings.heartbeat_interval + settings.write_flush_interval + 1)
             await self.backend.wait_for(len(self.backend.requests), deadline=DEADLINE,
                                         answered=True)
-            await daemon.scans.idle().addTimeout(DEADLINE, self.reactor)
+            await daemon.scans.when_quiet().addTimeout(DEADLINE, self.reactor)
             beats = [hb for _email, _err, hb in self.status_rows() if hb is not None]
             log.info("demo: heartbeat NOOPs recorded — {n} of {total} rows have "
                      "last_idle_heartbeat_at, newest {newest:%H:%M:%S}", n=len(beats),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .db.migrate import migrate_or_exit
-from .options import settings_or_exit
+from .startup import settings_or_exit
 
 __all__ = ["main"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -245,11 +245,6 @@ def load_settings(
     return Settings(**values)
 
 
-def settings_fields() -> list[str]:
-    """Names of every Settings attribute (used by the plugin to check OPTIONS is complete)."""
-    return [f.name for f in fields(Settings)]
-
-
 def describe(opt: Option) -> str:
     """One help line: text, environment variable and default."""
     default = opt.default
@@ -278,3 +273,61 @@ def supervisor_settings(settings: Settings) -> SupervisorSettings:
                               connect_rate=settings.connect_rate,
                               shutdown_timeout=settings.shutdown_timeout,
                               secret_values=settings.secret_values())
+
+
+__all__ += ["SupervisorSettings", "supervisor_settings"]
+
+
+# --- scan view ---
+
+
+@dataclass(frozen=True)
+class ScanSettings:
+    """What :class:`~rebreak_idle.scan.ScanTrigger` needs: where to POST, with which secret,
+    how many at once, how long and how often, and the secrets to keep out of its logs."""
+
+    backend_url: str
+    admin_secret: str = field(repr=False)
+    scan_concurrency: int = 16
+    scan_timeout: float = 30.0
+    scan_attempts: int = 6
+    shutdown_timeout: float = 10.0
+    #: every configured secret value (:meth:`Settings.secret_values`), masked in log texts
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+
+
+def scan_settings(settings: Settings) -> ScanSettings:
+    return ScanSettings(
+        backend_url=settings.backend_url,
+        admin_secret=settings.admin_secret,
+        scan_concurrency=settings.scan_concurrency,
+        scan_timeout=settings.scan_timeout,
+        scan_attempts=settings.scan_attempts,
+        shutdown_timeout=settings.shutdown_timeout,
+        secrets=settings.secret_values(),
+    )
+
+
+__all__ += ["ScanSettings", "scan_settings"]
+
+
+# --- status view ---
+
+
+@dataclass(frozen=True)
+class StatusSettings:
+    """What the status server needs: where to listen and the secret /status requires."""
+
+    status_endpoint: str
+    admin_secret: str = field(repr=False)
+
+
+def status_settings(settings: Settings) -> StatusSettings | None:
+    """The status server's view, or None when ``REBREAK_STATUS_ENDPOINT`` is unset."""
+    if not settings.status_endpoint:
+        return None
+    return StatusSettings(status_endpoint=settings.status_endpoint,
+                          admin_secret=settings.admin_secret)
+
+
+__all__ += ["StatusSettings", "status_settings"]

@@ -20,7 +20,7 @@ reclaimed; reference cycles wait a little longer.
 (``gc.freeze``): the 10,000 LOGOUTs of a stop create garbage fast, and a full collection
 over every session, each one about to be freed anyway, would only delay the exit.
 
-Only the process's owner calls these (``makeService`` without a reactor, i.e. ``twist`` and
+Only the process's owner calls these (``build_daemon(..., owns_process=True)``: ``twist`` and
 ``twistd``); a test or an embedding program keeps its own settings.
 """
 

@@ -154,9 +154,10 @@ def _observer_factory(log_format: str, secrets: Sequence[str]) -> ObserverFactor
 
 # --- twist / twistd ---------------------------------------------------------------------
 
-# twistd's --logger takes the dotted name of a zero-argument factory, so what it needs to
-# know (format, where to write, which secrets to mask) is handed over here by postOptions.
-_twistd: dict[str, Any] = {}
+#: twistd's --logger takes the dotted name of a zero-argument factory, so what it needs to
+#: know (``format``, ``logfile``, ``secrets`` to mask) is handed over here by postOptions;
+#: empty when twistd runs the .tac file (no plugin options).
+twistd_choice: dict[str, Any] = {}
 
 
 def twistd_observer() -> ILogObserver:
@@ -166,16 +167,16 @@ def twistd_observer() -> ILogObserver:
     (which has no plugin options), ``twistd -ny rebreak.tac --logger
     rebreak_idle.logs.twistd_observer`` logs to stdout in ``REBREAK_LOG_FORMAT`` with the
     secrets of the environment's settings masked."""
-    if not _twistd:
+    if not twistd_choice:
         return make_observer(_environment_format(), sys.stdout, _environment_secrets())
-    target = _twistd.get("logfile")
-    secrets = _twistd.get("secrets", ())
+    target = twistd_choice.get("logfile")
+    secrets = twistd_choice.get("secrets", ())
     if target is None:
-        return make_observer(_twistd["format"], sys.stdout, secrets)
+        return make_observer(twistd_choice["format"], sys.stdout, secrets)
     from twisted.python.logfile import LogFile
 
     out = LogFile.fromFullPath(target)
-    return make_observer(_twistd["format"], out, secrets)  # type: ignore[arg-type]
+    return make_observer(twistd_choice["format"], out, secrets)  # type: ignore[arg-type]
 
 
 def _environment_format() -> str:
@@ -238,9 +239,9 @@ def configure_runner_logging(
         if logfile == "-" and not parent["nodaemon"]:
             return  # twistd itself refuses this ("Daemons cannot log to stdout")
         if parent["nodaemon"] and logfile in (None, "", "-"):
-            _twistd["logfile"] = None
+            twistd_choice["logfile"] = None
         else:
-            _twistd["logfile"] = logfile or "twistd.log"
-        _twistd["secrets"] = masked
-        _twistd["format"] = log_format
+            twistd_choice["logfile"] = logfile or "twistd.log"
+        twistd_choice["secrets"] = masked
+        twistd_choice["format"] = log_format
         parent["logger"] = f"{__name__}.twistd_observer"

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping
 
-from twisted.application.service import IService
 from twisted.python import usage
 
-from .config import OPTIONS, ConfigError, Settings, describe, load_settings
+from .config import OPTIONS, ConfigError, describe, load_settings
 from .logs import FORMATS, configure_runner_logging
 
-__all__ = ["Options", "service_or_exit", "settings_or_exit"]
+__all__ = ["Options"]
 
 
 class Options(usage.Options):
@@ -61,34 +59,10 @@ class Options(usage.Options):
 
     def _secret_values(self) -> tuple[str, ...]:
         """The configured secrets to mask in the log (none when the settings are invalid:
-        makeService then stops with the configuration error before anything is logged)."""
+        the plugin's makeService then stops with the configuration error before anything
+        is logged)."""
         try:
             return load_settings(flags=self.flag_values()).secret_values()
         except ConfigError:
             return ()
 
-
-def settings_or_exit(
-    flags: Mapping[str, str | None] | None = None, environ: Mapping[str, str] | None = None
-) -> Settings:
-    """Load settings, or print the one-line reason to stderr and exit with status 78
-    (EX_CONFIG) — no traceback, no secret."""
-    try:
-        return load_settings(environ=environ, flags=flags)
-    except ConfigError as e:
-        sys.stderr.write(f"rebreak-idle: configuration error: {e}\n")
-        sys.stderr.flush()
-        raise SystemExit(78) from None
-
-
-def service_or_exit(settings: Settings) -> IService:
-    """``makeService(settings)``, or the one-line reason and exit status 78 when a setting
-    only the wiring can check is wrong (e.g. an unparsable REBREAK_STATUS_ENDPOINT)."""
-    from .service import makeService
-
-    try:
-        return makeService(settings)
-    except ValueError as e:
-        sys.stderr.write(f"rebreak-idle: configuration error: {e}\n")
-        sys.stderr.flush()
-        raise SystemExit(78) from None

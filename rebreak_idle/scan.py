@@ -16,15 +16,12 @@ page see neither it nor any other secret of the settings.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from treq.client import HTTPClient
-from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
-from twisted.internet import error as neterror
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
@@ -33,39 +30,40 @@ from twisted.internet.defer import (
     succeed,
 )
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import (
-    Agent,
-    HTTPConnectionPool,
-    RequestTransmissionFailed,
-    ResponseDone,
-    ResponseFailed,
-    ResponseNeverReceived,
-)
-from twisted.web.http import PotentialDataLoss
+from twisted.web.client import Agent, HTTPConnectionPool
 
 from . import metrics
+from .backoff import Backoff
+from .deferreds import Waiters
+from .failures import maskable
+from .scan_request import (
+    Job,
+    Retryable,
+    answer_counts,
+    attempt_error,
+    read_body,
+    snippet,
+    timed_out,
+)
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
     from .account import Account
-    from .config import Settings
+    from .config import ScanSettings
 
 __all__ = ["SCAN_PATH", "ScanTrigger"]
 
 #: Path of the backend's scan endpoint, appended to ``BACKEND_URL``.
 SCAN_PATH = "/api/mail/scan-internal"
 
-#: Characters of a response body that reach a log line.
-BODY_LOG_LIMIT = 200
-#: Bytes of a response body read at most (the rest is discarded).
-BODY_READ_LIMIT = 64 * 1024
 #: Seconds an unused keep-alive connection to the backend stays open.
 IDLE_CONNECTION_TIMEOUT = 4.0
+#: Delay before the first retry of a scan, in seconds (then doubling).
+FIRST_RETRY_DELAY = 1.0
 #: Longest backoff between two attempts, in seconds.
 MAX_RETRY_DELAY = 60.0
 
@@ -74,106 +72,44 @@ OUTCOMES = ("ok", "client_error", "gave_up", "abandoned")
 log = Logger(namespace="rebreak_idle.scan")
 
 
-class _Retryable(Exception):
-    """An attempt failed in a way worth retrying (5xx answer)."""
-
-    def __init__(self, status: int, text: str) -> None:
-        super().__init__(text)
-        self.status = status
-        self.text = text
-
-
-@dataclass
-class _Job:
-    """What one scan (including its retries) is about."""
-
-    account: Account
-    exists: int
-    reason: str
-
-    def payload(self) -> bytes:
-        return json.dumps({
-            "connectionId": self.account.id,
-            "userId": self.account.user_id,
-            "reason": self.reason,
-            "exists": self.exists,
-        }).encode("utf-8")
+def retry_backoff() -> Backoff:
+    """The retry delays of one scan: 1 s, 2 s, 4 s ... at most 60 s, without jitter (the
+    concurrency cap already spreads the retries of many accounts)."""
+    return Backoff(FIRST_RETRY_DELAY, MAX_RETRY_DELAY, factor=2.0, spread=0.0)
 
 
 @dataclass
 class _AccountState:
-    """Per-account coalescing state: the scan in flight and at most one follow-up."""
+    """Per-account coalescing state: the scan in flight and at most one follow-up.
+    ``keep`` is False once the account was discarded: its outcome is then not kept."""
 
     running: Deferred[None] | None = None
-    pending: _Job | None = None
-
-
-class _BodyReader(Protocol):
-    """Collect a response body up to ``limit`` bytes; cancelling drops the connection."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.size = 0
-        self.chunks: list[bytes] = []
-        self.done: Deferred[bytes] = Deferred(self._cancel)
-
-    def dataReceived(self, data: bytes) -> None:
-        room = self.limit - self.size
-        if room > 0:
-            self.chunks.append(data[:room])
-            self.size += min(room, len(data))
-
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
-        if self.done.called:
-            return
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(b"".join(self.chunks))
-        else:
-            self.done.errback(reason)
-
-    def _cancel(self, _: Deferred[bytes]) -> None:
-        if self.transport is not None:
-            self.transport.loseConnection()
-
-
-def _read_body(response: Any) -> Deferred[bytes]:
-    reader = _BodyReader(BODY_READ_LIMIT)
-    response.deliverBody(reader)
-    return reader.done
-
-
-def _no_jitter() -> float:
-    return 0.0
-
-
-def _timed_out(result: object, timeout: float) -> NoReturn:
-    """``onTimeoutCancel``: whatever the cancelled request failed with, it timed out."""
-    raise DeferredTimeoutError(timeout, "scan request")
+    pending: Job | None = None
+    keep: bool = True
 
 
 class ScanTrigger(Service):
     """Send scan triggers to the backend; ``request`` is the sessions' ``OnNewMail``.
 
-    :param settings: uses ``backend_url``, ``admin_secret``, ``scan_concurrency``,
-        ``scan_timeout``, ``scan_attempts`` and ``shutdown_timeout``.
+    :param settings: the scan view of the settings (:func:`rebreak_idle.config.scan_settings`).
     :param reactor: provides every timer (tests pass :class:`~twisted.internet.task.Clock`);
         with the default HTTP client it must also be a full reactor.
     :param http_client: a treq-like object (``treq.HTTPClient``, ``StubTreq``) with
         ``post(url, data=, headers=, allow_redirects=, unbuffered=)``; by default a
         ``treq.HTTPClient`` over one persistent :class:`HTTPConnectionPool`.
-    :param retry_delay: ``attempt -> seconds`` before the retry that follows the failed
-        attempt number ``attempt`` (0-based); default 1, 2, 4 ... capped at 60 s.
+    :param backoff: makes the :class:`~rebreak_idle.backoff.Backoff` of one scan's retries;
+        default :func:`retry_backoff` (1, 2, 4 ... capped at 60 s).
     """
 
     name = "scan-trigger"
 
     def __init__(
         self,
-        settings: Settings,
+        settings: ScanSettings,
         reactor: IReactorTime,
         *,
         http_client: Any = None,
-        retry_delay: Callable[[int], float] | None = None,
+        backoff: Callable[[], Backoff] = retry_backoff,
     ) -> None:
         self._settings = settings
         self._reactor = reactor
@@ -186,29 +122,29 @@ class ScanTrigger(Service):
             self._pool.cachedConnectionTimeout = IDLE_CONNECTION_TIMEOUT
             http_client = HTTPClient(Agent(reactor, pool=self._pool))
         self._http = http_client
-        self._retry_delay = retry_delay or backoffPolicy(
-            initialDelay=1.0, maxDelay=MAX_RETRY_DELAY, factor=2.0, jitter=_no_jitter)
+        self._backoff = backoff
         self._url = settings.backend_url.rstrip("/") + SCAN_PATH
         self._semaphore = DeferredSemaphore(max(1, settings.scan_concurrency))
         self._states: dict[str, _AccountState] = {}
         self._outcomes: dict[str, dict[str, Any]] = {}
-        self._idle_waiters: list[Deferred[None]] = []
+        self._quiet = Waiters()
+        self._quiet.settle()
         self._stopping = False
         self._abandoning = False
-        self._secrets = tuple(s for s in settings.secret_values() if s)
+        self._secrets = maskable(settings.secrets)
 
     # -- the OnNewMail seam ---------------------------------------------------------------
 
     def request(self, account: Account, exists: int, reason: str) -> None:
         """Ask for a scan of ``account``; coalesced with one in flight. Never raises."""
         try:
-            self._request(_Job(account, int(exists), reason))
+            self._request(Job(account, int(exists), reason))
         except Exception:
             log.failure("[idle/{email}] scan-trigger request failed",
                         email=getattr(account, "email", "?"),
                         account_id=getattr(account, "id", None))
 
-    def _request(self, job: _Job) -> None:
+    def _request(self, job: Job) -> None:
         if self._stopping:
             self._count(job, "abandoned")
             log.info("[idle/{email}] scan-trigger not sent: shutting down",
@@ -217,6 +153,8 @@ class ScanTrigger(Service):
         state = self._states.get(job.account.id)
         if state is None:
             state = self._states[job.account.id] = _AccountState()
+            self._quiet.unsettle()
+        state.keep = True
         if state.running is not None:
             if state.pending is not None:
                 log.debug("[idle/{email}] scan already queued; coalesced (exists={exists})",
@@ -226,7 +164,7 @@ class ScanTrigger(Service):
             return
         self._start(state, job)
 
-    def _start(self, state: _AccountState, job: _Job) -> None:
+    def _start(self, state: _AccountState, job: Job) -> None:
         d = Deferred.fromCoroutine(self._run(job))
         state.running = d
         d.addErrback(lambda f: log.failure(
@@ -244,13 +182,14 @@ class ScanTrigger(Service):
             self._count(job, "abandoned")
         if self._states.get(account_id) is state:
             del self._states[account_id]
-        self._check_idle()
+        if not self._states:
+            self._quiet.settle()
 
     # -- one scan, with retries -----------------------------------------------------------
 
-    async def _run(self, job: _Job) -> None:
+    async def _run(self, job: Job) -> None:
         attempts = max(1, self._settings.scan_attempts)
-        attempt = 0
+        backoff = self._backoff()
         payload = job.payload()
         try:
             while True:
@@ -260,22 +199,21 @@ class ScanTrigger(Service):
                     if self._abandoning:
                         raise CancelledError() from None
                     failure = Failure()
-                    text = self._describe(failure)
-                    status = failure.value.status if failure.check(_Retryable) else None
-                    attempt += 1
-                    if attempt >= attempts:
+                    text = attempt_error(failure, self._settings.scan_timeout, self._secrets)
+                    status = failure.value.status if failure.check(Retryable) else None
+                    delay = backoff.next()
+                    if backoff.attempt >= attempts:
                         self._record(job, "gave_up", status=status)
                         log.error("[idle/{email}] scan-trigger gave up after {attempts} "
                                   "attempts: {error}", email=job.account.email,
-                                  account_id=job.account.id, attempts=attempt, error=text,
-                                  reason=job.reason, exists=job.exists)
+                                  account_id=job.account.id, attempts=backoff.attempt,
+                                  error=text, reason=job.reason, exists=job.exists)
                         return
-                    delay = self._retry_delay(attempt - 1)
                     metrics.SCAN_RETRIES.inc()
                     log.warn("[idle/{email}] scan-trigger failed ({error}); retry "
                              "{next}/{attempts} in {delay:g}s", email=job.account.email,
-                             account_id=job.account.id, error=text, next=attempt + 1,
-                             attempts=attempts, delay=delay)
+                             account_id=job.account.id, error=text,
+                             next=backoff.attempt + 1, attempts=attempts, delay=delay)
                     await deferLater(self._reactor, delay, lambda: None)
                     continue
                 self._answered(job, status, body)
@@ -299,14 +237,14 @@ class ScanTrigger(Service):
         try:
             exchange = Deferred.fromCoroutine(self._exchange(payload))
             exchange.addTimeout(self._settings.scan_timeout, self._reactor,
-                                onTimeoutCancel=_timed_out)
+                                onTimeoutCancel=timed_out)
             status, body = await exchange
         finally:
             metrics.SCAN_LATENCY.observe(max(0.0, self._reactor.seconds() - started))
             metrics.SCANS_IN_FLIGHT.dec()
             self._semaphore.release()
         if status >= 500:
-            raise _Retryable(status, f"HTTP {status}: {self._snippet(body)}")
+            raise Retryable(status, f"HTTP {status}: {snippet(body, self._secrets)}")
         return status, body
 
     async def _exchange(self, payload: bytes) -> tuple[int, bytes]:
@@ -320,15 +258,15 @@ class ScanTrigger(Service):
             allow_redirects=False,
             unbuffered=True,
         )
-        body = await _read_body(response)
+        body = await read_body(response)
         return int(response.code), body
 
     # -- outcomes -------------------------------------------------------------------------
 
-    def _answered(self, job: _Job, status: int, body: bytes) -> None:
+    def _answered(self, job: Job, status: int, body: bytes) -> None:
         email, account_id = job.account.email, job.account.id
         if 200 <= status < 300:
-            scanned, blocked, note = _counts(body)
+            scanned, blocked, note = answer_counts(body)
             self._record(job, "ok", status=status, scanned=scanned, blocked=blocked)
             log.info("[idle/{email}] scan-triggered → scanned={scanned} blocked={blocked}"
                      "{note}", email=email, account_id=account_id,
@@ -343,11 +281,14 @@ class ScanTrigger(Service):
             hint = " — the admin secret is wrong (check ADMIN_SECRET)"
         log.error("[idle/{email}] scan-trigger rejected: HTTP {status}{hint}: {body}",
                   email=email, account_id=account_id, status=status, hint=hint,
-                  body=self._snippet(body), reason=job.reason, exists=job.exists)
+                  body=snippet(body, self._secrets), reason=job.reason, exists=job.exists)
 
-    def _record(self, job: _Job, outcome: str, *, status: int | None = None,
+    def _record(self, job: Job, outcome: str, *, status: int | None = None,
                 scanned: int | None = None, blocked: int | None = None) -> None:
         self._count(job, outcome)
+        state = self._states.get(job.account.id)
+        if state is not None and not state.keep:
+            return
         self._outcomes[job.account.id] = {
             "time": self._reactor.seconds(),
             "outcome": outcome,
@@ -357,47 +298,9 @@ class ScanTrigger(Service):
         }
 
     @staticmethod
-    def _count(job: _Job, outcome: str) -> None:
+    def _count(job: Job, outcome: str) -> None:
         reason = job.reason if job.reason in ("exists", "connected") else "other"
         metrics.SCANS.labels(reason=reason, outcome=outcome).inc()
-
-    def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
-    def _snippet(self, body: bytes) -> str:
-        text = " ".join(body.decode("utf-8", "replace").split())
-        text = self._scrub(text)
-        if not text:
-            return "(empty answer)"
-        if len(text) > BODY_LOG_LIMIT:
-            text = text[:BODY_LOG_LIMIT] + "…"
-        return text
-
-    def _describe(self, failure: Failure) -> str:
-        """A short, secret-free description of a failed attempt."""
-        value = failure.value
-        if isinstance(value, _Retryable):
-            text = value.text
-        elif failure.check(DeferredTimeoutError, neterror.TimeoutError):
-            text = f"no answer within {self._settings.scan_timeout:g}s"
-        elif failure.check(neterror.ConnectionRefusedError):
-            text = "connection refused"
-        elif failure.check(ResponseNeverReceived, ResponseFailed, RequestTransmissionFailed):
-            reasons = [r.getErrorMessage() or r.type.__name__
-                       for r in getattr(value, "reasons", [])]
-            text = ("connection lost while sending"
-                    if failure.check(RequestTransmissionFailed)
-                    else "connection lost before the answer")
-            if reasons:
-                text += f" ({'; '.join(reasons)})"
-        elif failure.check(neterror.ConnectError):
-            text = value.__class__.__name__ + (f": {value}" if str(value) else "")
-        else:
-            text = f"{value.__class__.__name__}: {value}"
-        text = self._scrub(text)
-        return text[:BODY_LOG_LIMIT]
 
     # -- for the status page, tests and the daemon ----------------------------------------
 
@@ -407,28 +310,25 @@ class ScanTrigger(Service):
         outcome = self._outcomes.get(account_id)
         return dict(outcome) if outcome is not None else None
 
-    def forget(self, account_id: str) -> None:
-        """Drop the remembered outcome of an account that is no longer watched."""
+    def discard(self, account_id: str) -> None:
+        """Forget an account that is no longer watched: its last outcome, and the outcome of
+        a scan still in flight (which is left to finish; its follow-up is dropped)."""
         self._outcomes.pop(account_id, None)
+        state = self._states.get(account_id)
+        if state is not None:
+            state.keep = False
+            if state.pending is not None:
+                self._count(state.pending, "abandoned")
+                state.pending = None
 
     def busy(self) -> bool:
         """True while a scan is in flight, retrying or queued."""
         return bool(self._states)
 
-    def idle(self) -> Deferred[None]:
-        """A Deferred that fires when nothing is in flight or queued."""
-        if not self._states:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._idle_waiters.append(d)
-        return d
-
-    def _check_idle(self) -> None:
-        if self._states:
-            return
-        waiters, self._idle_waiters = self._idle_waiters, []
-        for d in waiters:
-            d.callback(None)
+    def when_quiet(self) -> Deferred[None]:
+        """A Deferred that fires once no scan is in flight, retrying or queued (at once if
+        none is)."""
+        return self._quiet.wait()
 
     # -- service --------------------------------------------------------------------------
 
@@ -449,28 +349,22 @@ class ScanTrigger(Service):
             if state.pending is not None:
                 self._count(state.pending, "abandoned")
                 state.pending = None
-        done: Deferred[None] = Deferred()
-        timers: list[Any] = []
-
-        def finish(_: object = None) -> None:
-            for timer in timers:
-                if timer.active():
-                    timer.cancel()
-            if not done.called:
-                done.callback(None)
-
-        idle = self.idle()
-        if not idle.called:
-            timers.append(self._reactor.callLater(self._settings.shutdown_timeout,
-                                                  self._abandon))
-        idle.addCallback(finish)
-        done.addCallback(lambda _: self._close_pool())
+        done = Deferred.fromCoroutine(self._stop())
         done.addErrback(lambda f: log.failure("scan-trigger stop failed", f))
         return done
 
+    async def _stop(self) -> None:
+        try:
+            await self.when_quiet().addTimeout(self._settings.shutdown_timeout,
+                                               self._reactor)
+        except DeferredTimeoutError:
+            self._abandon()
+            await self.when_quiet()
+        await self._close_pool()
+
     def _abandon(self) -> None:
         """Cancel every scan: each fails at once (a cancelled Deferred always fires), is
-        recorded as abandoned, and the last one makes ``idle()`` fire."""
+        recorded as abandoned, and the last one makes ``when_quiet()`` fire."""
         self._abandoning = True
         for state in list(self._states.values()):
             if state.running is not None:
@@ -481,23 +375,3 @@ class ScanTrigger(Service):
             return succeed(None)
         closing = self._pool.closeCachedConnections()
         return DeferredList([closing], consumeErrors=True).addCallback(lambda _: None)
-
-
-def _counts(body: bytes) -> tuple[int | None, int | None, str]:
-    """``(scanned, blocked, note)`` from a 2xx answer; None where the JSON says nothing."""
-    try:
-        data = json.loads(body.decode("utf-8")) if body.strip() else None
-    except ValueError:
-        data = None
-    if not isinstance(data, dict):
-        return None, None, "no JSON in answer"
-
-    def number(key: str) -> int | None:
-        value = data.get(key)
-        if isinstance(value, bool) or not isinstance(value, int):
-            return None
-        return value
-
-    scanned, blocked = number("scanned"), number("blocked")
-    note = "" if scanned is not None and blocked is not None else "answer without counts"
-    return scanned, blocked, note

@@ -1,4 +1,5 @@
-"""``makeService(settings)``: wires the rooms together (the only module that knows them all).
+"""``build_daemon(settings, reactor)``: wires the rooms together (the only module that knows
+them all).
 
     AccountStore ──rows──▶ Supervisor ──one per row──▶ MailboxSession ──new mail──▶ ScanTrigger
          ▲  (IRecorder: errors, heartbeats)  │                                       (treq POST)
@@ -22,7 +23,7 @@ from twisted.logger import Logger
 
 from . import gc_tuning
 from .account import Account, InvalidAccount, account_from_row
-from .config import Settings, supervisor_settings
+from .config import Settings, scan_settings, status_settings, supervisor_settings
 from .db.store import AccountStore
 from .scan import ScanTrigger
 from .secrets import SecretError, decrypt_secret
@@ -31,29 +32,29 @@ from .status import StatusService, make_status_resource
 from .supervisor import Decode, InvalidRow, Supervisor
 from .wheel import TimerWheel
 
-__all__ = ["Daemon", "makeService", "row_decoder"]
+__all__ = ["Daemon", "build_daemon", "row_decoder"]
 
 log = Logger()
 
 
 class Daemon(MultiService):
     """The running daemon: its parts are attributes, for tests, the demo and the status
-    server. ``handle_signals``: the daemon owns the process (``twist``/``twistd``): it
+    server. ``owns_process``: the daemon owns the process (``twist``/``twistd``): it
     installs the SIGTERM/SIGINT handlers and tunes the garbage collector
     (:mod:`rebreak_idle.gc_tuning`)."""
 
-    def __init__(self, settings: Settings, reactor: Any, *, handle_signals: bool = False
+    def __init__(self, settings: Settings, reactor: Any, *, owns_process: bool = False
                  ) -> None:
         super().__init__()
         self.settings = settings
         self.reactor = reactor
-        self.handle_signals = handle_signals
+        self.owns_process = owns_process
         #: the sessions' heartbeat timers and command deadlines, on one reactor timer
         self.timers = TimerWheel(reactor, timer_resolution(settings))
         self.store = AccountStore(settings.database_url, reactor,
                                   flush_interval=settings.write_flush_interval,
                                   shutdown_timeout=settings.shutdown_timeout)
-        self.scans = ScanTrigger(settings, reactor)
+        self.scans = ScanTrigger(scan_settings(settings), reactor)
         self.scans.setServiceParent(self)
         self.store.setServiceParent(self)
 
@@ -71,19 +72,18 @@ class Daemon(MultiService):
         self.supervisor = Supervisor(self.store, self._new_session,
                                      row_decoder(settings.key_bytes),
                                      supervisor_settings(settings), reactor,
-                                     account_filter=account_filter)
+                                     account_filter=account_filter,
+                                     on_session_removed=self.scans.discard)
         self.supervisor.setServiceParent(self)
         if settings.notify_channel:
             self.store.listen(settings.notify_channel, self.supervisor.request_refresh)
 
         self.status: StatusService | None = None
-        if settings.status_endpoint:
-            resource = make_status_resource(
-                ready=lambda: self.supervisor.ready,
-                snapshot=self.snapshot,
-                admin_secret=settings.admin_secret,
-            )
-            self.status = StatusService(settings.status_endpoint, resource, reactor)
+        status = status_settings(settings)
+        if status is not None:
+            resource = make_status_resource(status, ready=lambda: self.supervisor.ready,
+                                            snapshot=self.snapshot)
+            self.status = StatusService(status, resource, reactor)
             self.status.setServiceParent(self)
 
     def _new_session(self, account: Account) -> IService:
@@ -119,7 +119,7 @@ class Daemon(MultiService):
             renew=s.idle_renew, status=s.status_endpoint or "off", leases=s.leases,
         )
         super().startService()
-        if self.handle_signals:
+        if self.owns_process:
             gc_tuning.tune_for_many_sessions()
             self.reactor.callWhenRunning(self._install_signal_handlers)
 
@@ -149,7 +149,7 @@ class Daemon(MultiService):
         store, which writes what the sessions recorded; the lease keeper last, so that no
         other replica takes an account over while its session is still logging out."""
         log.info("rebreak-idle stopping: {n} sessions", n=len(self.supervisor.sessions))
-        if self.handle_signals:
+        if self.owns_process:
             gc_tuning.stopping()
         return Deferred.fromCoroutine(self._stop())
 
@@ -166,14 +166,11 @@ class Daemon(MultiService):
         log.info("rebreak-idle stopped")
 
 
-def makeService(settings: Settings, reactor: Any = None) -> Daemon:
-    """The daemon's top service for ``settings``. Without ``reactor`` (the commands) it runs
-    on the global reactor and owns SIGTERM/SIGINT (graceful stop, exit 0)."""
-    if reactor is None:
-        from twisted.internet import reactor as global_reactor
-
-        return Daemon(settings, global_reactor, handle_signals=True)
-    return Daemon(settings, reactor)
+def build_daemon(settings: Settings, reactor: Any, *, owns_process: bool = False) -> Daemon:
+    """The daemon's top service for ``settings`` on ``reactor``. ``owns_process`` (the
+    commands: ``twist``, ``twistd``): it also handles SIGTERM/SIGINT (graceful stop, exit 0)
+    and tunes the garbage collector; tests, the demo and the benchmarks leave it off."""
+    return Daemon(settings, reactor, owns_process=owns_process)
 
 
 def row_decoder(key: bytes) -> Decode:

@@ -8,19 +8,20 @@ Routes (GET; HEAD works too, other methods get 405):
     200 once ``ready()`` says the first account refresh has succeeded, else 503 with the
     reason in the body.
 ``/metrics``
-    The Prometheus text format of the registry (``before_metrics()`` runs first, so the
-    daemon can refresh gauges such as the oldest heartbeat age).
+    The Prometheus text format of the registry (its gauges are kept current by the rooms
+    that own them: the supervisor sets the oldest heartbeat age at each refresh).
 ``/status``
     JSON list, one object per account, as ``snapshot()`` gives them. Requires the header
     ``x-admin-secret`` (compared in constant time); without it or with a wrong one: 401.
 ``/``
-    A small HTML page for an operator. Without the header it shows only the number of
-    accounts by state (no e-mail address, no error text). With a correct
-    ``x-admin-secret`` header it also shows the account table (e-mail, state, since, last
-    error, last heartbeat, last event); a wrong header gets 401. The secret is never
-    accepted in the query string (it would end up in access logs and browser history):
-    use ``curl -H "x-admin-secret: $ADMIN_SECRET" http://127.0.0.1:9464/`` or a browser
-    extension that adds the header. Every value is HTML-escaped; the page has no script.
+    A small HTML page for an operator (:mod:`rebreak_idle.status_page`). Without the header
+    it shows only the number of accounts by state (no e-mail address, no error text). With
+    a correct ``x-admin-secret`` header it also shows the account table (e-mail, state,
+    since, last error, last heartbeat, last event); a wrong header gets 401. The secret is
+    never accepted in the query string (it would end up in access logs and browser
+    history): use ``curl -H "x-admin-secret: $ADMIN_SECRET" http://127.0.0.1:9464/`` or a
+    browser extension that adds the header. Every value is HTML-escaped; the page has no
+    script.
 
 No answer ever contains a secret: snapshot fields whose name suggests one are dropped.
 The access log skips the polling routes (/healthz, /readyz, /metrics) and logs only the
@@ -31,18 +32,17 @@ never a request header.
 from __future__ import annotations
 
 import hmac
-import html
 import json
 import weakref
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, date, datetime
-from typing import Any
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorCore
 from twisted.logger import Logger
@@ -51,10 +51,15 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
+from .deferreds import Waiters
 from .failures import is_secret_name
 from .metrics import REGISTRY
+from .status_page import render_page
 
-__all__ = ["StatusService", "make_site", "make_status_resource", "render_page"]
+if TYPE_CHECKING:
+    from .config import StatusSettings
+
+__all__ = ["StatusService", "make_site", "make_status_resource"]
 
 log = Logger()
 
@@ -152,18 +157,11 @@ class _Ready(Resource):
 class _Metrics(Resource):
     isLeaf = True
 
-    def __init__(self, registry: CollectorRegistry,
-                 before: Callable[[], None] | None) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
         super().__init__()
         self._registry = registry
-        self._before = before
 
     def render_GET(self, request: Request) -> bytes:
-        if self._before is not None:
-            try:
-                self._before()
-            except Exception:
-                log.failure("status server: refreshing the gauges before /metrics failed")
         body = generate_latest(self._registry)
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
         request.setHeader(b"cache-control", b"no-store")
@@ -186,131 +184,6 @@ class _Status(Resource):
             return _plain(request, 500, "internal error\n")
         _set_headers(request, b"application/json")
         return json.dumps(accounts, default=_json_default, ensure_ascii=False).encode("utf-8")
-
-
-# --- the HTML page ------------------------------------------------------------------------
-
-_COLUMNS = ("E-mail", "State", "Since", "Last error", "Last heartbeat", "Last event")
-_CSS = (
-    "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}"
-    "table{border-collapse:collapse;margin-top:1em}"
-    "th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}"
-    "th{background:#f2f2f2}td.err{color:#a00;max-width:40em;word-break:break-word}"
-    ".muted{color:#777}"
-)
-
-
-def _shown(value: Any) -> str:
-    """An escaped cell value; None as a dash."""
-    if value is None or value == "":
-        return "—"
-    if isinstance(value, bool):
-        text = "yes" if value else "no"
-    elif isinstance(value, datetime):
-        text = _time_text(value)
-    elif isinstance(value, Mapping):
-        text = ", ".join(f"{k}={v}" for k, v in value.items())
-    else:
-        text = str(value)
-    return html.escape(text, quote=True)
-
-
-def _when(value: Any) -> str:
-    """An escaped time: epoch seconds, a datetime or an ISO 8601 string, shown in UTC."""
-    moment = value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            moment = datetime.fromtimestamp(value, UTC)
-        except (OverflowError, OSError, ValueError):
-            pass
-    elif isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            pass
-    return _shown(moment)
-
-
-def _time_text(moment: datetime) -> str:
-    if moment.tzinfo:
-        return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-    return moment.strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _muted(html_text: str) -> str:
-    return f" <span class=muted>{html_text}</span>" if html_text != "—" else ""
-
-
-def _state_cell(a: Mapping[str, Any]) -> str:
-    cell = _shown(a.get("state"))
-    attempt, wait = a.get("attempt"), a.get("next_attempt_in")
-    details = []
-    if isinstance(attempt, int) and not isinstance(attempt, bool) and attempt > 0:
-        details.append(f"attempt {attempt}")
-    if isinstance(wait, int | float) and not isinstance(wait, bool):
-        details.append(f"next in {wait:.0f}s")
-    return cell + (_muted(html.escape(", ".join(details))) if details else "")
-
-
-def _event_cell(a: Mapping[str, Any]) -> str:
-    """``last_event`` when the snapshot has one, else the last EXISTS and the last scan."""
-    if "last_event" in a:
-        return _shown(a.get("last_event"))
-    lines = []
-    exists = a.get("last_exists")
-    if isinstance(exists, Mapping):
-        lines.append(f"EXISTS {_shown(exists.get('count'))}{_muted(_when(exists.get('at')))}")
-    scan = a.get("last_scan")
-    if isinstance(scan, Mapping):
-        text = f"scan {_shown(scan.get('outcome'))}"
-        if scan.get("scanned") is not None or scan.get("blocked") is not None:
-            text += (f" (scanned={_shown(scan.get('scanned'))}"
-                     f" blocked={_shown(scan.get('blocked'))})")
-        lines.append(text + _muted(_when(scan.get("time"))))
-    return "<br>".join(lines) if lines else "—"
-
-
-def _row(a: Mapping[str, Any]) -> str:
-    error = a.get("last_error")
-    cells = (
-        f"<td>{_shown(a.get('email'))}</td>",
-        f"<td>{_state_cell(a)}</td>",
-        f"<td>{_when(a.get('since'))}</td>",
-        (f"<td class=err>{_shown(error)}{_muted(_when(a.get('last_error_at')))}</td>"
-         if error else "<td>—</td>"),
-        f"<td>{_when(a.get('last_heartbeat'))}</td>",
-        f"<td>{_event_cell(a)}</td>",
-    )
-    return "<tr>" + "".join(cells) + "</tr>"
-
-
-def render_page(accounts: Sequence[Mapping[str, Any]] | None, counts: Mapping[str, int],
-                ready: bool) -> str:
-    """The operator page; ``accounts`` None means the table is withheld (no secret)."""
-    total = sum(counts.values())
-    rows = "".join(
-        f"<tr><td>{html.escape(state, quote=True)}</td><td>{n}</td></tr>"
-        for state, n in sorted(counts.items())
-    )
-    parts = [
-        "<!doctype html><html lang=en><head><meta charset=utf-8>",
-        "<title>rebreak-idle</title>",
-        f"<style>{_CSS}</style></head><body>",
-        "<h1>rebreak-idle</h1>",
-        f"<p>{'ready' if ready else 'not ready (waiting for the first account refresh)'}"
-        f" — {total} account{'' if total == 1 else 's'}</p>",
-        f"<table><tr><th>State</th><th>Accounts</th></tr>{rows}</table>",
-    ]
-    if accounts is None:
-        parts.append(
-            "<p class=muted>Send the header <code>x-admin-secret</code> to see the accounts, "
-            "e.g. <code>curl -H \"x-admin-secret: $ADMIN_SECRET\" …</code></p>")
-    else:
-        head = "".join(f"<th>{title}</th>" for title in _COLUMNS)
-        body = "".join(_row(a) for a in sorted(accounts, key=lambda a: str(a.get("email", ""))))
-        parts.append(f"<table><tr>{head}</tr>{body}</table>")
-    parts.append("</body></html>\n")
-    return "".join(parts)
 
 
 class _Page(Resource):
@@ -338,26 +211,26 @@ class _Page(Resource):
 
 
 def make_status_resource(
+    settings: StatusSettings,
     *,
     ready: Callable[[], bool],
     snapshot: Snapshot,
-    admin_secret: str,
     registry: CollectorRegistry = REGISTRY,
-    before_metrics: Callable[[], None] | None = None,
 ) -> IResource:
     """The root resource of the status server (routes in the module docstring).
 
+    ``settings.admin_secret`` — what /status and the page's account table require;
     ``ready()`` — whether the first account refresh has succeeded; ``snapshot()`` — one
     mapping per account (``id``, ``email``, ``state``, ``since``, ``last_error``,
     ``last_heartbeat``, ``last_event``; times as epoch seconds or datetimes; more keys are
-    passed through to /status); ``before_metrics()`` — called before each /metrics answer.
+    passed through to /status).
     """
-    secret = _Secret(admin_secret)
+    secret = _Secret(settings.admin_secret)
     root = Resource()
     root.putChild(b"", _Page(ready, snapshot, secret))
     root.putChild(b"healthz", _Health())
     root.putChild(b"readyz", _Ready(ready))
-    root.putChild(b"metrics", _Metrics(registry, before_metrics))
+    root.putChild(b"metrics", _Metrics(registry))
     root.putChild(b"status", _Status(snapshot, secret))
     return root
 
@@ -408,7 +281,7 @@ def make_site(resource: IResource, reactor: Any = None) -> Site:
 
 
 class StatusService(Service):
-    """Listens on a Twisted server endpoint string (``settings.status_endpoint``, e.g.
+    """Listens on ``settings.status_endpoint`` (a Twisted server endpoint string, e.g.
     ``tcp:9464:interface=127.0.0.1``) while running and serves ``resource`` there.
 
     A listening failure is logged as one clear line (the daemon keeps running without the
@@ -417,7 +290,9 @@ class StatusService(Service):
 
     name = "status"
 
-    def __init__(self, endpoint: str, resource: IResource, reactor: IReactorCore) -> None:
+    def __init__(self, settings: StatusSettings, resource: IResource,
+                 reactor: IReactorCore) -> None:
+        endpoint = settings.status_endpoint
         try:
             self._endpoint = serverFromString(reactor, endpoint)
         except (ValueError, KeyError, TypeError) as e:
@@ -427,32 +302,16 @@ class StatusService(Service):
         self.site = make_site(resource, reactor)
         self._port: IListeningPort | None = None
         self._listening: Deferred[IListeningPort] | None = None
-        self._waiters: list[Deferred[IListeningPort]] = []
-        self._outcome: IListeningPort | Failure | None = None
+        self._listened = Waiters()
 
     def when_listening(self) -> Deferred[IListeningPort]:
         """A Deferred that fires with the listening port (``.getHost()`` gives the address)
         or fails with the reason it could not listen."""
-        if isinstance(self._outcome, Failure):
-            return fail(self._outcome)
-        if self._outcome is not None:
-            return succeed(self._outcome)
-        waiter: Deferred[IListeningPort] = Deferred()
-        self._waiters.append(waiter)
-        return waiter
-
-    def _settle(self, outcome: IListeningPort | Failure) -> None:
-        self._outcome = outcome
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if isinstance(outcome, Failure):
-                waiter.errback(outcome)
-            else:
-                waiter.callback(outcome)
+        return self._listened.wait()
 
     def startService(self) -> None:
         super().startService()
-        self._outcome = None
+        self._listened.unsettle()
         listening = self._endpoint.listen(self.site)
         self._listening = listening
 
@@ -463,13 +322,13 @@ class StatusService(Service):
             log.info("status server listening on {address}",
                      address=f"{getattr(address, 'host', address)}:{getattr(address, 'port', '')}"
                      .rstrip(":"))
-            self._settle(port)
+            self._listened.settle(port)
 
         def failed(reason: Failure) -> None:
             self._listening = None
             log.error("status server could not listen on {endpoint}: {error}",
                       endpoint=self.description, error=reason.getErrorMessage())
-            self._settle(reason)
+            self._listened.settle(reason)
 
         listening.addCallbacks(listened, failed)
 

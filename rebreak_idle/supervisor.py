@@ -66,12 +66,16 @@ class Supervisor(MultiService):
     """See the module docstring. ``store`` provides
     :class:`~rebreak_idle.interfaces.IAccountSource`; ``session_factory(account)`` returns
     an unstarted ``IService`` with ``.account`` and ``snapshot()``; ``account_filter(rows)``
-    (replica leases) may narrow the active rows before reconciling."""
+    (replica leases) may narrow the active rows before reconciling;
+    ``on_session_removed(account_id)`` is called once an account has no session left
+    (stopped, none replacing it)."""
 
     def __init__(self, store: IAccountSource, session_factory: Callable[[Account], IService],
                  decode: Decode, settings: SupervisorSettings, clock: Any, *,
-                 account_filter: Callable[[list[dict]], Deferred] | None = None) -> None:
+                 account_filter: Callable[[list[dict]], Deferred] | None = None,
+                 on_session_removed: Callable[[str], None] | None = None) -> None:
         super().__init__()
+        self.on_session_removed = on_session_removed
         self.store = store
         self.session_factory = session_factory
         self.decode = decode
@@ -263,17 +267,30 @@ class Supervisor(MultiService):
         session = self.sessions.pop(account_id)
         self._successors.discard(account_id)
         if self._queue.pop(account_id, None) is not None or not session.running:
+            self._removed(account_id)
             return
         d = defer.maybeDeferred(session.stopService)
         self._leaving[account_id] = d
 
         def gone(result: Any) -> None:
             del self._leaving[account_id]
+            self._removed(account_id)
             self._update_gauge()
 
         d.addErrback(lambda f: log.failure("[idle/db] stopping session {account_id} failed", f,
                                            account_id=account_id))
         d.addBoth(gone)
+
+    def _removed(self, account_id: str) -> None:
+        """Call ``on_session_removed`` when no session of the account is left (none
+        running, stopping or replacing it)."""
+        if (self.on_session_removed is not None and account_id not in self.sessions
+                and account_id not in self._leaving):
+            try:
+                self.on_session_removed(account_id)
+            except Exception:
+                log.failure("[idle/db] on_session_removed({account_id}) failed",
+                            account_id=account_id)
 
     def _predecessor_gone(self, result: Any, account_id: str, session: IService) -> Any:
         """The previous session of this account has stopped: queue its successor, unless

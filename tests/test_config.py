@@ -8,7 +8,14 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from rebreak_idle.config import OPTIONS, ConfigError, Settings, load_settings
+from rebreak_idle.config import (
+    OPTIONS,
+    ConfigError,
+    Settings,
+    load_settings,
+    scan_settings,
+    status_settings,
+)
 
 SECRET = "adm1n-s3cret-value"
 KEY = "k" * 31 + "Z-more-key-material"
@@ -97,6 +104,28 @@ class LoadSettingsTests(SynchronousTestCase):
         self.assertIn("db-pa55word", load_settings(env()).secret_values())
         s = load_settings(env(DATABASE_URL="host=db user=u password=kv-pass dbname=x"))
         self.assertIn("kv-pass", s.secret_values())
+
+
+class RoomViewTests(SynchronousTestCase):
+    """Each room gets the settings it needs, secrets kept out of ``repr``."""
+
+    def test_scan_view(self) -> None:
+        s = load_settings(env(REBREAK_SCAN_CONCURRENCY="3", REBREAK_SCAN_TIMEOUT="7",
+                              REBREAK_SCAN_ATTEMPTS="2", REBREAK_SHUTDOWN_TIMEOUT="4"))
+        view = scan_settings(s)
+        self.assertEqual((view.backend_url, view.admin_secret, view.scan_concurrency,
+                          view.scan_timeout, view.scan_attempts, view.shutdown_timeout),
+                         (s.backend_url, SECRET, 3, 7.0, 2, 4.0))
+        self.assertEqual(view.secrets, s.secret_values())
+        for secret in s.secret_values():
+            self.assertNotIn(secret, repr(view))
+
+    def test_status_view(self) -> None:
+        self.assertIsNone(status_settings(load_settings(env())))
+        view = status_settings(load_settings(env(REBREAK_STATUS_ENDPOINT="tcp:9464")))
+        assert view is not None
+        self.assertEqual((view.status_endpoint, view.admin_secret), ("tcp:9464", SECRET))
+        self.assertNotIn(SECRET, repr(view))
 
 
 def run_twist(*args: str, environ: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -19,6 +19,15 @@ ANN = IMAP_PASSWORDS[0]
 EMAIL = "ann@faults.test"
 
 
+def gave_up_count() -> float:
+    return metrics.REGISTRY.get_sample_value(
+        "rebreak_idle_scan_triggers_total", {"reason": "exists", "outcome": "gave_up"}) or 0.0
+
+
+def exists_events() -> float:
+    return metrics.REGISTRY.get_sample_value("rebreak_idle_exists_events_total") or 0.0
+
+
 class BackendFaultTests(FaultCase, TestCase):
     timeout = 40
 
@@ -29,7 +38,7 @@ class BackendFaultTests(FaultCase, TestCase):
         self.start_daemon(**settings)
         await self.connected(EMAIL)
         await self.backend.wait_for(1, answered=True)
-        await self.daemon.scans.idle().addTimeout(10, self.reactor)
+        await self.daemon.scans.when_quiet().addTimeout(10, self.reactor)
         return ann
 
     async def test_500_retried_with_backoff_then_one_follow_up(self) -> None:
@@ -44,7 +53,7 @@ class BackendFaultTests(FaultCase, TestCase):
                             deadline=5)
         await self.wait_log(r"\[idle/ann@faults\.test\] scan-triggered → ", count=2,
                             deadline=10)
-        await self.daemon.scans.idle().addTimeout(10, self.reactor)
+        await self.daemon.scans.when_quiet().addTimeout(10, self.reactor)
         requests = self.scans_of(ann)[1:]
         self.assertEqual([r.status for r in requests], [500, 500, 200, 200])
         self.assertEqual([r.body["exists"] for r in requests], [1, 1, 1, 6])
@@ -63,7 +72,7 @@ class BackendFaultTests(FaultCase, TestCase):
         await self.wait_log(r"scan-trigger failed \(no answer within 0.5s\); retry 2/6 in 1s")
         await self.wait_log(r"\[idle/ann@faults\.test\] scan-triggered → ", count=2,
                             deadline=5)
-        await self.daemon.scans.idle().addTimeout(10, self.reactor)
+        await self.daemon.scans.when_quiet().addTimeout(10, self.reactor)
         requests = self.scans_of(ann)[1:]
         self.assertEqual(len(requests), 2)
         self.assertEqual([r.body["reason"] for r in requests], ["exists", "exists"])
@@ -73,7 +82,7 @@ class BackendFaultTests(FaultCase, TestCase):
     async def test_refused_until_the_backend_is_back(self) -> None:
         ann = await self._watching()
         await self.backend.stop()
-        gave_up = metrics.SCANS.labels(reason="exists", outcome="gave_up")._value.get()
+        gave_up = gave_up_count()
         self.imap.deliver(EMAIL, subject="while down")
         await self.wait_log(r"scan-trigger failed \(connection refused\); retry 2/6 in 1s")
         for n in range(3):
@@ -84,13 +93,12 @@ class BackendFaultTests(FaultCase, TestCase):
         await self.backend.start()  # same port
         await self.wait_log(r"\[idle/ann@faults\.test\] scan-triggered → ", count=2,
                             deadline=10)
-        await self.daemon.scans.idle().addTimeout(10, self.reactor)
+        await self.daemon.scans.when_quiet().addTimeout(10, self.reactor)
         after = self.scans_of(ann)[down:]
         # the retried scan, then exactly one follow-up for the mail during the outage
         self.assertEqual([(r.body["reason"], r.body["exists"]) for r in after],
                          [("exists", 1), ("exists", 4)])
-        self.assertEqual(
-            metrics.SCANS.labels(reason="exists", outcome="gave_up")._value.get(), gave_up)
+        self.assertEqual(gave_up_count(), gave_up)
 
     async def test_thousand_exists_during_one_slow_scan(self) -> None:
         # scan_timeout well above the test's length: the one scan stays in flight (a
@@ -98,7 +106,7 @@ class BackendFaultTests(FaultCase, TestCase):
         ann = await self._watching(scan_timeout=60)
         gate = self.backend.hold()
         self.addCleanup(gate.release)
-        events = metrics.EXISTS_EVENTS._value.get()
+        events = exists_events()
         self.imap.deliver(EMAIL, subject="first")
         await self.backend.wait_for(2)
         for burst in range(10):
@@ -107,12 +115,12 @@ class BackendFaultTests(FaultCase, TestCase):
             await deferLater(self.reactor, 0.01, lambda: None)
         await until(lambda: (self.snap(ann)["last_exists"] or {}).get("count") == 1001,
                     what="the session saw all 1,001 messages")
-        self.assertEqual(metrics.EXISTS_EVENTS._value.get() - events, 1001)
+        self.assertEqual(exists_events() - events, 1001)
         self.assertEqual(len(self.scans_of(ann)), 2)  # nothing sent while one is in flight
         gate.release()
         await self.wait_log(r"\[idle/ann@faults\.test\] scan-triggered → ", count=3,
                             deadline=10)
-        await self.daemon.scans.idle().addTimeout(10, self.reactor)
+        await self.daemon.scans.when_quiet().addTimeout(10, self.reactor)
         requests = self.scans_of(ann)
         self.assertEqual([(r.body["reason"], r.body["exists"]) for r in requests],
                          [("connected", 0), ("exists", 1), ("exists", 1001)])

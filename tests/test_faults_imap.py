@@ -1,4 +1,4 @@
-"""Fault suite, IMAP side (issue 9): the whole daemon — ``makeService`` on the real reactor
+"""Fault suite, IMAP side (issue 9): the whole daemon — ``build_daemon`` on the real reactor
 with real PostgreSQL, the backend double and an IMAP server on 127.0.0.1 — against a
 server that drops, hangs, says BYE, sends garbage, has a bad certificate, has no IDLE or
 rejects the password; and rows that cannot be watched. Results: docs/reliability.md.
@@ -65,7 +65,7 @@ class ConnectionDropTests(FaultCase, TestCase):
         self.assertEqual(event["attempt"], 1)
         self.assertLessEqual(float(event["delay"]), 0.25)
         self.assertEqual(metrics.RECONNECTS.labels(cause="network")._value.get(), before + 1)
-        await self.daemon.scans.idle().addTimeout(10, self.reactor)
+        await self.daemon.scans.when_quiet().addTimeout(10, self.reactor)
         self.assertEqual(len(self.scans_of(ann)), 2)  # exactly one catch-up scan
 
         # The server goes away for a while: attempts back off (0.2, 0.4, 0.8, 1.6 s ...).

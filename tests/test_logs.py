@@ -171,11 +171,11 @@ class RunnerConfigurationTests(SynchronousTestCase):
         self.assertEqual(json.loads(out.getvalue())["message"], "x ***")
 
     def test_twistd_json_goes_through_its_logger_option(self) -> None:
-        self.addCleanup(logs._twistd.clear)
+        self.addCleanup(logs.twistd_choice.clear)
         parent = {"logger": None, "nodaemon": True, "logfile": None, "syslog": False}
         configure_runner_logging(parent, "json", True, SECRETS)
         self.assertEqual(parent["logger"], "rebreak_idle.logs.twistd_observer")
-        self.assertEqual(logs._twistd["logfile"], None)
+        self.assertEqual(logs.twistd_choice["logfile"], None)
         out = io.StringIO()
         self.patch(sys, "stdout", out)
         Logger(observer=logs.twistd_observer()).info("x {v}", v=KEY)
@@ -183,7 +183,7 @@ class RunnerConfigurationTests(SynchronousTestCase):
 
         daemon = {"logger": None, "nodaemon": False, "logfile": None, "syslog": False}
         configure_runner_logging(daemon, "json", True)
-        self.assertEqual(logs._twistd["logfile"], "twistd.log")
+        self.assertEqual(logs.twistd_choice["logfile"], "twistd.log")
 
     def test_twistd_text_and_operator_choices_are_left_alone(self) -> None:
         cases = [
@@ -198,7 +198,7 @@ class RunnerConfigurationTests(SynchronousTestCase):
             self.assertEqual(parent, before)
 
     def test_twistd_observer_for_the_tac_reads_the_environment(self) -> None:
-        self.assertEqual(logs._twistd, {})
+        self.assertEqual(logs.twistd_choice, {})
         self.patch(os, "environ", {**os.environ, **ENV, "REBREAK_LOG_FORMAT": "json"})
         out = io.StringIO()
         self.patch(sys, "stdout", out)

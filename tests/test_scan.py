@@ -20,7 +20,8 @@ from twisted.web.server import NOT_DONE_YET
 
 from rebreak_idle import metrics
 from rebreak_idle.account import Account
-from rebreak_idle.config import Settings
+from rebreak_idle.backoff import Backoff
+from rebreak_idle.config import Settings, scan_settings
 from rebreak_idle.scan import SCAN_PATH, ScanTrigger
 from tests.support.backend import Answer, BackendDouble, Gate
 
@@ -43,15 +44,34 @@ def account(n: int = 1) -> Account:
                    secret=f"imap-password-{n}")
 
 
-def counter(c: Any, **labels: str) -> float:
-    return (c.labels(**labels) if labels else c)._value.get()
+def sample(name: str, **labels: str) -> float:
+    """The current value of one series of the daemon's registry (0 before its first use)."""
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def scans(**labels: str) -> float:
+    return sample("rebreak_idle_scan_triggers_total", **labels)
+
+
+def retries() -> float:
+    return sample("rebreak_idle_scan_retries_total")
+
+
+def queue_length() -> float:
+    return sample("rebreak_idle_scan_queue_length")
+
+
+def in_flight() -> float:
+    return sample("rebreak_idle_scans_in_flight")
+
+
+def quick_retries(delay: float) -> Any:
+    """A ``backoff`` factory for tests on the real reactor: every retry after ``delay``."""
+    return lambda: Backoff(delay, delay, spread=0.0)
 
 
 def latency_count() -> float:
-    for sample in metrics.SCAN_LATENCY.collect()[0].samples:
-        if sample.name.endswith("_count"):
-            return sample.value
-    raise AssertionError("no _count sample")
+    return sample("rebreak_idle_scan_latency_seconds_count")
 
 
 class LogCapture:
@@ -129,14 +149,15 @@ class Harness:
         self.stub = StubTreq(self.resource)
         client = kw.pop("http_client", None) or self.stub
         self.settings = settings(**kw)
-        self.trigger = ScanTrigger(self.settings, self.clock, http_client=client)
+        self.trigger = ScanTrigger(scan_settings(self.settings), self.clock,
+                                   http_client=client)
         self.trigger.startService()
         self.log = LogCapture(case)
         case.addCleanup(self.shutdown)
 
     def shutdown(self) -> None:
         """Leave no scan suspended (its gauges would move when it is collected)."""
-        d = self.trigger.stopService() if self.trigger.running else self.trigger.idle()
+        d = self.trigger.stopService() if self.trigger.running else self.trigger.when_quiet()
         self.advance(self.settings.shutdown_timeout)
         assert d.called, "the trigger did not stop"
         assert not self.trigger.busy()
@@ -174,7 +195,7 @@ class WireFormatStubTests(SynchronousTestCase):
 class OutcomeTests(SynchronousTestCase):
     def test_ok_logs_counts_and_records_outcome(self) -> None:
         h = Harness(self)
-        ok_before = counter(metrics.SCANS, reason="connected", outcome="ok")
+        ok_before = scans(reason="connected", outcome="ok")
         latency_before = latency_count()
         h.clock.advance(100)
         h.trigger.request(account(1), 3, "connected")
@@ -185,7 +206,7 @@ class OutcomeTests(SynchronousTestCase):
         self.assertEqual(h.trigger.last_outcome(account(1).id),
                          {"time": 100.25, "outcome": "ok", "scanned": 3, "blocked": 1,
                           "status": 200})
-        self.assertEqual(counter(metrics.SCANS, reason="connected", outcome="ok"),
+        self.assertEqual(scans(reason="connected", outcome="ok"),
                          ok_before + 1)
         self.assertEqual(latency_count(), latency_before + 1)
         self.assertIsNone(h.trigger.last_outcome(account(2).id))
@@ -213,7 +234,7 @@ class OutcomeTests(SynchronousTestCase):
 
     def test_401_is_not_retried_and_names_the_admin_secret(self) -> None:
         h = Harness(self)
-        before = counter(metrics.SCANS, reason="exists", outcome="client_error")
+        before = scans(reason="exists", outcome="client_error")
         h.trigger.request(account(1), 3, "exists")
         h.answer(status=401, body={"error": "unauthorized"})
         h.advance(3600)
@@ -223,9 +244,9 @@ class OutcomeTests(SynchronousTestCase):
         self.assertIn("the admin secret is wrong", line)
         self.assertEqual(h.trigger.last_outcome(account(1).id)["outcome"], "client_error")
         self.assertEqual(h.trigger.last_outcome(account(1).id)["status"], 401)
-        self.assertEqual(counter(metrics.SCANS, reason="exists", outcome="client_error"),
+        self.assertEqual(scans(reason="exists", outcome="client_error"),
                          before + 1)
-        self.successResultOf(h.trigger.idle())
+        self.successResultOf(h.trigger.when_quiet())
 
     def test_403_also_names_the_admin_secret(self) -> None:
         h = Harness(self)
@@ -267,7 +288,7 @@ class CoalescingTests(SynchronousTestCase):
         h.answer()
         h.advance(3600)
         self.assertEqual(len(h.requests), 2)
-        self.successResultOf(h.trigger.idle())
+        self.successResultOf(h.trigger.when_quiet())
 
     def test_follow_up_carries_latest_reason(self) -> None:
         h = Harness(self)
@@ -296,12 +317,12 @@ class CoalescingTests(SynchronousTestCase):
         h.trigger.request(account(2), 1, "exists")
         self.assertEqual(len(h.requests), 2)
 
-    def test_idle_fires_when_nothing_is_in_flight(self) -> None:
+    def test_when_quiet_fires_when_nothing_is_in_flight(self) -> None:
         h = Harness(self)
-        self.successResultOf(h.trigger.idle())
+        self.successResultOf(h.trigger.when_quiet())
         h.trigger.request(account(1), 1, "exists")
         h.trigger.request(account(1), 2, "exists")
-        d = h.trigger.idle()
+        d = h.trigger.when_quiet()
         self.assertNoResult(d)
         self.assertTrue(h.trigger.busy())
         h.answer()
@@ -322,7 +343,7 @@ class CoalescingTests(SynchronousTestCase):
 
         self.assertIsNone(h.trigger.request(Broken(), 1, "exists"))  # type: ignore[arg-type]
         self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)
-        self.successResultOf(h.trigger.idle())
+        self.successResultOf(h.trigger.when_quiet())
         self.assertEqual(h.requests, [])
         h.trigger.request(account(1), 1, "exists")  # the trigger still works
         self.assertEqual(len(h.requests), 1)
@@ -330,15 +351,15 @@ class CoalescingTests(SynchronousTestCase):
 
 class ConcurrencyTests(SynchronousTestCase):
     def test_cap_and_order(self) -> None:
-        queue_before = metrics.SCAN_QUEUE._value.get()
-        flight_before = metrics.SCANS_IN_FLIGHT._value.get()
+        queue_before = queue_length()
+        flight_before = in_flight()
         h = Harness(self, scan_concurrency=3)
         for n in range(1, 11):
             h.trigger.request(account(n), 1, "exists")
         self.assertEqual([r.parsed["userId"] for r in h.requests],
                          ["user-1", "user-2", "user-3"])
-        self.assertEqual(metrics.SCAN_QUEUE._value.get() - queue_before, 7)
-        self.assertEqual(metrics.SCANS_IN_FLIGHT._value.get() - flight_before, 3)
+        self.assertEqual(queue_length() - queue_before, 7)
+        self.assertEqual(in_flight() - flight_before, 3)
         h.answer(1)  # user-2 done: user-4 takes its slot
         self.assertEqual(len(h.requests), 4)
         self.assertEqual(h.requests[3].parsed["userId"], "user-4")
@@ -347,8 +368,8 @@ class ConcurrencyTests(SynchronousTestCase):
             self.assertLessEqual(len(h.resource.open), 3)
         self.assertEqual([r.parsed["userId"] for r in h.requests],
                          [f"user-{n}" for n in range(1, 11)])
-        self.assertEqual(metrics.SCAN_QUEUE._value.get(), queue_before)
-        self.assertEqual(metrics.SCANS_IN_FLIGHT._value.get(), flight_before)
+        self.assertEqual(queue_length(), queue_before)
+        self.assertEqual(in_flight(), flight_before)
 
     def test_retry_backoff_frees_the_slot(self) -> None:
         h = Harness(self, scan_concurrency=1)
@@ -361,7 +382,7 @@ class ConcurrencyTests(SynchronousTestCase):
 class RetryTests(SynchronousTestCase):
     def test_503_retried_with_exponential_backoff_then_success(self) -> None:
         h = Harness(self)
-        retries_before = counter(metrics.SCAN_RETRIES)
+        retries_before = retries()
         h.trigger.request(account(1), 5, "exists")
         h.answer(status=503, body=b"busy")
         h.advance(0.999)
@@ -375,14 +396,14 @@ class RetryTests(SynchronousTestCase):
         self.assertEqual(len(h.requests), 3)
         self.assertEqual(h.requests[2].parsed["exists"], 5)
         h.answer(body={"scanned": 1, "blocked": 0})
-        self.assertEqual(counter(metrics.SCAN_RETRIES), retries_before + 2)
+        self.assertEqual(retries(), retries_before + 2)
         self.assertEqual(h.trigger.last_outcome(account(1).id)["outcome"], "ok")
         self.assertIn("[idle/user1@example.test] scan-trigger failed (HTTP 503: busy); "
                       "retry 2/6 in 1s", h.log.mine())
 
     def test_backoff_doubles_up_to_sixty_seconds_then_gives_up(self) -> None:
         h = Harness(self, scan_attempts=9)
-        gave_up_before = counter(metrics.SCANS, reason="exists", outcome="gave_up")
+        gave_up_before = scans(reason="exists", outcome="gave_up")
         h.trigger.request(account(1), 5, "exists")
         for _ in range(8):
             h.answer(status=500)
@@ -395,9 +416,9 @@ class RetryTests(SynchronousTestCase):
                       "HTTP 500: (empty answer)", h.log.mine())
         self.assertEqual(h.trigger.last_outcome(account(1).id)["outcome"], "gave_up")
         self.assertEqual(h.trigger.last_outcome(account(1).id)["status"], 500)
-        self.assertEqual(counter(metrics.SCANS, reason="exists", outcome="gave_up"),
+        self.assertEqual(scans(reason="exists", outcome="gave_up"),
                          gave_up_before + 1)
-        self.successResultOf(h.trigger.idle())
+        self.successResultOf(h.trigger.when_quiet())
         h.trigger.request(account(1), 6, "exists")  # the next event still scans
         self.assertEqual(len(h.requests), 10)
 
@@ -478,6 +499,37 @@ class SecretTests(SynchronousTestCase):
         self.assertNotIn(SECRET, repr(h.trigger.last_outcome(account(2).id)))
 
 
+class DiscardTests(SynchronousTestCase):
+    """An account no longer watched leaves nothing behind (outcomes did grow with every
+    account ever seen)."""
+
+    def test_discard_forgets_the_last_outcome(self) -> None:
+        h = Harness(self)
+        for n in range(1, 4):
+            h.trigger.request(account(n), 1, "exists")
+            h.answer()
+        h.trigger.discard(account(2).id)
+        self.assertIsNone(h.trigger.last_outcome(account(2).id))
+        self.assertEqual(h.trigger.last_outcome(account(1).id)["outcome"], "ok")
+        self.assertEqual(h.trigger.last_outcome(account(3).id)["outcome"], "ok")
+        h.trigger.discard(account(9).id)  # never seen: nothing to do
+
+    def test_discard_during_a_scan_lets_it_finish_without_keeping_it(self) -> None:
+        h = Harness(self)
+        abandoned = scans(reason="exists", outcome="abandoned")
+        h.trigger.request(account(1), 1, "exists")
+        h.trigger.request(account(1), 2, "exists")  # follow-up: dropped by discard
+        h.trigger.discard(account(1).id)
+        self.assertEqual(scans(reason="exists", outcome="abandoned"), abandoned + 1)
+        h.answer()
+        self.assertEqual(len(h.requests), 1)
+        self.assertIsNone(h.trigger.last_outcome(account(1).id))
+        self.successResultOf(h.trigger.when_quiet())
+        h.trigger.request(account(1), 3, "exists")  # watched again: kept again
+        h.answer()
+        self.assertEqual(h.trigger.last_outcome(account(1).id)["outcome"], "ok")
+
+
 class ShutdownTests(SynchronousTestCase):
     def test_stop_waits_for_the_scan_in_flight(self) -> None:
         h = Harness(self, shutdown_timeout=10.0)
@@ -493,7 +545,7 @@ class ShutdownTests(SynchronousTestCase):
         self.assertEqual(h.clock.getDelayedCalls(), [])
 
     def test_stop_abandons_after_the_timeout(self) -> None:
-        abandoned = counter(metrics.SCANS, reason="exists", outcome="abandoned")
+        abandoned = scans(reason="exists", outcome="abandoned")
         h = Harness(self, shutdown_timeout=10.0, scan_timeout=60.0, scan_concurrency=1)
         h.trigger.request(account(1), 1, "exists")  # in flight
         h.trigger.request(account(2), 1, "exists")  # waiting for the slot
@@ -506,7 +558,7 @@ class ShutdownTests(SynchronousTestCase):
         self.assertTrue(h.requests[0].gone)
         self.assertEqual(h.trigger.last_outcome(account(1).id)["outcome"], "abandoned")
         self.assertEqual(h.trigger.last_outcome(account(2).id)["outcome"], "abandoned")
-        self.assertEqual(counter(metrics.SCANS, reason="exists", outcome="abandoned"),
+        self.assertEqual(scans(reason="exists", outcome="abandoned"),
                          abandoned + 3)
         self.assertEqual(h.clock.getDelayedCalls(), [])
         self.assertFalse(h.trigger.running)
@@ -531,7 +583,7 @@ class ShutdownTests(SynchronousTestCase):
         self.successResultOf(h.trigger.stopService())
         h.trigger.request(account(1), 1, "exists")
         self.assertEqual(h.requests, [])
-        self.successResultOf(h.trigger.idle())
+        self.successResultOf(h.trigger.when_quiet())
 
 
 class BackendTests(TestCase):
@@ -545,9 +597,8 @@ class BackendTests(TestCase):
         backend = BackendDouble(SECRET)
         await backend.start()
         self.addCleanup(lambda: ensureDeferred(backend.stop()))
-        retry_delay = kw.pop("retry_delay", lambda attempt: 0.02)
-        trigger = ScanTrigger(settings(backend_url=backend.url, **kw), reactor,
-                              retry_delay=retry_delay)
+        trigger = ScanTrigger(scan_settings(settings(backend_url=backend.url, **kw)), reactor,
+                              backoff=quick_retries(0.02))
         trigger.startService()
         self.addCleanup(trigger.stopService)
         self.log = LogCapture(self)
@@ -557,7 +608,7 @@ class BackendTests(TestCase):
         trigger, backend = await self.make()
         backend.script(Answer(json={"scanned": 4, "blocked": 2}))
         trigger.request(account(1), 42, "connected")
-        await trigger.idle()
+        await trigger.when_quiet()
         [r] = backend.requests
         self.assertEqual((r.method, r.path), ("POST", "/api/mail/scan-internal"))
         self.assertEqual(r.headers["content-type"], "application/json")
@@ -578,19 +629,19 @@ class BackendTests(TestCase):
         for n in range(2, 1002):
             trigger.request(account(1), n, "exists")
         gate.release()
-        await trigger.idle()
+        await trigger.when_quiet()
         self.assertEqual([r.body["exists"] for r in backend.requests], [1, 1001])
 
     async def test_concurrency_cap_over_the_wire(self) -> None:
-        queue_before = metrics.SCAN_QUEUE._value.get()
+        queue_before = queue_length()
         trigger, backend = await self.make(scan_concurrency=4)
         gate = backend.hold()
         for n in range(1, 21):
             trigger.request(account(n), 1, "exists")
         await backend.wait_for(4)
-        self.assertEqual(metrics.SCAN_QUEUE._value.get() - queue_before, 16)
+        self.assertEqual(queue_length() - queue_before, 16)
         gate.release()
-        await trigger.idle()
+        await trigger.when_quiet()
         self.assertEqual(len(backend.requests), 20)
         self.assertEqual(backend.max_in_flight, 4)
         self.assertEqual({r.body["userId"] for r in backend.requests},
@@ -600,7 +651,7 @@ class BackendTests(TestCase):
         trigger, backend = await self.make(scan_concurrency=2)
         for n in range(1, 4):
             trigger.request(account(1), n, "exists")
-            await trigger.idle()
+            await trigger.when_quiet()
         self.assertEqual(len(backend.requests), 3)
         self.assertEqual(len(backend._factory.protocols), 1)  # one kept-alive connection
         await trigger.stopService()
@@ -610,7 +661,7 @@ class BackendTests(TestCase):
         trigger, backend = await self.make()
         backend.statuses(503, 503)
         trigger.request(account(1), 3, "exists")
-        await trigger.idle()
+        await trigger.when_quiet()
         self.assertEqual([r.status for r in backend.requests], [503, 503, 200])
         self.assertEqual(trigger.last_outcome(account(1).id)["outcome"], "ok")
 
@@ -620,12 +671,12 @@ class BackendTests(TestCase):
         backend = BackendDouble("the-right-secret")
         await backend.start()
         self.addCleanup(lambda: ensureDeferred(backend.stop()))
-        trigger = ScanTrigger(settings(backend_url=backend.url), reactor,
-                              retry_delay=lambda attempt: 0.01)
+        trigger = ScanTrigger(scan_settings(settings(backend_url=backend.url)), reactor,
+                              backoff=quick_retries(0.01))
         self.addCleanup(trigger.stopService)
         log = LogCapture(self)
         trigger.request(account(1), 3, "exists")
-        await trigger.idle()
+        await trigger.when_quiet()
         [r] = backend.requests
         self.assertFalse(r.authorized)
         self.assertEqual(r.status, 401)
@@ -638,7 +689,7 @@ class BackendTests(TestCase):
         self.addCleanup(stalled.release)
         backend.script(Answer(delay=stalled), Answer())
         trigger.request(account(1), 3, "exists")
-        await trigger.idle()
+        await trigger.when_quiet()
         self.assertEqual([r.status for r in backend.requests], [None, 200])
         self.assertIn("no answer within 0.2s", "\n".join(self.log.mine()))
         self.assertEqual(trigger.last_outcome(account(1).id)["outcome"], "ok")
@@ -654,7 +705,7 @@ class BackendTests(TestCase):
         await refused
         self.assertEqual(backend.requests, [])
         await backend.start()
-        await trigger.idle()
+        await trigger.when_quiet()
         bodies = sorted((r.body["userId"], r.body["exists"]) for r in backend.requests)
         self.assertEqual(bodies, [("user-1", 1), ("user-1", 11), ("user-2", 1)])
 
@@ -662,7 +713,7 @@ class BackendTests(TestCase):
         trigger, backend = await self.make()
         backend.script(Answer(drop=True))
         trigger.request(account(1), 3, "exists")
-        await trigger.idle()
+        await trigger.when_quiet()
         self.assertEqual([r.status for r in backend.requests], [None, 200])
         self.assertIn("connection lost before the answer", "\n".join(self.log.mine()))
         self.assertEqual(trigger.last_outcome(account(1).id)["outcome"], "ok")
@@ -671,10 +722,10 @@ class BackendTests(TestCase):
         trigger, backend = await self.make(scan_attempts=2)
         backend.statuses(500, 500)
         trigger.request(account(1), 1, "exists")
-        await trigger.idle()
+        await trigger.when_quiet()
         self.assertEqual(trigger.last_outcome(account(1).id)["outcome"], "gave_up")
         trigger.request(account(1), 2, "exists")
-        await trigger.idle()
+        await trigger.when_quiet()
         self.assertEqual([r.status for r in backend.requests], [500, 500, 200])
 
     async def test_stop_abandons_a_stalled_scan(self) -> None:
@@ -685,8 +736,8 @@ class BackendTests(TestCase):
         self.addCleanup(lambda: ensureDeferred(backend.stop()))
         gate = backend.hold()
         self.addCleanup(gate.release)
-        trigger = ScanTrigger(settings(backend_url=backend.url, shutdown_timeout=0.2),
-                              reactor)
+        trigger = ScanTrigger(scan_settings(settings(backend_url=backend.url,
+                                                     shutdown_timeout=0.2)), reactor)
         trigger.startService()
         trigger.request(account(1), 1, "exists")
         await backend.wait_for(1)
@@ -712,13 +763,13 @@ class BackendDoubleTests(TestCase):
         self.addCleanup(lambda: ensureDeferred(backend.stop()))
         with self.assertRaises(defer.TimeoutError):
             await backend.wait_for(1, deadline=0.05)
-        trigger = ScanTrigger(settings(backend_url=backend.url), reactor)
+        trigger = ScanTrigger(scan_settings(settings(backend_url=backend.url)), reactor)
         self.addCleanup(trigger.stopService)
         trigger.request(account(1), 5, "exists")
         [r] = await backend.wait_for(1, answered=True)
         self.assertEqual(seen, [r.body])
         self.assertEqual(r.status, 200)
-        await trigger.idle()
+        await trigger.when_quiet()
         self.assertEqual(trigger.last_outcome(account(1).id)["scanned"], 9)
 
     async def test_deferred_delay_json_answer_and_routing(self) -> None:
@@ -731,13 +782,13 @@ class BackendDoubleTests(TestCase):
         self.addCleanup(lambda: ensureDeferred(backend.stop()))
         release: Deferred[None] = Deferred()
         backend.script(Answer(status=207, json={"scanned": 1, "blocked": 1}, delay=release))
-        trigger = ScanTrigger(settings(backend_url=backend.url), reactor)
+        trigger = ScanTrigger(scan_settings(settings(backend_url=backend.url)), reactor)
         self.addCleanup(trigger.stopService)
         trigger.request(account(1), 5, "exists")
         await backend.wait_for(1)
         self.assertEqual(backend.in_flight, 1)
         release.callback(None)
-        await trigger.idle()
+        await trigger.when_quiet()
         self.assertEqual(trigger.last_outcome(account(1).id)["status"], 207)
         self.assertEqual(backend.in_flight, 0)
 

@@ -1,4 +1,4 @@
-"""The wired daemon (``makeService``) in this process on the real reactor: real PostgreSQL,
+"""The wired daemon (``build_daemon``) in this process on the real reactor: real PostgreSQL,
 the in-process IMAP server and the backend double."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from twisted.trial.unittest import TestCase
 from rebreak_idle.config import Settings
 from rebreak_idle.db.migrate import apply
 from rebreak_idle.secrets import encrypt_secret
-from rebreak_idle.service import makeService
+from rebreak_idle.service import build_daemon
 from tests.support.backend import BackendDouble
 from tests.support.imapserver import InProcessIMAPServer
 from tests.support.pg import PostgresServer, fresh_database, sql
@@ -55,7 +55,7 @@ class DaemonCase(TestCase):
                       heartbeat_interval=2.0, reconnect_delay=0.2, write_flush_interval=0.2,
                       shutdown_timeout=3.0)
         values.update(overrides)
-        daemon = makeService(Settings(**values), reactor)  # type: ignore[arg-type]
+        daemon = build_daemon(Settings(**values), reactor)  # type: ignore[arg-type]
         daemon.startService()
         self.addCleanup(lambda: daemon.running and daemon.stopService())
         return daemon
@@ -102,6 +102,24 @@ class WiringTests(DaemonCase):
         text = json.dumps(accounts) + metrics
         for secret in (ADMIN, KEY, *USERS.values()):
             self.assertNotIn(secret, text)
+        await daemon.stopService()
+
+    async def test_a_removed_account_leaves_no_scan_outcome(self) -> None:
+        """The scan trigger forgets an account once its session has ended for good (its
+        outcomes used to grow with every account ever seen)."""
+        await self.start_parts(fresh_database())
+        daemon = self.start_daemon()
+        await self.all_idle(daemon)
+        ann, bob = self.ids["ann@svc.test"], self.ids["bob@svc.test"]
+        await until(lambda: daemon.scans.last_outcome(ann) is not None
+                    and daemon.scans.last_outcome(bob) is not None, deadline=15,
+                    what="both first-connect scans answered")
+        sql(self.dsn, "UPDATE rebreak.mail_connections SET is_active = false WHERE id = %s",
+            (ann,))
+        await until(lambda: daemon.scans.last_outcome(ann) is None, deadline=15,
+                    what="ann's scan outcome discarded")
+        self.assertNotIn(ann, daemon.supervisor.sessions)
+        self.assertEqual(daemon.scans.last_outcome(bob)["outcome"], "ok")
         await daemon.stopService()
 
     async def test_stop_sends_logout_and_flushes(self) -> None:

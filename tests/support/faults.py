@@ -3,7 +3,7 @@
 :class:`FaultCase` is a mixin for ``twisted.trial.unittest.TestCase`` (real reactor). It
 starts, per test, a fresh PostgreSQL database (the daemon connects as a role with a
 password, :data:`~tests.support.leaks.DB_PASSWORD`), the in-process IMAP server, the
-backend double, and the daemon itself — ``makeService(settings, reactor)``, the same wiring
+backend double, and the daemon itself — ``build_daemon(settings, reactor)``, the same wiring
 as ``twist rebreak-idle`` — with short intervals. Every secret is one of
 :data:`~tests.support.leaks.KNOWN_SECRETS`; every log event of the test is captured and
 checked for them (and for tracebacks) when the test ends.
@@ -31,7 +31,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 
 from rebreak_idle.config import Settings
 from rebreak_idle.secrets import encrypt_secret
-from rebreak_idle.service import Daemon, makeService
+from rebreak_idle.service import Daemon, build_daemon
 
 from .backend import BackendDouble
 from .daemon import DaemonProcess
@@ -222,7 +222,7 @@ class FaultCase:
         return Settings(**values)
 
     def start_daemon(self, **overrides: Any) -> Daemon:
-        daemon = makeService(self.settings(**overrides), self.reactor)
+        daemon = build_daemon(self.settings(**overrides), self.reactor)
         daemon.startService()
         self.daemon = daemon
         self.addCleanup(self.stop_daemon, daemon)

@@ -1,4 +1,4 @@
-"""``twist rebreak-idle`` / ``twistd rebreak-idle``: parse flags, call makeService."""
+"""``twist rebreak-idle`` / ``twistd rebreak-idle``: flags parsed, daemon built by tap.py."""
 
 from twisted.application.service import ServiceMaker
 
