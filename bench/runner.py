@@ -269,8 +269,7 @@ class Bench:
         self.pg = None
         self.admin_url = os.environ.get("REBREAK_TEST_DATABASE_URL")
         if not self.admin_url:
-            sys.path.insert(0, str(ROOT))
-            from tests.support.pg import PostgresServer
+            from rebreak_idle.testing.pg import PostgresServer
 
             self.pg = PostgresServer()
             self.admin_url = self.pg.admin_dsn

@@ -40,9 +40,9 @@ from rebreak_idle.db.migrate import apply
 from rebreak_idle.logs import text_observer
 from rebreak_idle.secrets import encrypt_secret
 from rebreak_idle.service import build_daemon
-from tests.support.backend import BackendDouble
-from tests.support.imapserver import InProcessIMAPServer
-from tests.support.pg import PostgresServer
+from rebreak_idle.testing.backend import BackendDouble
+from rebreak_idle.testing.imapserver import InProcessIMAPServer
+from rebreak_idle.testing.pg import PostgresServer
 
 from .scanner import scan_mailbox
 

@@ -12,10 +12,10 @@ from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from rebreak_idle.secrets import encrypt_secret
-from tests.support.backend import BackendDouble
+from rebreak_idle.testing.backend import BackendDouble
+from rebreak_idle.testing.pg import fresh_database, sql
 from tests.support.daemon import DaemonProcess
 from tests.support.dovecot import DovecotServer, skip_without_dovecot
-from tests.support.pg import fresh_database, sql
 from tests.support.wait import until
 
 KEY = "e2e-" + secrets.token_hex(20)

@@ -11,7 +11,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from rebreak_idle import metrics
-from tests.support.backend import Answer, Gate
+from rebreak_idle.testing.backend import Answer, Gate
 from tests.support.faults import FaultCase, record_figure, until
 from tests.support.leaks import IMAP_PASSWORDS
 

@@ -16,9 +16,9 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from rebreak_idle.db.migrate import apply
+from rebreak_idle.testing.pg import PostgresServer
 from tests.support.faults import FaultCase, http_get, record_figure, until
 from tests.support.leaks import DB_ROLE, IMAP_PASSWORDS, KNOWN_SECRETS
-from tests.support.pg import PostgresServer
 
 ANN, BOB, CAT, WRONG = IMAP_PASSWORDS
 

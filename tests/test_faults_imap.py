@@ -12,7 +12,7 @@ import re
 from twisted.trial.unittest import TestCase
 
 from rebreak_idle import metrics
-from tests.support.certs import make_test_certs
+from rebreak_idle.testing.certs import make_test_certs
 from tests.support.faults import FaultCase, ScriptedIMAPServer, record_figure, until
 from tests.support.leaks import ENCRYPTION_KEY, IMAP_PASSWORDS, XOAUTH2_TOKEN
 

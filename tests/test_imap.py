@@ -775,8 +775,8 @@ class DescribeFailureTests(SynchronousTestCase):
     def test_ca_file_with_several_certificates(self) -> None:
         from pathlib import Path
 
+        from rebreak_idle.testing.certs import make_test_certs
         from rebreak_idle.tls import client_tls_options, load_ca_file
-        from tests.support.certs import make_test_certs
 
         certs = make_test_certs()
         path = self.mktemp()

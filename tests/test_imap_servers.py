@@ -22,10 +22,10 @@ from rebreak_idle.imap import (
     ConnectionLost,
     IdleClient,
 )
+from rebreak_idle.testing.certs import make_test_certs
+from rebreak_idle.testing.imapserver import InProcessIMAPServer
 from rebreak_idle.tls import TLSClientEndpoint, client_tls_options
-from tests.support.certs import make_test_certs
 from tests.support.dovecot import DovecotServer, skip_without_dovecot
-from tests.support.imapserver import InProcessIMAPServer
 
 WAIT = 10  # seconds: the deadline of every wait on the network
 

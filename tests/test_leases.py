@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from rebreak_idle.config import Settings
 from rebreak_idle.db.leases import LEASES_SQL, LeaseKeeper, fair_share
-from tests.support.pg import PostgresServer, fresh_database
+from rebreak_idle.testing.pg import PostgresServer, fresh_database
 
 TTL = 30.0
 RENEW = 10.0

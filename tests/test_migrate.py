@@ -11,7 +11,7 @@ import psycopg2
 from twisted.trial.unittest import SynchronousTestCase
 
 from rebreak_idle.db.migrate import apply
-from tests.support.pg import fresh_database
+from rebreak_idle.testing.pg import fresh_database
 from tests.test_store import sql
 
 ROOT = Path(__file__).resolve().parent.parent

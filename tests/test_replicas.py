@@ -118,7 +118,7 @@ class ReplicaProcessTests(TestCase):
         missing = _missing_parts()
         if missing:
             raise SkipTest(f"needs the whole daemon: {missing}")
-        from tests.support.pg import fresh_database
+        from rebreak_idle.testing.pg import fresh_database
 
         self.dsn = fresh_database()
         self.dir = Path(tempfile.mkdtemp(prefix="rebreak-replicas-"))

@@ -2,7 +2,7 @@
 
 Unit tests drive the trigger with ``task.Clock`` and ``treq.testing.StubTreq`` over a
 resource that keeps every request open until the test answers it; integration tests
-talk HTTP over loopback to :class:`tests.support.backend.BackendDouble`.
+talk HTTP over loopback to :class:`rebreak_idle.testing.backend.BackendDouble`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from rebreak_idle.account import Account
 from rebreak_idle.backoff import Backoff
 from rebreak_idle.config import Settings, scan_settings
 from rebreak_idle.scan import SCAN_PATH, ScanTrigger
-from tests.support.backend import Answer, BackendDouble, Gate
+from rebreak_idle.testing.backend import Answer, BackendDouble, Gate
 
 SECRET = "adm1n-S3cret-for-scan-tests"
 KEY = "e" * 32

@@ -1,5 +1,5 @@
 """MailboxSession end to end on the real reactor against real IMAP servers on 127.0.0.1:
-the in-process server of tests.support.imapserver (plain, implicit TLS, STARTTLS) and
+the in-process server of rebreak_idle.testing.imapserver (plain, implicit TLS, STARTTLS) and
 Dovecot (tests.support.dovecot) when it is installed. No sleeps: every wait is on an event
 with a deadline."""
 
@@ -18,9 +18,9 @@ from rebreak_idle.account import Account
 from rebreak_idle.config import Settings
 from rebreak_idle.interfaces import IRecorder
 from rebreak_idle.session import MailboxSession
-from tests.support.certs import make_test_certs
+from rebreak_idle.testing.certs import make_test_certs
+from rebreak_idle.testing.imapserver import InProcessIMAPServer
 from tests.support.dovecot import DovecotServer, skip_without_dovecot
-from tests.support.imapserver import InProcessIMAPServer
 
 USER = "ann@example.org"
 PASSWORD = "correct horse battery"

@@ -24,7 +24,7 @@ from rebreak_idle.db.writes import WriteBuffer
 from rebreak_idle.failures import describe
 from rebreak_idle.interfaces import IAccountSource, IRecorder
 from rebreak_idle.service import Daemon
-from tests.support.pg import PostgresServer, fresh_database, sql
+from rebreak_idle.testing.pg import PostgresServer, fresh_database, sql
 
 
 def sample(name: str, **labels: str) -> float | None:

