@@ -1,0 +1,67 @@
+// PM2 process file for rebreak-idle: a drop-in for the Node daemon's ecosystem.config.js.
+//
+//   pm2 start contrib/ecosystem.config.js       # with the settings in the environment
+//   pm2 stop rebreak-idle                        # graceful: LOGOUT on every session, exit 0
+//   pm2 restart rebreak-idle --update-env        # after the secret manager changed a value
+//
+// Nothing secret lives here. DATABASE_URL, ADMIN_SECRET, ENCRYPTION_KEY and every other
+// setting (README, "Configuration") come from the environment of the `pm2 start` command,
+// exactly as with the Node daemon: the operator's secret manager injects them there.
+//
+// Stop: PM2 sends SIGINT (or PM2_KILL_SIGNAL, e.g. SIGTERM, if the PM2 daemon was started
+// with it); rebreak-idle treats SIGINT and SIGTERM alike (DONE + LOGOUT on every session,
+// buffered writes flushed, in-flight scans finished or abandoned) and exits 0. PM2 sends
+// SIGKILL after kill_timeout, so it is set well above REBREAK_SHUTDOWN_TIMEOUT: the sessions
+// and the final write each have up to that timeout, then the leases are released.
+//
+// REBREAK_IDLE_VENV (not a secret; default /opt/rebreak-idle/venv, as in the systemd unit)
+// is the virtualenv the package was installed into with `pip install .`.
+
+"use strict";
+
+const path = require("path");
+
+const venv = process.env.REBREAK_IDLE_VENV || "/opt/rebreak-idle/venv";
+const shutdownSeconds = Number(process.env.REBREAK_SHUTDOWN_TIMEOUT || 10);
+
+module.exports = {
+  apps: [
+    {
+      name: "rebreak-idle",
+      script: path.join(venv, "bin", "twist"),
+      args: ["--log-format=text", "rebreak-idle"],
+      interpreter: "none", // twist is the program itself, not a Node.js script
+      exec_mode: "fork", // one process; several replicas: REBREAK_LEASES=on (docs/replicas.md)
+      instances: 1,
+      cwd: venv,
+
+      // Restarts: on any exit PM2 did not ask for, with a growing delay (100 ms, then x1.5
+      // up to PM2's cap of 15 s; back to 100 ms after 30 s of uptime). Exit status 78 is a
+      // configuration error (the log names the variable): restarting cannot fix it, so PM2
+      // leaves the process down (`pm2 ls` may still show it as "waiting restart").
+      autorestart: true,
+      exp_backoff_restart_delay: 100,
+      stop_exit_codes: [78],
+      min_uptime: "10s",
+      max_restarts: 16,
+
+      // Graceful stop (see above).
+      kill_timeout: (2 * shutdownSeconds + 5) * 1000,
+      treekill: true,
+      shutdown_with_message: false,
+
+      // Log lines unchanged: our lines carry their own timestamp, so PM2 adds none
+      // (`time: false`, no log_date_format); stdout and stderr of every instance go to one
+      // file each (~/.pm2/logs/rebreak-idle-out.log, -error.log; `pm2 logs rebreak-idle`).
+      time: false,
+      merge_logs: true,
+
+      // Every setting from the environment of `pm2 start` (nothing set here, nothing
+      // filtered out); PYTHONUNBUFFERED so that each line reaches the log at once.
+      filter_env: false,
+      env: {
+        PYTHONUNBUFFERED: "1",
+      },
+    },
+  ],
+};

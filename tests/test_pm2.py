@@ -1,0 +1,151 @@
+"""contrib/ecosystem.config.js under a real PM2 (installed from npm into a temporary prefix):
+the daemon starts through the file with its settings from the environment, connects to the
+test IMAP server, logs its own lines unchanged into PM2's log, and ``pm2 stop`` is a
+graceful stop (LOGOUT, exit 0 recorded by PM2).
+
+Needs ``npm`` (``.ci/run`` installs it); without it the test is skipped, unless
+``REBREAK_REQUIRE_DOVECOT=1`` (CI), where a missing npm is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from twisted.trial.unittest import SkipTest, TestCase
+
+from tests.support.daemon import TWIST, DaemonProcess
+from tests.support.faults import (
+    FAST,
+    PASSWORDS,
+    FaultCase,
+    child_env,
+    free_port,
+    save_daemon_log,
+    until,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+ECOSYSTEM = ROOT / "contrib" / "ecosystem.config.js"
+SHUTDOWN_TIMEOUT = 3.0
+
+
+def _npm() -> str:
+    npm = shutil.which("npm")
+    if npm is None:
+        if os.environ.get("REBREAK_REQUIRE_DOVECOT") == "1":
+            raise AssertionError("npm is required (REBREAK_REQUIRE_DOVECOT=1) but not "
+                                 "installed: apt-get install npm (.ci/run does)")
+        raise SkipTest("npm is not installed (apt-get install npm), so PM2 cannot be "
+                       "installed; set REBREAK_REQUIRE_DOVECOT=1 to make this a failure")
+    return npm
+
+
+def _settings_env(**overrides: Any) -> dict[str, str]:
+    """The suite's short intervals as the daemon's environment variables (the process
+    file passes no flags: every setting comes from the environment, as in production)."""
+    return {"REBREAK_" + name.upper(): str(value)
+            for name, value in dict(FAST, **overrides).items()}
+
+
+class PM2Tests(FaultCase, TestCase):
+    timeout = 300
+
+    async def command(self, argv: list[str], env: dict[str, str], deadline: float = 60.0
+                  ) -> tuple[int, str]:
+        """One command to its end: (exit code, output)."""
+        process = DaemonProcess(self.reactor, env=env, command=argv)
+        process.start()
+        code = await process.exited(deadline)
+        return code, process.output
+
+    async def pm2_binary(self) -> str:
+        """``pm2`` installed once per test run under trial's temporary directory."""
+        npm = _npm()
+        prefix = Path.cwd() / "pm2-prefix"
+        binary = prefix / "node_modules" / ".bin" / "pm2"
+        if not binary.exists():
+            code, output = await self.command(
+                [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "pm2"],
+                env={"npm_config_update_notifier": "false"}, deadline=240)
+            self.assertEqual(code, 0, f"npm install pm2 failed:\n{output}")
+        return str(binary)
+
+    def test_pm2_stop_sends_sigint(self) -> Any:
+        """PM2's default stop signal."""
+        return self.start_and_stop("SIGINT")
+
+    def test_pm2_kill_signal_sigterm(self) -> Any:
+        """``PM2_KILL_SIGNAL=SIGTERM`` in the environment of the PM2 daemon."""
+        return self.start_and_stop("SIGTERM")
+
+    async def start_and_stop(self, signal_name: str) -> None:
+        pm2 = await self.pm2_binary()
+        await self.start_parts()
+        self.add_account("ann@pm2.test", PASSWORDS["ann"])
+
+        home = tempfile.mkdtemp(prefix="rebreak-pm2-home-")
+        port = free_port()
+        env = {**child_env(self.dsn, self.backend.url),
+               **_settings_env(shutdown_timeout=SHUTDOWN_TIMEOUT,
+                               status_endpoint=f"tcp:{port}:interface=127.0.0.1"),
+               "PM2_HOME": home, "REBREAK_IDLE_VENV": str(Path(TWIST).parent.parent)}
+        if signal_name != "SIGINT":
+            env["PM2_KILL_SIGNAL"] = signal_name
+        self.addCleanup(shutil.rmtree, home, True)
+        # PM2 lists its own processes: "pm2 kill" stops the daemon it started and the app
+        self.addCleanup(self.command, [pm2, "kill"], env)
+
+        code, output = await self.command([pm2, "start", str(ECOSYSTEM)], env)
+        self.assertEqual(code, 0, output)
+        [app] = await self.jlist(pm2, env)
+        out_log = Path(app["pm2_env"]["pm_out_log_path"])
+        self.addCleanup(lambda: save_daemon_log(self.id(), self.log_lines(out_log)))
+        self.assertEqual(app["pm2_env"]["kill_timeout"], (2 * SHUTDOWN_TIMEOUT + 5) * 1000)
+
+        connected = r"\[idle/ann@pm2\.test\] connected \(127\.0\.0\.1:\d+\)"
+        await until(lambda: any(re.search(connected, line)
+                                for line in self.log_lines(out_log)),
+                    deadline=30, what=f"{connected!r} in {out_log}")
+        await self.idle("ann@pm2.test")
+        # our own line, unchanged: the daemon's timestamp first, no prefix added by PM2
+        [line] = [line for line in self.log_lines(out_log) if re.search(connected, line)]
+        self.assertRegex(line, r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[[^\]]+\] "
+                               r"\[idle/ann@pm2\.test\] connected \(")
+
+        logouts = self.imap.commands[b"LOGOUT"]
+        code, output = await self.command([pm2, "stop", "rebreak-idle"], env,
+                                      deadline=2 * SHUTDOWN_TIMEOUT + 20)
+        self.assertEqual(code, 0, output)
+        [app] = await self.jlist(pm2, env)
+        self.assertEqual(app["pm2_env"]["status"], "stopped")
+        self.assertEqual(app["pm2_env"]["exit_code"], 0, "\n".join(self.log_lines(out_log)))
+        self.assertEqual(self.imap.commands[b"LOGOUT"] - logouts, 1)
+        lines = self.log_lines(out_log)
+        graceful = f"received {signal_name}: stopping gracefully"
+        self.assertTrue(any(graceful in x for x in lines), lines)
+        self.assertTrue(any("rebreak-idle stopped" in x for x in lines), lines)
+        self.assertFalse(any("Traceback" in x for x in lines), lines)
+
+    async def jlist(self, pm2: str, env: dict[str, str]) -> list[dict[str, Any]]:
+        code, output = await self.command([pm2, "jlist"], env)
+        self.assertEqual(code, 0, output)
+        # the JSON document is the last line (PM2 may print notices before it)
+        return json.loads(output.strip().splitlines()[-1])
+
+    @staticmethod
+    def log_lines(path: Path) -> list[str]:
+        return path.read_text().splitlines() if path.exists() else []
+
+
+class EcosystemFileTests(TestCase):
+    def test_nothing_secret_in_the_file(self) -> None:
+        text = ECOSYSTEM.read_text()
+        for name in ("DATABASE_URL", "ADMIN_SECRET", "ENCRYPTION_KEY"):
+            self.assertNotRegex(text, rf"{name}\s*:", f"{name} is set in the process file")
+        self.assertIn('interpreter: "none"', text)
