@@ -20,7 +20,8 @@ from twisted.logger import Logger
 
 from . import gc_tuning
 from .account import Account
-from .config import Settings
+from .config import Settings, session_settings
+from .marks import MailboxMemory
 from .scan import ScanTrigger
 from .session import MailboxSession, timer_resolution
 from .status import StatusService, make_status_resource
@@ -47,6 +48,9 @@ class Daemon(MultiService):
         self.handle_signals = handle_signals
         #: the sessions' heartbeat timers and command deadlines, on one reactor timer
         self.timers = TimerWheel(reactor, timer_resolution(settings))
+        #: what the sessions last saw of each mailbox (outlives a restarted session)
+        self.marks = MailboxMemory()
+        self._session_settings = session_settings(settings)
         self.store = AccountStore(settings.database_url, reactor,
                                   flush_interval=settings.write_flush_interval)
         self.scans = ScanTrigger(settings, reactor)
@@ -78,8 +82,8 @@ class Daemon(MultiService):
             self.status.setServiceParent(self)
 
     def _new_session(self, account: Account) -> IService:
-        return MailboxSession(account, self.settings, self.store, self.scans.request,
-                              self.reactor, timers=self.timers)
+        return MailboxSession(account, self._session_settings, self.store, self.scans.request,
+                              self.reactor, memory=self.marks, timers=self.timers)
 
     def _owned_changed(self) -> None:
         self.supervisor.request_refresh()

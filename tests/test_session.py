@@ -22,8 +22,9 @@ from zope.interface.verify import verifyObject
 from rebreak_idle import metrics
 from rebreak_idle.account import Account
 from rebreak_idle.backoff import Backoff, format_delay
-from rebreak_idle.config import Settings
+from rebreak_idle.config import Settings, session_settings
 from rebreak_idle.interfaces import IRecorder
+from rebreak_idle.marks import MailboxMark, MailboxMemory
 from rebreak_idle.session import MailboxSession, timer_resolution
 from rebreak_idle.tls import TLSClientEndpoint
 from rebreak_idle.wheel import TimerWheel
@@ -227,7 +228,8 @@ class FakeEndpoint:
 class Harness:
     def __init__(self, test: SynchronousTestCase, *, settings: Settings | None = None,
                  account: Account = ACCOUNT, jitter: float = 0.0,
-                 memory: dict[str, Any] | None = None, timers: bool = False) -> None:
+                 memory: MailboxMemory | None = None, timers: bool = False,
+                 on_new_mail: Any = None) -> None:
         self.clock = Clock()
         self.timers = TimerWheel(self.clock) if timers else None
         self.settings = settings or make_settings()
@@ -237,7 +239,7 @@ class Harness:
         self.mails: list[tuple[int, str]] = []
         self.logs: list[str] = []
         self.errors: list[dict[str, Any]] = []
-        self.memory = {} if memory is None else memory
+        self.memory = MailboxMemory() if memory is None else memory
 
         def observe(event: dict[str, Any]) -> None:
             if event.get("log_namespace") == "rebreak_idle.session":
@@ -247,9 +249,11 @@ class Harness:
 
         globalLogPublisher.addObserver(observe)
         test.addCleanup(globalLogPublisher.removeObserver, observe)
+        if on_new_mail is None:
+            def on_new_mail(acc: Account, n: int, reason: str) -> None:
+                self.mails.append((n, reason))
         self.session = MailboxSession(
-            account, self.settings, self.recorder,
-            lambda acc, n, reason: self.mails.append((n, reason)), self.clock,
+            account, session_settings(self.settings), self.recorder, on_new_mail, self.clock,
             endpoint=self.endpoint, jitter=lambda: jitter, memory=self.memory,
             timers=self.timers)
 
@@ -259,6 +263,7 @@ class Harness:
 
     def pump(self) -> None:
         """Move bytes both ways and deliver connection losses until nothing moves."""
+        self.clock.advance(0)
         moved = True
         while moved:
             moved = False
@@ -348,7 +353,7 @@ class ConnectTests(SynchronousTestCase):
         self.assertEqual(h.mails, [(3, "connected")])
         self.assertEqual(h.lines("connected"),
                          ["[idle/ann@example.test] connected (127.0.0.1:143)"])
-        self.assertEqual(h.memory["acc-1"], (1000, 4))
+        self.assertEqual(h.memory.get("acc-1"), MailboxMark(1000, 4, 3))
 
     def test_secret_not_logged_or_recorded(self) -> None:
         h = Harness(self)
@@ -418,7 +423,7 @@ class NewMailTests(SynchronousTestCase):
         self.assertEqual(h.lines("exists-event")[0],
                          "[idle/ann@example.test] exists-event received (new mail)")
         # the expected UIDNEXT moves with the announced messages
-        self.assertEqual(h.memory["acc-1"], (1000, 7))
+        self.assertEqual(h.memory.get("acc-1"), MailboxMark(1000, 7, 6))
 
     def test_expunge_lowers_the_count(self) -> None:
         h = Harness(self)
@@ -433,14 +438,13 @@ class NewMailTests(SynchronousTestCase):
         self.assertEqual(h.mails, [(3, "connected"), (3, "exists")])
 
     def test_on_new_mail_failure_does_not_break_the_session(self) -> None:
-        h = Harness(self)
         calls: list[str] = []
 
         def broken(account: Account, exists: int, reason: str) -> None:
             calls.append(reason)
             raise RuntimeError("boom")
 
-        h.session._on_new_mail = broken
+        h = Harness(self, on_new_mail=broken)
         h.session.startService()
         h.pump()
         self.assertEqual(calls, ["connected"])
@@ -484,7 +488,7 @@ class CatchUpTests(SynchronousTestCase):
         self.assertEqual(h.mails, [(3, "connected"), (3, "connected")])
 
     def test_memory_outlives_a_restarted_session(self) -> None:
-        memory: dict[str, Any] = {}
+        memory = MailboxMemory()
         h = Harness(self, memory=memory)
         h.start()
         self.assertEqual(h.stop(), [None])
@@ -525,8 +529,9 @@ class TimerTests(SynchronousTestCase):
     def test_idle_sessions_share_one_reactor_timer(self) -> None:
         h = Harness(self, timers=True)
         bob = Account(**{**ACCOUNT.__dict__, "id": "acc-2", "email": "bob@example.test"})
-        other = MailboxSession(bob, h.settings, h.recorder, lambda *a: None, h.clock,
-                               endpoint=h.endpoint, memory=h.memory, timers=h.timers)
+        other = MailboxSession(bob, session_settings(h.settings), h.recorder,
+                               lambda *a: None, h.clock, endpoint=h.endpoint,
+                               memory=h.memory, timers=h.timers)
         h.start()
         other.startService()
         h.pump()
@@ -890,7 +895,7 @@ class EndpointTests(SynchronousTestCase):
         from twisted.internet.testing import MemoryReactorClock
 
         account = Account(**{**ACCOUNT.__dict__, "host": host, "security": security})
-        session = MailboxSession(account, make_settings(), Recorder(Clock()),
+        session = MailboxSession(account, session_settings(make_settings()), Recorder(Clock()),
                                  lambda *a: None, MemoryReactorClock(),
                                  tls_creator=lambda host: object())
         return session._make_endpoint()
