@@ -23,9 +23,10 @@ from rebreak_idle import metrics
 from rebreak_idle.account import Account
 from rebreak_idle.backoff import Backoff, format_delay
 from rebreak_idle.config import Settings, session_settings
-from rebreak_idle.interfaces import IRecorder
+from rebreak_idle.interfaces import IRecorder, ISession
 from rebreak_idle.marks import MailboxMark, MailboxMemory
 from rebreak_idle.session import MailboxSession, timer_resolution
+from rebreak_idle.session_state import TRANSITIONS, ForbiddenTransition, State
 from rebreak_idle.tls import TLSClientEndpoint
 from rebreak_idle.wheel import TimerWheel
 
@@ -617,6 +618,29 @@ class TimerTests(SynchronousTestCase):
         h.pump()
         self.assertEqual(h.mails[-1], (4, "exists"))
 
+    def test_server_ending_idle_just_before_a_heartbeat(self) -> None:
+        """The server ends IDLE and answers the re-sent IDLE only after the heartbeat was
+        due: the heartbeat waits for the new IDLE instead of failing with "not idling"."""
+        h = Harness(self)
+        h.start()
+        conn = h.mailbox.current
+        h.run(119.5)
+        conn.responsive = False  # the re-sent IDLE waits for its continuation
+        conn.send(f"{conn.idle_tag} OK IDLE ended by the server")
+        conn.idle_tag = None
+        h.pump()
+        self.assertEqual(h.sent()[-2:], ["IDLE", "IDLE"])
+        h.run(1)  # the heartbeat was due at 120
+        self.assertEqual(h.recorder.errors, [])
+        self.assertEqual(h.session.state, "idle")
+        conn.responsive = True
+        conn.handle(conn.lines[-1])  # "+ idling", at last
+        h.run(1)
+        self.assertEqual(h.sent()[-4:], ["IDLE", "DONE", "NOOP", "IDLE"])
+        self.assertEqual(h.recorder.heartbeats, [0.0, 121.0])
+        self.assertEqual(h.recorder.errors, [])
+        self.assertEqual(h.session.state, "idle")
+
     def test_polling_without_idle(self) -> None:
         h = Harness(self, settings=make_settings(poll_interval=60))
         h.mailbox.capabilities = "IMAP4rev1"
@@ -885,6 +909,46 @@ class StopTests(SynchronousTestCase):
 class InterfaceTests(SynchronousTestCase):
     def test_recorder_double_provides_interface(self) -> None:
         verifyObject(IRecorder, Recorder(Clock()))
+
+    def test_session_provides_interface(self) -> None:
+        verifyObject(ISession, Harness(self).session)
+
+
+class StateTests(SynchronousTestCase):
+    def test_forbidden_transition_raises(self) -> None:
+        h = Harness(self)
+        h.start()
+        self.assertIs(h.session.state, State.IDLE)
+        with self.assertRaises(ForbiddenTransition):
+            h.session._set_state(State.AUTHENTICATING)
+        self.assertIs(h.session.state, State.IDLE)  # unchanged
+        h.stop()
+
+    def test_table_covers_every_state(self) -> None:
+        self.assertEqual(set(TRANSITIONS), set(State))
+        for state, targets in TRANSITIONS.items():
+            self.assertNotIn(state, targets)
+            if state is not State.STOPPED:
+                self.assertIn(State.STOPPED, targets)  # a stop is always allowed
+        # values that /status, metrics and logs show
+        self.assertEqual([s.value for s in State],
+                         ["stopped", "connecting", "authenticating", "selecting", "idle",
+                          "polling", "backoff", "auth-failed"])
+
+    def test_selecting_while_select_and_idle_run(self) -> None:
+        h = Harness(self)
+        original = ServerConnection.handle
+
+        def silent_select(conn: ServerConnection, line: str) -> None:
+            if " SELECT " not in line:
+                original(conn, line)
+
+        self.patch(ServerConnection, "handle", silent_select)
+        h.start()
+        self.assertEqual(h.session.state, "selecting")
+        self.assertEqual(h.session.snapshot()["state"], "selecting")
+        self.assertEqual(h.stop(), [None])
+        self.assertEqual(h.session.state, "stopped")
 
 
 class EndpointTests(SynchronousTestCase):
