@@ -1,28 +1,19 @@
 """``MailboxSession``: one account's life — connect, log in, select INBOX, IDLE, renew,
 heartbeat, reconnect with backoff — and what to record and when to ask for a scan.
 
-The session talks to the rest of the daemon through three seams only: an
-:class:`~rebreak_idle.interfaces.IRecorder` (errors, cleared errors, heartbeats), an
-``on_new_mail(account, exists, reason)`` callable, and the daemon's
-:class:`~rebreak_idle.marks.MailboxMemory` (what was last seen of each mailbox).
+Seams: an :class:`~rebreak_idle.interfaces.IRecorder` (errors, cleared errors,
+heartbeats), an ``on_new_mail(account, exists, reason)`` callable and the daemon's
+:class:`~rebreak_idle.marks.MailboxMemory`. The life is one
+:class:`~rebreak_idle.session_state.State` with an enforced transition table. Twisted's
+``ClientService`` connects and retries (:mod:`rebreak_idle.connecting` lets the session see
+every attempt); when a connection or an attempt ends, :meth:`MailboxSession._connection_ended`
+detaches the client, asks :mod:`rebreak_idle.reconnect` for the delay, records, logs and
+counts, and the retry policy only returns that delay. The login runs after ClientService
+reports the connection (not in ``prepareConnection``, whose state machine has no
+transition for a close during the login); a failed login closes the connection.
 
-Its life is one :class:`~rebreak_idle.session_state.State` with a table of allowed
-transitions (:mod:`rebreak_idle.session_state`). Connecting and retrying is Twisted's
-:class:`~twisted.application.internet.ClientService`; the session wraps its endpoint (to
-see every attempt and every connect error, :mod:`rebreak_idle.connecting`). When a
-connection or an attempt ends, :meth:`MailboxSession._connection_ended` detaches the
-client, asks :mod:`rebreak_idle.reconnect` for the delay, records, logs and counts; the
-retry policy that ClientService calls afterwards only returns that delay.
-
-The login sequence runs after ClientService reports the connection, not in its
-``prepareConnection`` hook: a server that closes the connection during the login (common
-after a failed authentication) would otherwise hit a missing transition of ClientService's
-state machine. A failed login closes the connection, which ClientService treats like any
-other lost connection.
-
-Per session there is at most one pending timer (``_timer``, on the
-:class:`~rebreak_idle.wheel.TimerWheel` the daemon's sessions share): the next
-heartbeat/renewal while idling, the next poll while polling.
+At most one pending timer per session (``_timer``, on the shared
+:class:`~rebreak_idle.wheel.TimerWheel`): the next heartbeat/renewal, or the next poll.
 """
 
 from __future__ import annotations
@@ -85,18 +76,12 @@ def _iso(t: float | None) -> str | None:
 
 @implementer(ISession)
 class MailboxSession(Service):
-    """Keeps one account watched for as long as the service runs.
-
-    ``reactor`` provides IReactorTCP and IReactorTime (a ``MemoryReactorClock`` in tests).
-    ``tls_creator(hostname)`` returns the client TLS connection creator (default: shared
-    :func:`~rebreak_idle.tls.client_tls_options` with ``settings.tls_ca_file``).
-    ``memory``: the daemon's :class:`~rebreak_idle.marks.MailboxMemory` (default: one of
-    this session's own). Keyword-only extras for tests and embedding: ``endpoint`` (an
-    IStreamClientEndpoint used instead of HostnameEndpoint and implicit TLS), ``jitter``
-    (0-argument callable in [0, 1)), ``timers`` (the :class:`~rebreak_idle.wheel.TimerWheel`
-    that the daemon's sessions share for their heartbeat timers and command deadlines;
-    default one of its own).
-    """
+    """Keeps one account watched for as long as the service runs. ``reactor``: IReactorTCP
+    and IReactorTime. ``memory``: the daemon's :class:`~rebreak_idle.marks.MailboxMemory`
+    (default: one of its own). ``tls_creator(hostname)``: the TLS connection creator
+    (default: shared per host). For tests and embedding: ``endpoint`` (instead of TCP and
+    implicit TLS), ``jitter`` (callable in [0, 1)), ``timers`` (the TimerWheel the
+    daemon's sessions share; default one of its own)."""
 
     def __init__(
         self,
