@@ -92,6 +92,7 @@ class Harness:
                  memory: MailboxMemory | None = None, timers: bool = False,
                  on_new_mail: Any = None) -> None:
         self.clock = Clock()
+        test.addCleanup(self.stop_for_good)
         self.timers = TimerWheel(self.clock) if timers else None
         self.settings = settings or make_settings()
         self.recorder = Recorder(self.clock)
@@ -122,6 +123,13 @@ class Harness:
     def start(self) -> None:
         self.session.startService()
         self.pump()
+
+    def stop_for_good(self) -> None:
+        """At the end of a test: stop the session (LOGOUT, or the stop deadline) so that
+        the process-wide sessions gauge holds no session of this test."""
+        if self.session.running:
+            self.stop()
+            self.run(10)
 
     def pump(self) -> None:
         """Let the in-memory connections (iosim pumps) move bytes and deliver connection
