@@ -252,7 +252,6 @@ def describe(opt: Option) -> str:
     return f"{opt.help} [env {opt.env}; {shown}]"
 
 
-
 # --- supervisor view ---
 
 
@@ -331,3 +330,28 @@ def status_settings(settings: Settings) -> StatusSettings | None:
 
 
 __all__ += ["StatusSettings", "status_settings"]
+
+
+# --- session view ---
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    """What one :class:`~rebreak_idle.session.MailboxSession` reads of the settings (no
+    database URL, no admin secret)."""
+
+    idle_renew: float = 1500.0
+    heartbeat_interval: float = 120.0
+    reconnect_delay: float = 5.0
+    reconnect_max_delay: float = 300.0
+    auth_failure_holdoff: float = 1800.0
+    poll_interval: float = 60.0
+    command_timeout: float = 60.0
+    noop_timeout: float = 30.0
+    shutdown_timeout: float = 10.0
+    tls_ca_file: str | None = None
+
+
+def session_settings(settings: Settings) -> SessionSettings:
+    """The session's view of ``settings``."""
+    return SessionSettings(**{f.name: getattr(settings, f.name)
+                              for f in fields(SessionSettings)})

@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from zope.interface import Interface
+from twisted.application.service import IService
+from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from .account import Account
 
-__all__ = ["IAccountSource", "IRecorder", "OnNewMail"]
+__all__ = ["IAccountSource", "IRecorder", "ISession", "OnNewMail"]
 
 
 class IRecorder(Interface):
@@ -45,3 +46,17 @@ class IAccountSource(Interface):
 
 #: ``on_new_mail(account, exists, reason)`` with reason ``"exists"`` or ``"connected"``.
 OnNewMail = Callable[["Account", int, str], None]
+
+
+class ISession(IService):
+    """What one account's session offers the supervisor: a service (start, stop with
+    LOGOUT; ``stopService`` fires once the connection is gone) for one account, and its
+    view for /status."""
+
+    account = Attribute("The Account the session watches (its connection_key tells "
+                        "whether a changed row needs a new session).")
+    last_heartbeat_at = Attribute("Reactor time of the last heartbeat, or None.")
+
+    def snapshot() -> dict:
+        """JSON-able state for /status: id, email, state, last error, last heartbeat,
+        last event (never a secret)."""

@@ -23,8 +23,15 @@ from twisted.logger import Logger
 
 from . import gc_tuning
 from .account import Account, InvalidAccount, account_from_row
-from .config import Settings, scan_settings, status_settings, supervisor_settings
+from .config import (
+    Settings,
+    scan_settings,
+    session_settings,
+    status_settings,
+    supervisor_settings,
+)
 from .db.store import AccountStore
+from .marks import MailboxMemory
 from .scan import ScanTrigger
 from .secrets import SecretError, decrypt_secret
 from .session import MailboxSession, timer_resolution
@@ -51,6 +58,9 @@ class Daemon(MultiService):
         self.owns_process = owns_process
         #: the sessions' heartbeat timers and command deadlines, on one reactor timer
         self.timers = TimerWheel(reactor, timer_resolution(settings))
+        #: what the sessions last saw of each mailbox (outlives a restarted session)
+        self.marks = MailboxMemory()
+        self._session_settings = session_settings(settings)
         self.store = AccountStore(settings.database_url, reactor,
                                   flush_interval=settings.write_flush_interval,
                                   shutdown_timeout=settings.shutdown_timeout)
@@ -87,8 +97,8 @@ class Daemon(MultiService):
             self.status.setServiceParent(self)
 
     def _new_session(self, account: Account) -> IService:
-        return MailboxSession(account, self.settings, self.store, self.scans.request,
-                              self.reactor, timers=self.timers)
+        return MailboxSession(account, self._session_settings, self.store, self.scans.request,
+                              self.reactor, memory=self.marks, timers=self.timers)
 
     def _owned_changed(self) -> None:
         self.supervisor.request_refresh()

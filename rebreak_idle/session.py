@@ -1,53 +1,30 @@
 """``MailboxSession``: one account's life — connect, log in, select INBOX, IDLE, renew,
 heartbeat, reconnect with backoff — and what to record and when to ask for a scan.
 
-The session talks to the rest of the daemon through two seams only: an
-:class:`~rebreak_idle.interfaces.IRecorder` (errors, cleared errors, heartbeats) and an
-``on_new_mail(account, exists, reason)`` callable.
+Seams: an :class:`~rebreak_idle.interfaces.IRecorder` (errors, cleared errors,
+heartbeats), an ``on_new_mail(account, exists, reason)`` callable and the daemon's
+:class:`~rebreak_idle.marks.MailboxMemory`. The life is one
+:class:`~rebreak_idle.session_state.State` with an enforced transition table. Twisted's
+``ClientService`` connects and retries (:mod:`rebreak_idle.connecting` lets the session see
+every attempt); when a connection or an attempt ends, :meth:`MailboxSession._connection_ended`
+detaches the client, asks :mod:`rebreak_idle.reconnect` for the delay, records, logs and
+counts, and the retry policy only returns that delay. The login runs after ClientService
+reports the connection (not in ``prepareConnection``, whose state machine has no
+transition for a close during the login); a failed login closes the connection.
 
-Connecting and retrying is Twisted's :class:`~twisted.application.internet.ClientService`;
-the session wraps its endpoint (to see every attempt and every connect error) and gives it
-a retry policy that reads why the last connection ended: exponential backoff with jitter
-for network, TLS, protocol and timeout failures (reset after a connection that stayed
-healthy), a long hold-off after the server rejected the credentials.
-
-The login sequence runs after ClientService reports the connection, not in its
-``prepareConnection`` hook: a server that closes the connection during the login (common
-after a failed authentication) would otherwise hit a missing transition of ClientService's
-state machine. A failed login closes the connection, which ClientService treats like any
-other lost connection.
-
-Per session there is at most one pending timer (``_timer``, on the
-:class:`~rebreak_idle.wheel.TimerWheel` the daemon's sessions share): the next
-heartbeat/renewal while idling, the next poll while polling.
+At most one pending timer per session (``_timer``, on the shared
+:class:`~rebreak_idle.wheel.TimerWheel`): the next heartbeat/renewal, or the next poll.
 """
 
 from __future__ import annotations
 
-import functools
-import socket
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from twisted.application.internet import ClientService
 from twisted.application.service import Service
-from twisted.internet import error as ierror
-from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-)
-from twisted.internet.interfaces import (
-    IDelayedCall,
-    IProtocol,
-    IProtocolFactory,
-    IStreamClientEndpoint,
-)
-from twisted.internet.protocol import Factory
-from twisted.internet.task import deferLater
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IProtocol, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -55,107 +32,36 @@ from zope.interface import implementer
 from . import imap, metrics
 from .account import Account
 from .backoff import Backoff, format_delay
-from .config import Settings
+from .config import SessionSettings, Settings
+from .connecting import (
+    ClientFactory,
+    QuietClientService,
+    SessionEndpoint,
+    enable_keepalive,
+    server_endpoint,
+    shared_tls_creator,
+)
 from .failures import describe
-from .interfaces import IRecorder, OnNewMail
-from .tls import TLSClientEndpoint, client_tls_options
+from .interfaces import IRecorder, ISession, OnNewMail
+from .marks import MailboxMark, MailboxMemory
+from .reconnect import CLOSED, HEALTHY_AFTER, Outcome, SessionError, classify, reaction
+from .session_state import State, check_transition, state_gauge
 from .wheel import TimerWheel
 
-__all__ = ["CAUSES", "STATES", "MailboxSession", "timer_resolution"]
+__all__ = ["MailboxSession", "State", "timer_resolution"]
 
 log = Logger(namespace="rebreak_idle.session")
-
-STATES = ("connecting", "authenticating", "idle", "polling", "backoff", "auth-failed",
-          "stopped")
-CAUSES = ("network", "tls", "auth", "bye", "timeout", "protocol")
-
-#: RFC 5530 response codes of a login NO that say "try again later", not "wrong secret":
-#: these get the normal backoff instead of the long hold-off.
-TRANSIENT_LOGIN_CODES = ("[UNAVAILABLE]", "[SERVERBUG]", "[INUSE]", "[LIMIT]")
-
-#: What this process last saw of each mailbox: account id → (UIDVALIDITY, UIDNEXT or the
-#: EXISTS count when the server sends no UIDNEXT). Shared by the sessions of one process so
-#: that a session restarted by the supervisor does not rescan an unchanged mailbox.
-MAILBOX_MEMORY: dict[str, tuple[Any, ...]] = {}
 
 #: Longest wait for DONE + LOGOUT when stopping, and extra time for the close itself.
 STOP_DEADLINE = 5.0
 STOP_GRACE = 2.0
-#: A connection that stayed up this long (capped by the heartbeat interval) resets backoff.
-HEALTHY_AFTER = 60.0
-
-_TCP_KEEPALIVE_OPTIONS = (
-    # (option name, value): first probe after 60 s idle, then every 20 s, dead after 4 misses
-    ("TCP_KEEPIDLE", 60),
-    ("TCP_KEEPINTVL", 20),
-    ("TCP_KEEPCNT", 4),
-)
-
-
-class _SessionError(Exception):
-    """A failure the session itself detects (missing STARTTLS, a stuck step)."""
-
-    def __init__(self, cause: str, text: str) -> None:
-        super().__init__(text)
-        self.cause = cause
-        self.text = text
-
-
-class _Outcome:
-    """Why the current connection (attempt) ended. ``weak`` outcomes (a bare connection
-    loss) give way to a more specific one seen for the same connection."""
-
-    __slots__ = ("cause", "text", "weak")
-
-    def __init__(self, cause: str, text: str, weak: bool = False) -> None:
-        self.cause = cause
-        self.text = text
-        self.weak = weak
-
-    def __repr__(self) -> str:
-        return f"_Outcome({self.cause!r}, {self.text!r}, weak={self.weak})"
-
-
-_TLS_TEXTS = ("certificate verify failed", "TLS error")
-
-
-def classify(failure: Failure) -> _Outcome:
-    """The reconnect cause and text of a failure (a bare loss of the connection is a weak
-    "network" outcome that a more specific reason of the same connection overrides)."""
-    exc = failure.value
-    if isinstance(exc, _SessionError):
-        return _Outcome(exc.cause, exc.text)
-    text = describe(failure)
-    if isinstance(exc, imap.ConnectionLost):
-        # the client turns the transport's reason into its text
-        if text.startswith(_TLS_TEXTS):
-            return _Outcome("tls", text)
-        return _Outcome("network", text, weak=True)
-    if isinstance(exc, imap.AuthenticationFailed):
-        return _Outcome("auth", text)
-    if isinstance(exc, imap.CommandTimeout):
-        return _Outcome("timeout", text)
-    if isinstance(exc, imap.ServerBye):
-        return _Outcome("bye", text)
-    if isinstance(exc, imap.IMAPError):
-        return _Outcome("protocol", text)
-    module = type(exc).__module__
-    if module.startswith(("OpenSSL", "service_identity")) or module == "rebreak_idle.tls":
-        return _Outcome("tls", text)
-    if isinstance(exc, ierror.TimeoutError | ierror.TCPTimedOutError | TimeoutError):
-        return _Outcome("timeout", text)
-    if isinstance(exc, ierror.ConnectionDone | ierror.ConnectionLost):
-        return _Outcome("network", text, weak=True)
-    if isinstance(exc, ierror.ConnectError | ierror.DNSLookupError | OSError):
-        return _Outcome("network", text)
-    return _Outcome("protocol", text)
 
 
 def _ignore(*args: Any) -> None:
     return None
 
 
-def timer_resolution(settings: Settings) -> float:
+def timer_resolution(settings: SessionSettings | Settings) -> float:
     """Tick of the sessions' :class:`~rebreak_idle.wheel.TimerWheel`: 1 s, or a twentieth of
     the shortest heartbeat, poll or command interval when that is shorter (so a timer is
     never more than 5 % of its interval late)."""
@@ -164,111 +70,31 @@ def timer_resolution(settings: Settings) -> float:
     return max(0.001, min(1.0, shortest / 20))
 
 
-#: SESSIONS{state} children by state (``labels()`` takes a lock and builds a key per call)
-_STATE_GAUGES: dict[str, Any] = {}
-
-
-def _state_gauge(state: str) -> Any:
-    gauge = _STATE_GAUGES.get(state)
-    if gauge is None:
-        gauge = _STATE_GAUGES[state] = metrics.SESSIONS.labels(state=state)
-    return gauge
-
-
 def _iso(t: float | None) -> str | None:
     return None if t is None else datetime.fromtimestamp(t, UTC).isoformat()
 
 
-@functools.lru_cache(maxsize=4096)
-def _shared_tls_creator(hostname: str, ca_file: str | None) -> Any:
-    """One TLS context per (host, CA file), shared by every session of that host: building
-    a context loads the trust store, which 10,000 sessions must not each do."""
-    return client_tls_options(hostname, ca_file)
-
-
-def _enable_keepalive(transport: Any) -> None:
-    """TCP keepalive with short probe intervals where the platform allows (TLS wrappers
-    forward these calls to the TCP transport)."""
-    setter = getattr(transport, "setTcpKeepAlive", None)
-    if setter is None:
-        return
-    try:
-        setter(True)
-        handle = transport.getHandle()
-        for name, value in _TCP_KEEPALIVE_OPTIONS:
-            option = getattr(socket, name, None)
-            if option is not None:
-                handle.setsockopt(socket.IPPROTO_TCP, option, value)
-    except (AttributeError, OSError):  # pragma: no cover - platform without these options
-        pass
-
-
-class _QuietClientService(ClientService):
-    """ClientService without its own per-retry info line (the session logs the contract's
-    ``reconnecting in`` line instead; 10,000 sessions need no second one)."""
-
-    _log = Logger(observer=lambda event: None)
-
-
-@implementer(IStreamClientEndpoint)
-class _SessionEndpoint:
-    """Tells the session about every connect attempt, its success and its failure."""
-
-    def __init__(self, session: MailboxSession, make: Callable[[], IStreamClientEndpoint]):
-        self._session = session
-        self._make = make
-
-    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
-        session = self._session
-        session._attempt_started()
-        try:
-            connecting = self._make().connect(factory)
-        except Exception:
-            connecting = Deferred()
-            connecting.errback()
-        connecting.addCallbacks(session._transport_connected, session._connect_failed)
-        return connecting
-
-
-class _ClientFactory(Factory):
-    noisy = False
-
-    def __init__(self, session: MailboxSession, **client_kwargs: Any) -> None:
-        self._session = session
-        self._kwargs = client_kwargs
-
-    def buildProtocol(self, addr: Any) -> imap.IdleClient:
-        client = imap.IdleClient(**self._kwargs)
-        client.factory = self
-        self._session._attach(client)
-        return client
-
-
+@implementer(ISession)
 class MailboxSession(Service):
-    """Keeps one account watched for as long as the service runs.
-
-    ``reactor`` provides IReactorTCP and IReactorTime (a ``MemoryReactorClock`` in tests).
-    ``tls_creator(hostname)`` returns the client TLS connection creator (default: shared
-    :func:`~rebreak_idle.tls.client_tls_options` with ``settings.tls_ca_file``).
-    Keyword-only extras for tests and embedding: ``endpoint`` (an IStreamClientEndpoint used
-    instead of HostnameEndpoint and implicit TLS), ``jitter`` (0-argument callable in
-    [0, 1)), ``memory`` (mapping of what was last seen per mailbox, default process-wide),
-    ``timers`` (the :class:`~rebreak_idle.wheel.TimerWheel` that the daemon's sessions
-    share for their heartbeat timers and command deadlines; default one of its own).
-    """
+    """Keeps one account watched for as long as the service runs. ``reactor``: IReactorTCP
+    and IReactorTime. ``memory``: the daemon's :class:`~rebreak_idle.marks.MailboxMemory`
+    (default: one of its own). ``tls_creator(hostname)``: the TLS connection creator
+    (default: shared per host). For tests and embedding: ``endpoint`` (instead of TCP and
+    implicit TLS), ``jitter`` (callable in [0, 1)), ``timers`` (the TimerWheel the
+    daemon's sessions share; default one of its own)."""
 
     def __init__(
         self,
         account: Account,
-        settings: Settings,
+        settings: SessionSettings,
         recorder: IRecorder,
         on_new_mail: OnNewMail,
         reactor: Any,
         *,
+        memory: MailboxMemory | None = None,
         tls_creator: Callable[[str], Any] | None = None,
         endpoint: IStreamClientEndpoint | None = None,
         jitter: Callable[[], float] | None = None,
-        memory: MutableMapping[str, tuple[Any, ...]] | None = None,
         timers: TimerWheel | None = None,
     ) -> None:
         self.account = account
@@ -280,25 +106,22 @@ class MailboxSession(Service):
                         else timers)
         self._tls_creator = tls_creator
         self._endpoint = endpoint
-        self._memory = MAILBOX_MEMORY if memory is None else memory
+        self._memory = MailboxMemory() if memory is None else memory
         backoff_kwargs = {} if jitter is None else {"jitter": jitter}
         self._backoff = Backoff(settings.reconnect_delay, settings.reconnect_max_delay,
                                 **backoff_kwargs)
         self._healthy_after = min(HEALTHY_AFTER, settings.heartbeat_interval)
-        self._service: ClientService | None = None
-        self._stopping = False
-        self._in_policy = False
+        self._service: QuietClientService | None = None
 
-        self.state = "stopped"
+        self.state = State.STOPPED
         self._since = reactor.seconds()
         # the current connection
         self._client: imap.IdleClient | None = None
-        self._outcome: _Outcome | None = None
+        self._outcome: Outcome | None = None
         self._timer: IDelayedCall | None = None
-        self._ready_at: float | None = None
         self._idle_since = 0.0
-        self._exists: int | None = None
-        self._mailbox_key: tuple[Any, ...] | None = None
+        self._exists = 0  # the live count, once SELECT has answered
+        self._mark: MailboxMark | None = None
         # for the status endpoint
         self._last_error: str | None = None
         self._last_error_at: float | None = None
@@ -313,17 +136,17 @@ class MailboxSession(Service):
         if self.running:
             return
         super().startService()
-        self._stopping = False
         self._backoff.reset()
-        endpoint = _SessionEndpoint(self, self._make_endpoint)
-        factory = _ClientFactory(
-            self,
+        endpoint = SessionEndpoint(self._reactor, self._make_endpoint, self._attempt_started,
+                                   self._transport_connected, self._connect_failed)
+        factory = ClientFactory(
+            self._attach,
             clock=self._timers,
             command_timeout=self._settings.command_timeout,
             noop_timeout=self._settings.noop_timeout,
             allow_plaintext_auth=self.account.security == "plain",
         )
-        self._service = _QuietClientService(
+        self._service = QuietClientService(
             endpoint, factory, retryPolicy=self._retry_delay, clock=self._reactor)
         self._service.startService()
 
@@ -333,15 +156,14 @@ class MailboxSession(Service):
         if not self.running:
             return succeed(None)
         super().stopService()
-        self._stopping = True
         self._cancel_timer()
         service, self._service = self._service, None
         assert service is not None
         clock = self._reactor
         deadline = min(STOP_DEADLINE, self._settings.shutdown_timeout / 2)
         client = self._client
-        if client is not None and self.state in ("idle", "polling"):
-            goodbye: Deferred[Any] = Deferred.fromCoroutine(self._goodbye(client))
+        if client is not None and self.state.ready:
+            goodbye: Deferred[Any] = client.logout()  # ends a running IDLE with DONE first
             goodbye.addTimeout(deadline, clock)
             goodbye.addErrback(self._goodbye_failed)
         else:
@@ -357,20 +179,13 @@ class MailboxSession(Service):
         def finished(result: object) -> None:
             if watchdog.active():
                 watchdog.cancel()
-            self._set_state("stopped")
+            self._set_state(State.STOPPED)
             if isinstance(result, Failure):
                 log.failure("{label} stopping the connection failed", result,
                             label=self.account.label, account_id=self.account.id)
             return None
 
-        def stop_connecting(_: object) -> Deferred[None]:
-            if self._in_policy:
-                # called back from inside ClientService's own transition (a recorder that
-                # stops its session at once): let that transition finish first
-                return deferLater(clock, 0, service.stopService)
-            return service.stopService()
-
-        stopped = goodbye.addCallback(stop_connecting)
+        stopped = goodbye.addCallback(lambda _: service.stopService())
         stopped.addBoth(finished)
         return stopped
 
@@ -386,11 +201,10 @@ class MailboxSession(Service):
         return {
             "id": self.account.id,
             "email": self.account.email,
-            "state": self.state,
+            "state": self.state.value,
             "since": _iso(self._since),
             "attempt": self._backoff.attempt,
-            "next_attempt_in": (self._delay if self.state in ("backoff", "auth-failed")
-                                else None),
+            "next_attempt_in": self._delay if self.state.waiting else None,
             "last_error": self._last_error,
             "last_error_at": _iso(self._last_error_at),
             "last_heartbeat": _iso(self._last_heartbeat),
@@ -401,26 +215,28 @@ class MailboxSession(Service):
 
     # -- state --------------------------------------------------------------------------
 
-    def _set_state(self, state: str) -> None:
+    def _set_state(self, state: State) -> None:
+        """Change to ``state`` (raises :class:`~rebreak_idle.session_state.
+        ForbiddenTransition` when the transition table does not allow it)."""
         old = self.state
-        if old == state:
+        if old is state:
             return
+        check_transition(old, state)
         self.state = state
         self._since = self._reactor.seconds()
-        if old != "stopped":
-            _state_gauge(old).dec()
-        if state != "stopped":
-            _state_gauge(state).inc()
+        if old is not State.STOPPED:
+            state_gauge(old).dec()
+        if state is not State.STOPPED:
+            state_gauge(state).inc()
 
     def _cancel_timer(self) -> None:
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()
 
-    def _fail(self, outcome: _Outcome) -> None:
+    def _fail(self, outcome: Outcome) -> None:
         """Remember why this connection ends (the first specific reason wins)."""
-        current = self._outcome
-        if current is None or (current.weak and not outcome.weak):
+        if outcome.overrides(self._outcome):
             self._outcome = outcome
 
     def _abort(self, client: imap.IdleClient) -> None:
@@ -433,46 +249,33 @@ class MailboxSession(Service):
     def _make_endpoint(self) -> IStreamClientEndpoint:
         if self._endpoint is not None:
             return self._endpoint
-        account = self.account
-        host, timeout = account.host, max(1, int(self._settings.command_timeout))
-        endpoint: IStreamClientEndpoint
-        if isIPAddress(host):  # an IP literal needs no resolver (and no thread)
-            endpoint = TCP4ClientEndpoint(self._reactor, host, account.port, timeout=timeout)
-        elif isIPv6Address(host):
-            endpoint = TCP6ClientEndpoint(self._reactor, host, account.port, timeout=timeout)
-        else:
-            endpoint = HostnameEndpoint(self._reactor, host, account.port, timeout=timeout)
-        if account.security == "tls":
-            endpoint = TLSClientEndpoint(self._tls_options(), endpoint)
-        return endpoint
+        return server_endpoint(self._reactor, self.account, self._settings.command_timeout,
+                               self._tls_options)
 
     def _tls_options(self) -> Any:
         if self._tls_creator is not None:
             return self._tls_creator(self.account.host)
-        return _shared_tls_creator(self.account.host, self._settings.tls_ca_file)
+        return shared_tls_creator(self.account.host, self._settings.tls_ca_file)
 
     def _attempt_started(self) -> None:
         self._outcome = None
-        self._ready_at = None
-        self._exists = None
         self._detach()
-        self._set_state("connecting")
+        self._set_state(State.CONNECTING)
 
     def _connect_failed(self, failure: Failure) -> Failure:
-        if not self._stopping and not failure.check(CancelledError):
+        if self.running and not failure.check(CancelledError):
             outcome = classify(failure)
-            outcome.weak = False  # nothing more specific will come for this attempt
-            self._fail(outcome)
+            # nothing more specific will come for this attempt
+            self._fail(Outcome(outcome.cause, outcome.text))
+            self._connection_ended()
         return failure
 
     def _attach(self, client: imap.IdleClient) -> None:
         """A connection was built: route the client's events to this session (bound
         methods: the events of the current client only; :meth:`_detach` unhooks a client
-        that is no longer the current one)."""
+        that is no longer the current one). New mail is routed once SELECT has answered."""
         self._detach()
         self._client = client
-        client.on_exists = self._on_exists
-        client.on_expunge = self._on_expunge
         client.on_bye = self._on_bye
         client.on_idle_ended = self._on_idle_ended
         client.on_connection_lost = self._on_connection_lost
@@ -486,8 +289,8 @@ class MailboxSession(Service):
 
     def _transport_connected(self, protocol: IProtocol) -> IProtocol:
         client = self._client
-        if client is not None and not self._stopping:
-            _enable_keepalive(client.transport)
+        if client is not None and self.running:
+            enable_keepalive(client.transport)
             login = Deferred.fromCoroutine(self._login(client))
             login.addErrback(self._step_failed, client)
         return protocol
@@ -497,45 +300,46 @@ class MailboxSession(Service):
         await client.greeted  # the client's greeting deadline applies
         if account.security == "starttls":
             if not client.has_starttls:
-                raise _SessionError("protocol", "server does not offer STARTTLS")
+                raise SessionError("protocol", "server does not offer STARTTLS")
             await client.startTLS(self._tls_options())
-        self._set_state("authenticating")
+        self._set_state(State.AUTHENTICATING)
         if account.auth_method == "xoauth2":
             await client.login_xoauth2(account.username, account.secret)
         else:
             await client.login(account.username, account.secret)
         self._recorder.clear_error(account.id)
         self._last_error = self._last_error_at = None
-        mailbox = await client.select()
-        exists = int(mailbox.get("EXISTS") or 0)
-        uidvalidity, uidnext = mailbox.get("UIDVALIDITY"), mailbox.get("UIDNEXT")
-        self._exists = exists
-        key = (uidvalidity, uidnext) if uidnext is not None else (uidvalidity, None, exists)
-        changed = self._memory.get(account.id) != key
-        self._remember(key)
+        self._set_state(State.SELECTING)
+        mark = MailboxMark.from_select(await client.select())
+        self._exists = mark.exists
+        changed = mark.changed_since(self._memory.get(account.id))
+        self._remember(mark)
+        # the SELECT result carried the count: from now on EXISTS/EXPUNGE move it
+        client.on_exists = self._on_exists
+        client.on_expunge = self._on_expunge
         if client.has_idle:
             await client.idle()
-            state = "idle"
+            state = State.IDLE
         else:
-            state = "polling"
-        now = self._reactor.seconds()
-        self._ready_at = self._idle_since = now
+            state = State.POLLING
+        self._idle_since = self._reactor.seconds()
         self._set_state(state)
         self._heartbeat()
         log.info("[idle/{email}] connected ({host}:{port})", email=account.email,
                  host=account.host, port=account.port, account_id=account.id,
-                 mode=state, exists=exists)
+                 mode=state.value, exists=mark.exists)
         self._schedule()
         if changed:
             self._new_mail(self._exists, "connected")
 
     def _step_failed(self, failure: Failure, client: imap.IdleClient) -> None:
         """A login, IDLE, heartbeat or poll step failed: note why and close the connection
-        (ClientService then schedules the retry through :meth:`_retry_delay`)."""
-        if self._stopping or client is not self._client:
+        (ClientService then schedules the retry; :meth:`_connection_ended` picks the delay
+        when the connection is gone)."""
+        if not self.running or client is not self._client:
             return None
         outcome = classify(failure)
-        if outcome.cause == "protocol" and not failure.check(imap.IMAPError, _SessionError):
+        if outcome.cause == "protocol" and not failure.check(imap.IMAPError, SessionError):
             log.failure("{label} unexpected error", failure, label=self.account.label,
                         account_id=self.account.id)
         self._fail(outcome)
@@ -545,9 +349,9 @@ class MailboxSession(Service):
 
     # -- connected ----------------------------------------------------------------------
 
-    def _remember(self, key: tuple[Any, ...]) -> None:
-        self._mailbox_key = key
-        self._memory[self.account.id] = key
+    def _remember(self, mark: MailboxMark) -> None:
+        self._mark = mark
+        self._memory.remember(self.account.id, mark)
 
     def _heartbeat(self) -> None:
         self._last_heartbeat = self._reactor.seconds()
@@ -562,18 +366,13 @@ class MailboxSession(Service):
                         account_id=self.account.id)
 
     def _on_exists(self, count: int) -> None:
-        if self._client is None or self._exists is None or self._stopping:
-            return  # during SELECT the result carries the count; after stop, nobody cares
+        if not self.running:
+            return  # after stop, nobody cares
         previous, self._exists = self._exists, count
         if count <= previous:
             return
-        key = self._mailbox_key
-        if key is not None and len(key) == 2 and isinstance(key[1], int):
-            # new messages take UIDs from UIDNEXT on: keep the expected UIDNEXT in step so
-            # that a reconnect does not rescan what this connection already announced
-            self._remember((key[0], key[1] + count - previous))
-        elif key is not None and len(key) == 3:
-            self._remember((key[0], None, count))
+        if self._mark is not None:
+            self._remember(self._mark.after_new_mail(previous, count))
         self._last_exists = (self._reactor.seconds(), count)
         metrics.EXISTS_EVENTS.inc()
         log.info("[idle/{email}] exists-event received (new mail)", email=self.account.email,
@@ -581,38 +380,41 @@ class MailboxSession(Service):
         self._new_mail(count, "exists")
 
     def _on_expunge(self, seq: int) -> None:
-        if self._client is not None and self._exists:
+        if self._exists:
             self._exists -= 1
 
     def _on_bye(self, text: str) -> None:
-        if self._client is not None and not self._stopping:
-            self._fail(_Outcome("bye", text or "server said BYE"))
+        if self.running:
+            self._fail(Outcome("bye", text or "server said BYE"))
 
     def _on_idle_ended(self, text: str) -> None:
-        """The server ended IDLE by itself: enter it again."""
+        """The server ended IDLE by itself: enter it again. The heartbeat timer waits
+        until the server has answered the new IDLE (a heartbeat in between would find the
+        client not idling), then is armed again."""
         client = self._client
-        if client is None or self._stopping or self.state != "idle":
+        if client is None or not self.running or self.state is not State.IDLE:
             return
         log.debug("{label} server ended IDLE ({text}); idling again",
                   label=self.account.label, text=text, account_id=self.account.id)
+        self._cancel_timer()
         again = client.idle()
-        again.addCallback(lambda _: setattr(self, "_idle_since", self._reactor.seconds()))
+        again.addCallback(self._idling_again, client)
         again.addErrback(self._step_failed, client)
 
     def _on_connection_lost(self, reason: Failure) -> None:
-        if self._client is None:
-            return
         self._cancel_timer()
-        self._detach()
-        if not self._stopping:
-            self._fail(classify(reason))
+        if not self.running:
+            self._detach()
+            return
+        self._fail(classify(reason))
+        self._connection_ended()
 
     def _schedule(self) -> None:
         """Arm the one timer for the next heartbeat, renewal or poll."""
         settings = self._settings
-        base = self._last_heartbeat if self._last_heartbeat is not None else self._ready_at
-        assert base is not None
-        if self.state == "polling":
+        base = self._last_heartbeat
+        assert base is not None  # the connect recorded the first one
+        if self.state is State.POLLING:
             due = base + settings.poll_interval
         else:
             due = min(self._idle_since + settings.idle_renew, base + settings.heartbeat_interval)
@@ -622,9 +424,9 @@ class MailboxSession(Service):
     def _tick(self) -> None:
         self._timer = None
         client = self._client
-        if client is None or self._stopping:
+        if client is None or not self.running:
             return
-        if self.state == "polling":
+        if self.state is State.POLLING:
             step = Deferred.fromCoroutine(self._poll(client))
         elif self._reactor.seconds() >= ((self._last_heartbeat or 0.0)
                                          + self._settings.heartbeat_interval):
@@ -644,7 +446,7 @@ class MailboxSession(Service):
 
     def _idling_again(self, _: object, client: imap.IdleClient) -> None:
         self._idle_since = self._reactor.seconds()
-        if client is self._client and not self._stopping:
+        if client is self._client and self.running:
             self._schedule()
 
     async def _renew(self, client: imap.IdleClient) -> None:
@@ -658,55 +460,42 @@ class MailboxSession(Service):
     async def _poll(self, client: imap.IdleClient) -> None:
         await client.noop()
         self._heartbeat()
-        if client is self._client and not self._stopping:
+        if client is self._client and self.running:
             self._schedule()
 
     # -- reconnecting -------------------------------------------------------------------
 
-    def _retry_delay(self, _failed_attempts: int) -> float:
-        """ClientService's retry policy: called once per failed attempt or lost
-        connection; logs, records and returns the delay before the next attempt."""
-        if self._stopping:
-            return 3600.0  # stopService cancels this wait at once
+    def _connection_ended(self) -> None:
+        """The current connection (or connect attempt) ended, for the reason noted by
+        :meth:`_fail`: detach the client, pick the delay before the next attempt
+        (:func:`~rebreak_idle.reconnect.reaction`), record the error, log and count."""
+        outcome, self._outcome = self._outcome or CLOSED, None
         account = self.account
         now = self._reactor.seconds()
-        outcome = self._outcome or _Outcome("network", "connection closed", weak=True)
-        self._outcome = None
-        if self._ready_at is not None and now - self._ready_at >= self._healthy_after:
-            self._backoff.reset()
-        self._ready_at = None
+        healthy = self.state.ready and now - self._since >= self._healthy_after
         self._detach()
-        self._exists = None
         self._cancel_timer()
-        if outcome.cause == "auth" and not outcome.text.upper().startswith(
-                TRANSIENT_LOGIN_CODES):
-            self._backoff.attempt += 1
-            delay = self._settings.auth_failure_holdoff
-            state = "auth-failed"
-        else:
-            delay = self._backoff.next()
-            state = "backoff"
+        delay, held_off = reaction(outcome, self._backoff,
+                                   self._settings.auth_failure_holdoff, healthy)
         self._delay = delay
         self._last_error, self._last_error_at = outcome.text, now
-        self._set_state(state)
+        self._set_state(State.AUTH_FAILED if held_off else State.BACKOFF)
         metrics.RECONNECTS.labels(cause=outcome.cause).inc()
-        self._in_policy = True
-        try:
-            self._recorder.record_error(account.id, outcome.text)
-        finally:
-            self._in_policy = False
+        self._recorder.record_error(account.id, outcome.text)
         log.warn("[idle/{email}] connect failed: {error}", email=account.email,
                  error=outcome.text, cause=outcome.cause,
                  account_id=account.id)
         log.info("[idle/{email}] reconnecting in {delay}s (attempt {attempt})",
                  email=account.email, delay=format_delay(delay),
                  attempt=self._backoff.attempt, account_id=account.id)
-        return delay
+
+    def _retry_delay(self, _failed_attempts: int) -> float:
+        """ClientService's retry policy, called after :meth:`_connection_ended`: the delay
+        that it picked (stopService cancels the wait when stopping)."""
+        delay = self._delay
+        return delay if delay is not None and self.running else 3600.0
 
     # -- stopping -----------------------------------------------------------------------
-
-    async def _goodbye(self, client: imap.IdleClient) -> None:
-        await client.logout()  # ends a running IDLE with DONE first
 
     def _goodbye_failed(self, failure: Failure) -> None:
         log.debug("{label} logout on stop failed: {error}", label=self.account.label,

@@ -1,4 +1,5 @@
-"""MailboxSession over the real IdleClient, a scripted in-memory IMAP peer and a Clock:
+"""MailboxSession over the real IdleClient, the scripted IMAP server
+(tests.support.scripted_imap) joined in memory by iosim, and a Clock:
 every timing path (renewal, heartbeat, NOOP timeout, backoff growth and reset, auth
 hold-off, polling, stop in each state) without sockets or sleeps."""
 
@@ -7,14 +8,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionRefusedError
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
-from twisted.python.failure import Failure
+from twisted.test.iosim import IOPump
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -22,11 +21,14 @@ from zope.interface.verify import verifyObject
 from rebreak_idle import metrics
 from rebreak_idle.account import Account
 from rebreak_idle.backoff import Backoff, format_delay
-from rebreak_idle.config import Settings
-from rebreak_idle.interfaces import IRecorder
+from rebreak_idle.config import Settings, session_settings
+from rebreak_idle.interfaces import IRecorder, ISession
+from rebreak_idle.marks import MailboxMark, MailboxMemory
 from rebreak_idle.session import MailboxSession, timer_resolution
+from rebreak_idle.session_state import TRANSITIONS, ForbiddenTransition, State
 from rebreak_idle.tls import TLSClientEndpoint
 from rebreak_idle.wheel import TimerWheel
+from tests.support.scripted_imap import ScriptedConnection, ScriptedIMAPServer
 
 SECRET = "s3cret-Pa55word"
 ACCOUNT = Account(id="acc-1", user_id="user-1", email="ann@example.test", host="127.0.0.1",
@@ -57,154 +59,18 @@ class Recorder:
         self.heartbeats.append(self.clock.seconds())
 
 
-class Mailbox:
-    """The server side state shared by every connection of one test."""
-
-    def __init__(self) -> None:
-        self.password = SECRET
-        self.login_reply = "NO [AUTHENTICATIONFAILED] Invalid credentials (Failure)"
-        self.capabilities = "IMAP4rev1 IDLE"
-        self.exists = 3
-        self.uidvalidity = 1000
-        self.uidnext = 4
-        self.logins = 0
-        self.connections: list[ServerConnection] = []
-        self.end_idle_after_continuation = False
-
-    def deliver(self, count: int = 1) -> None:
-        self.exists += count
-        self.uidnext += count
-        for conn in self.connections:
-            conn.mailbox_grew()
-
-    def expunge(self, seq: int) -> None:
-        self.exists -= 1
-        for conn in self.connections:
-            if conn.selected and not conn.lost:
-                conn.announced -= 1
-                conn.send(f"* {seq} EXPUNGE")
-
-    @property
-    def current(self) -> ServerConnection:
-        return self.connections[-1]
-
-
-class ServerConnection:
-    """A scripted IMAP server on the other side of one StringTransport."""
-
-    def __init__(self, mailbox: Mailbox, proxy: Any, transport: StringTransport) -> None:
-        self.mailbox = mailbox
-        self.proxy = proxy
-        self.transport = transport
-        self.outbox: list[bytes] = []
-        self.inbuf = b""
-        self.lines: list[str] = []  # what the client sent
-        self.responsive = True
-        self.selected = False
-        self.idle_tag: str | None = None
-        self.push = True  # announce new mail during IDLE
-        self.announced = 0
-        self.lost: Failure | None = None
-        self.delivered_loss = False
-        self.send(f"* OK [CAPABILITY {mailbox.capabilities}] test server ready")
-
-    def send(self, line: str) -> None:
-        self.outbox.append(line.encode() + b"\r\n")
-
-    def close(self, reason: Exception | None = None) -> None:
-        if self.lost is None:
-            self.lost = Failure(reason or ConnectionDone())
-
-    def mailbox_grew(self) -> None:
-        if self.selected and self.idle_tag is not None and self.push and not self.lost:
-            self.announce()
-
-    def announce(self) -> None:
-        if self.mailbox.exists != self.announced:
-            self.announced = self.mailbox.exists
-            self.send(f"* {self.mailbox.exists} EXISTS")
-
-    def feed(self, data: bytes) -> None:
-        self.inbuf += data
-        while b"\r\n" in self.inbuf:
-            raw, self.inbuf = self.inbuf.split(b"\r\n", 1)
-            line = raw.decode()
-            self.lines.append(line)
-            if self.responsive and self.lost is None:
-                self.handle(line)
-
-    def handle(self, line: str) -> None:
-        if line == "DONE":
-            if self.idle_tag is not None:
-                self.send(f"{self.idle_tag} OK IDLE terminated")
-                self.idle_tag = None
-            return
-        tag, _, rest = line.partition(" ")
-        command, _, args = rest.partition(" ")
-        command = command.upper()
-        mb = self.mailbox
-        if command == "CAPABILITY":
-            self.send(f"* CAPABILITY {mb.capabilities}")
-            self.send(f"{tag} OK done")
-        elif command == "LOGIN":
-            mb.logins += 1
-            _user, password = (a.strip('"') for a in args.split(" ", 1))
-            if password == mb.password:
-                self.send(f"{tag} OK [CAPABILITY {mb.capabilities}] logged in")
-            else:
-                self.send(f"{tag} {mb.login_reply}")
-        elif command == "SELECT":
-            self.selected = True
-            self.announced = mb.exists
-            self.send(f"* {mb.exists} EXISTS")
-            self.send(f"* OK [UIDVALIDITY {mb.uidvalidity}] UIDs valid")
-            self.send(f"* OK [UIDNEXT {mb.uidnext}] Predicted next UID")
-            self.send(f"{tag} OK [READ-WRITE] Select completed")
-        elif command == "IDLE":
-            self.idle_tag = tag
-            self.send("+ idling")
-            if mb.end_idle_after_continuation:
-                mb.end_idle_after_continuation = False
-                self.send(f"{tag} OK IDLE ended by the server")
-                self.idle_tag = None
-        elif command == "NOOP":
-            self.announce()
-            self.send(f"{tag} OK NOOP completed")
-        elif command == "LOGOUT":
-            self.send("* BYE logging out")
-            self.send(f"{tag} OK Logout completed")
-            self.close()
-        else:
-            self.send(f"{tag} BAD unknown command")
-
-
-class FakeTransport(StringTransport):
-    def __init__(self) -> None:
-        super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", 143))
-        self.conn: ServerConnection | None = None
-
-    def loseConnection(self) -> None:
-        super().loseConnection()
-        if self.conn is not None:
-            self.conn.close(ConnectionDone())
-
-    def abortConnection(self) -> None:
-        self.disconnecting = True
-        if self.conn is not None:
-            self.conn.close(ConnectionAborted())
-
-
 @implementer(IStreamClientEndpoint)
 class FakeEndpoint:
-    """Connects to the scripted server, refuses, or hangs, as the test says."""
+    """Connects to the scripted server in memory, refuses, or hangs, as the test says."""
 
-    def __init__(self, mailbox: Mailbox) -> None:
-        self.mailbox = mailbox
+    def __init__(self, server: ScriptedIMAPServer) -> None:
+        self.server = server
         self.attempts = 0
         self.refuse: Exception | None = None
         self.hang = False
         self.pending: Deferred[Any] | None = None
         self.cancelled = 0
+        self.pumps: list[IOPump] = []
 
     def connect(self, factory: Any) -> Deferred[Any]:
         self.attempts += 1
@@ -216,28 +82,27 @@ class FakeEndpoint:
             self.pending = Deferred(cancel)
             return self.pending
         proxy = factory.buildProtocol(None)
-        transport = FakeTransport()
-        conn = ServerConnection(self.mailbox, proxy, transport)
-        transport.conn = conn
-        self.mailbox.connections.append(conn)
-        proxy.makeConnection(transport)
+        self.pumps.append(self.server.connect(proxy))
         return succeed(proxy)
 
 
 class Harness:
     def __init__(self, test: SynchronousTestCase, *, settings: Settings | None = None,
                  account: Account = ACCOUNT, jitter: float = 0.0,
-                 memory: dict[str, Any] | None = None, timers: bool = False) -> None:
+                 memory: MailboxMemory | None = None, timers: bool = False,
+                 on_new_mail: Any = None) -> None:
         self.clock = Clock()
+        test.addCleanup(self.stop_for_good)
         self.timers = TimerWheel(self.clock) if timers else None
         self.settings = settings or make_settings()
         self.recorder = Recorder(self.clock)
-        self.mailbox = Mailbox()
-        self.endpoint = FakeEndpoint(self.mailbox)
+        self.server = ScriptedIMAPServer(self.clock, password=SECRET,
+                                         capabilities="IMAP4rev1 IDLE")
+        self.endpoint = FakeEndpoint(self.server)
         self.mails: list[tuple[int, str]] = []
         self.logs: list[str] = []
         self.errors: list[dict[str, Any]] = []
-        self.memory = {} if memory is None else memory
+        self.memory = MailboxMemory() if memory is None else memory
 
         def observe(event: dict[str, Any]) -> None:
             if event.get("log_namespace") == "rebreak_idle.session":
@@ -247,9 +112,11 @@ class Harness:
 
         globalLogPublisher.addObserver(observe)
         test.addCleanup(globalLogPublisher.removeObserver, observe)
+        if on_new_mail is None:
+            def on_new_mail(acc: Account, n: int, reason: str) -> None:
+                self.mails.append((n, reason))
         self.session = MailboxSession(
-            account, self.settings, self.recorder,
-            lambda acc, n, reason: self.mails.append((n, reason)), self.clock,
+            account, session_settings(self.settings), self.recorder, on_new_mail, self.clock,
             endpoint=self.endpoint, jitter=lambda: jitter, memory=self.memory,
             timers=self.timers)
 
@@ -257,27 +124,19 @@ class Harness:
         self.session.startService()
         self.pump()
 
+    def stop_for_good(self) -> None:
+        """At the end of a test: stop the session (LOGOUT, or the stop deadline) so that
+        the process-wide sessions gauge holds no session of this test."""
+        if self.session.running:
+            self.stop()
+            self.run(10)
+
     def pump(self) -> None:
-        """Move bytes both ways and deliver connection losses until nothing moves."""
-        moved = True
-        while moved:
-            moved = False
-            for conn in list(self.mailbox.connections):
-                if conn.delivered_loss:
-                    continue
-                data = conn.transport.value()
-                if data:
-                    conn.transport.clear()
-                    conn.feed(data)
-                    moved = True
-                if conn.outbox:
-                    out, conn.outbox = b"".join(conn.outbox), []
-                    conn.proxy.dataReceived(out)
-                    moved = True
-                if conn.lost is not None and not conn.outbox and not conn.transport.value():
-                    conn.delivered_loss = True
-                    conn.proxy.connectionLost(conn.lost)
-                    moved = True
+        """Let the in-memory connections (iosim pumps) move bytes and deliver connection
+        losses until nothing moves; calls due now run in between."""
+        self.clock.advance(0)
+        while any([pump.flush() for pump in list(self.endpoint.pumps)]):
+            pass
 
     def run(self, seconds: float) -> None:
         """Advance the clock by ``seconds``, firing timers one by one with the network
@@ -299,9 +158,9 @@ class Harness:
         self.pump()
         return box
 
-    def sent(self, conn: ServerConnection | None = None) -> list[str]:
+    def sent(self, conn: ScriptedConnection | None = None) -> list[str]:
         """Commands the client sent on a connection, without tags."""
-        conn = conn or self.mailbox.current
+        conn = conn or self.server.current
         return [line if line == "DONE" else line.split(" ", 1)[1] for line in conn.lines]
 
     def lines(self, fragment: str) -> list[str]:
@@ -348,11 +207,11 @@ class ConnectTests(SynchronousTestCase):
         self.assertEqual(h.mails, [(3, "connected")])
         self.assertEqual(h.lines("connected"),
                          ["[idle/ann@example.test] connected (127.0.0.1:143)"])
-        self.assertEqual(h.memory["acc-1"], (1000, 4))
+        self.assertEqual(h.memory.get("acc-1"), MailboxMark(1000, 4, 3))
 
     def test_secret_not_logged_or_recorded(self) -> None:
         h = Harness(self)
-        h.mailbox.password = "other"
+        h.server.password = "other"
         h.start()
         h.run(1)
         self.assertNotIn(SECRET, "\n".join(h.logs))
@@ -367,13 +226,13 @@ class ConnectTests(SynchronousTestCase):
         h.start()
         self.assertEqual(h.session.state, "backoff")
         self.assertEqual(h.recorder.errors[-1][2], "server does not offer STARTTLS")
-        self.assertEqual(h.mailbox.logins, 0)
+        self.assertEqual(h.server.logins, 0)
         self.assertEqual(counter("rebreak_idle_reconnects", cause="protocol"), before + 1)
 
     def test_snapshot_is_json(self) -> None:
         h = Harness(self)
         h.start()
-        h.mailbox.deliver()
+        h.server.deliver()
         h.pump()
         snap = json.loads(json.dumps(h.session.snapshot()))
         self.assertEqual(snap["id"], "acc-1")
@@ -394,7 +253,7 @@ class ConnectTests(SynchronousTestCase):
         h.start()
         self.assertEqual(gauge("idle"), base["idle"] + 1)
         self.assertEqual(gauge("connecting"), base["connecting"])
-        h.mailbox.current.close()
+        h.server.current.close()
         h.pump()
         self.assertEqual(gauge("idle"), base["idle"])
         self.assertEqual(gauge("backoff"), base["backoff"] + 1)
@@ -408,9 +267,9 @@ class NewMailTests(SynchronousTestCase):
         h = Harness(self)
         h.start()
         events = counter("rebreak_idle_exists_events")
-        h.mailbox.deliver()
+        h.server.deliver()
         h.pump()
-        h.mailbox.deliver(2)
+        h.server.deliver(2)
         h.pump()
         self.assertEqual(h.mails, [(3, "connected"), (4, "exists"), (6, "exists")])
         self.assertEqual(counter("rebreak_idle_exists_events"), events + 2)
@@ -418,29 +277,28 @@ class NewMailTests(SynchronousTestCase):
         self.assertEqual(h.lines("exists-event")[0],
                          "[idle/ann@example.test] exists-event received (new mail)")
         # the expected UIDNEXT moves with the announced messages
-        self.assertEqual(h.memory["acc-1"], (1000, 7))
+        self.assertEqual(h.memory.get("acc-1"), MailboxMark(1000, 7, 6))
 
     def test_expunge_lowers_the_count(self) -> None:
         h = Harness(self)
         h.start()
-        h.mailbox.expunge(1)
+        h.server.expunge(1)
         h.pump()
-        h.mailbox.current.send("* 2 EXISTS")  # same count as now: no new mail
+        h.server.current.send("* 2 EXISTS")  # same count as now: no new mail
         h.pump()
         self.assertEqual(h.mails, [(3, "connected")])
-        h.mailbox.deliver()  # 3 again, above the current count 2
+        h.server.deliver()  # 3 again, above the current count 2
         h.pump()
         self.assertEqual(h.mails, [(3, "connected"), (3, "exists")])
 
     def test_on_new_mail_failure_does_not_break_the_session(self) -> None:
-        h = Harness(self)
         calls: list[str] = []
 
         def broken(account: Account, exists: int, reason: str) -> None:
             calls.append(reason)
             raise RuntimeError("boom")
 
-        h.session._on_new_mail = broken
+        h = Harness(self, on_new_mail=broken)
         h.session.startService()
         h.pump()
         self.assertEqual(calls, ["connected"])
@@ -452,7 +310,7 @@ class NewMailTests(SynchronousTestCase):
 
 class CatchUpTests(SynchronousTestCase):
     def reconnect(self, h: Harness) -> None:
-        h.mailbox.current.close()
+        h.server.current.close()
         h.pump()
         self.assertEqual(h.session.state, "backoff")
         h.run(h.settings.reconnect_delay)
@@ -461,7 +319,7 @@ class CatchUpTests(SynchronousTestCase):
     def test_no_catch_up_when_nothing_changed(self) -> None:
         h = Harness(self)
         h.start()
-        h.mailbox.deliver()
+        h.server.deliver()
         h.pump()
         self.reconnect(h)
         self.assertEqual(h.mails, [(3, "connected"), (4, "exists")])
@@ -469,9 +327,9 @@ class CatchUpTests(SynchronousTestCase):
     def test_catch_up_when_mail_arrived_while_down(self) -> None:
         h = Harness(self)
         h.start()
-        h.mailbox.current.close()
+        h.server.current.close()
         h.pump()
-        h.mailbox.deliver(2)
+        h.server.deliver(2)
         h.run(h.settings.reconnect_delay)
         self.assertEqual(h.session.state, "idle")
         self.assertEqual(h.mails, [(3, "connected"), (5, "connected")])
@@ -479,12 +337,12 @@ class CatchUpTests(SynchronousTestCase):
     def test_catch_up_when_uidvalidity_changed(self) -> None:
         h = Harness(self)
         h.start()
-        h.mailbox.uidvalidity += 1
+        h.server.uidvalidity += 1
         self.reconnect(h)
         self.assertEqual(h.mails, [(3, "connected"), (3, "connected")])
 
     def test_memory_outlives_a_restarted_session(self) -> None:
-        memory: dict[str, Any] = {}
+        memory = MailboxMemory()
         h = Harness(self, memory=memory)
         h.start()
         self.assertEqual(h.stop(), [None])
@@ -525,8 +383,9 @@ class TimerTests(SynchronousTestCase):
     def test_idle_sessions_share_one_reactor_timer(self) -> None:
         h = Harness(self, timers=True)
         bob = Account(**{**ACCOUNT.__dict__, "id": "acc-2", "email": "bob@example.test"})
-        other = MailboxSession(bob, h.settings, h.recorder, lambda *a: None, h.clock,
-                               endpoint=h.endpoint, memory=h.memory, timers=h.timers)
+        other = MailboxSession(bob, session_settings(h.settings), h.recorder,
+                               lambda *a: None, h.clock, endpoint=h.endpoint,
+                               memory=h.memory, timers=h.timers)
         h.start()
         other.startService()
         h.pump()
@@ -536,7 +395,7 @@ class TimerTests(SynchronousTestCase):
         h.run(120)
         self.assertEqual(h.recorder.heartbeats, [0.0, 0.0, 120.0, 120.0])
         self.assertEqual(len(h.clock.getDelayedCalls()), 1)
-        for conn in h.mailbox.connections:
+        for conn in h.server.connections:
             self.assertEqual(h.sent(conn)[-3:], ["DONE", "NOOP", "IDLE"])
         h.stop()
         other.stopService()
@@ -552,8 +411,8 @@ class TimerTests(SynchronousTestCase):
     def test_exists_during_heartbeat_noop(self) -> None:
         h = Harness(self)
         h.start()
-        h.mailbox.current.push = False  # the server does not push during IDLE
-        h.mailbox.deliver()
+        h.server.current.push = False  # the server does not push during IDLE
+        h.server.deliver()
         h.pump()
         self.assertEqual(h.mails, [(3, "connected")])
         h.run(120)  # NOOP answers with the new count
@@ -563,7 +422,7 @@ class TimerTests(SynchronousTestCase):
         h = Harness(self)
         h.start()
         timeouts = counter("rebreak_idle_reconnects", cause="timeout")
-        first = h.mailbox.current
+        first = h.server.current
         h.run(100)
         first.responsive = False  # accepts bytes, never answers (half-open TCP)
         h.run(20)
@@ -580,12 +439,12 @@ class TimerTests(SynchronousTestCase):
                          ["[idle/ann@example.test] reconnecting in 5s (attempt 1)"])
         h.run(5)
         self.assertEqual(h.session.state, "idle")
-        self.assertEqual(len(h.mailbox.connections), 2)
+        self.assertEqual(len(h.server.connections), 2)
 
     def test_noop_without_answer(self) -> None:
         h = Harness(self, settings=make_settings(noop_timeout=10))
         h.start()
-        conn = h.mailbox.current
+        conn = h.server.current
         original = conn.handle
 
         def no_noop_answer(line: str) -> None:
@@ -603,22 +462,45 @@ class TimerTests(SynchronousTestCase):
 
     def test_server_ending_idle_is_reentered(self) -> None:
         h = Harness(self)
-        h.mailbox.end_idle_after_continuation = True
+        h.server.end_idle_after_continuation = True
         h.start()
         self.assertEqual(h.sent(), ['LOGIN "ann" "s3cret-Pa55word"', "SELECT INBOX", "IDLE",
                                     "IDLE"])
         self.assertEqual(h.session.state, "idle")
-        h.mailbox.deliver()
+        h.server.deliver()
         h.pump()
         self.assertEqual(h.mails[-1], (4, "exists"))
 
+    def test_server_ending_idle_just_before_a_heartbeat(self) -> None:
+        """The server ends IDLE and answers the re-sent IDLE only after the heartbeat was
+        due: the heartbeat waits for the new IDLE instead of failing with "not idling"."""
+        h = Harness(self)
+        h.start()
+        conn = h.server.current
+        h.run(119.5)
+        conn.responsive = False  # the re-sent IDLE waits for its continuation
+        conn.send(f"{conn.idle_tag} OK IDLE ended by the server")
+        conn.idle_tag = None
+        h.pump()
+        self.assertEqual(h.sent()[-2:], ["IDLE", "IDLE"])
+        h.run(1)  # the heartbeat was due at 120
+        self.assertEqual(h.recorder.errors, [])
+        self.assertEqual(h.session.state, "idle")
+        conn.responsive = True
+        conn.handle(conn.lines[-1])  # "+ idling", at last
+        h.run(1)
+        self.assertEqual(h.sent()[-4:], ["IDLE", "DONE", "NOOP", "IDLE"])
+        self.assertEqual(h.recorder.heartbeats, [0.0, 121.0])
+        self.assertEqual(h.recorder.errors, [])
+        self.assertEqual(h.session.state, "idle")
+
     def test_polling_without_idle(self) -> None:
         h = Harness(self, settings=make_settings(poll_interval=60))
-        h.mailbox.capabilities = "IMAP4rev1"
+        h.server.capabilities = "IMAP4rev1"
         h.start()
         self.assertEqual(h.session.state, "polling")
         self.assertEqual(h.sent(), ['LOGIN "ann" "s3cret-Pa55word"', "SELECT INBOX"])
-        h.mailbox.deliver()
+        h.server.deliver()
         h.run(59)
         self.assertEqual(h.mails, [(3, "connected")])
         h.run(1)
@@ -627,7 +509,7 @@ class TimerTests(SynchronousTestCase):
         self.assertEqual(h.recorder.heartbeats, [0.0, 60.0])
         h.run(120)
         self.assertEqual(h.recorder.heartbeats, [0.0, 60.0, 120.0, 180.0])
-        h.mailbox.current.responsive = False
+        h.server.current.responsive = False
         h.run(60 + 30)
         self.assertEqual(h.session.state, "backoff")
         self.assertEqual(h.recorder.errors[-1][2], "NOOP timed out after 30s")
@@ -672,7 +554,7 @@ class FailureTests(SynchronousTestCase):
         h.start()
         for expected in (5, 10, 20):
             h.run(30)  # shorter than a healthy connection
-            h.mailbox.current.close()
+            h.server.current.close()
             h.pump()
             (call,) = h.clock.getDelayedCalls()
             self.assertEqual(call.getTime() - h.clock.seconds(), expected)
@@ -690,7 +572,7 @@ class FailureTests(SynchronousTestCase):
         h.run(20)
         self.assertEqual(h.session.state, "idle")
         h.run(60)
-        h.mailbox.current.close()
+        h.server.current.close()
         h.pump()
         (call,) = h.clock.getDelayedCalls()
         self.assertEqual(call.getTime() - h.clock.seconds(), 5)
@@ -702,7 +584,7 @@ class FailureTests(SynchronousTestCase):
         h = Harness(self)
         h.start()
         byes = counter("rebreak_idle_reconnects", cause="bye")
-        h.mailbox.current.send("* BYE Server shutting down")
+        h.server.current.send("* BYE Server shutting down")
         h.pump()
         self.assertEqual(h.session.state, "backoff")
         self.assertEqual(h.recorder.errors[-1][2], "Server shutting down")
@@ -710,11 +592,11 @@ class FailureTests(SynchronousTestCase):
 
     def test_auth_failure_holds_off(self) -> None:
         h = Harness(self, settings=make_settings(auth_failure_holdoff=1800))
-        h.mailbox.password = "changed-by-user"
+        h.server.password = "changed-by-user"
         auths = counter("rebreak_idle_reconnects", cause="auth")
         h.start()
         self.assertEqual(h.session.state, "auth-failed")
-        self.assertEqual(h.mailbox.logins, 1)
+        self.assertEqual(h.server.logins, 1)
         text = "[AUTHENTICATIONFAILED] Invalid credentials (Failure)"
         self.assertEqual(h.recorder.errors, [(0.0, "acc-1", text)])
         self.assertEqual(h.recorder.cleared, [])
@@ -727,11 +609,11 @@ class FailureTests(SynchronousTestCase):
         self.assertEqual((snap["state"], snap["last_error"], snap["next_attempt_in"]),
                          ("auth-failed", text, 1800))
         h.run(1799)
-        self.assertEqual(h.mailbox.logins, 1)
+        self.assertEqual(h.server.logins, 1)
         h.run(1)
-        self.assertEqual(h.mailbox.logins, 2)
+        self.assertEqual(h.server.logins, 2)
         self.assertEqual(h.session.state, "auth-failed")
-        h.mailbox.password = SECRET
+        h.server.password = SECRET
         h.run(1800)
         self.assertEqual(h.session.state, "idle")
         self.assertEqual(h.recorder.cleared, [3600.0])
@@ -739,32 +621,32 @@ class FailureTests(SynchronousTestCase):
 
     def test_transient_login_refusal_uses_backoff(self) -> None:
         h = Harness(self)
-        h.mailbox.password = "x"
-        h.mailbox.login_reply = "NO [UNAVAILABLE] Try again later"
+        h.server.password = "x"
+        h.server.login_reply = "NO [UNAVAILABLE] Try again later"
         h.start()
         self.assertEqual(h.session.state, "backoff")
         self.assertEqual(h.recorder.errors[-1][2], "[UNAVAILABLE] Try again later")
         h.run(5)
-        self.assertEqual(h.mailbox.logins, 2)
+        self.assertEqual(h.server.logins, 2)
 
 
 class StopTests(SynchronousTestCase):
     def test_stop_while_idle_sends_done_and_logout(self) -> None:
         h = Harness(self)
         h.start()
-        conn = h.mailbox.current
+        conn = h.server.current
         result = h.stop()
         self.assertEqual(result, [None])
         self.assertEqual(h.sent(conn)[-3:], ["IDLE", "DONE", "LOGOUT"])
         self.assertEqual(h.session.state, "stopped")
         self.assertEqual(h.recorder.errors, [])
         self.assertEqual(h.clock.getDelayedCalls(), [])
-        self.assertEqual(len(h.mailbox.connections), 1)
+        self.assertEqual(len(h.server.connections), 1)
         self.assertEqual(h.lines("connect failed"), [])
 
     def test_stop_while_polling(self) -> None:
         h = Harness(self)
-        h.mailbox.capabilities = "IMAP4rev1"
+        h.server.capabilities = "IMAP4rev1"
         h.start()
         self.assertEqual(h.stop(), [None])
         self.assertEqual(h.sent()[-1], "LOGOUT")
@@ -773,7 +655,7 @@ class StopTests(SynchronousTestCase):
     def test_stop_with_unresponsive_server(self) -> None:
         h = Harness(self)
         h.start()
-        h.mailbox.current.responsive = False
+        h.server.current.responsive = False
         result = h.stop()
         self.assertEqual(result, [])
         h.run(4.9)
@@ -797,13 +679,13 @@ class StopTests(SynchronousTestCase):
 
     def test_stop_during_login(self) -> None:
         h = Harness(self)
-        original = ServerConnection.handle
+        original = ScriptedConnection.handle
 
-        def silent_login(conn: ServerConnection, line: str) -> None:
+        def silent_login(conn: ScriptedConnection, line: str) -> None:
             if " LOGIN " not in line:
                 original(conn, line)
 
-        self.patch(ServerConnection, "handle", silent_login)
+        self.patch(ScriptedConnection, "handle", silent_login)
         h.start()
         self.assertEqual(h.session.state, "authenticating")
         self.assertEqual(h.stop(), [None])
@@ -823,7 +705,7 @@ class StopTests(SynchronousTestCase):
 
     def test_stop_during_auth_holdoff(self) -> None:
         h = Harness(self)
-        h.mailbox.password = "nope"
+        h.server.password = "nope"
         h.start()
         self.assertEqual(h.session.state, "auth-failed")
         self.assertEqual(h.stop(), [None])
@@ -832,7 +714,7 @@ class StopTests(SynchronousTestCase):
     def test_stop_during_heartbeat(self) -> None:
         h = Harness(self)
         h.start()
-        conn = h.mailbox.current
+        conn = h.server.current
         conn.responsive = False
         h.run(120)  # DONE sent, no answer yet
         self.assertEqual(h.stop(), [])
@@ -873,13 +755,53 @@ class StopTests(SynchronousTestCase):
         h.stop()
         h.start()
         self.assertEqual(h.session.state, "idle")
-        self.assertEqual(len(h.mailbox.connections), 2)
+        self.assertEqual(len(h.server.connections), 2)
         h.stop()
 
 
 class InterfaceTests(SynchronousTestCase):
     def test_recorder_double_provides_interface(self) -> None:
         verifyObject(IRecorder, Recorder(Clock()))
+
+    def test_session_provides_interface(self) -> None:
+        verifyObject(ISession, Harness(self).session)
+
+
+class StateTests(SynchronousTestCase):
+    def test_forbidden_transition_raises(self) -> None:
+        h = Harness(self)
+        h.start()
+        self.assertIs(h.session.state, State.IDLE)
+        with self.assertRaises(ForbiddenTransition):
+            h.session._set_state(State.AUTHENTICATING)
+        self.assertIs(h.session.state, State.IDLE)  # unchanged
+        h.stop()
+
+    def test_table_covers_every_state(self) -> None:
+        self.assertEqual(set(TRANSITIONS), set(State))
+        for state, targets in TRANSITIONS.items():
+            self.assertNotIn(state, targets)
+            if state is not State.STOPPED:
+                self.assertIn(State.STOPPED, targets)  # a stop is always allowed
+        # values that /status, metrics and logs show
+        self.assertEqual([s.value for s in State],
+                         ["stopped", "connecting", "authenticating", "selecting", "idle",
+                          "polling", "backoff", "auth-failed"])
+
+    def test_selecting_while_select_and_idle_run(self) -> None:
+        h = Harness(self)
+        original = ScriptedConnection.handle
+
+        def silent_select(conn: ScriptedConnection, line: str) -> None:
+            if " SELECT " not in line:
+                original(conn, line)
+
+        self.patch(ScriptedConnection, "handle", silent_select)
+        h.start()
+        self.assertEqual(h.session.state, "selecting")
+        self.assertEqual(h.session.snapshot()["state"], "selecting")
+        self.assertEqual(h.stop(), [None])
+        self.assertEqual(h.session.state, "stopped")
 
 
 class EndpointTests(SynchronousTestCase):
@@ -890,7 +812,7 @@ class EndpointTests(SynchronousTestCase):
         from twisted.internet.testing import MemoryReactorClock
 
         account = Account(**{**ACCOUNT.__dict__, "host": host, "security": security})
-        session = MailboxSession(account, make_settings(), Recorder(Clock()),
+        session = MailboxSession(account, session_settings(make_settings()), Recorder(Clock()),
                                  lambda *a: None, MemoryReactorClock(),
                                  tls_creator=lambda host: object())
         return session._make_endpoint()

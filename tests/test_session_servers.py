@@ -15,8 +15,9 @@ from zope.interface import implementer
 
 from rebreak_idle import metrics
 from rebreak_idle.account import Account
-from rebreak_idle.config import Settings
+from rebreak_idle.config import Settings, session_settings
 from rebreak_idle.interfaces import IRecorder
+from rebreak_idle.marks import MailboxMemory
 from rebreak_idle.session import MailboxSession
 from rebreak_idle.testing.certs import make_test_certs
 from rebreak_idle.testing.imapserver import InProcessIMAPServer
@@ -85,8 +86,9 @@ def settings(**kw: Any) -> Settings:
 def start_session(test: TestCase, acct: Account, events: Events, **kw: Any) -> MailboxSession:
     """A running MailboxSession for ``acct`` with :func:`settings` (``kw``) that reports to
     ``events`` (errors, heartbeats, ``("mail", reason, exists)``); stopped at cleanup."""
-    s = MailboxSession(acct, settings(**kw), Recorder(events),
-                       lambda a, n, reason: events.add("mail", reason, n), reactor, memory={})
+    s = MailboxSession(acct, session_settings(settings(**kw)), Recorder(events),
+                       lambda a, n, reason: events.add("mail", reason, n), reactor,
+                       memory=MailboxMemory())
     s.startService()
     test.addCleanup(s.stopService)
     return s

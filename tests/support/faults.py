@@ -8,9 +8,10 @@ as ``twist rebreak-idle`` — with short intervals. Every secret is one of
 :data:`~tests.support.leaks.KNOWN_SECRETS`; every log event of the test is captured and
 checked for them (and for tracebacks) when the test ends.
 
-:class:`ScriptedIMAPServer` is a small IMAP server whose connections misbehave on purpose
-(``* BYE`` at a chosen point, garbage, over-long lines, huge literals, unknown tags),
-then behave on the next connection.
+:class:`ScriptedIMAPServer` (tests.support.scripted_imap, shared with the session unit
+tests) is a small IMAP server whose connections misbehave on purpose (``* BYE`` at a chosen
+point, garbage, over-long lines, huge literals, unknown tags), then behave on the next
+connection.
 """
 
 from __future__ import annotations
@@ -25,9 +26,7 @@ from typing import Any
 import psycopg2
 from psycopg2.extensions import parse_dsn
 from twisted.internet import defer
-from twisted.internet.protocol import Factory
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
-from twisted.protocols.basic import LineOnlyReceiver
 
 from rebreak_idle.config import Settings
 from rebreak_idle.secrets import encrypt_secret
@@ -45,6 +44,7 @@ from .leaks import (
     IMAP_PASSWORDS,
     text_has_secret,
 )
+from .scripted_imap import ScriptedIMAPServer
 from .wait import until
 
 __all__ = ["FAST", "FaultCase", "LogCapture", "ScriptedIMAPServer",
@@ -304,213 +304,6 @@ class FaultCase:
     def scans_of(self, account_id: str) -> list[Any]:
         return [r for r in self.backend.requests
                 if isinstance(r.body, dict) and r.body.get("connectionId") == account_id]
-
-
-# -- a misbehaving IMAP server ----------------------------------------------------------
-
-#: Faults of :class:`ScriptedIMAPServer`, one per connection: what it does, and when.
-FAULTS = ("bye-greeting", "bye-login", "bye-idle", "garbage-idle", "long-line-idle",
-          "huge-literal-idle", "unknown-tag-idle", "normal")
-
-
-
-class _Scripted(LineOnlyReceiver):
-    delimiter = b"\r\n"
-    MAX_LENGTH = 64 * 1024
-    server: ScriptedIMAPServer
-
-    def connectionMade(self) -> None:
-        s = self.server
-        s.connections.append(self)
-        self.fault = s.plan.pop(0) if s.plan else "normal"
-        self.idle_tag: bytes | None = None
-        self.streamed = 0
-        self.lost = False
-        if self.fault == "bye-greeting":
-            self.send(b"* BYE [UNAVAILABLE] maintenance, come back later")
-            self.transport.loseConnection()
-            return
-        self.send(b"* OK [CAPABILITY " + s.caps() + b"] scripted server ready")
-        self.told = s.exists
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.lost = True
-
-    def send(self, line: bytes) -> None:
-        self.transport.write(line + b"\r\n")
-
-    def lineReceived(self, line: bytes) -> None:
-        s = self.server
-        if self.idle_tag is not None:
-            tag, self.idle_tag = self.idle_tag, None
-            self.send(tag + (b" OK IDLE terminated" if line.strip().upper() == b"DONE"
-                             else b" BAD expected DONE"))
-            return
-        tag, _, rest = line.partition(b" ")
-        cmd, _, _args = rest.partition(b" ")
-        cmd = cmd.upper()
-        s.commands.append(cmd)
-        if cmd == b"CAPABILITY":
-            self.send(b"* CAPABILITY " + s.caps())
-            self.send(tag + b" OK done")
-        elif cmd in (b"LOGIN", b"AUTHENTICATE"):
-            s.logins += 1
-            if self.fault == "bye-login":
-                self.send(tag + b" OK logged in")
-                self.send(b"* BYE [UNAVAILABLE] too many connections, closing")
-                self.transport.loseConnection()
-                return
-            self.send(tag + b" OK logged in")
-        elif cmd in (b"SELECT", b"EXAMINE"):
-            self.told = s.exists
-            self.send(b"* %d EXISTS" % s.exists)
-            self.send(b"* OK [UIDVALIDITY 7] ok")
-            self.send(b"* OK [UIDNEXT %d] ok" % (s.exists + 1))
-            self.send(tag + b" OK [READ-WRITE] selected")
-        elif cmd == b"IDLE" and s.idle_enabled:
-            self.idle_tag = tag
-            self.send(b"+ idling")
-            s._idle_started(self)
-            if self.fault.endswith("-idle"):
-                s.reactor.callLater(0, self.misbehave)
-        elif cmd == b"NOOP":
-            self.tell()
-            self.send(tag + b" OK noop")
-        elif cmd == b"LOGOUT":
-            s.logouts += 1
-            self.send(b"* BYE logging out")
-            self.send(tag + b" OK bye")
-            self.transport.loseConnection()
-        else:
-            self.send(tag + b" BAD unknown command")
-
-    def tell(self) -> None:
-        """Send ``* N EXISTS`` when mail arrived since this connection last heard."""
-        if self.server.exists != self.told:
-            self.told = self.server.exists
-            self.send(b"* %d EXISTS" % self.told)
-
-    def misbehave(self) -> None:
-        if self.lost:
-            return
-        fault = self.fault
-        if fault == "bye-idle":
-            self.send(b"* BYE [UNAVAILABLE] server shutting down")
-            self.transport.loseConnection()
-        elif fault == "garbage-idle":
-            self.transport.write(b"\x16\x03\x01\x00\xff\xfe binary garbage \x07\r\n")
-        elif fault == "unknown-tag-idle":
-            self.send(b"Z999 OK completed something nobody asked for")
-        elif fault == "huge-literal-idle":
-            self.transport.write(b"* 1 FETCH (BODY[] {4000000000}\r\n")
-            self._stream(b"\x00" * 65536)
-        elif fault == "long-line-idle":
-            self.transport.write(b"* OK ")
-            self._stream(b"x" * 65536)
-
-    def _stream(self, chunk: bytes) -> None:
-        """Write ``chunk`` repeatedly as fast as the client reads (a pull producer) until
-        ``server.stream_limit`` bytes are out or the connection is gone."""
-        proto = self
-
-        class Producer:
-            def resumeProducing(self) -> None:
-                if proto.lost or proto.streamed >= proto.server.stream_limit:
-                    proto.transport.unregisterProducer()
-                    return
-                proto.streamed += len(chunk)
-                proto.transport.write(chunk)
-
-            def stopProducing(self) -> None:
-                pass
-
-        self.transport.registerProducer(Producer(), False)
-
-
-class ScriptedIMAPServer:
-    """A loopback IMAP server whose n-th connection follows ``plan[n]`` (one of
-    :data:`FAULTS`; later connections are ``normal``). Any login succeeds. Counters:
-    ``logins``, ``logouts``, ``commands``, ``connections`` (protocols, with ``fault``,
-    ``streamed`` bytes and ``lost``)."""
-
-    def __init__(self, reactor: Any, plan: list[str] | None = None,
-                 stream_limit: int = 32 * 1024 * 1024) -> None:
-        self.reactor = reactor
-        self.plan = list(plan or [])
-        self.stream_limit = stream_limit
-        self.exists = 3
-        #: advertise and accept IDLE; without it, new mail is told only in NOOP answers
-        self.idle_enabled = True
-        self.logins = 0
-        self.logouts = 0
-        self.commands: list[bytes] = []
-        self.connections: list[_Scripted] = []
-        self._port: Any = None
-        self._idle_waiters: list[tuple[int, defer.Deferred]] = []
-
-    def caps(self) -> bytes:
-        return b"IMAP4rev1 " + (b"IDLE " if self.idle_enabled else b"") + \
-            b"AUTH=PLAIN SASL-IR"
-
-    def deliver(self) -> None:
-        """One more message: idling connections hear ``* N EXISTS`` at once, the others
-        at their next NOOP (as servers without IDLE do)."""
-        self.exists += 1
-        for c in self.connections:
-            if not c.lost and c.idle_tag is not None:
-                c.tell()
-
-    def listen(self) -> int:
-        factory = Factory.forProtocol(_Scripted)
-        factory.noisy = False
-        original = factory.buildProtocol
-
-        def build(addr: Any) -> _Scripted:
-            p = original(addr)
-            p.server = self
-            return p
-
-        factory.buildProtocol = build  # type: ignore[method-assign]
-        self._port = self.reactor.listenTCP(0, factory, interface="127.0.0.1")
-        return self._port.getHost().port
-
-    def idling(self) -> int:
-        return sum(1 for c in self.connections if c.idle_tag is not None and not c.lost)
-
-    def wait_for_idle(self, n: int = 1) -> defer.Deferred:
-        """Fires once ``n`` connections have entered IDLE in total."""
-        d: defer.Deferred = defer.Deferred()
-        self._idle_waiters.append((n, d))
-        self._check_idle()
-        return d
-
-    def _idle_started(self, proto: _Scripted) -> None:
-        proto.entered_idle = True
-        self._check_idle()
-
-    def _check_idle(self) -> None:
-        entered = sum(1 for c in self.connections if getattr(c, "entered_idle", False))
-        keep = []
-        for n, d in self._idle_waiters:
-            if d.called:
-                continue
-            if entered >= n:
-                d.callback(entered)
-            else:
-                keep.append((n, d))
-        self._idle_waiters = keep
-
-    def stop(self) -> defer.Deferred:
-        ds = []
-        if self._port is not None:
-            ds.append(defer.maybeDeferred(self._port.stopListening))
-        for c in self.connections:
-            if not c.lost and c.transport is not None:
-                c.transport.abortConnection()
-        for _n, d in self._idle_waiters:
-            if not d.called:
-                d.cancel()
-        return defer.gatherResults(ds, consumeErrors=True)
 
 
 # -- child daemons ----------------------------------------------------------------------

@@ -1,0 +1,151 @@
+"""How a session reaches its server: the endpoint (TCP, implicit TLS), shared TLS
+contexts, TCP keepalive, and the pieces that let the session see every connect attempt
+that Twisted's :class:`~twisted.application.internet.ClientService` makes."""
+
+from __future__ import annotations
+
+import functools
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.internet import ClientService
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+)
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from . import imap
+from .account import Account
+from .tls import TLSClientEndpoint, client_tls_options
+
+__all__ = ["ClientFactory", "QuietClientService", "SessionEndpoint", "enable_keepalive",
+           "server_endpoint", "shared_tls_creator"]
+
+_TCP_KEEPALIVE_OPTIONS = (
+    # (option name, value): first probe after 60 s idle, then every 20 s, dead after 4 misses
+    ("TCP_KEEPIDLE", 60),
+    ("TCP_KEEPINTVL", 20),
+    ("TCP_KEEPCNT", 4),
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def shared_tls_creator(hostname: str, ca_file: str | None) -> Any:
+    """One TLS context per (host, CA file), shared by every session of that host: building
+    a context loads the trust store, which 10,000 sessions must not each do."""
+    return client_tls_options(hostname, ca_file)
+
+
+def enable_keepalive(transport: Any) -> None:
+    """TCP keepalive with short probe intervals where the platform allows (TLS wrappers
+    forward these calls to the TCP transport)."""
+    setter = getattr(transport, "setTcpKeepAlive", None)
+    if setter is None:
+        return
+    try:
+        setter(True)
+        handle = transport.getHandle()
+        for name, value in _TCP_KEEPALIVE_OPTIONS:
+            option = getattr(socket, name, None)
+            if option is not None:
+                handle.setsockopt(socket.IPPROTO_TCP, option, value)
+    except (AttributeError, OSError):  # pragma: no cover - platform without these options
+        pass
+
+
+def server_endpoint(reactor: Any, account: Account, timeout: float,
+                    tls_options: Callable[[], Any]) -> IStreamClientEndpoint:
+    """The endpoint of ``account``'s server: IP literals without the resolver (no thread
+    hop per connect), names through HostnameEndpoint, implicit TLS around either."""
+    host, seconds = account.host, max(1, int(timeout))
+    endpoint: IStreamClientEndpoint
+    if isIPAddress(host):
+        endpoint = TCP4ClientEndpoint(reactor, host, account.port, timeout=seconds)
+    elif isIPv6Address(host):
+        endpoint = TCP6ClientEndpoint(reactor, host, account.port, timeout=seconds)
+    else:
+        endpoint = HostnameEndpoint(reactor, host, account.port, timeout=seconds)
+    if account.security == "tls":
+        endpoint = TLSClientEndpoint(tls_options(), endpoint)
+    return endpoint
+
+
+def _probe(result: object, results: list[object]) -> object:
+    results.append(result)
+    return result
+
+
+def _ignore(_: object) -> None:
+    return None
+
+
+class QuietClientService(ClientService):
+    """ClientService without its own per-retry info line (the session logs the contract's
+    ``reconnecting in`` line instead; 10,000 sessions need no second one)."""
+
+    _log = Logger(observer=lambda event: None)
+
+
+@implementer(IStreamClientEndpoint)
+class SessionEndpoint:
+    """Tells the session about every connect attempt (``started()``), its success
+    (``connected(protocol)``) and its failure (``failed(failure)``, which returns it).
+
+    An attempt that fails at once (inside ``connect()``) is reported on the next turn of
+    ``clock``, as a TCP endpoint reports a refused connection: what the failure triggers
+    (the session's records, a recorder that stops the session) then runs outside
+    ClientService's own state transition, which may not be re-entered."""
+
+    __slots__ = ("_clock", "_connected", "_failed", "_make", "_started")
+
+    def __init__(self, clock: Any, make: Callable[[], IStreamClientEndpoint],
+                 started: Callable[[], None], connected: Callable[[IProtocol], IProtocol],
+                 failed: Callable[[Failure], Failure]) -> None:
+        self._clock = clock
+        self._make = make
+        self._started = started
+        self._connected = connected
+        self._failed = failed
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        self._started()
+        try:
+            connecting = self._make().connect(factory)
+        except Exception:
+            connecting = fail()
+        results: list[object] = []
+        connecting.addBoth(_probe, results)
+        if results and isinstance(results[0], Failure):
+            failure = results[0]
+            connecting.addErrback(_ignore)  # handed on below
+            connecting = Deferred()
+            self._clock.callLater(0, connecting.errback, failure)
+        connecting.addCallbacks(self._connected, self._failed)
+        return connecting
+
+
+class ClientFactory(Factory):
+    """Builds the :class:`~rebreak_idle.imap.IdleClient` of each connection and hands it to
+    ``attach``."""
+
+    noisy = False
+
+    def __init__(self, attach: Callable[[imap.IdleClient], None], **client_kwargs: Any
+                 ) -> None:
+        self._attach = attach
+        self._kwargs = client_kwargs
+
+    def buildProtocol(self, addr: Any) -> imap.IdleClient:
+        client = imap.IdleClient(**self._kwargs)
+        client.factory = self
+        self._attach(client)
+        return client

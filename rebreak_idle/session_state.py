@@ -1,0 +1,81 @@
+"""The states of a :class:`~rebreak_idle.session.MailboxSession` and the transitions
+between them.
+
+::
+
+    stopped ──start──▶ connecting ──greeting, STARTTLS──▶ authenticating ──login OK──▶
+        selecting ──SELECT, IDLE──▶ idle (or polling, without IDLE)
+    any connected state ──connection ended──▶ backoff | auth-failed ──delay──▶ connecting
+    any state ──stop──▶ stopped
+
+The values are what /status, the ``rebreak_idle_sessions{state}`` gauge and the logs show.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from . import metrics
+
+__all__ = ["TRANSITIONS", "ForbiddenTransition", "State", "check_transition", "state_gauge"]
+
+
+class State(enum.StrEnum):
+    STOPPED = "stopped"
+    CONNECTING = "connecting"
+    AUTHENTICATING = "authenticating"
+    SELECTING = "selecting"
+    IDLE = "idle"
+    POLLING = "polling"
+    BACKOFF = "backoff"
+    AUTH_FAILED = "auth-failed"
+
+    @property
+    def ready(self) -> bool:
+        """Logged in with the mailbox selected: idling or polling."""
+        return self in _READY
+
+    @property
+    def waiting(self) -> bool:
+        """Waiting for the next connect attempt."""
+        return self in _WAITING
+
+
+_READY = frozenset({State.IDLE, State.POLLING})
+_WAITING = frozenset({State.BACKOFF, State.AUTH_FAILED})
+_ENDED = frozenset({State.BACKOFF, State.AUTH_FAILED, State.STOPPED})
+
+#: state → the states it may change to
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.STOPPED: frozenset({State.CONNECTING}),
+    State.CONNECTING: frozenset({State.AUTHENTICATING}) | _ENDED,
+    State.AUTHENTICATING: frozenset({State.SELECTING}) | _ENDED,
+    State.SELECTING: _READY | _ENDED,
+    State.IDLE: _ENDED,
+    State.POLLING: _ENDED,
+    State.BACKOFF: frozenset({State.CONNECTING, State.STOPPED}),
+    State.AUTH_FAILED: frozenset({State.CONNECTING, State.STOPPED}),
+}
+
+
+class ForbiddenTransition(RuntimeError):
+    """A session was asked to change to a state that its current one does not lead to."""
+
+
+def check_transition(old: State, new: State) -> None:
+    """Raise :class:`ForbiddenTransition` unless ``old`` may change to ``new``."""
+    if new not in TRANSITIONS[old]:
+        raise ForbiddenTransition(f"session state {old} cannot change to {new}")
+
+
+#: SESSIONS{state} children by state (``labels()`` takes a lock and builds a key per call)
+_STATE_GAUGES: dict[State, Any] = {}
+
+
+def state_gauge(state: State) -> Any:
+    """The ``rebreak_idle_sessions`` gauge child of ``state``."""
+    gauge = _STATE_GAUGES.get(state)
+    if gauge is None:
+        gauge = _STATE_GAUGES[state] = metrics.SESSIONS.labels(state=state.value)
+    return gauge

@@ -1,0 +1,343 @@
+"""One scripted IMAP server double, for the session unit tests and the fault suite.
+
+:class:`ScriptedIMAPServer` holds the mailbox (EXISTS, UIDVALIDITY, UIDNEXT), the
+accepted password (None: any login succeeds), the capabilities and counters, and builds
+one :class:`ScriptedConnection` per connection. A connection follows the server's
+``plan`` (one of :data:`FAULTS` per connection, then ``normal``) and can be made to
+misbehave by a test (``responsive = False``: reads but never answers; ``push = False``: no
+EXISTS during IDLE; ``close()``; ``send()`` any line).
+
+Two ways to run it:
+
+* in memory, on a :class:`~twisted.internet.task.Clock`: :meth:`ScriptedIMAPServer.connect`
+  joins a client protocol to a new connection with :func:`twisted.test.iosim.connect` and
+  returns the :class:`~twisted.test.iosim.IOPump` that moves the bytes;
+* on loopback TCP with the real reactor: :meth:`ScriptedIMAPServer.listen`.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionAborted
+from twisted.internet.protocol import Factory
+from twisted.protocols.basic import LineOnlyReceiver
+from twisted.test import iosim
+
+__all__ = ["FAULTS", "ScriptedConnection", "ScriptedIMAPServer"]
+
+#: Faults of a connection, one per connection of the plan: what it does, and when.
+FAULTS = ("bye-greeting", "bye-login", "bye-idle", "garbage-idle", "long-line-idle",
+          "huge-literal-idle", "unknown-tag-idle", "normal")
+
+
+class _ClientTransport(iosim.FakeTransport):
+    """The client's side of an in-memory connection: an abort reads as one."""
+
+    def abortConnection(self) -> None:
+        self.disconnectReason = ConnectionAborted()
+        super().abortConnection()
+
+
+class ScriptedConnection(LineOnlyReceiver):
+    """The server side of one connection (see the module docstring)."""
+
+    delimiter = b"\r\n"
+    MAX_LENGTH = 64 * 1024
+
+    def __init__(self, server: ScriptedIMAPServer) -> None:
+        self.server = server
+        self.fault = server.plan.pop(0) if server.plan else "normal"
+        self.lines: list[str] = []  # what the client sent
+        self.responsive = True
+        self.push = True  # announce new mail during IDLE
+        self.selected = False
+        self.idle_tag: str | None = None
+        self.entered_idle = False
+        self.announced = server.exists
+        self.streamed = 0
+        self.lost = False
+
+    # -- connection ---------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        s = self.server
+        s.connections.append(self)
+        if self.fault == "bye-greeting":
+            self.send("* BYE [UNAVAILABLE] maintenance, come back later")
+            self.transport.loseConnection()
+            return
+        self.send(f"* OK [CAPABILITY {s.capabilities}] scripted server ready")
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost = True
+
+    def send(self, line: str | bytes) -> None:
+        if isinstance(line, str):
+            line = line.encode()
+        self.transport.write(line + b"\r\n")
+
+    def close(self) -> None:
+        """Close the connection from the server's side."""
+        if not self.lost:
+            self.transport.loseConnection()
+
+    def lineReceived(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace")
+        self.lines.append(line)
+        if self.responsive and not self.lost:
+            self.handle(line)
+
+    # -- mailbox ------------------------------------------------------------------------
+
+    def announce(self) -> None:
+        """Send ``* N EXISTS`` when the count changed since this connection last heard."""
+        exists = self.server.exists
+        if exists != self.announced:
+            self.announced = exists
+            self.send(f"* {exists} EXISTS")
+
+    def mailbox_grew(self) -> None:
+        if self.selected and self.idle_tag is not None and self.push and not self.lost:
+            self.announce()
+
+    # -- commands -----------------------------------------------------------------------
+
+    def handle(self, line: str) -> None:
+        if self.idle_tag is not None:
+            tag, self.idle_tag = self.idle_tag, None
+            ok = line.strip().upper() == "DONE"
+            self.send(f"{tag} OK IDLE terminated" if ok else f"{tag} BAD expected DONE")
+            return
+        if line.strip().upper() == "DONE":
+            return  # an IDLE that already ended
+        tag, _, rest = line.partition(" ")
+        command, _, args = rest.partition(" ")
+        command = command.upper()
+        s = self.server
+        s.commands.append(command.encode())
+        handler = getattr(self, "_do_" + command.lower(), None)
+        if handler is None or (command == "IDLE" and not s.idle_enabled):
+            self.send(f"{tag} BAD unknown command")
+        else:
+            handler(tag, args)
+
+    def _do_capability(self, tag: str, args: str) -> None:
+        self.send(f"* CAPABILITY {self.server.capabilities}")
+        self.send(f"{tag} OK done")
+
+    def _do_login(self, tag: str, args: str) -> None:
+        _user, _, password = args.partition(" ")
+        self._logged_in(tag, password.strip('"'))
+
+    def _do_authenticate(self, tag: str, args: str) -> None:
+        mechanism, _, initial = args.partition(" ")
+        try:
+            password = base64.b64decode(initial).split(b"\0")[-1].decode()
+        except ValueError:
+            password = None
+        self._logged_in(tag, password if mechanism.upper() == "PLAIN" else None)
+
+    def _logged_in(self, tag: str, password: str | None) -> None:
+        s = self.server
+        s.logins += 1
+        if s.password is not None and password != s.password:
+            self.send(f"{tag} {s.login_reply}")
+            return
+        self.send(f"{tag} OK [CAPABILITY {s.capabilities}] logged in")
+        if self.fault == "bye-login":
+            self.send("* BYE [UNAVAILABLE] too many connections, closing")
+            self.transport.loseConnection()
+
+    def _do_select(self, tag: str, args: str) -> None:
+        s = self.server
+        self.selected = True
+        self.announced = s.exists
+        self.send(f"* {s.exists} EXISTS")
+        self.send(f"* OK [UIDVALIDITY {s.uidvalidity}] UIDs valid")
+        self.send(f"* OK [UIDNEXT {s.uidnext}] Predicted next UID")
+        self.send(f"{tag} OK [READ-WRITE] Select completed")
+
+    _do_examine = _do_select
+
+    def _do_idle(self, tag: str, args: str) -> None:
+        s = self.server
+        self.idle_tag = tag
+        self.send("+ idling")
+        self.entered_idle = True
+        s._check_idle()
+        if s.end_idle_after_continuation:
+            s.end_idle_after_continuation = False
+            self.send(f"{tag} OK IDLE ended by the server")
+            self.idle_tag = None
+        elif self.fault.endswith("-idle"):
+            s.clock.callLater(0, self.misbehave)
+
+    def _do_noop(self, tag: str, args: str) -> None:
+        self.announce()
+        self.send(f"{tag} OK NOOP completed")
+
+    def _do_logout(self, tag: str, args: str) -> None:
+        self.server.logouts += 1
+        self.send("* BYE logging out")
+        self.send(f"{tag} OK Logout completed")
+        self.transport.loseConnection()
+
+    # -- faults -------------------------------------------------------------------------
+
+    def misbehave(self) -> None:
+        if self.lost:
+            return
+        fault = self.fault
+        if fault == "bye-idle":
+            self.send("* BYE [UNAVAILABLE] server shutting down")
+            self.transport.loseConnection()
+        elif fault == "garbage-idle":
+            self.transport.write(b"\x16\x03\x01\x00\xff\xfe binary garbage \x07\r\n")
+        elif fault == "unknown-tag-idle":
+            self.send("Z999 OK completed something nobody asked for")
+        elif fault == "huge-literal-idle":
+            self.transport.write(b"* 1 FETCH (BODY[] {4000000000}\r\n")
+            self._stream(b"\x00" * 65536)
+        elif fault == "long-line-idle":
+            self.transport.write(b"* OK ")
+            self._stream(b"x" * 65536)
+
+    def _stream(self, chunk: bytes) -> None:
+        """Write ``chunk`` repeatedly as fast as the client reads (a pull producer) until
+        ``server.stream_limit`` bytes are out or the connection is gone."""
+        proto = self
+
+        class Producer:
+            def resumeProducing(self) -> None:
+                if proto.lost or proto.streamed >= proto.server.stream_limit:
+                    proto.transport.unregisterProducer()
+                    return
+                proto.streamed += len(chunk)
+                proto.transport.write(chunk)
+
+            def stopProducing(self) -> None:
+                pass
+
+        self.transport.registerProducer(Producer(), False)
+
+
+class ScriptedIMAPServer(Factory):
+    """See the module docstring. ``clock``: the reactor (real TCP) or Clock (in memory)
+    that schedules the faults. Counters: ``logins``, ``logouts``, ``commands`` (command
+    names as bytes), ``connections``."""
+
+    noisy = False
+
+    def __init__(self, clock: Any, plan: list[str] | None = None, *,
+                 password: str | None = None,
+                 capabilities: str = "IMAP4rev1 IDLE AUTH=PLAIN SASL-IR",
+                 stream_limit: int = 32 * 1024 * 1024) -> None:
+        self.clock = clock
+        self.plan = list(plan or [])
+        self.password = password
+        self.login_reply = "NO [AUTHENTICATIONFAILED] Invalid credentials (Failure)"
+        self.capabilities = capabilities
+        self.stream_limit = stream_limit
+        self.exists = 3
+        self.uidvalidity = 1000
+        self.uidnext = 4
+        self.end_idle_after_continuation = False
+        self.logins = 0
+        self.logouts = 0
+        self.commands: list[bytes] = []
+        self.connections: list[ScriptedConnection] = []
+        self._port: Any = None
+        self._idle_waiters: list[tuple[int, defer.Deferred]] = []
+
+    def buildProtocol(self, addr: Any) -> ScriptedConnection:
+        conn = ScriptedConnection(self)
+        conn.factory = self
+        return conn
+
+    @property
+    def idle_enabled(self) -> bool:
+        """Advertise and accept IDLE; without it, new mail is told only in NOOP answers."""
+        return "IDLE" in self.capabilities.split()
+
+    @idle_enabled.setter
+    def idle_enabled(self, enabled: bool) -> None:
+        words = [w for w in self.capabilities.split() if w != "IDLE"]
+        if enabled:
+            words.insert(1, "IDLE")
+        self.capabilities = " ".join(words)
+
+    @property
+    def current(self) -> ScriptedConnection:
+        return self.connections[-1]
+
+    # -- the mailbox --------------------------------------------------------------------
+
+    def deliver(self, count: int = 1) -> None:
+        """New messages: idling connections hear ``* N EXISTS`` at once, the others at
+        their next NOOP (as servers without IDLE do)."""
+        self.exists += count
+        self.uidnext += count
+        for conn in self.connections:
+            conn.mailbox_grew()
+
+    def expunge(self, seq: int) -> None:
+        self.exists -= 1
+        for conn in self.connections:
+            if conn.selected and not conn.lost:
+                conn.announced -= 1
+                conn.send(f"* {seq} EXPUNGE")
+
+    # -- running ------------------------------------------------------------------------
+
+    def connect(self, client: Any, clock: Any = None) -> iosim.IOPump:
+        """Join ``client`` (a protocol) to a new in-memory connection; the returned pump
+        moves the bytes (``flush()``), advancing ``clock`` by 0 on each move."""
+        conn = self.buildProtocol(None)
+        peer = IPv4Address("TCP", "127.0.0.1", 143)
+        return iosim.connect(conn, iosim.FakeTransport(conn, isServer=True),
+                             client, _ClientTransport(client, isServer=False,
+                                                      peerAddress=peer),
+                             greet=False, clock=self.clock if clock is None else clock)
+
+    def listen(self) -> int:
+        """Listen on loopback TCP (``clock`` is the reactor); returns the port number."""
+        self._port = self.clock.listenTCP(0, self, interface="127.0.0.1")
+        return self._port.getHost().port
+
+    def idling(self) -> int:
+        return sum(1 for c in self.connections if c.idle_tag is not None and not c.lost)
+
+    def wait_for_idle(self, n: int = 1) -> defer.Deferred:
+        """Fires once ``n`` connections have entered IDLE in total."""
+        d: defer.Deferred = defer.Deferred()
+        self._idle_waiters.append((n, d))
+        self._check_idle()
+        return d
+
+    def _check_idle(self) -> None:
+        entered = sum(1 for c in self.connections if c.entered_idle)
+        keep = []
+        for n, d in self._idle_waiters:
+            if d.called:
+                continue
+            if entered >= n:
+                d.callback(entered)
+            else:
+                keep.append((n, d))
+        self._idle_waiters = keep
+
+    def stop(self) -> defer.Deferred:
+        ds = []
+        if self._port is not None:
+            ds.append(defer.maybeDeferred(self._port.stopListening))
+        for c in self.connections:
+            if not c.lost and c.transport is not None:
+                c.transport.abortConnection()
+        for _n, d in self._idle_waiters:
+            if not d.called:
+                d.cancel()
+        return defer.gatherResults(ds, consumeErrors=True)
