@@ -6,7 +6,6 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred
 from twisted.mail import imap4
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
 
 from rebreak_idle.imap import IdleClient, IdleState
 from rebreak_idle.imap.client import CONNECTION_TRANSITIONS, ConnectionState

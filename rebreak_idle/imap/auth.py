@@ -13,7 +13,7 @@ from twisted.internet.interfaces import INegotiated, ISSLTransport, ITLSTranspor
 from twisted.python.failure import Failure
 
 from ..addresses import is_loopback
-from .command import Command
+from .commands import Command
 from .errors import (
     AuthenticationFailed,
     CommandFailed,

@@ -7,10 +7,12 @@ so it never reports ``* 5 EXISTS`` during IDLE. ``IdleClient`` replaces its line
 every untagged EXISTS / EXPUNGE / BYE reaches the owner's callbacks the moment the line
 arrives, during IDLE, during any command and between commands.
 
-Its parts: :mod:`.reader` (the bounded line/literal reader), :mod:`.parser` (pure
-functions over the server's bytes), :mod:`.idle` (the IDLE exchange, a state machine),
-:mod:`.auth` (STARTTLS and login), :mod:`.inherited` (``IMAP4Client`` methods it does not
-support, each failing with a clear error). They are mixins: one object per connection.
+Its parts, mixins of the one object per connection: :mod:`.reader` (the bounded
+line/literal reader), :mod:`.parser` (pure functions over the server's bytes, no state),
+:mod:`.commands` (the command queue and its one deadline timer), :mod:`.capabilities`,
+:mod:`.auth` (STARTTLS and login), :mod:`.idle` (the IDLE exchange, a state machine) and
+:mod:`.inherited` (the ``IMAP4Client`` methods it does not support, each failing with a
+clear error). This module reads the responses and holds the connection state.
 
 * a greeting that is not OK/PREAUTH/BYE, an unknown tag, an unexpected continuation,
   an unparseable response or data after BYE close the connection (:class:`ProtocolError`);
@@ -37,7 +39,8 @@ from twisted.python.failure import Failure
 
 from ..failures import describe
 from .auth import Authentication
-from .command import Command, ignore
+from .capabilities import CapabilityCache
+from .commands import Command, CommandQueue, ignore
 from .errors import (
     AuthenticationFailed,
     CommandFailed,
@@ -47,7 +50,7 @@ from .errors import (
     ProtocolError,
     ServerBye,
 )
-from .idle import IdleExchange, IdleState
+from .idle import IdleExchange
 from .inherited import Unsupported
 from .parser import (
     Capabilities,
@@ -56,7 +59,6 @@ from .parser import (
     flag_list,
     is_atom,
     is_number,
-    parse_capabilities,
     parse_status,
     parse_untagged,
     split_code,
@@ -95,8 +97,8 @@ CONNECTION_TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
 }
 
 
-class IdleClient(IdleExchange, Authentication, BoundedReader, Unsupported,
-                 imap4.IMAP4Client):
+class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
+                 BoundedReader, Unsupported, imap4.IMAP4Client):
     """IMAP4 client for long-lived IDLE sessions (see the module docstring).
 
     The owner sets the ``on_*`` callbacks (plain attributes, no-ops by default), waits
@@ -127,17 +129,9 @@ class IdleClient(IdleExchange, Authentication, BoundedReader, Unsupported,
     # authenticators and parser state belong to the line handling this class replaces.
     on_exists = on_expunge = staticmethod(ignore)
     on_bye = on_idle_ended = on_connection_lost = staticmethod(ignore)
-    command_timeout = 60.0
-    noop_timeout = 30.0
     state = C.GREETING
     _greeting_timer: IDelayedCall | None = None
-    _caps_known = False
-    _current: Command | None = None
-    #: the connection's one command deadline and the command it guards
-    _deadline: IDelayedCall | None = None
-    _deadline_cmd: Command | None = None
     _bye_text: str | None = None
-    _close_error: IMAPError | None = None
     _tag = _parts = _lastCmd = None
 
     def __init__(self, *, clock: IReactorTime, command_timeout: float = 60.0,
@@ -270,6 +264,10 @@ class IdleClient(IdleExchange, Authentication, BoundedReader, Unsupported,
         d = self._send(Command(b"CAPABILITY", [b"CAPABILITY"], self.command_timeout))
         d.addCallbacks(lambda _: self._greeted(), self._greeting_failed)
 
+    def _greeting_expired(self) -> None:
+        self._greeting_timer = None
+        self._close(CommandTimeout(f"no greeting within {self.command_timeout:g}s"))
+
     def _greeting_failed(self, failure: Failure) -> None:
         if not self.greeted.called:
             self.greeted.errback(failure)
@@ -280,16 +278,6 @@ class IdleClient(IdleExchange, Authentication, BoundedReader, Unsupported,
         self._greeting_timer = None
         if not self.greeted.called:
             self.greeted.callback(self.capabilities)
-
-    def _capabilities_in(self, code: bytes | None) -> None:
-        """Take the capabilities of a ``[CAPABILITY ...]`` response code, if it is one."""
-        words = capability_words(code)
-        if words is not None:
-            self._set_caps(words)
-
-    def _set_caps(self, words: bytes) -> None:
-        self.capabilities = parse_capabilities(words)
-        self._caps_known = True
 
     def _untagged(self, rest: bytes, line: bytes) -> None:
         try:
@@ -387,118 +375,6 @@ class IdleClient(IdleExchange, Authentication, BoundedReader, Unsupported,
             callback(*args)
         except Exception:
             log.failure("IMAP event callback failed")
-
-    # ------------------------------------------------------------------ sending
-
-    def _send(self, cmd: Command) -> defer.Deferred:
-        if self.closed:
-            cmd.deferred.errback(Failure(self._close_error or ConnectionLost("not connected")))
-        else:
-            self._queue.append(cmd)
-            if self._current is None:
-                self._send_next()
-        return cmd.deferred
-
-    def _send_next(self) -> None:
-        if self._current is not None or not self._queue or self.closed:
-            return
-        cmd = self._queue.pop(0)
-        self._current = cmd
-        self._arm(cmd, cmd.timeout)
-        if cmd.tag is None:
-            cmd.tag = self.makeTag()
-            self.transport.write(cmd.tag + b" " + cmd.pieces[0] + b"\r\n")
-        elif cmd.name == b"IDLE":
-            # written ahead by done_noop(): its deadline starts now, as if it had been
-            # sent when the previous command was answered
-            self._idle_started()
-
-    def _arm(self, cmd: Command, timeout: float) -> None:
-        """Point the connection's deadline at ``cmd``, ``timeout`` seconds from now."""
-        self._deadline_cmd = cmd
-        call = self._deadline
-        if call is not None and call.active():
-            call.reset(timeout)
-        else:
-            self._deadline = self.clock.callLater(timeout, self._deadline_expired)
-
-    def _disarm(self) -> None:
-        self._deadline_cmd = None
-        call, self._deadline = self._deadline, None
-        if call is not None and call.active():
-            call.cancel()
-
-    def _deadline_expired(self) -> None:
-        self._deadline = None
-        cmd, self._deadline_cmd = self._deadline_cmd, None
-        if cmd is None or self.closed:
-            return
-        if self._done_timed_out(cmd):
-            message = f"DONE timed out after {self.noop_timeout:g}s"
-        else:
-            message = f"{cmd.label} timed out after {cmd.timeout:g}s"
-        self._close(CommandTimeout(message))
-
-    def _greeting_expired(self) -> None:
-        self._greeting_timer = None
-        self._close(CommandTimeout(f"no greeting within {self.command_timeout:g}s"))
-
-    def _refused_while_idle(self, name: bytes) -> defer.Deferred | None:
-        if self.idle_state is IdleState.OFF:
-            return None
-        return defer.fail(IMAPError(
-            f"{name.decode()} refused: IDLE in progress, call done() first"))
-
-    def _command(self, name: bytes, args: bytes = b"", *, timeout: float | None = None,
-                 **kw: Any) -> defer.Deferred:
-        refused = self._refused_while_idle(name)
-        if refused is not None:
-            return refused
-        line = name + (b" " + args if args else b"")
-        return self._send(Command(name, [line], timeout or self.command_timeout, **kw))
-
-    # ------------------------------------------------------------------ capabilities
-
-    def getCapabilities(self) -> defer.Deferred:
-        """The capabilities (bytes names, upper case → None or list of bytes values),
-        from the greeting or the last login response when known, else via CAPABILITY."""
-        if self._caps_known:
-            return defer.succeed(self.capabilities)
-        return self._refresh_caps()
-
-    def _refresh_caps(self) -> defer.Deferred:
-        d = self._command(b"CAPABILITY")
-        d.addCallback(lambda _: self.capabilities)
-        return d
-
-    def _has(self, name: bytes, value: bytes | None = None) -> bool:
-        if value is None:
-            return name in self.capabilities
-        return value in (self.capabilities.get(name) or ())
-
-    @property
-    def has_idle(self) -> bool:
-        return self._has(b"IDLE")
-
-    @property
-    def has_starttls(self) -> bool:
-        return self._has(b"STARTTLS")
-
-    @property
-    def has_auth_plain(self) -> bool:
-        return self._has(b"AUTH", b"PLAIN")
-
-    @property
-    def has_xoauth2(self) -> bool:
-        return self._has(b"AUTH", b"XOAUTH2")
-
-    @property
-    def has_sasl_ir(self) -> bool:
-        return self._has(b"SASL-IR")
-
-    @property
-    def login_disabled(self) -> bool:
-        return self._has(b"LOGINDISABLED")
 
     # ------------------------------------------------------------------ mailbox
 

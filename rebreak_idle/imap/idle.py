@@ -26,7 +26,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from .command import Command, ignore
+from .commands import Command, ignore
 from .errors import CommandFailed, IMAPError
 from .parser import text
 
@@ -271,6 +271,13 @@ class IdleExchange:
         if self._idle_state is not S.OFF:
             self._move(S.OFF)
         return waiters
+
+    def _refused_while_idle(self, name: bytes) -> defer.Deferred | None:
+        """A failed Deferred for command ``name`` while an IDLE is in progress."""
+        if self.idle_state is S.OFF:
+            return None
+        return defer.fail(IMAPError(
+            f"{name.decode()} refused: IDLE in progress, call done() first"))
 
     def _done_timed_out(self, cmd: Command) -> bool:
         """True when the deadline that expired on ``cmd`` was that of a DONE."""
