@@ -14,6 +14,7 @@ from twisted.mail import imap4
 from .errors import ProtocolError
 
 __all__ = [
+    "LITERAL",
     "MALFORMED",
     "astring",
     "capability_words",
@@ -34,7 +35,8 @@ __all__ = [
 
 TEXT_LIMIT = 300
 _NUMBER = re.compile(rb"[0-9]{1,10}")
-_LITERAL = re.compile(rb"~?\{([0-9]{1,20})\+?\}$")
+#: a literal announced at the end of a line (``{n}``); the reader searches every line
+LITERAL = re.compile(rb"~?\{([0-9]{1,20})\+?\}$")
 _TAG = re.compile(rb"[\x21-\x7e]{1,64}")
 _ATOM = re.compile(rb"[A-Za-z0-9_.+&/-]{1,200}")
 _COUNTS = (b"EXISTS", b"EXPUNGE", b"RECENT")
@@ -122,7 +124,7 @@ def is_atom(name: bytes) -> bool:
 
 def literal_size(line: bytes) -> int | None:
     """The size of the literal announced at the end of ``line`` (``{n}``), else None."""
-    match = _LITERAL.search(line)
+    match = LITERAL.search(line)
     return int(match.group(1)) if match is not None else None
 
 

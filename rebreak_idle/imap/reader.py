@@ -18,7 +18,7 @@ from collections.abc import Callable
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 
-from .parser import excerpt, is_fetch, literal_size
+from .parser import LITERAL, excerpt, is_fetch
 
 __all__ = ["BoundedReader"]
 
@@ -80,9 +80,9 @@ class BoundedReader(LineReceiver):
                 self._protocol_error(f"server response larger than {self._response_cap} "
                                      "bytes")
                 return
-        size = literal_size(line)
-        if size is not None:
-            self._literal_started(line, size)
+        match = LITERAL.search(line)
+        if match is not None:
+            self._literal_started(line, int(match.group(1)))
             return
         if self._response_parts is not None:
             self._response_parts.append(line)
