@@ -7,7 +7,7 @@ from twisted.internet.defer import Deferred
 from twisted.mail import imap4
 from twisted.python.failure import Failure
 
-from rebreak_idle.imap import IdleClient, IdleState
+from rebreak_idle.imap import ConnectionLost, IdleClient, IdleState
 from rebreak_idle.imap.client import CONNECTION_TRANSITIONS, ConnectionState
 from rebreak_idle.imap.idle import TRANSITIONS, IdleTransitionError
 from rebreak_idle.imap.inherited import UNSUPPORTED_COMMANDS, UNSUPPORTED_HOOKS, Unsupported
@@ -162,3 +162,12 @@ class InheritedMethodTests(ClientTestCase):
         c.clearLineBuffer()
         c.stopProducing()
         self.assertEqual(self.transport.producerState, "stopped")
+
+
+class AfterCloseTests(ClientTestCase):
+    def test_idle_after_the_connection_closed_fails_at_once(self) -> None:
+        self.connect()
+        self.lose()
+        idle = result_of(self.client.idle())
+        self.assertIsInstance(idle[0].value, ConnectionLost)  # like any command after it
+        self.assertIs(self.client.idle_state, S.OFF)

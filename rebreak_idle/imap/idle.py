@@ -27,7 +27,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from .commands import Command, ignore
-from .errors import CommandFailed, IMAPError
+from .errors import CommandFailed, ConnectionLost, IMAPError
 from .parser import text
 
 __all__ = ["TRANSITIONS", "IdleExchange", "IdleState", "IdleTransitionError"]
@@ -43,8 +43,7 @@ class IdleState(enum.Enum):
     AHEAD_REQUESTED = "ahead-requested"  # the IDLE written ahead runs, nobody claimed it
     AHEAD_IDLING = "ahead-idling"      # ... and its "+" arrived
 
-    # members are singletons compared by identity: hash them by identity too (in C; the
-    # state is looked up on every IDLE, DONE and "+" of 10,000 sessions)
+    # members are singletons compared by identity: hash them by identity too, in C
     __hash__ = object.__hash__
 
 
@@ -88,6 +87,7 @@ class IdleExchange:
 
     # provided by the client
     closed: bool
+    _close_error: IMAPError | None
     command_timeout: float
     noop_timeout: float
     transport: Any
@@ -134,6 +134,8 @@ class IdleExchange:
             return self._idle_waiter
         elif state is not OFF:
             return defer.fail(IMAPError("IDLE already in progress"))
+        elif self.closed:
+            return defer.fail(self._close_error or ConnectionLost("not connected"))
         else:
             self._move(REQUESTED)
             self._send(self._idle_command())
