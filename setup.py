@@ -10,7 +10,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=["rebreak_idle", "twisted.plugins"],
+    packages=["rebreak_idle", "rebreak_idle.imap", "twisted.plugins"],
     package_data={"rebreak_idle": ["sql/*.sql"], "twisted": ["plugins/rebreak_idle_plugin.py"]},
     install_requires=[
         "twisted[tls]>=23.10",
