@@ -21,11 +21,13 @@ class CapabilityCache:
     capabilities: Capabilities
     _command: Callable[..., defer.Deferred]
 
-    def _capabilities_in(self, code: bytes | None) -> None:
+    def _capabilities_in(self, code: bytes | None) -> bool:
         """Take the capabilities of a ``[CAPABILITY ...]`` response code, if it is one."""
         words = capability_words(code)
-        if words is not None:
-            self._set_caps(words)
+        if words is None:
+            return False
+        self._set_caps(words)
+        return True
 
     def _set_caps(self, words: bytes) -> None:
         self.capabilities = parse_capabilities(words)

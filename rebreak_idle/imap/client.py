@@ -54,7 +54,6 @@ from .idle import IdleExchange
 from .inherited import Unsupported
 from .parser import (
     Capabilities,
-    capability_words,
     excerpt,
     flag_list,
     is_atom,
@@ -302,9 +301,7 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
             self._set_caps(data)
         elif keyword in _CONDITIONS:
             code, _ = split_code(data)
-            if capability_words(code) is not None:
-                self._capabilities_in(code)
-            elif keyword != b"OK":
+            if not self._capabilities_in(code) and keyword != b"OK":
                 log.debug("IMAP server says {status}: {text}", status=keyword.decode(),
                           text=text(data))
         if cmd is not None and cmd.on_untagged is not None:
