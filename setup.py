@@ -12,7 +12,7 @@ setup(
     python_requires=">=3.11",
     # rebreak_idle.testing ships the doubles and throwaway servers (tests, demo, bench,
     # and users' own tests); its PostgreSQL needs the "test" extra, imported on use only.
-    packages=["rebreak_idle", "rebreak_idle.db", "rebreak_idle.testing",
+    packages=["rebreak_idle", "rebreak_idle.db", "rebreak_idle.imap", "rebreak_idle.testing",
               "twisted.plugins"],
     package_data={"rebreak_idle.db": ["sql/*.sql"], "twisted": ["plugins/rebreak_idle_plugin.py"]},
     install_requires=[

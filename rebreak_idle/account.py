@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["COLUMNS", "Account", "InvalidAccount", "account_from_row", "is_loopback"]
+from .addresses import is_loopback
+
+__all__ = ["COLUMNS", "Account", "InvalidAccount", "account_from_row"]
 
 #: The columns the daemon reads, in query order.
 COLUMNS = (
@@ -28,16 +29,6 @@ AUTH_METHODS = ("password", "xoauth2")
 
 class InvalidAccount(ValueError):
     """A row that cannot get a session; the message is recorded as its last_connect_error."""
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ once failed (one Python bytes literal per line; ``#`` starts a comment).
 from __future__ import annotations
 
 import ast
+import itertools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from rebreak_idle.imap import IdleClient, IMAPError, ProtocolError, ServerBye
+from rebreak_idle.imap import IdleClient, IMAPError, ProtocolError, ServerBye, parser
 
 CORPUS = Path(__file__).parent / "corpus" / "imap_server_lines.txt"
 GREETING = b"* OK [CAPABILITY IMAP4rev1 IDLE AUTH=PLAIN SASL-IR] ready\r\n"
@@ -279,3 +281,79 @@ class GeneratedOutputTests(SynchronousTestCase):
                     raise AssertionError(f"corpus line {lineno}: {e}") from e
             entries += 1
         self.assertGreater(entries, 10)
+
+
+def _unquote(quoted: bytes) -> bytes:
+    assert quoted.startswith(b'"') and quoted.endswith(b'"') and len(quoted) >= 2
+    inner = quoted[1:-1]
+    assert re.search(rb'(?<!\\)(?:\\\\)*"', inner) is None, "unescaped quote"
+    return re.sub(rb"\\(.)", rb"\1", inner)
+
+
+SERVER_BYTES = st.one_of(st.binary(max_size=400), _piece(), st.lists(st.sampled_from([
+    b"*", b"1", b"EXISTS", b"FETCH", b"(", b")", b"FLAGS", b"\\Seen", b"[", b"]", b" ",
+    b"CAPABILITY", b"AUTH=PLAIN", b"OK", b"{5}", b"\"", b"BYE", b"RECENT", b"x\x00"]),
+    max_size=20).map(b"".join))
+
+
+class ParserTests(SynchronousTestCase):
+    """The pure parser on any bytes: a result or ProtocolError, never anything else."""
+
+    @settings(max_examples=2000, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(data=SERVER_BYTES)
+    def test_any_server_bytes(self, data: bytes) -> None:
+        for rest in (data, data.removeprefix(b"* ")):
+            try:
+                keyword, number, after = parser.parse_untagged(rest)
+            except ProtocolError as e:
+                self.assertTrue(e.text.startswith("malformed "), e.text)
+            else:
+                self.assertEqual(keyword, keyword.upper())
+                if number is not None:
+                    self.assertIn(keyword, (b"EXISTS", b"EXPUNGE", b"RECENT", b"FETCH"))
+                    self.assertGreaterEqual(number, 0)
+                    self.assertTrue(keyword == b"FETCH" or after == b"")
+        code, _ = parser.split_code(data)
+        self.assertTrue(code is None or b"]" not in code)
+        words = parser.capability_words(code)
+        self.assertIsInstance(parser.parse_capabilities(words or data), dict)
+        size = parser.literal_size(data)
+        self.assertTrue(size is None or size >= 0)
+        self.assertIsInstance(parser.is_fetch(data), bool)
+        self.assertIsInstance(parser.flag_list(data), list)
+        flags = parser.fetch_flags(data)
+        self.assertTrue(flags is None or flags is parser.MALFORMED or isinstance(flags, list))
+        status = parser.parse_status(data, (b"OK", b"NO", b"BAD"))
+        self.assertTrue(status is None or status[0] in (b"OK", b"NO", b"BAD"))
+        shown = parser.text(data)
+        self.assertLessEqual(len(shown), parser.TEXT_LIMIT)
+        self.assertTrue(shown.isprintable())
+        self.assertLessEqual(len(parser.excerpt(data)), 4 * 80 + 3)
+
+    @settings(max_examples=1000, deadline=None, derandomize=True)
+    @given(value=st.text(max_size=60))
+    def test_astring_encodes_any_text(self, value: str) -> None:
+        raw = value.encode("utf-8")
+        if b"\x00" in raw:
+            self.assertRaises(ValueError, parser.astring, value)
+            return
+        pieces = parser.astring(value)
+        if len(pieces) == 1:
+            self.assertEqual(_unquote(pieces[0]), raw)
+        else:
+            self.assertEqual(parser.literal_size(pieces[0]), len(raw))
+            self.assertEqual(pieces[1], raw)
+
+    @settings(max_examples=500, deadline=None, derandomize=True)
+    @given(user=st.text(max_size=20).filter(lambda v: "\x00" not in v),
+           password=st.text(max_size=20).filter(lambda v: "\x00" not in v))
+    def test_pieces_wait_for_each_literal(self, user: str, password: str) -> None:
+        a, b = parser.astring(user), parser.astring(password)
+        pieces = parser.join_pieces([b"LOGIN"], a, b)
+        self.assertTrue(pieces[0].startswith(b"LOGIN "))
+        self.assertEqual(len(pieces), 1 + (len(a) == 2) + (len(b) == 2))
+        for piece, after in itertools.pairwise(pieces):
+            size = parser.literal_size(piece)
+            self.assertIsNotNone(size)
+            self.assertIn(after[:size], (a[-1], b[-1]))

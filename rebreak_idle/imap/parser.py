@@ -1,0 +1,209 @@
+"""Pure functions over IMAP bytes: response lines, response codes, capabilities, flag
+lists, astrings and literals. No protocol state; what a correct server never sends raises
+:class:`~rebreak_idle.imap.errors.ProtocolError` (nothing else is raised on any input),
+which the client turns into a closed connection. The fuzz tests call these directly.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.mail import imap4
+
+from .errors import ProtocolError
+
+__all__ = [
+    "LITERAL",
+    "MALFORMED",
+    "astring",
+    "capability_words",
+    "excerpt",
+    "fetch_flags",
+    "flag_list",
+    "is_atom",
+    "is_fetch",
+    "is_number",
+    "join_pieces",
+    "literal_size",
+    "parse_capabilities",
+    "parse_status",
+    "parse_untagged",
+    "split_code",
+    "text",
+]
+
+TEXT_LIMIT = 300
+_NUMBER = re.compile(rb"[0-9]{1,10}")
+#: a literal announced at the end of a line (``{n}``); the reader searches every line
+LITERAL = re.compile(rb"~?\{([0-9]{1,20})\+?\}$")
+_TAG = re.compile(rb"[\x21-\x7e]{1,64}")
+_ATOM = re.compile(rb"[A-Za-z0-9_.+&/-]{1,200}")
+_COUNTS = (b"EXISTS", b"EXPUNGE", b"RECENT")
+_CONDITIONS = (b"OK", b"NO", b"BAD", b"PREAUTH")
+
+#: what :func:`fetch_flags` returns for FETCH data it cannot parse
+MALFORMED: Any = object()
+
+Capabilities = dict[bytes, list[bytes] | None]
+
+
+def text(data: bytes) -> str:
+    """Printable, bounded text of server bytes."""
+    s = data.decode("utf-8", "replace")
+    s = "".join(ch if ch.isprintable() else "?" for ch in s).strip()
+    return s if len(s) <= TEXT_LIMIT else s[: TEXT_LIMIT - 3] + "..."
+
+
+def excerpt(line: bytes) -> str:
+    """The start of a server line, for an error text."""
+    return repr(line[:80])[1:] + ("..." if len(line) > 80 else "")
+
+
+def split_code(data: bytes) -> tuple[bytes | None, bytes]:
+    """``[CODE args] rest`` → (b"CODE args", rest); otherwise (None, data)."""
+    if data.startswith(b"["):
+        end = data.find(b"]")
+        if end != -1:
+            return data[1:end], data[end + 1:].strip()
+    return None, data
+
+
+def capability_words(code: bytes | None) -> bytes | None:
+    """The words of a ``CAPABILITY ...`` response code, else None."""
+    if code is not None and code.upper().startswith(b"CAPABILITY "):
+        return code[len(b"CAPABILITY "):]
+    return None
+
+
+def is_number(data: bytes) -> bool:
+    """True for an IMAP number as this client accepts it (1 to 10 digits)."""
+    return _NUMBER.fullmatch(data) is not None
+
+
+def parse_capabilities(words: bytes) -> Capabilities:
+    """``IMAP4rev1 AUTH=PLAIN AUTH=XOAUTH2`` → {b"IMAP4REV1": None, b"AUTH": [b"PLAIN",
+    b"XOAUTH2"]} (names upper case)."""
+    caps: Capabilities = {}
+    for word in words.split():
+        name, eq, value = word.upper().partition(b"=")
+        if eq:
+            current = caps.get(name)
+            caps[name] = [*current, value] if current else [value]
+        else:
+            caps.setdefault(name, None)
+    return caps
+
+
+def astring(value: str) -> list[bytes]:
+    """An IMAP astring as one quoted string, or as a literal when it is not printable
+    ASCII. Returns pieces: ``[b'"x"']`` or ``[b'{n}', raw]``; ValueError for a NUL."""
+    raw = value.encode("utf-8")
+    if b"\x00" in raw:
+        raise ValueError("NUL cannot be sent")
+    if all(0x20 <= b < 0x7F for b in raw):
+        return [b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"']
+    return [b"{%d}" % len(raw), raw]
+
+
+def join_pieces(head: list[bytes], *astrings: list[bytes]) -> list[bytes]:
+    """Command pieces: each piece but the last ends with a literal marker, so the client
+    waits for a continuation before sending the next one."""
+    pieces = [b" ".join(head)]
+    for a in astrings:
+        pieces[-1] += b" " + a[0]
+        if len(a) == 2:
+            pieces.append(a[1])
+    return pieces
+
+
+def is_atom(name: bytes) -> bool:
+    """True for a mailbox name the client sends as an atom."""
+    return _ATOM.fullmatch(name) is not None
+
+
+def literal_size(line: bytes) -> int | None:
+    """The size of the literal announced at the end of ``line`` (``{n}``), else None."""
+    match = LITERAL.search(line)
+    return int(match.group(1)) if match is not None else None
+
+
+def is_fetch(line: bytes) -> bool:
+    """True for ``* <n> FETCH ...``."""
+    parts = line.split(b" ", 3)
+    return (len(parts) >= 3 and parts[0] == b"*" and is_number(parts[1])
+            and parts[2].upper() == b"FETCH")
+
+
+def _flags(items: list[Any]) -> list[str]:
+    return [f.decode("utf-8", "replace") for f in items if isinstance(f, bytes)]
+
+
+def flag_list(data: bytes) -> list[str]:
+    """``(\\Seen \\Answered) ...`` → ["\\Seen", "\\Answered"]; [] when unparseable."""
+    try:
+        parsed = imap4.parseNestedParens(data)
+    except Exception:
+        return []
+    if parsed and isinstance(parsed[0], list):
+        return _flags(parsed[0])
+    return []
+
+
+def fetch_flags(data: bytes) -> Any:
+    """FLAGS of a FETCH response's data, None when absent, :data:`MALFORMED` when
+    unparseable."""
+    try:
+        parsed = imap4.parseNestedParens(data)
+    except Exception:
+        return MALFORMED
+    if len(parsed) != 1 or not isinstance(parsed[0], list):
+        return MALFORMED
+    items = parsed[0]
+    for i in range(0, len(items) - 1, 2):
+        name, value = items[i], items[i + 1]
+        if isinstance(name, bytes) and name.upper() == b"FLAGS":
+            if not isinstance(value, list):
+                return MALFORMED
+            return _flags(value)
+    return None
+
+
+def parse_status(rest: bytes, allowed: tuple[bytes, ...]) -> tuple[bytes, bytes] | None:
+    """``OK [code] text`` (after the tag) → (b"OK", b"[code] text"); None when the
+    status word is not one of ``allowed``."""
+    status, _, data = rest.partition(b" ")
+    status = status.upper()
+    return (status, data) if status in allowed else None
+
+
+def _malformed(rest: bytes, what: str = "untagged response") -> ProtocolError:
+    return ProtocolError(f"malformed {what}: {excerpt(b'* ' + rest)}")
+
+
+def parse_untagged(rest: bytes) -> tuple[bytes, int | None, bytes]:
+    """An untagged response (after ``* ``) → (KEYWORD, number or None, data):
+    ``5 EXISTS`` → (b"EXISTS", 5, b""), ``OK [UIDNEXT 4] x`` → (b"OK", None,
+    b"[UIDNEXT 4] x"). ProtocolError for what a server must not send: a number with a
+    keyword other than EXISTS/EXPUNGE/RECENT/FETCH, data after a count, an unparseable
+    FETCH or response."""
+    first, _, after = rest.partition(b" ")
+    if is_number(first):
+        keyword, _, data = after.partition(b" ")
+        keyword = keyword.upper()
+        if keyword == b"FETCH":
+            if fetch_flags(data) is MALFORMED:
+                raise _malformed(rest, "FETCH response")
+        elif keyword not in _COUNTS or data:
+            raise _malformed(rest)
+        return keyword, int(first), data
+    upper = first.upper()
+    if upper in _CONDITIONS or upper in (b"BYE", b"CAPABILITY"):
+        return upper, None, after
+    if not _TAG.fullmatch(first):
+        raise _malformed(rest)
+    try:
+        imap4.parseNestedParens(after)
+    except Exception:
+        raise _malformed(rest) from None
+    return upper, None, after
