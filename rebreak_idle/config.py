@@ -12,7 +12,7 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 __all__ = ["OPTIONS", "ConfigError", "Option", "Settings", "load_settings"]
@@ -252,6 +252,17 @@ def describe(opt: Option) -> str:
     return f"{opt.help} [env {opt.env}; {shown}]"
 
 
+# --- per-room views ---
+
+
+_V = TypeVar("_V")
+
+
+def _view(cls: type[_V], settings: Settings) -> _V:
+    """``cls`` (a view dataclass) filled from the fields of ``settings`` of the same names."""
+    return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})  # type: ignore[arg-type]
+
+
 # --- supervisor view ---
 
 
@@ -339,19 +350,42 @@ class SessionSettings:
     """What one :class:`~rebreak_idle.session.MailboxSession` reads of the settings (no
     database URL, no admin secret)."""
 
-    idle_renew: float = 1500.0
-    heartbeat_interval: float = 120.0
-    reconnect_delay: float = 5.0
-    reconnect_max_delay: float = 300.0
-    auth_failure_holdoff: float = 1800.0
-    poll_interval: float = 60.0
-    command_timeout: float = 60.0
-    noop_timeout: float = 30.0
-    shutdown_timeout: float = 10.0
-    tls_ca_file: str | None = None
+    idle_renew: float
+    heartbeat_interval: float
+    reconnect_delay: float
+    reconnect_max_delay: float
+    auth_failure_holdoff: float
+    poll_interval: float
+    command_timeout: float
+    noop_timeout: float
+    shutdown_timeout: float
+    tls_ca_file: str | None
 
 
 def session_settings(settings: Settings) -> SessionSettings:
     """The session's view of ``settings``."""
-    return SessionSettings(**{f.name: getattr(settings, f.name)
-                              for f in fields(SessionSettings)})
+    return _view(SessionSettings, settings)
+
+
+__all__ += ["SessionSettings", "session_settings"]
+
+
+# --- lease view ---
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseSettings:
+    """What the replica lease keeper reads: its database, its name and its timing."""
+
+    database_url: str = field(repr=False)
+    replica_id: str
+    lease_ttl: float
+    lease_renew: float
+
+
+def lease_settings(settings: Settings) -> LeaseSettings:
+    """The lease keeper's view of ``settings``."""
+    return _view(LeaseSettings, settings)
+
+
+__all__ += ["LeaseSettings", "lease_settings"]

@@ -25,6 +25,7 @@ from . import gc_tuning
 from .account import Account, InvalidAccount, account_from_row
 from .config import (
     Settings,
+    lease_settings,
     scan_settings,
     session_settings,
     status_settings,
@@ -73,7 +74,7 @@ class Daemon(MultiService):
         if settings.leases_enabled:
             from .db.leases import LeaseKeeper
 
-            self.leases = LeaseKeeper(settings, reactor=reactor,
+            self.leases = LeaseKeeper(lease_settings(settings), reactor=reactor,
                                       on_change=self._owned_changed,
                                       on_lost_ownership=self._ownership_lost)
             self.leases.setServiceParent(self)

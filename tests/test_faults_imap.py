@@ -74,8 +74,7 @@ class ConnectionDropTests(FaultCase, TestCase):
         self.assertEqual(len(self.scans_of(ann)), 2)  # exactly one catch-up scan
 
         # The server goes away for a while: attempts back off (0.2, 0.4, 0.8, 1.6 s ...).
-        listening = self.imap._ports.pop(0)
-        await listening.stopListening()
+        await self.imap.stop_listening()
         self.imap.drop_connections()
         await self.wait_log(r"\[idle/ann@faults\.test\] reconnecting in .* \(attempt 4\)",
                             deadline=15)

@@ -103,3 +103,68 @@ print(",".join(sorted(names)))
         sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines())
                  for p in TESTING.glob("*.py")}
         self.assertEqual({name: n for name, n in sizes.items() if n > 500}, {})
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def load_time_imports(path: Path, known: set[str]) -> set[str]:
+    """The modules of ``known`` that importing ``path`` imports at once: statements at
+    the top level of the module (not in functions, not under ``if TYPE_CHECKING``)."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            parts = package.split(".")
+            base = parts[:len(parts) - node.level + 1] if node.level else []
+            module = ".".join([*base, *filter(None, [node.module])])
+            found.add(module)
+            found.update(f"{module}.{a.name}" for a in node.names)
+    return {m for m in found if m in known and m != name}
+
+
+def import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` (module → modules it imports), or None."""
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        if node in path:
+            return [*path[path.index(node):], node]
+        if node in done:
+            return None
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            cycle = visit(nxt)
+            if cycle:
+                return cycle
+        path.pop()
+        done.add(node)
+        return None
+
+    for node in sorted(graph):
+        cycle = visit(node)
+        if cycle:
+            return cycle
+    return None
+
+
+class ImportCycleTests(SynchronousTestCase):
+    def test_no_import_cycle_inside_the_package(self) -> None:
+        files = sorted((ROOT / "rebreak_idle").rglob("*.py"))
+        known = {_module_name(f) for f in files}
+        graph = {_module_name(f): load_time_imports(f, known) for f in files}
+        # a package's __init__ importing its own submodules is how packages work
+        for name in graph:
+            graph[name] = {m for m in graph[name] if not m.startswith(name + ".")}
+        self.assertIsNone(import_cycle(graph))
+
+    def test_the_cycle_finder_finds_one(self) -> None:
+        self.assertEqual(import_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}),
+                         ["a", "b", "c", "a"])
+        self.assertIsNone(import_cycle({"a": {"b"}, "b": set()}))

@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from rebreak_idle.config import Settings
+from rebreak_idle.config import LeaseSettings, Settings, lease_settings
 from rebreak_idle.db.leases import LEASES_SQL, LeaseKeeper, fair_share
 from rebreak_idle.testing.pg import PostgresServer, fresh_database
 
@@ -33,10 +33,10 @@ def inline(f: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Deferred
     return wrapper
 
 
-def settings(dsn: str, replica_id: str, **kw: Any) -> Settings:
-    return Settings(database_url=dsn, admin_secret="s" * 8, encryption_key="k" * 32,
-                    leases="on", replica_id=replica_id, lease_ttl=TTL, lease_renew=RENEW,
-                    **kw)
+def settings(dsn: str, replica_id: str, **kw: Any) -> LeaseSettings:
+    return lease_settings(Settings(
+        database_url=dsn, admin_secret="s" * 8, encryption_key="k" * 32, leases="on",
+        replica_id=replica_id, lease_ttl=TTL, lease_renew=RENEW, **kw))
 
 
 def make_rows(n: int) -> list[dict]:

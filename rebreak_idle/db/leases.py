@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .. import metrics
-from ..config import Settings
+from ..config import LeaseSettings
 from ..failures import describe
 from .connect import StatementTimeout, connect, new_connection, with_deadline
 
@@ -223,7 +223,7 @@ class LeaseKeeper(Service):
 
     def __init__(
         self,
-        settings: Settings,
+        settings: LeaseSettings,
         run_interaction: RunInteraction | None = None,
         clock: IReactorTime | None = None,
         *,

@@ -5,27 +5,8 @@
 """
 
 from .client import IdleClient
-from .errors import (
-    AuthenticationFailed,
-    CommandFailed,
-    CommandTimeout,
-    ConnectionLost,
-    IMAPError,
-    InsecureConnection,
-    ProtocolError,
-    ServerBye,
-)
+from .errors import *  # noqa: F403  (the errors are public names of the package)
+from .errors import __all__ as _errors
 from .idle import IdleState
 
-__all__ = [
-    "AuthenticationFailed",
-    "CommandFailed",
-    "CommandTimeout",
-    "ConnectionLost",
-    "IMAPError",
-    "IdleClient",
-    "IdleState",
-    "InsecureConnection",
-    "ProtocolError",
-    "ServerBye",
-]
+__all__ = ["IdleClient", "IdleState", *_errors]

@@ -395,10 +395,16 @@ class InProcessIMAPServer:
         self._ports.append(listening)
         return listening
 
-    def stop(self) -> defer.Deferred:
-        """Stop listening and drop all connections; fires when all are closed."""
+    def stop_listening(self) -> defer.Deferred:
+        """Close every listening port (connections stay up); fires once they are closed.
+        ``listen()`` again to come back (on the same port: ``listen(port=...)``)."""
         ports, self._ports = self._ports, []
         ds = [defer.maybeDeferred(p.stopListening) for p in ports]
+        return defer.gatherResults(ds, consumeErrors=True).addCallback(lambda _: None)
+
+    def stop(self) -> defer.Deferred:
+        """Stop listening and drop all connections; fires when all are closed."""
+        ds = [self.stop_listening()]
         for conn in list(self._connections):
             ds.append(_lost(conn))
             conn.transport.abortConnection()
