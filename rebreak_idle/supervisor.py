@@ -37,6 +37,7 @@ from .deferreds import Coalesced
 from .failures import describe, maskable, scrub
 from .interfaces import IAccountSource
 from .live_metrics import LIVE
+from .ramp_progress import RampProgress
 
 __all__ = ["Decode", "InvalidRow", "Supervisor"]
 
@@ -88,6 +89,7 @@ class Supervisor(MultiService):
         self._invalid: dict[str, InvalidRow] = {}
         self._queue: OrderedDict[str, IService] = OrderedDict()
         self._ramp: Any = None
+        self._progress = RampProgress(clock, lambda: len(self._queue))
         #: account id -> the stop (LOGOUT) of its session, still running. One per account:
         #: a replacement session starts only after its predecessor's stop has fired.
         self._leaving: dict[str, Deferred] = {}
@@ -163,6 +165,7 @@ class Supervisor(MultiService):
             self._ramp.cancel()
         self._ramp = None
         self._queue.clear()
+        self._progress.stop()
         started, count = self.clock.seconds(), len(self.sessions)
         for account_id in list(self.sessions):
             self._stop_session(account_id)
@@ -320,6 +323,7 @@ class Supervisor(MultiService):
             except Exception:
                 log.failure("[idle/db] starting session {account_id} failed",
                             account_id=account_id)
+            self._progress.started(session)
         if self._queue:
             self._ramp = self.clock.callLater(batch / rate, self._ramp_next)
         self._update_gauge()
