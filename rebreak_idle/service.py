@@ -89,7 +89,8 @@ class Daemon(MultiService):
                                      on_session_removed=self.scans.discard)
         self.supervisor.setServiceParent(self)
         if settings.notify_channel:
-            self.store.listen(settings.notify_channel, self.supervisor.request_refresh)
+            self.store.listen(settings.notify_channel, self.supervisor.request_refresh,
+                              refresh_interval=settings.refresh_interval)
 
         self.status: StatusService | None = None
         status = status_settings(settings)
