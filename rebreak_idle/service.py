@@ -118,9 +118,12 @@ class Daemon(MultiService):
     def snapshot(self) -> list[dict]:
         """One object per account for /status: the session's view plus its last scan."""
         out = []
+        sessions = self.supervisor.sessions
         for entry in self.supervisor.snapshot():
             entry = dict(entry)
             entry["last_scan"] = self.scans.last_outcome(entry["id"])
+            session = sessions.get(entry["id"])
+            entry["imap_host"] = None if session is None else session.account.host
             out.append(entry)
         return out
 
