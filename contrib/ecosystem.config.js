@@ -11,8 +11,9 @@
 // Stop: PM2 sends SIGINT (or PM2_KILL_SIGNAL, e.g. SIGTERM, if the PM2 daemon was started
 // with it); rebreak-idle treats SIGINT and SIGTERM alike (DONE + LOGOUT on every session,
 // buffered writes flushed, in-flight scans finished or abandoned) and exits 0. PM2 sends
-// SIGKILL after kill_timeout, so it is set well above REBREAK_SHUTDOWN_TIMEOUT: the sessions
-// and the final write each have up to that timeout, then the leases are released.
+// SIGKILL after kill_timeout, so it is set above REBREAK_SHUTDOWN_TIMEOUT: the whole stop
+// (sessions, final write, lease release) shares that one timeout, plus 5 s for the process
+// to start stopping and to exit.
 //
 // REBREAK_IDLE_VENV (not a secret; default /opt/rebreak-idle/venv, as in the systemd unit)
 // is the virtualenv the package was installed into with `pip install .`.
@@ -46,7 +47,7 @@ module.exports = {
       max_restarts: 16,
 
       // Graceful stop (see above).
-      kill_timeout: (2 * shutdownSeconds + 5) * 1000,
+      kill_timeout: (shutdownSeconds + 5) * 1000,
       treekill: true,
       shutdown_with_message: false,
 

@@ -3,6 +3,7 @@
 :class:`Coalesced`: runs of one asynchronous operation that never overlap and never queue up.
 :class:`Waiters`: callers waiting for one event ("listening", "nothing in flight"), fired
 together; a settled outcome answers later callers at once.
+:func:`within`: whether a Deferred fired within a deadline, without cancelling it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 
-__all__ = ["Coalesced", "Waiters"]
+__all__ = ["Coalesced", "Waiters", "within"]
 
 
 class Coalesced:
@@ -104,3 +105,19 @@ class Waiters:
         """Later ``wait()`` calls wait for the next :meth:`fire` / :meth:`settle` again."""
         self._settled = False
         self._outcome = None
+
+
+def within(d: Deferred, seconds: float, clock: Any) -> Deferred:
+    """A Deferred that fires True when ``d`` fires (either way) and False after
+    ``seconds``; ``d`` itself is neither cancelled nor consumed (it may go on)."""
+    out: Deferred = Deferred()
+
+    def fired(result: Any) -> Any:
+        if not out.called:
+            out.callback(True)
+        return result
+
+    d.addBoth(fired)
+    timer = clock.callLater(seconds, lambda: out.called or out.callback(False))
+    out.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
+    return out

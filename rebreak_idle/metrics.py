@@ -18,9 +18,8 @@ EXISTS_EVENTS = Counter(
     "rebreak_idle_exists_events", "EXISTS events announcing new mail", registry=REGISTRY)
 RECONNECTS = Counter(
     "rebreak_idle_reconnects", "Reconnects scheduled, by cause", ["cause"], registry=REGISTRY)
-HEARTBEAT_AGE = Gauge(
-    "rebreak_idle_oldest_heartbeat_age_seconds",
-    "Age of the oldest successful heartbeat among running sessions", registry=REGISTRY)
+# rebreak_idle_oldest_heartbeat_age_seconds and the other gauges of the live sessions are
+# computed at scrape time: rebreak_idle.live_metrics.
 
 SCANS = Counter(
     "rebreak_idle_scan_triggers", "Scan triggers by reason and outcome",

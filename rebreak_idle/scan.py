@@ -39,6 +39,7 @@ from . import metrics
 from .backoff import Backoff
 from .deferreds import Waiters
 from .failures import maskable
+from .quiet_http import QuietHTTPConnectionPool
 from .scan_request import (
     Job,
     Retryable,
@@ -115,7 +116,7 @@ class ScanTrigger(Service):
         self._reactor = reactor
         self._pool: HTTPConnectionPool | None = None
         if http_client is None:
-            self._pool = HTTPConnectionPool(reactor, persistent=True)
+            self._pool = QuietHTTPConnectionPool(reactor, persistent=True)
             self._pool.maxPersistentPerHost = max(2, settings.scan_concurrency)
             # Close idle connections before the backend does (Node.js drops them after
             # 5 s), so that a trigger rarely goes out on a connection closing under it.

@@ -8,8 +8,9 @@ them all).
 
 The stop order is written once, in :meth:`Daemon.stopService`: the supervisor (sessions:
 DONE + LOGOUT) with the scans and the status server, then the store (the final write of
-what the sessions recorded), then the lease keeper. Each one bounds its own stop by
-``shutdown_timeout``, so SIGTERM ends the process within a small multiple of it.
+what the sessions recorded), then the lease keeper. The phases share one deadline,
+``shutdown_timeout`` in total (:class:`~rebreak_idle.stop_budget.StopBudget`): each later
+phase gets what remains, at least a small floor.
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ from .config import (
     supervisor_settings,
 )
 from .db.store import AccountStore
+from .deferreds import within
 from .marks import MailboxMemory
 from .scan import ScanTrigger
 from .secrets import SecretError, decrypt_secret
 from .session import MailboxSession, timer_resolution
 from .status import StatusService, make_status_resource
+from .stop_budget import StopBudget
 from .supervisor import Decode, InvalidRow, Supervisor
 from .wheel import TimerWheel
 
@@ -87,7 +90,8 @@ class Daemon(MultiService):
                                      on_session_removed=self.scans.discard)
         self.supervisor.setServiceParent(self)
         if settings.notify_channel:
-            self.store.listen(settings.notify_channel, self.supervisor.request_refresh)
+            self.store.listen(settings.notify_channel, self.supervisor.request_refresh,
+                              refresh_interval=settings.refresh_interval)
 
         self.status: StatusService | None = None
         status = status_settings(settings)
@@ -115,9 +119,12 @@ class Daemon(MultiService):
     def snapshot(self) -> list[dict]:
         """One object per account for /status: the session's view plus its last scan."""
         out = []
+        sessions = self.supervisor.sessions
         for entry in self.supervisor.snapshot():
             entry = dict(entry)
             entry["last_scan"] = self.scans.last_outcome(entry["id"])
+            session = sessions.get(entry["id"])
+            entry["imap_host"] = None if session is None else session.account.host
             out.append(entry)
         return out
 
@@ -155,7 +162,7 @@ class Daemon(MultiService):
             self.reactor.stop()
 
     def stopService(self) -> Deferred:
-        """Stop the children (each bounded by ``shutdown_timeout``) in this order: the
+        """Stop the children (within ``shutdown_timeout`` in all) in this order: the
         supervisor, whose sessions log out, concurrently with the other parts; then the
         store, which writes what the sessions recorded; the lease keeper last, so that no
         other replica takes an account over while its session is still logging out."""
@@ -166,15 +173,26 @@ class Daemon(MultiService):
 
     async def _stop(self) -> None:
         Service.stopService(self)
+        later = 1 if self.leases is None else 2
+        budget = StopBudget(self.reactor, self.settings.shutdown_timeout, later=later)
+        self.supervisor.stop_timeout = budget.first()
         children = [c for c in reversed(list(self)) if c not in (self.store, self.leases)]
-        await DeferredList([maybeDeferred(c.stopService) for c in children],
-                           consumeErrors=True)
+        first = DeferredList([maybeDeferred(c.stopService) for c in children],
+                             consumeErrors=True)
+        if not await within(first, budget.first(), self.reactor):
+            log.warn("rebreak-idle: the sessions, scans and status server did not stop "
+                     "within {seconds:g}s; going on", seconds=budget.first())
+        self.store.stop_timeout = budget.remaining(later=later - 1)
         await maybeDeferred(self.store.stopService).addErrback(
             lambda f: log.failure("the final status write failed", f))
         if self.leases is not None:
-            await maybeDeferred(self.leases.stopService).addErrback(
+            releasing = maybeDeferred(self.leases.stopService).addErrback(
                 lambda f: log.failure("releasing leases failed", f))
-        log.info("rebreak-idle stopped")
+            if not await within(releasing, budget.remaining(), self.reactor):
+                log.warn("[idle/leases] the lease release did not finish in time; the "
+                         "leases expire after REBREAK_LEASE_TTL")
+        log.info("rebreak-idle stopped in {seconds:.1f}s",
+                 seconds=self.reactor.seconds() - (budget.deadline - budget.total))
 
 
 def build_daemon(settings: Settings, reactor: Any, *, owns_process: bool = False) -> Daemon:

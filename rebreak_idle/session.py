@@ -195,6 +195,11 @@ class MailboxSession(Service):
         answered. None before the first one."""
         return self._last_heartbeat
 
+    @property
+    def last_exists_at(self) -> float | None:
+        """Reactor time of the last EXISTS seen (the scrape-time gauges); None before."""
+        return None if self._last_exists is None else self._last_exists[0]
+
     def snapshot(self) -> dict[str, Any]:
         """JSON-able state for the status endpoint (no secret)."""
         exists = self._last_exists

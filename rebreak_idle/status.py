@@ -17,7 +17,10 @@ Routes (GET; HEAD works too, other methods get 405):
     A small HTML page for an operator (:mod:`rebreak_idle.status_page`). Without the header
     it shows only the number of accounts by state (no e-mail address, no error text). With
     a correct ``x-admin-secret`` header it also shows the account table (e-mail, state,
-    since, last error, last heartbeat, last event); a wrong header gets 401. The secret is
+    since, last error, last heartbeat, last event), the accounts by IMAP host, a search
+    field, filters, paging and an optional reload (GET parameters ``q``, ``state``,
+    ``host``, ``limit``, ``offset``, ``refresh``: :mod:`rebreak_idle.status_query`), the
+    accounts needing attention first; a wrong header gets 401. The secret is
     never accepted in the query string (it would end up in access logs and browser
     history): use ``curl -H "x-admin-secret: $ADMIN_SECRET" http://127.0.0.1:9464/`` or a
     browser extension that adds the header. Every value is HTML-escaped; the page has no
@@ -55,6 +58,7 @@ from .deferreds import Waiters
 from .failures import is_secret_name
 from .metrics import REGISTRY
 from .status_page import render_page
+from .status_query import PageQuery
 
 if TYPE_CHECKING:
     from .config import StatusSettings
@@ -205,7 +209,9 @@ class _Page(Resource):
         if accounts is None:
             return _plain(request, 500, "internal error\n")
         counts = Counter(str(a.get("state", "unknown")) for a in accounts)
-        page = render_page(accounts if allowed else None, counts, bool(self._ready()))
+        # GET parameters pick the rows (status_query); the secret is only ever the header
+        query = PageQuery.from_args(request.args or {})
+        page = render_page(accounts if allowed else None, counts, bool(self._ready()), query)
         _set_headers(request, b"text/html; charset=utf-8", _HTML_HEADERS)
         return page.encode("utf-8")
 

@@ -1,5 +1,8 @@
 """The operator's HTML page of the status server (``GET /``, CONTRACT §8): the number of
-accounts by state and, for a caller with the admin secret, one row per account.
+accounts by state and, for a caller with the admin secret, the accounts by IMAP host and
+one page of the account table: accounts needing attention first (auth-failed, backoff,
+invalid), a search field and filters, paging, an optional automatic reload
+(:mod:`rebreak_idle.status_query`: all server-side, GET parameters only).
 
 Every value is HTML-escaped; the page has no script (status.py sends it with a
 Content-Security-Policy that allows none).
@@ -12,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from .status_query import ATTENTION, PageQuery, by_host, select
+
 __all__ = ["render_page"]
 
 _COLUMNS = ("E-mail", "State", "Since", "Last error", "Last heartbeat", "Last event")
@@ -20,7 +25,9 @@ _CSS = (
     "table{border-collapse:collapse;margin-top:1em}"
     "th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}"
     "th{background:#f2f2f2}td.err{color:#a00;max-width:40em;word-break:break-word}"
-    ".muted{color:#777}"
+    ".muted{color:#777}tr.attention td{background:#fff4f0}"
+    "form{margin-top:1em}form label{margin-right:1em}nav a{margin-right:1em}"
+    "h2{font-size:1.1em;margin-top:1.5em}"
 )
 
 
@@ -105,12 +112,65 @@ def _row(a: Mapping[str, Any]) -> str:
         f"<td>{_when(a.get('last_heartbeat'))}</td>",
         f"<td>{_event_cell(a)}</td>",
     )
-    return "<tr>" + "".join(cells) + "</tr>"
+    mark = " class=attention" if a.get("state") in ATTENTION else ""
+    return f"<tr{mark}>" + "".join(cells) + "</tr>"
+
+
+def _esc(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _hosts_table(accounts: Sequence[Mapping[str, Any]], query: PageQuery) -> str:
+    hosts, n = by_host(accounts)
+    rows = "".join(
+        f"<tr><td><a href=\"{_esc(query.link(host=h if h != '—' else '', offset=0))}\">"
+        f"{_esc(h)}</a></td><td>{total}</td><td>{bad}</td></tr>"
+        for h, total, bad in hosts)
+    more = f" <span class=muted>(the {len(hosts)} of {n} with most)</span>" if n > len(hosts) \
+        else ""
+    return (f"<h2>Accounts by IMAP host{more}</h2><table id=hosts><tr><th>IMAP host</th>"
+            f"<th>Accounts</th><th>Not idle</th></tr>{rows}</table>")
+
+
+def _form(counts: Mapping[str, int], query: PageQuery) -> str:
+    states = "".join(
+        f"<option value=\"{_esc(s)}\"{' selected' if s == query.state else ''}>{_esc(s)}"
+        "</option>" for s in sorted(counts))
+    refresh = "".join(
+        f"<option value={n}{' selected' if n == query.refresh else ''}>"
+        f"{'off' if n == 0 else f'every {n}s'}</option>" for n in (0, 10, 30, 60, 300))
+    return (
+        "<form method=get action=\"/\">"
+        f"<label>Search <input type=search name=q value=\"{_esc(query.q)}\" size=30 "
+        "placeholder=\"e-mail, id, host or error\"></label>"
+        f"<label>State <select name=state><option value=\"\">any</option>{states}"
+        "</select></label>"
+        f"<label>IMAP host <input name=host value=\"{_esc(query.host)}\" size=20></label>"
+        f"<label>Rows <input type=number name=limit min=1 max=1000 value={query.limit}>"
+        "</label>"
+        f"<label>Reload <select name=refresh>{refresh}</select></label>"
+        "<button type=submit>Show</button></form>")
+
+
+def _nav(query: PageQuery, matching: int, shown: int, total: int) -> str:
+    first = query.offset + 1 if shown else 0
+    parts = [f"<p id=showing>Showing {first} to {query.offset + shown} of {matching} matching"
+             f" ({total} in all)</p><nav>"]
+    if query.offset > 0:
+        back = max(0, query.offset - query.limit)
+        parts.append(f"<a rel=prev href=\"{_esc(query.link(offset=back))}\">« previous</a>")
+    if query.offset + shown < matching:
+        parts.append(f"<a rel=next href=\"{_esc(query.link(offset=query.offset + shown))}\">"
+                     "next »</a>")
+    parts.append("</nav>")
+    return "".join(parts)
 
 
 def render_page(accounts: Sequence[Mapping[str, Any]] | None, counts: Mapping[str, int],
-                ready: bool) -> str:
-    """The operator page; ``accounts`` None means the table is withheld (no secret)."""
+                ready: bool, query: PageQuery | None = None) -> str:
+    """The operator page; ``accounts`` None means the table is withheld (no secret);
+    ``query`` (from the GET parameters) picks the rows shown and the automatic reload."""
+    query = query or PageQuery()
     total = sum(counts.values())
     rows = "".join(
         f"<tr><td>{html.escape(state, quote=True)}</td><td>{n}</td></tr>"
@@ -118,12 +178,13 @@ def render_page(accounts: Sequence[Mapping[str, Any]] | None, counts: Mapping[st
     )
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        f"<meta http-equiv=refresh content={query.refresh}>" if query.refresh else "",
         "<title>rebreak-idle</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>rebreak-idle</h1>",
         f"<p>{'ready' if ready else 'not ready (waiting for the first account refresh)'}"
         f" — {total} account{'' if total == 1 else 's'}</p>",
-        f"<table><tr><th>State</th><th>Accounts</th></tr>{rows}</table>",
+        f"<table id=states><tr><th>State</th><th>Accounts</th></tr>{rows}</table>",
     ]
     if accounts is None:
         parts.append(
@@ -131,7 +192,10 @@ def render_page(accounts: Sequence[Mapping[str, Any]] | None, counts: Mapping[st
             "e.g. <code>curl -H \"x-admin-secret: $ADMIN_SECRET\" …</code></p>")
     else:
         head = "".join(f"<th>{title}</th>" for title in _COLUMNS)
-        body = "".join(_row(a) for a in sorted(accounts, key=lambda a: str(a.get("email", ""))))
-        parts.append(f"<table><tr>{head}</tr>{body}</table>")
+        matching, page = select(accounts, query)
+        body = "".join(_row(a) for a in page)
+        parts += [_hosts_table(accounts, query), "<h2>Accounts</h2>", _form(counts, query),
+                  _nav(query, matching, len(page), len(accounts)),
+                  f"<table id=accounts><tr>{head}</tr>{body}</table>"]
     parts.append("</body></html>\n")
     return "".join(parts)

@@ -36,6 +36,8 @@ from .config import SupervisorSettings
 from .deferreds import Coalesced
 from .failures import describe, maskable, scrub
 from .interfaces import IAccountSource
+from .live_metrics import LIVE
+from .ramp_progress import RampProgress
 
 __all__ = ["Decode", "InvalidRow", "Supervisor"]
 
@@ -87,6 +89,7 @@ class Supervisor(MultiService):
         self._invalid: dict[str, InvalidRow] = {}
         self._queue: OrderedDict[str, IService] = OrderedDict()
         self._ramp: Any = None
+        self._progress = RampProgress(clock, lambda: len(self._queue))
         #: account id -> the stop (LOGOUT) of its session, still running. One per account:
         #: a replacement session starts only after its predecessor's stop has fired.
         self._leaving: dict[str, Deferred] = {}
@@ -96,6 +99,8 @@ class Supervisor(MultiService):
                                   self._refresh_crashed)
         self._debounce: Any = None
         self._ready = False
+        #: how long the stop waits for the sessions when set (the daemon's stop budget)
+        self.stop_timeout: float | None = None
         timer = TimerService(settings.refresh_interval, self._tick)
         timer.clock = clock
         timer.setServiceParent(self)
@@ -145,6 +150,7 @@ class Supervisor(MultiService):
     # -- service ----------------------------------------------------------------------
 
     def startService(self) -> None:
+        LIVE.attach(self)  # the scrape-time gauges read the sessions from now on
         super().startService()  # the timer refreshes at once
 
     def stopService(self) -> Deferred:
@@ -159,18 +165,21 @@ class Supervisor(MultiService):
             self._ramp.cancel()
         self._ramp = None
         self._queue.clear()
+        self._progress.stop()
         started, count = self.clock.seconds(), len(self.sessions)
         for account_id in list(self.sessions):
             self._stop_session(account_id)
-        timeout = self.settings.shutdown_timeout
+        timeout = self.settings.shutdown_timeout if self.stop_timeout is None \
+            else self.stop_timeout
         if not await self._all_stopped(timeout):
-            log.warn("[idle/db] {n} sessions did not stop within {timeout}s",
+            log.warn("[idle/db] {n} sessions did not stop within {timeout:g}s",
                      n=len(self._leaving), timeout=timeout)
         else:
             log.info("[idle/db] {n} sessions stopped in {seconds:.1f}s", n=count,
                      seconds=self.clock.seconds() - started)
         timer_stopped.addErrback(lambda f: log.failure("[idle/db] refresh timer", f))
         self._update_gauge()
+        LIVE.detach(self)
 
     def _all_stopped(self, timeout: float) -> Deferred:
         """Fires True when every stopping session is gone, False after ``timeout``. The
@@ -223,7 +232,6 @@ class Supervisor(MultiService):
     def _reconcile(self, rows: list[dict]) -> None:
         wanted: dict[str, Account] = {}
         invalid: dict[str, InvalidRow] = {}
-        ages: list[float] = []
         for row in rows:
             account_id = str(row["id"])
             decoded = self.decode(row)
@@ -237,8 +245,6 @@ class Supervisor(MultiService):
                              error=decoded.reason, account_id=account_id)
                 continue
             wanted[account_id] = decoded
-            if row.get("heartbeat_age") is not None:
-                ages.append(float(row["heartbeat_age"]))
         self._invalid = invalid
 
         for account_id, session in list(self.sessions.items()):
@@ -260,7 +266,6 @@ class Supervisor(MultiService):
                     self._successors.add(account_id)
                     leaving.addBoth(self._predecessor_gone, account_id, session)
         self._ramp_step()
-        metrics.HEARTBEAT_AGE.set(max(ages) if ages else 0)
         self._update_gauge()
 
     def _stop_session(self, account_id: str) -> None:
@@ -318,6 +323,7 @@ class Supervisor(MultiService):
             except Exception:
                 log.failure("[idle/db] starting session {account_id} failed",
                             account_id=account_id)
+            self._progress.started(session)
         if self._queue:
             self._ramp = self.clock.callLater(batch / rate, self._ramp_next)
         self._update_gauge()

@@ -106,7 +106,7 @@ class PM2Tests(FaultCase, TestCase):
         [app] = await self.jlist(pm2, env)
         out_log = Path(app["pm2_env"]["pm_out_log_path"])
         self.addCleanup(lambda: save_daemon_log(self.id(), self.log_lines(out_log)))
-        self.assertEqual(app["pm2_env"]["kill_timeout"], (2 * SHUTDOWN_TIMEOUT + 5) * 1000)
+        self.assertEqual(app["pm2_env"]["kill_timeout"], (SHUTDOWN_TIMEOUT + 5) * 1000)
 
         connected = r"\[idle/ann@pm2\.test\] connected \(127\.0\.0\.1:\d+\)"
         await until(lambda: any(re.search(connected, line)

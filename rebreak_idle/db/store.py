@@ -59,7 +59,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -85,6 +85,14 @@ ACTIVE_SQL = (
     "FROM rebreak.mail_connections WHERE is_active"
 )
 _ACTIVE_KEYS = (*COLUMNS, "last_connect_error", "heartbeat_age")
+
+#: One row by id or by e-mail (``rebreak-idle probe``), active or not: the account query's
+#: columns plus ``is_active``.
+_ROW_SELECT = ACTIVE_SQL.replace(" FROM rebreak.mail_connections WHERE is_active",
+                                 ", is_active FROM rebreak.mail_connections ")
+assert _ROW_SELECT != ACTIVE_SQL
+ROW_BY_ID_SQL = _ROW_SELECT + "WHERE id = %s::uuid"
+ROW_BY_EMAIL_SQL = _ROW_SELECT + "WHERE lower(email) = lower(%s) ORDER BY id LIMIT 20"
 
 HEARTBEATS_SQL = (
     "UPDATE rebreak.mail_connections AS m SET last_idle_heartbeat_at = v.at "
@@ -145,6 +153,8 @@ class AccountStore(Service):
         self._listeners: list[Listener] = []
         self._in_flight = 0  # entries taken by the write that is running
         self.closed = False
+        #: the final write's deadline when set (the daemon's shared stop budget)
+        self.stop_timeout: float | None = None
 
     # -- reading --------------------------------------------------------------------
 
@@ -154,6 +164,20 @@ class AccountStore(Service):
         or None)."""
         d = self.pool.run_query(ACTIVE_SQL)
         d.addCallback(lambda rows: [dict(zip(_ACTIVE_KEYS, row, strict=True)) for row in rows])
+        return d
+
+    def rows_of(self, *, account_id: str | None = None, email: str | None = None
+                ) -> Deferred:
+        """Fire with the rows (dicts as :meth:`active` gives them, plus ``is_active``) of
+        ``account_id`` (none when it is not a UUID) or of ``email`` (at most 20)."""
+        if account_id is not None:
+            if not _valid_id(account_id):
+                return succeed([])
+            d = self.pool.run_query(ROW_BY_ID_SQL, (account_id,))
+        else:
+            d = self.pool.run_query(ROW_BY_EMAIL_SQL, (email,))
+        keys = (*_ACTIVE_KEYS, "is_active")
+        d.addCallback(lambda rows: [dict(zip(keys, row, strict=True)) for row in rows])
         return d
 
     # -- IRecorder ------------------------------------------------------------------
@@ -208,11 +232,12 @@ class AccountStore(Service):
         for listener in self._listeners:
             listener.stop()
         self._listeners.clear()
-        started, pending, timeout = self._clock.seconds(), self.pending, self._shutdown_timeout
+        started, pending = self._clock.seconds(), self.pending
+        timeout = self._shutdown_timeout if self.stop_timeout is None else self.stop_timeout
         d = self.flush()
         d.addTimeout(timeout, self._clock)
         d.addErrback(lambda f: log.warn(
-            "[idle/db] final write did not finish within {timeout}s; {n} writes lost",
+            "[idle/db] final write did not finish within {timeout:g}s; {n} writes lost",
             timeout=timeout, n=self.pending))
 
         def shut(_: Any) -> None:
@@ -225,12 +250,14 @@ class AccountStore(Service):
 
     # -- LISTEN -----------------------------------------------------------------------
 
-    def listen(self, channel: str, on_notify: Callable[[], None]) -> Listener:
+    def listen(self, channel: str, on_notify: Callable[[], None], *,
+               refresh_interval: float | None = None) -> Listener:
         """Keep a dedicated connection in ``LISTEN channel`` and call ``on_notify()`` on
         every notification (and after each reconnect, as notifications may have been
         missed). It starts with the service (at once if it runs) and stops with it."""
         listener = Listener(self._dsn, channel, on_notify, self._reactor, clock=self._clock,
-                            connect_timeout=self._connect_timeout)
+                            connect_timeout=self._connect_timeout,
+                            refresh_interval=refresh_interval)
         self._listeners.append(listener)
         if self.running:
             listener.start()

@@ -1,0 +1,191 @@
+"""``rebreak-idle probe``: one diagnostic run for one row, against a real PostgreSQL and the
+in-process IMAP server (plain, implicit TLS with a good and a bad certificate) and Dovecot;
+the command itself in a child process."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from twisted.internet import defer, utils
+from twisted.trial.unittest import TestCase
+
+from rebreak_idle import probe
+from rebreak_idle.testing.certs import make_test_certs
+from tests.support.dovecot import DovecotServer, skip_without_dovecot
+from tests.support.faults import FaultCase, child_env
+from tests.support.leaks import IMAP_PASSWORDS, text_has_secret
+
+
+def steps(report: probe.ProbeReport) -> dict[str, dict]:
+    return {s["step"]: s for s in report.steps}
+
+
+class ProbeTests(FaultCase, TestCase):
+    async def _setUp(self) -> None:
+        await self.start_parts()
+
+    def setUp(self) -> None:
+        super().setUp()
+        return defer.ensureDeferred(self._setUp())
+
+    def run_probe(self, **kwargs: object) -> defer.Deferred:
+        settings = self.settings(tls_ca_file=make_test_certs().ca)
+        return defer.ensureDeferred(probe.probe(settings, **kwargs))
+
+    def assertNoSecret(self, report: probe.ProbeReport) -> None:
+        text = json.dumps(report.as_dict(), default=str) + probe.format_report(report)
+        self.assertIsNone(text_has_secret(text))
+        for password in IMAP_PASSWORDS:
+            self.assertNotIn(password, text)
+
+    async def test_plain_account_every_step(self) -> None:
+        account_id = self.add_account("ann@rebreak.test", IMAP_PASSWORDS[0])
+        self.imap.deliver("ann@rebreak.test")
+        self.imap.deliver("ann@rebreak.test")
+        report = await self.run_probe(account_id=account_id)
+        self.assertEqual(report.status, probe.OK, probe.format_report(report))
+        found = steps(report)
+        self.assertEqual(
+            [s["step"] for s in report.steps],
+            ["row", "dns", "tcp", "greeting", "capabilities", "login", "select", "idle",
+             "done", "noop", "logout"])
+        self.assertTrue(all(s["ok"] for s in report.steps))
+        self.assertTrue(all(s["ms"] >= 0 for s in report.steps))
+        self.assertEqual(found["select"]["exists"], 2)
+        self.assertIn("IDLE", found["capabilities"]["capabilities"])
+        self.assertEqual(found["dns"]["note"], "IP literal")
+        self.assertTrue(found["row"]["active"])
+        self.assertEqual(self.imap.commands[b"LOGOUT"], 1)
+        self.assertEqual(self.imap.commands[b"IDLE"], 1)
+        self.assertEqual(report.account["email"], "ann@rebreak.test")
+        self.assertNoSecret(report)
+        human = probe.format_report(report)
+        self.assertIn("result: ok", human)
+        self.assertRegex(human, r"select\s+ok\s+[\d.]+ ms\s+exists=2")
+
+    async def test_bad_password_is_classified_and_still_logs_out(self) -> None:
+        account_id = self.add_account("bob@rebreak.test", IMAP_PASSWORDS[1],
+                                      server_password=IMAP_PASSWORDS[2])
+        report = await self.run_probe(account_id=account_id)
+        self.assertEqual(report.status, probe.FAILED)
+        login = steps(report)["login"]
+        self.assertFalse(login["ok"])
+        self.assertEqual(login["class"], "auth")
+        self.assertTrue(login["credentials_rejected"])
+        self.assertTrue(report.summary.startswith("failed at login:"), report.summary)
+        self.assertNotIn("select", steps(report))
+        self.assertTrue(steps(report)["logout"]["ok"])
+        self.assertEqual(self.imap.commands[b"LOGOUT"], 1)
+        self.assertNoSecret(report)
+
+    async def test_by_email_and_unknown_rows(self) -> None:
+        self.add_account("cat@rebreak.test", IMAP_PASSWORDS[2], active=False)
+        report = await self.run_probe(email="CAT@rebreak.test")
+        self.assertEqual(report.status, probe.OK, probe.format_report(report))
+        self.assertFalse(steps(report)["row"]["active"])
+        for kwargs in ({"email": "nobody@rebreak.test"}, {"account_id": "not-a-uuid"},
+                       {"account_id": "00000000-0000-0000-0000-000000000000"}):
+            report = await self.run_probe(**kwargs)
+            self.assertEqual(report.status, probe.NO_ROW)
+            self.assertEqual(report.summary, "failed at row: no such row")
+        self.add_account("cat@rebreak.test", IMAP_PASSWORDS[2])
+        report = await self.run_probe(email="cat@rebreak.test")
+        self.assertEqual(report.status, probe.NO_ROW)
+        self.assertIn("2 rows have this e-mail", report.summary)
+
+    async def test_undecryptable_secret(self) -> None:
+        account_id = self.add_account("ann@rebreak.test", "x", stored="not-a-secret")
+        report = await self.run_probe(account_id=account_id)
+        self.assertEqual(report.status, probe.NO_ROW)
+        self.assertFalse(steps(report)["decode"]["ok"])
+        self.assertEqual(self.imap.connections_made, 0)
+
+    async def test_implicit_tls_certificate_facts(self) -> None:
+        port = self.imap.listen(tls=True).getHost().port
+        account_id = self.add_account("ann@rebreak.test", IMAP_PASSWORDS[0], port=port,
+                                      security="tls", host="localhost")
+        report = await self.run_probe(account_id=account_id)
+        self.assertEqual(report.status, probe.OK, probe.format_report(report))
+        tls = steps(report)["tls"]
+        self.assertTrue(tls["verified"])
+        self.assertIn("CN=", tls["certificate"]["subject"])
+        self.assertIn("CN=", tls["certificate"]["issuer"])
+        self.assertGreater(tls["certificate"]["expires_in_days"], 0)
+        self.assertTrue({"127.0.0.1", "::1"} & set(steps(report)["dns"]["addresses"]))
+
+    async def test_bad_certificate(self) -> None:
+        port = self.imap.listen(tls=True, cert=make_test_certs().expired).getHost().port
+        account_id = self.add_account("ann@rebreak.test", IMAP_PASSWORDS[0], port=port,
+                                      security="tls", host="localhost")
+        report = await self.run_probe(account_id=account_id)
+        self.assertEqual(report.status, probe.FAILED)
+        tls = steps(report)["tls"]
+        self.assertFalse(tls["ok"])
+        self.assertFalse(tls["verified"])
+        self.assertEqual(tls["class"], "tls")
+        self.assertIn("certificate verify failed", tls["error"])
+        self.assertLess(tls["certificate"]["expires_in_days"], 0)
+        self.assertNotIn("login", steps(report))
+        self.assertEqual(self.imap.login_attempts["ann@rebreak.test"], 0)
+
+    async def test_refused_port(self) -> None:
+        from tests.support.faults import free_port
+
+        account_id = self.add_account("ann@rebreak.test", IMAP_PASSWORDS[0],
+                                      port=free_port())
+        report = await self.run_probe(account_id=account_id)
+        self.assertEqual(report.status, probe.FAILED)
+        self.assertEqual(steps(report)["tcp"]["class"], "network")
+        self.assertTrue(report.summary.startswith("failed at tcp:"))
+
+    async def test_command_line_json_and_human(self) -> None:
+        account_id = self.add_account("ann@rebreak.test", IMAP_PASSWORDS[0])
+        env = dict(os.environ, **child_env(self.dsn, self.backend.url))
+        code_args = [sys.executable, "-c", "from rebreak_idle.cli import main; main()"]
+        out, err, code = await utils.getProcessOutputAndValue(
+            code_args[0], [*code_args[1:], "probe", account_id, "--json"], env=env)
+        self.assertEqual(code, 0, err)
+        data = json.loads(out)
+        self.assertTrue(data["ok"])
+        self.assertEqual(data["account"]["id"], account_id)
+        out, err, code = await utils.getProcessOutputAndValue(
+            code_args[0], [*code_args[1:], "probe", "--email", "nobody@rebreak.test"],
+            env=env)
+        self.assertEqual(code, 2, err)
+        self.assertIn(b"result: failed at row: no such row", out)
+        for text in (out, err):
+            self.assertIsNone(text_has_secret(text.decode()))
+
+
+class DovecotProbeTests(FaultCase, TestCase):
+    skip = skip_without_dovecot()
+
+    async def _setUp(self) -> None:
+        await self.start_parts(imap=False)
+        self.dovecot = DovecotServer.shared()
+
+    def setUp(self) -> None:
+        super().setUp()
+        return defer.ensureDeferred(self._setUp())
+
+    async def test_dovecot_tls_and_bad_password(self) -> None:
+        user, password = "carol@rebreak.test", self.dovecot.users["carol@rebreak.test"]
+        self.dovecot.deliver(user)
+        good = self.add_account(user, password, port=self.dovecot.imaps_port,
+                                security="tls", host="localhost", server=self.dovecot)
+        settings = self.settings(tls_ca_file=self.dovecot.ca_file)
+        report = await defer.ensureDeferred(probe.probe(settings, account_id=good))
+        self.assertEqual(report.status, probe.OK, probe.format_report(report))
+        found = steps(report)
+        self.assertGreaterEqual(found["select"]["exists"], 1)
+        self.assertTrue(found["tls"]["verified"])
+        self.assertTrue(found["idle"]["ok"] and found["done"]["ok"])
+        bad = self.add_account("bob@rebreak.test", "not-bobs-password",
+                               port=self.dovecot.imap_port, server=self.dovecot)
+        report = await defer.ensureDeferred(probe.probe(settings, account_id=bad))
+        login = steps(report)["login"]
+        self.assertEqual(login["class"], "auth")
+        self.assertIn("AUTHENTICATIONFAILED", login["error"])
+        self.assertTrue(steps(report)["logout"]["ok"])
