@@ -41,7 +41,7 @@ from .connecting import (
     server_endpoint,
     shared_tls_creator,
 )
-from .failures import describe
+from .failures import account_secrets, describe, scrub
 from .interfaces import IRecorder, ISession, OnNewMail
 from .marks import MailboxMark, MailboxMemory
 from .reconnect import CLOSED, HEALTHY_AFTER, Outcome, SessionError, classify, reaction
@@ -235,9 +235,16 @@ class MailboxSession(Service):
             timer.cancel()
 
     def _fail(self, outcome: Outcome) -> None:
-        """Remember why this connection ends (the first specific reason wins)."""
+        """Remember why this connection ends (the first specific reason wins). This is
+        where a server's text becomes the error text (recorded, shown, logged): the
+        account's own secret, in any form a server may echo it, is masked here."""
         if outcome.overrides(self._outcome):
+            outcome.text = self._scrubbed(outcome.text)  # a fresh Outcome of this failure
             self._outcome = outcome
+
+    def _scrubbed(self, text: str) -> str:
+        account = self.account
+        return scrub(text, account_secrets(account.username, account.secret))
 
     def _abort(self, client: imap.IdleClient) -> None:
         transport = client.transport
@@ -395,7 +402,8 @@ class MailboxSession(Service):
         if client is None or not self.running or self.state is not State.IDLE:
             return
         log.debug("{label} server ended IDLE ({text}); idling again",
-                  label=self.account.label, text=text, account_id=self.account.id)
+                  label=self.account.label, text=self._scrubbed(text),
+                  account_id=self.account.id)
         self._cancel_timer()
         again = client.idle()
         again.addCallback(self._idling_again, client)
