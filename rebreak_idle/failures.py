@@ -105,7 +105,11 @@ def describe(failure_or_exception: Failure | BaseException) -> str:
     if isinstance(text, str) and text:
         return text
     if isinstance(exc, psycopg2.Error):  # libpq messages span several lines
-        return _first_line(exc)
+        line = _first_line(exc)
+        if line.startswith("invalid dsn"):
+            # libpq quotes the text after the point it failed at: maybe half a password
+            return "invalid dsn: the connection string cannot be parsed"
+        return line
     if isinstance(exc, CertificateVerifyError):
         return str(exc)
     if isinstance(exc, VerificationError):
