@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .addresses import email_problem, host_problem, is_loopback
+from .destinations import DestinationPolicy, policy_for
 
 __all__ = ["COLUMNS", "Account", "InvalidAccount", "account_from_row"]
 
@@ -63,15 +64,21 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def account_from_row(row: Mapping[str, Any], decrypt: Callable[[str], str]) -> Account:
+def account_from_row(row: Mapping[str, Any], decrypt: Callable[[str], str],
+                     policy: DestinationPolicy | None = None) -> Account:
     """Validate a row and decrypt its secret; raise :class:`InvalidAccount` (or the
-    decryptor's :class:`~rebreak_idle.secrets.SecretError`) when it cannot be watched."""
+    decryptor's :class:`~rebreak_idle.secrets.SecretError`) when it cannot be watched.
+    ``policy`` (default: no private addresses allowed) refuses an address literal that the
+    daemon may not connect to; a name is checked on each connection's address."""
     host = (row.get("imap_host") or "").strip()
     if not host:
         raise InvalidAccount("invalid settings: imap_host is empty")
     problem = host_problem(host)
     if problem is not None:
         raise InvalidAccount(f"invalid settings: imap_host {problem}")
+    refused = (policy or policy_for()).problem(host)
+    if refused is not None:
+        raise InvalidAccount(refused)
     port = row.get("imap_port")
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
         raise InvalidAccount(f"invalid settings: imap_port {_shown(port)} is outside 1-65535")

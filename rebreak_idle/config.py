@@ -412,6 +412,7 @@ class SessionSettings:
     noop_timeout: float = 30.0
     shutdown_timeout: float = 10.0
     tls_ca_file: str | None = None
+    allow_private_hosts: tuple[str, ...] = ()
 
 
 def session_settings(settings: Settings) -> SessionSettings:

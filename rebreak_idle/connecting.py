@@ -25,10 +25,11 @@ from zope.interface import implementer
 
 from . import imap
 from .account import Account
+from .destinations import DestinationPolicy
 from .tls import TLSClientEndpoint, client_tls_options
 
-__all__ = ["ClientFactory", "QuietClientService", "SessionEndpoint", "enable_keepalive",
-           "server_endpoint", "shared_tls_creator"]
+__all__ = ["CheckedEndpoint", "ClientFactory", "QuietClientService", "SessionEndpoint",
+           "enable_keepalive", "server_endpoint", "shared_tls_creator"]
 
 _TCP_KEEPALIVE_OPTIONS = (
     # (option name, value): first probe after 60 s idle, then every 20 s, dead after 4 misses
@@ -63,9 +64,12 @@ def enable_keepalive(transport: Any) -> None:
 
 
 def server_endpoint(reactor: Any, account: Account, timeout: float,
-                    tls_options: Callable[[], Any]) -> IStreamClientEndpoint:
+                    tls_options: Callable[[], Any],
+                    policy: DestinationPolicy | None = None) -> IStreamClientEndpoint:
     """The endpoint of ``account``'s server: IP literals without the resolver (no thread
-    hop per connect), names through HostnameEndpoint, implicit TLS around either."""
+    hop per connect), names through HostnameEndpoint, implicit TLS around either; with
+    ``policy``, the address each TCP connection reached is checked before TLS or IMAP
+    sees a byte (:class:`CheckedEndpoint`)."""
     host, seconds = account.host, max(1, int(timeout))
     endpoint: IStreamClientEndpoint
     if isIPAddress(host):
@@ -74,9 +78,46 @@ def server_endpoint(reactor: Any, account: Account, timeout: float,
         endpoint = TCP6ClientEndpoint(reactor, host, account.port, timeout=seconds)
     else:
         endpoint = HostnameEndpoint(reactor, host, account.port, timeout=seconds)
+    if policy is not None:
+        endpoint = CheckedEndpoint(endpoint, policy, host)
     if account.security == "tls":
         endpoint = TLSClientEndpoint(tls_options(), endpoint)
     return endpoint
+
+
+class _CheckedFactory(Factory):
+    """Checks the connected peer's address before building the protocol: raising here
+    fails the endpoint's connect with :class:`~rebreak_idle.destinations.
+    DestinationRefused` and closes the socket before anything is written or read."""
+
+    noisy = False
+
+    def __init__(self, factory: IProtocolFactory, policy: DestinationPolicy,
+                 host: str) -> None:
+        self._factory = factory
+        self._policy = policy
+        self._host = host
+
+    def buildProtocol(self, addr: Any) -> Any:
+        self._policy.check_peer(str(getattr(addr, "host", "")), self._host)
+        return self._factory.buildProtocol(addr)
+
+
+@implementer(IStreamClientEndpoint)
+class CheckedEndpoint:
+    """``endpoint`` whose every connection is checked against the destination policy on
+    the address actually connected to (a name resolved again cannot slip past it)."""
+
+    __slots__ = ("_endpoint", "_host", "_policy")
+
+    def __init__(self, endpoint: IStreamClientEndpoint, policy: DestinationPolicy,
+                 host: str) -> None:
+        self._endpoint = endpoint
+        self._policy = policy
+        self._host = host
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        return self._endpoint.connect(_CheckedFactory(factory, self._policy, self._host))
 
 
 def _probe(result: object, results: list[object]) -> object:

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 
 from . import gc_tuning
 from .account import Account, InvalidAccount, account_from_row
+from .destinations import policy_for
 from .config import (
     Settings,
     scan_settings,
@@ -80,7 +81,8 @@ class Daemon(MultiService):
             account_filter = self.leases.filter
 
         self.supervisor = Supervisor(self.store, self._new_session,
-                                     row_decoder(settings.key_bytes),
+                                     row_decoder(settings.key_bytes,
+                                                 settings.allow_private_hosts),
                                      supervisor_settings(settings), reactor,
                                      account_filter=account_filter,
                                      on_session_removed=self.scans.discard)
@@ -183,16 +185,18 @@ def build_daemon(settings: Settings, reactor: Any, *, owns_process: bool = False
     return Daemon(settings, reactor, owns_process=owns_process)
 
 
-def row_decoder(key: bytes) -> Decode:
+def row_decoder(key: bytes, allow_private_hosts: tuple[str, ...] = ()) -> Decode:
     """The supervisor's ``decode(row)``: the row's Account with its secret decrypted by
-    ``key`` (CONTRACT §4), or an InvalidRow saying why it cannot be watched."""
+    ``key`` (CONTRACT §4), or an InvalidRow saying why it cannot be watched (the
+    destination policy of ``allow_private_hosts`` included)."""
+    policy = policy_for(allow_private_hosts)
 
     def decrypt(value: str) -> str:
         return decrypt_secret(value, key)
 
     def decode(row: Mapping[str, Any]) -> Account | InvalidRow:
         try:
-            return account_from_row(row, decrypt)
+            return account_from_row(row, decrypt, policy)
         except (SecretError, InvalidAccount) as e:
             return InvalidRow(str(row["id"]), row.get("email"), str(e))
 

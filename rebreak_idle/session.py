@@ -41,6 +41,7 @@ from .connecting import (
     server_endpoint,
     shared_tls_creator,
 )
+from .destinations import policy_for
 from .failures import account_secrets, describe, scrub
 from .interfaces import IRecorder, ISession, OnNewMail
 from .marks import MailboxMark, MailboxMemory
@@ -257,7 +258,8 @@ class MailboxSession(Service):
         if self._endpoint is not None:
             return self._endpoint
         return server_endpoint(self._reactor, self.account, self._settings.command_timeout,
-                               self._tls_options)
+                               self._tls_options,
+                               policy_for(self._settings.allow_private_hosts))
 
     def _tls_options(self) -> Any:
         try:
