@@ -356,6 +356,8 @@ class ScanSettings:
     shutdown_timeout: float = 10.0
     #: every configured secret value (:meth:`Settings.secret_values`), masked in log texts
     secrets: tuple[str, ...] = field(default=(), repr=False)
+    #: seconds between the starts of two scans of one account at least (0: no minimum)
+    scan_min_interval: float = 0.0
 
 
 def scan_settings(settings: Settings) -> ScanSettings:
@@ -367,6 +369,7 @@ def scan_settings(settings: Settings) -> ScanSettings:
         scan_attempts=settings.scan_attempts,
         shutdown_timeout=settings.shutdown_timeout,
         secrets=settings.secret_values(),
+        scan_min_interval=settings.scan_min_interval,
     )
 
 

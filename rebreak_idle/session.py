@@ -43,6 +43,7 @@ from .connecting import (
 )
 from .destinations import policy_for
 from .failures import account_secrets, describe, scrub
+from .folding import EventFold, exists_fold
 from .interfaces import IRecorder, ISession, OnNewMail
 from .marks import MailboxMark, MailboxMemory
 from .reconnect import CLOSED, HEALTHY_AFTER, Outcome, SessionError, classify, reaction
@@ -130,6 +131,7 @@ class MailboxSession(Service):
         self._last_exists: tuple[float, int] | None = None
         self._last_scan_reason: str | None = None
         self._delay: float | None = None
+        self._exists_log: EventFold | None = None
 
     # -- public -------------------------------------------------------------------------
 
@@ -158,6 +160,8 @@ class MailboxSession(Service):
             return succeed(None)
         super().stopService()
         self._cancel_timer()
+        if self._exists_log is not None:
+            self._exists_log.flush()
         service, self._service = self._service, None
         assert service is not None
         clock = self._reactor
@@ -388,8 +392,10 @@ class MailboxSession(Service):
             self._remember(self._mark.after_new_mail(previous, count))
         self._last_exists = (self._reactor.seconds(), count)
         metrics.EXISTS_EVENTS.inc()
-        log.info("[idle/{email}] exists-event received (new mail)", email=self.account.email,
-                 account_id=self.account.id, exists=count)
+        if self._exists_log is None:  # made at the first event: a flood folds into counts
+            self._exists_log = exists_fold(self._timers, self.account.email,
+                                           self.account.id, lambda: self._exists)
+        self._exists_log.event()
         self._new_mail(count, "exists")
 
     def _on_expunge(self, seq: int) -> None:
