@@ -164,10 +164,7 @@ class ScanTrigger(Service):
             self._quiet.unsettle()
         state.keep = True
         if state.running is not None or state.waiting is not None:
-            if state.pending is not None:
-                log.debug("[idle/{email}] scan already queued; coalesced (exists={exists})",
-                          email=job.account.email, account_id=job.account.id,
-                          exists=job.exists)
+            # coalesced without a log event: a flood of EXISTS would make one each
             state.pending = job
             return
         self._start_or_wait(state, job)

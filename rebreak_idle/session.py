@@ -266,13 +266,9 @@ class MailboxSession(Service):
                                policy_for(self._settings.allow_private_hosts))
 
     def _tls_options(self) -> Any:
-        try:
-            if self._tls_creator is not None:
-                return self._tls_creator(self.account.host)
-            return shared_tls_creator(self.account.host, self._settings.tls_ca_file)
-        except ValueError:  # the CA file changed since the start: no path for the user
-            raise SessionError("tls", "the TLS trust store cannot be loaded (see "
-                               "REBREAK_TLS_CA_FILE)") from None
+        if self._tls_creator is not None:
+            return self._tls_creator(self.account.host)
+        return shared_tls_creator(self.account.host, self._settings.tls_ca_file)
 
     def _attempt_started(self) -> None:
         self._outcome = None

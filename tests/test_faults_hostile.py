@@ -28,6 +28,18 @@ ANN = IMAP_PASSWORDS[0]
 MIB = 1024 * 1024
 
 
+def _text_log(case: TestCase) -> io.StringIO:
+    """The text log as ``twist`` writes it (level info and above), into a StringIO."""
+    from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate
+
+    out = io.StringIO()
+    observer = FilteringLogObserver(text_observer(out), [LogLevelFilterPredicate(
+        defaultLogLevel=LogLevel.info)])
+    globalLogPublisher.addObserver(observer)
+    case.addCleanup(globalLogPublisher.removeObserver, observer)
+    return out
+
+
 def _status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -111,10 +123,7 @@ class MemoryTests(FaultCase, TestCase):
 class FloodTests(FaultCase, TestCase):
     async def test_exists_flood_is_closed_folded_and_backed_off(self) -> None:
         server, ann = await _ann_on(self, ["exists-flood-idle"], stream_limit=512 * MIB)
-        out = io.StringIO()
-        observer = text_observer(out)
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        out = _text_log(self)
         self.start_daemon(reconnect_max_delay=600.0)
         line = await self.wait_log(r"\[idle/ann@faults\.test\] connect failed: ", deadline=30)
         self.assertIn("server flooded the connection", line)
@@ -172,10 +181,7 @@ class ServerTextTests(FaultCase, TestCase):
 class HostileRowTests(FaultCase, TestCase):
     async def test_forged_and_unreachable_rows_are_invalid(self) -> None:
         await self.start_parts()
-        out = io.StringIO()
-        observer = text_observer(out)
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        out = _text_log(self)
         forged = "x@faults.test\n2026-01-01T00:00:00+0000 [-] [idle/db] refreshed — 777"
         bad = {
             self.add_account(forged, ANN): "invalid settings: email contains spaces or "

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import base64
 
-from tests.test_imap import ClientTestCase, result_of
 from rebreak_idle.imap import AuthenticationFailed, InputFlood, ProtocolError
+from tests.test_imap import ClientTestCase, result_of
 
 XOAUTH2_GREETING = b"* OK [CAPABILITY IMAP4rev1 IDLE AUTH=XOAUTH2] hi\r\n"
 
