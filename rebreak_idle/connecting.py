@@ -26,6 +26,7 @@ from zope.interface import implementer
 from . import imap
 from .account import Account
 from .destinations import DestinationPolicy
+from .reconnect import SessionError
 from .tls import TLSClientEndpoint, client_tls_options
 
 __all__ = ["CheckedEndpoint", "ClientFactory", "QuietClientService", "SessionEndpoint",
@@ -42,8 +43,14 @@ _TCP_KEEPALIVE_OPTIONS = (
 @functools.lru_cache(maxsize=4096)
 def shared_tls_creator(hostname: str, ca_file: str | None) -> Any:
     """One TLS context per (host, CA file), shared by every session of that host: building
-    a context loads the trust store, which 10,000 sessions must not each do."""
-    return client_tls_options(hostname, ca_file)
+    a context loads the trust store, which 10,000 sessions must not each do. A CA file
+    that became unusable since the start fails the attempt without its path in the
+    user-visible error."""
+    try:
+        return client_tls_options(hostname, ca_file)
+    except ValueError:
+        raise SessionError("tls", "the TLS trust store cannot be loaded (see "
+                           "REBREAK_TLS_CA_FILE)") from None
 
 
 def enable_keepalive(transport: Any) -> None:
