@@ -135,9 +135,9 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
     _tag = _parts = _lastCmd = None
 
     def __init__(self, *, clock: IReactorTime, command_timeout: float = 60.0,
-                 noop_timeout: float = 30.0, max_line: int = 64 * 1024,
-                 max_literal: int = 1024 * 1024,
-                 max_fetch_literal: int = 64 * 1024 * 1024,
+                 noop_timeout: float = 30.0, max_line: int = BoundedReader.MAX_LENGTH,
+                 max_literal: int = BoundedReader.max_literal,
+                 max_fetch_literal: int = BoundedReader.max_fetch_literal,
                  allow_plaintext_auth: bool = False) -> None:
         self.clock = clock
         cls = type(self)
