@@ -20,7 +20,8 @@ from . import imap
 from .backoff import Backoff
 from .failures import describe
 
-__all__ = ["CAUSES", "FLOOD_MIN_DELAY", "HEALTHY_AFTER", "TRANSIENT_LOGIN_CODES", "Outcome", "Reaction",
+__all__ = ["CAUSES", "FLOOD_MIN_DELAY", "HEALTHY_AFTER",
+           "TRANSIENT_LOGIN_CODES", "Outcome", "Reaction",
            "SessionError", "classify", "credentials_rejected", "reaction"]
 
 CAUSES = ("network", "tls", "auth", "bye", "timeout", "protocol", "destination", "flood")

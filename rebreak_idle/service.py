@@ -23,7 +23,6 @@ from twisted.logger import Logger
 
 from . import gc_tuning
 from .account import Account, InvalidAccount, account_from_row
-from .destinations import policy_for
 from .config import (
     Settings,
     scan_settings,
@@ -32,6 +31,7 @@ from .config import (
     supervisor_settings,
 )
 from .db.store import AccountStore
+from .destinations import policy_for
 from .marks import MailboxMemory
 from .scan import ScanTrigger
 from .secrets import SecretError, decrypt_secret

@@ -96,7 +96,7 @@ async def _ann_on(case: FaultCase, plan: list[str], *, auth: str = "password",
 
 class MemoryTests(FaultCase, TestCase):
     async def _bounded(self, plan: list[str], reason: str, **kw) -> tuple[float, str]:
-        server, ann = await _ann_on(self, plan, **kw)
+        _server, ann = await _ann_on(self, plan, **kw)
         probe = RSSProbe(self.reactor)
         self.start_daemon()
         line = await self.wait_log(r"\[idle/ann@faults\.test\] connect failed: ")
@@ -106,7 +106,7 @@ class MemoryTests(FaultCase, TestCase):
         return growth, ann
 
     async def test_xoauth2_continuation_flood_costs_no_memory(self) -> None:
-        growth, ann = await self._bounded(
+        growth, _ann = await self._bounded(
             ["challenge-flood-login"], "XOAUTH2 challenge after cancel", auth="xoauth2",
             secret=XOAUTH2_TOKEN,
             capabilities="IMAP4rev1 IDLE AUTH=XOAUTH2 SASL-IR")
@@ -114,7 +114,7 @@ class MemoryTests(FaultCase, TestCase):
         self.assertLess(growth, 20)
 
     async def test_60mb_fetch_literal_during_idle_is_refused(self) -> None:
-        growth, ann = await self._bounded(
+        growth, _ann = await self._bounded(
             ["fetch-60mb-idle"], "server literal of 60000000 bytes exceeds 8192 bytes")
         record_figure(self, "rss_growth_mib", round(growth, 1))
         self.assertLess(growth, 20)
@@ -160,7 +160,7 @@ class ServerTextTests(FaultCase, TestCase):
         # FaultCase checks every log line of the test for the password
 
     async def test_banner_of_another_service_is_not_quoted(self) -> None:
-        server, ann = await _ann_on(self, ["banner-greeting"] * 20)
+        _server, ann = await _ann_on(self, ["banner-greeting"] * 20)
         self.start_daemon()
         line = await self.wait_log(r"\[idle/ann@faults\.test\] connect failed: ")
         self.assertIn("not an IMAP server (no IMAP greeting)", line)
@@ -170,7 +170,7 @@ class ServerTextTests(FaultCase, TestCase):
         self.assertNotIn("corp.local", self.logs.text())
 
     async def test_exists_above_2_32_is_a_protocol_error(self) -> None:
-        server, ann = await _ann_on(self, ["big-exists-idle"])
+        _server, ann = await _ann_on(self, ["big-exists-idle"])
         self.start_daemon()
         line = await self.wait_log(r"\[idle/ann@faults\.test\] connect failed: ")
         self.assertIn("number above 2^32-1", line)
