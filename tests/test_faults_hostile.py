@@ -12,12 +12,11 @@ import io
 import re
 from pathlib import Path
 
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from rebreak_idle.connecting import CheckedEndpoint
+from rebreak_idle.connecting import CheckedHostnameEndpoint
 from rebreak_idle.destinations import DestinationRefused
 from rebreak_idle.logs import text_observer
 from rebreak_idle.reconnect import FLOOD_MIN_DELAY
@@ -225,20 +224,30 @@ class _Silent(Protocol):
         self.factory.received.append(data)
 
 
-class _Refusing:
-    """A policy double that refuses every peer and records it."""
+class _Policy:
+    """A policy double: ``at_resolution`` refuses resolved addresses, ``at_connect``
+    refuses connected peers; records what it was asked."""
 
-    def __init__(self) -> None:
-        self.checked: list[tuple[str, str]] = []
+    def __init__(self, at_resolution: bool, at_connect: bool) -> None:
+        self.at_resolution = at_resolution
+        self.at_connect = at_connect
+        self.asked: list[tuple[str, str, str]] = []
+
+    def problem(self, address: str, host: str | None = None) -> str | None:
+        self.asked.append(("resolved", address, host or ""))
+        if self.at_resolution:
+            return f"destination refused: {host} resolves to a private address"
+        return None
 
     def check_peer(self, address: str, host: str) -> None:
-        self.checked.append((address, host))
-        raise DestinationRefused(f"destination refused: {host} resolves to a private "
-                                 "address")
+        self.asked.append(("connected", address, host))
+        if self.at_connect:
+            raise DestinationRefused(f"destination refused: {host} resolves to a private "
+                                     "address")
 
 
 class _Resolver:
-    """A name resolver double: every name is 127.0.0.1 (a rebinding name)."""
+    """A name resolver double: every name is 127.0.0.1."""
 
     def resolveHostName(self, receiver, hostName, portNumber=0, addressTypes=None,
                         transportSemantics="TCP"):
@@ -251,7 +260,8 @@ class _Resolver:
 
 
 class ConnectedAddressTests(TestCase):
-    """The check is made on the address each connection reached, before a byte."""
+    """A name is checked on the addresses it resolved to, before any connection, and the
+    connected peer once more before a byte."""
 
     def setUp(self) -> None:
         from twisted.internet import reactor
@@ -263,25 +273,24 @@ class ConnectedAddressTests(TestCase):
         self.port = reactor.listenTCP(0, server, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
 
-    async def _refused(self, endpoint) -> _Refusing:
-        policy = _Refusing()
-        client = Factory.forProtocol(Protocol)
-        d = CheckedEndpoint(endpoint, policy, "rebind.test").connect(client)
-        with self.assertRaises(DestinationRefused):
+    async def _refused(self, policy: _Policy) -> None:
+        endpoint = CheckedHostnameEndpoint(self.reactor, "rebind.test",
+                                           self.port.getHost().port, 5, policy,
+                                           resolver=_Resolver())
+        d = endpoint.connect(Factory.forProtocol(Protocol))
+        with self.assertRaises(DestinationRefused) as e:
             await d.addTimeout(5, self.reactor)
-        await until(lambda: self.server.connected, what="the server saw the connection")
+        self.assertIn("rebind.test resolves to a private address", e.exception.text)
         self.assertEqual(self.server.received, [])
-        return policy
 
-    async def test_refused_peer_gets_no_byte(self) -> None:
-        portno = self.port.getHost().port
-        policy = await self._refused(TCP4ClientEndpoint(self.reactor, "127.0.0.1", portno))
-        self.assertEqual(policy.checked, [("127.0.0.1", "rebind.test")])
+    async def test_refused_address_gets_no_connection(self) -> None:
+        policy = _Policy(at_resolution=True, at_connect=True)
+        await self._refused(policy)
+        self.assertEqual(policy.asked, [("resolved", "127.0.0.1", "rebind.test")])
+        self.assertEqual(self.server.connected, [])  # not even a SYN: no port oracle
 
-    async def test_a_name_is_checked_on_what_it_resolved_to(self) -> None:
-        portno = self.port.getHost().port
-        endpoint = HostnameEndpoint(self.reactor, "rebind.test", portno)
-        endpoint._nameResolver = _Resolver()
-        policy = await self._refused(endpoint)
-        self.assertEqual(policy.checked, [("127.0.0.1", "rebind.test")])
-
+    async def test_connected_peer_checked_before_a_byte(self) -> None:
+        policy = _Policy(at_resolution=False, at_connect=True)
+        await self._refused(policy)
+        self.assertEqual(policy.asked, [("resolved", "127.0.0.1", "rebind.test"),
+                                        ("connected", "127.0.0.1", "rebind.test")])
