@@ -104,6 +104,19 @@ class MemoryTests(FaultCase, TestCase):
         await self.connected("ann@faults.test", deadline=10)
         return growth, ann
 
+    def test_the_probe_sees_memory_growth(self) -> None:
+        """The instrument itself: 64 MiB touched show as growth."""
+        from twisted.internet import reactor
+
+        probe = RSSProbe(reactor)
+        block = bytearray(64 * MIB)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        probe._sample()
+        growth = probe.growth_mib()
+        del block
+        self.assertGreater(growth, 48)
+
     async def test_xoauth2_continuation_flood_costs_no_memory(self) -> None:
         growth, _ann = await self._bounded(
             ["challenge-flood-login"], "XOAUTH2 challenge after cancel", auth="xoauth2",
