@@ -101,8 +101,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("allow_private_hosts", "REBREAK_ALLOW_PRIVATE_HOSTS", "CIDRs of private, "
            "link-local, unique-local or CGNAT addresses that rows may name as their IMAP "
            "server (default none; loopback is always allowed)", None, "networks"),
-    Option("scan_min_interval", "REBREAK_SCAN_MIN_INTERVAL", "seconds between two scans of one "
-           "account at least (the first after a quiet spell goes out at once)", 5.0,
+    Option("scan_min_interval", "REBREAK_SCAN_MIN_INTERVAL", "seconds between two new-mail scans "
+           "of one account at least (the first after a quiet spell goes out at once)", 5.0,
            "seconds"),
 )
 

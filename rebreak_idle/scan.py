@@ -4,10 +4,11 @@ One :class:`ScanTrigger` serves every account of the daemon:
 
 - per account, scans never overlap; new mail during a scan is coalesced into exactly one
   follow-up scan that carries the latest ``exists`` count and reason;
-- per account, scans start at most once per ``scan_min_interval``: the first one after a
-  quiet spell goes out at once, whatever arrives within the interval is folded into one
-  scan at its end (a server pushing EXISTS by the thousand costs the backend one mailbox
-  read per interval, not one per EXISTS);
+- per account, new-mail scans start at most once per ``scan_min_interval``: the first
+  one after a quiet spell goes out at once, whatever arrives within the interval is folded
+  into one scan at its end (a server pushing EXISTS by the thousand costs the backend one
+  mailbox read per interval, not one per EXISTS). The scan of a (re)connect does not
+  count: the mail that arrives right after it is still scanned at once;
 - across accounts, at most ``scan_concurrency`` requests are in flight, the rest wait in
   order (a :class:`~twisted.internet.defer.DeferredSemaphore`);
 - connection errors, timeouts and 5xx answers are retried with exponential backoff
@@ -190,7 +191,8 @@ class ScanTrigger(Service):
             self._forget(account_id, state)
 
     def _start(self, state: _AccountState, job: Job) -> None:
-        self._last_start[job.account.id] = self._reactor.seconds()
+        if job.reason != "connected":  # a (re)connect's scan: its own pace (the backoff)
+            self._last_start[job.account.id] = self._reactor.seconds()
         d = Deferred.fromCoroutine(self._run(job))
         state.running = d
         d.addErrback(lambda f: log.failure(

@@ -267,6 +267,19 @@ class ScanMinIntervalTests(SynchronousTestCase):
         self.answer(http, 1)
         self.assertFalse(trigger.busy())
 
+    def test_the_connect_scan_does_not_delay_new_mail(self) -> None:
+        trigger, http, clock = self.trigger()
+        trigger.request(account(), 4, "connected")
+        self.answer(http, 0)
+        trigger.request(account(), 5, "exists")
+        self.assertEqual(len(http.posts), 2)  # at once
+        self.answer(http, 1)
+        trigger.request(account(), 6, "exists")
+        self.assertEqual(len(http.posts), 2)  # within the interval: waits
+        clock.advance(5)
+        self.assertEqual(len(http.posts), 3)
+        self.answer(http, 2)
+
     def test_stop_drops_a_waiting_scan(self) -> None:
         trigger, http, clock = self.trigger()
         trigger.request(account(), 4, "exists")
