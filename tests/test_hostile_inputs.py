@@ -336,3 +336,30 @@ class StartupCheckTests(SynchronousTestCase):
             load_settings({**ENV, "REBREAK_ALLOW_PRIVATE_HOSTS": "10.0.0.0/33"})
         self.assertIn("REBREAK_ALLOW_PRIVATE_HOSTS must be a list of CIDRs", str(e.exception))
 
+
+
+class StartupCommandTests(SynchronousTestCase):
+    """``twist rebreak-idle`` itself: one line and exit 78."""
+
+    def test_ca_file_without_a_certificate_exits_78(self) -> None:
+        from tests.test_config import env, run_twist
+
+        path = Path(self.mktemp())
+        path.write_text("-----BEGIN NOTHING-----\n")
+        result = run_twist("rebreak-idle", environ=env(REBREAK_TLS_CA_FILE=str(path.resolve())))
+        self.assertEqual(result.returncode, 78, result.stderr)
+        lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("REBREAK_TLS_CA_FILE", lines[0])
+        self.assertIn("holds no PEM certificate", lines[0])
+
+    def test_dsn_with_a_space_in_the_password_exits_78_without_it(self) -> None:
+        from tests.test_config import env, run_twist
+
+        dsn = "host=127.0.0.1 dbname=x user=app password=first secondhalf"
+        result = run_twist("rebreak-idle", environ=env(DATABASE_URL=dsn))
+        self.assertEqual(result.returncode, 78, result.stderr)
+        out = result.stdout + result.stderr
+        self.assertIn("DATABASE_URL is not a valid libpq connection string", out)
+        self.assertNotIn("first", out)
+        self.assertNotIn("secondhalf", out)
