@@ -28,7 +28,7 @@ class Option:
     env: str  # environment variable
     help: str
     default: Any = None
-    kind: str = "str"  # str | seconds | int | choice | url | path | secret
+    kind: str = "str"  # str | seconds | int | choice | url | path | secret | cafile | networks
     required: bool = False
     choices: tuple[str, ...] = ()
 
@@ -88,7 +88,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("status_endpoint", "REBREAK_STATUS_ENDPOINT", "Twisted server endpoint of the "
            "status/metrics HTTP server, e.g. tcp:9464:interface=127.0.0.1 (unset: none)"),
     Option("tls_ca_file", "REBREAK_TLS_CA_FILE", "PEM file of extra CA certificates to trust for "
-           "IMAP TLS", kind="path"),
+           "IMAP TLS", kind="cafile"),
     Option("log_format", "REBREAK_LOG_FORMAT", "log format on stdout: text or json", "text",
            "choice", choices=("text", "json")),
     Option("leases", "REBREAK_LEASES", "share the accounts between replicas through leases in "
@@ -97,6 +97,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("lease_ttl", "REBREAK_LEASE_TTL", "seconds a replica's lease lives without renewal",
            30.0, "seconds"),
     Option("lease_renew", "REBREAK_LEASE_RENEW", "seconds between lease renewals", 10.0,
+           "seconds"),
+    Option("allow_private_hosts", "REBREAK_ALLOW_PRIVATE_HOSTS", "CIDRs of private, "
+           "link-local, unique-local or CGNAT addresses that rows may name as their IMAP "
+           "server (default none; loopback is always allowed)", None, "networks"),
+    Option("scan_min_interval", "REBREAK_SCAN_MIN_INTERVAL", "seconds between two new-mail scans "
+           "of one account at least (the first after a quiet spell goes out at once)", 5.0,
            "seconds"),
 )
 
@@ -135,6 +141,8 @@ class Settings:
     replica_id: str = field(default_factory=lambda: f"{_HOSTNAME}:{os.getpid()}")
     lease_ttl: float = 30.0
     lease_renew: float = 10.0
+    allow_private_hosts: tuple[str, ...] = ()
+    scan_min_interval: float = 5.0
 
     @property
     def key_bytes(self) -> bytes:
@@ -149,10 +157,8 @@ class Settings:
         """Every secret string this configuration holds (for log scrubbing and tests)."""
         values = [self.admin_secret, self.encryption_key]
         password = urlsplit(self.database_url).password if "://" in self.database_url else None
-        if password is None:
-            for part in self.database_url.split():
-                if part.startswith("password="):
-                    password = part.split("=", 1)[1].strip("'")
+        if password is None and "://" not in self.database_url:
+            password = _dsn_password(self.database_url)
         if password:
             values.append(password)
         return tuple(v for v in values if v)
@@ -208,7 +214,63 @@ def _convert(opt: Option, raw: str) -> Any:
         if not os.path.isfile(raw):
             raise ConfigError(f"{opt.env} names no readable file: {raw}")
         return raw
+    if opt.kind == "cafile":
+        return _ca_file(opt, raw)
+    if opt.kind == "networks":
+        return _networks(opt, raw)
     return raw
+
+
+def _ca_file(opt: Option, raw: str) -> str:
+    """A PEM file holding at least one certificate: checked at start, so that a wrong
+    file stops the start instead of failing every TLS account later."""
+    if not os.path.isfile(raw):
+        raise ConfigError(f"{opt.env} names no readable file: {raw}")
+    from .tls import load_ca_file
+
+    try:
+        load_ca_file(raw)
+    except ValueError as e:
+        raise ConfigError(f"{opt.env}: {e}") from None
+    return raw
+
+
+def _networks(opt: Option, raw: str) -> tuple[str, ...]:
+    """A comma- or space-separated list of CIDRs (``10.0.0.0/8, fd00::/8``)."""
+    import ipaddress
+
+    out = []
+    for item in raw.replace(",", " ").split():
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ConfigError(f"{opt.env} must be a list of CIDRs (e.g. 10.0.0.0/8), got "
+                              f"{item!r}") from None
+    return tuple(out)
+
+
+def _dsn(raw: str) -> None:
+    """A key=value DATABASE_URL must parse: libpq's own message quotes the text after the
+    point it failed at, which may be half a password (``password=two words``)."""
+    if "://" in raw:
+        return
+    from psycopg2.extensions import parse_dsn
+
+    try:
+        parse_dsn(raw)
+    except Exception:
+        raise ConfigError("DATABASE_URL is not a valid libpq connection string (put a value "
+                          "holding spaces in single quotes: password='...')") from None
+
+
+def _dsn_password(dsn: str) -> str | None:
+    """The password of a key=value DSN, or None."""
+    from psycopg2.extensions import parse_dsn
+
+    try:
+        return parse_dsn(dsn).get("password")
+    except Exception:
+        return None
 
 
 def load_settings(
@@ -232,6 +294,7 @@ def load_settings(
             continue
         values[opt.attr] = _convert(opt, raw)
 
+    _dsn(values["database_url"])
     key = values["encryption_key"]
     if len(key) < 32:
         raise ConfigError(
@@ -304,6 +367,8 @@ class ScanSettings:
     shutdown_timeout: float = 10.0
     #: every configured secret value (:meth:`Settings.secret_values`), masked in log texts
     secrets: tuple[str, ...] = field(default=(), repr=False)
+    #: seconds between the starts of two scans of one account at least (0: no minimum)
+    scan_min_interval: float = 0.0
 
 
 def scan_settings(settings: Settings) -> ScanSettings:
@@ -315,6 +380,7 @@ def scan_settings(settings: Settings) -> ScanSettings:
         scan_attempts=settings.scan_attempts,
         shutdown_timeout=settings.shutdown_timeout,
         secrets=settings.secret_values(),
+        scan_min_interval=settings.scan_min_interval,
     )
 
 
@@ -360,6 +426,7 @@ class SessionSettings:
     noop_timeout: float
     shutdown_timeout: float
     tls_ca_file: str | None
+    allow_private_hosts: tuple[str, ...]
 
 
 def session_settings(settings: Settings) -> SessionSettings:

@@ -10,6 +10,7 @@ status objects), from the one list :data:`SECRET_WORDS`.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable, Sequence
 
 import psycopg2
@@ -20,8 +21,8 @@ from twisted.python.failure import Failure
 
 from .tls import CertificateVerifyError
 
-__all__ = ["MASK", "MIN_MASKED", "SECRET_WORDS", "describe", "is_secret_name", "maskable",
-           "scrub"]
+__all__ = ["MASK", "MIN_MASKED", "SECRET_WORDS", "account_secrets", "describe",
+           "is_secret_name", "maskable", "scrub"]
 
 MASK = "***"
 #: Secrets shorter than this are not masked: replacing every "a" of the log would only
@@ -45,6 +46,21 @@ def maskable(secrets: Iterable[str]) -> tuple[str, ...]:
     whole."""
     kept = {s for s in secrets if s and len(s) >= MIN_MASKED}
     return tuple(sorted(kept, key=len, reverse=True))
+
+
+def account_secrets(username: str, secret: str) -> tuple[str, ...]:
+    """The forms in which an account's own password or token may come back in a server's
+    text (a server that echoes what it got: ``NO bad login user/Secret``): the secret
+    itself, as LOGIN quotes it, base64 of it, and the base64 payloads of AUTHENTICATE
+    PLAIN and XOAUTH2 that carry it. For :func:`scrub`."""
+    if not secret:
+        return ()
+    raw, user = secret.encode("utf-8"), username.encode("utf-8")
+    quoted = secret.replace("\\", "\\\\").replace('"', '\\"')
+    payloads = (raw, b"\x00" + user + b"\x00" + raw,
+                b"user=" + user + b"\x01auth=Bearer " + raw + b"\x01\x01")
+    forms = [secret, quoted, *(base64.b64encode(p).decode("ascii") for p in payloads)]
+    return maskable(forms)
 
 
 def is_secret_name(name: object) -> bool:
@@ -89,7 +105,11 @@ def describe(failure_or_exception: Failure | BaseException) -> str:
     if isinstance(text, str) and text:
         return text
     if isinstance(exc, psycopg2.Error):  # libpq messages span several lines
-        return _first_line(exc)
+        line = _first_line(exc)
+        if line.startswith("invalid dsn"):
+            # libpq quotes the text after the point it failed at: maybe half a password
+            return "invalid dsn: the connection string cannot be parsed"
+        return line
     if isinstance(exc, CertificateVerifyError):
         return str(exc)
     if isinstance(exc, VerificationError):

@@ -12,6 +12,13 @@ text, plus the traceback of a logged failure), ``namespace`` and the event's own
 secret are dropped, and both formats replace every configured secret value (ADMIN_SECRET,
 ENCRYPTION_KEY, the DATABASE_URL password) by ``***`` wherever it would appear.
 
+Every value is hostile (an ``email`` or ``imap_host`` is typed by an end user, a server's
+text by whoever runs it): the text format escapes control characters (C0 including CR, LF
+and ESC, DEL, C1, U+2028/U+2029) in every interpolated field as ``\\xNN`` / ``\\uNNNN``,
+so no value makes a new physical line or reaches a terminal as an escape sequence; the
+JSON format escapes DEL, C1 (U+0085 among them), U+2028 and U+2029 too, which JSON itself
+allows raw and some readers take as line ends.
+
 ``twist`` picks JSON on its own when stdout is not a terminal; :func:`configure_runner_logging`
 (called by the plugin's ``Options.postOptions``) puts the choice back in our setting's hands.
 """
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -38,6 +46,7 @@ from .failures import is_secret_name, maskable, scrub
 __all__ = [
     "FORMATS",
     "configure_runner_logging",
+    "escape_controls",
     "event_as_json",
     "json_observer",
     "make_observer",
@@ -52,6 +61,46 @@ _LEGACY = {"format", "isError", "system", "why", "failure", "time"}
 _PLAIN = (str, int, float, bool, type(None))
 
 ObserverFactory = Callable[[IO[str]], ILogObserver]
+
+#: control characters no interpolated value may carry raw into a text log line
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+#: what JSON leaves raw but some readers take as a line end or a terminal control
+_JSON_RAW = re.compile("[\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    ch = match.group()
+    named = _NAMED.get(ch)
+    if named is not None:
+        return named
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_controls(value: str) -> str:
+    """``value`` with every control character written as an escape (``\\n``,
+    ``\\x1b``, ``\\x85``, ``\\u2028``); printable text unchanged."""
+    if _CONTROL.search(value) is None:
+        return value
+    return _CONTROL.sub(_escape_one, value)
+
+
+def _json_escape_one(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+def _escaped_fields(event: LogEvent) -> LogEvent:
+    """A copy of ``event`` whose string fields (the values a format interpolates) are
+    escaped; ``log_*`` keys (the format itself, the failure) are kept as they are."""
+    changed = None
+    for key, value in event.items():
+        if (isinstance(value, str) and not (isinstance(key, str) and key.startswith("log_"))
+                and _CONTROL.search(value) is not None):
+            if changed is None:
+                changed = dict(event)
+            changed[key] = escape_controls(value)
+    return event if changed is None else changed
 
 
 def _json_value(value: Any, depth: int = 0) -> tuple[bool, Any]:
@@ -109,14 +158,15 @@ def _json_line(secrets: Sequence[str]) -> Callable[[LogEvent], str | None]:
         record = event_as_json(event)
         if not record["message"] and not record.get("account_id"):
             return None  # nothing to say (e.g. an event carrying only data)
-        return scrub(json.dumps(record, ensure_ascii=False), secrets) + "\n"
+        line = _JSON_RAW.sub(_json_escape_one, json.dumps(record, ensure_ascii=False))
+        return scrub(line, secrets) + "\n"
 
     return format_event
 
 
 def _text_line(secrets: Sequence[str]) -> Callable[[LogEvent], str | None]:
     def format_event(event: LogEvent) -> str | None:
-        text = formatEventAsClassicLogText(event)
+        text = formatEventAsClassicLogText(_escaped_fields(event))
         return None if text is None else scrub(text, secrets)
 
     return format_event

@@ -20,10 +20,15 @@ from . import imap
 from .backoff import Backoff
 from .failures import describe
 
-__all__ = ["CAUSES", "HEALTHY_AFTER", "TRANSIENT_LOGIN_CODES", "Outcome", "Reaction",
+__all__ = ["CAUSES", "FLOOD_MIN_DELAY", "HEALTHY_AFTER",
+           "TRANSIENT_LOGIN_CODES", "Outcome", "Reaction",
            "SessionError", "classify", "credentials_rejected", "reaction"]
 
-CAUSES = ("network", "tls", "auth", "bye", "timeout", "protocol")
+CAUSES = ("network", "tls", "auth", "bye", "timeout", "protocol", "destination", "flood")
+
+#: Least wait after a connection was closed for flooding (issue 17): a capacity-style
+#: wait of minutes, growing with the attempts like any backoff.
+FLOOD_MIN_DELAY = 120.0
 
 #: RFC 5530 response codes of a login NO that say "try again later", not "wrong secret":
 #: these get the normal backoff instead of the long hold-off.
@@ -79,6 +84,8 @@ def classify(failure: Failure) -> Outcome:
         if text.startswith(_TLS_TEXTS):
             return Outcome("tls", text)
         return Outcome("network", text, weak=True)
+    if isinstance(exc, imap.InputFlood):
+        return Outcome("flood", text)
     if isinstance(exc, imap.AuthenticationFailed):
         return Outcome("auth", text)
     if isinstance(exc, imap.CommandTimeout):
@@ -122,4 +129,6 @@ def reaction(outcome: Outcome, backoff: Backoff, holdoff: float,
     if credentials_rejected(outcome):
         backoff.attempt += 1
         return Reaction(holdoff, True)
+    if outcome.cause == "flood":
+        return Reaction(max(FLOOD_MIN_DELAY, backoff.next()), False)
     return Reaction(backoff.next(), False)

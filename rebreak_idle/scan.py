@@ -4,6 +4,11 @@ One :class:`ScanTrigger` serves every account of the daemon:
 
 - per account, scans never overlap; new mail during a scan is coalesced into exactly one
   follow-up scan that carries the latest ``exists`` count and reason;
+- per account, new-mail scans start at most once per ``scan_min_interval``: the first
+  one after a quiet spell goes out at once, whatever arrives within the interval is folded
+  into one scan at its end (a server pushing EXISTS by the thousand costs the backend one
+  mailbox read per interval, not one per EXISTS). The scan of a (re)connect does not
+  count: the mail that arrives right after it is still scanned at once;
 - across accounts, at most ``scan_concurrency`` requests are in flight, the rest wait in
   order (a :class:`~twisted.internet.defer.DeferredSemaphore`);
 - connection errors, timeouts and 5xx answers are retried with exponential backoff
@@ -87,6 +92,8 @@ class _AccountState:
     running: Deferred[None] | None = None
     pending: Job | None = None
     keep: bool = True
+    #: the pending scan waits for the account's minimum interval to pass
+    waiting: Any = None
 
 
 class ScanTrigger(Service):
@@ -133,6 +140,8 @@ class ScanTrigger(Service):
         self._stopping = False
         self._abandoning = False
         self._secrets = maskable(settings.secrets)
+        #: account id → reactor time its last scan started (for scan_min_interval)
+        self._last_start: dict[str, float] = {}
 
     # -- the OnNewMail seam ---------------------------------------------------------------
 
@@ -156,16 +165,35 @@ class ScanTrigger(Service):
             state = self._states[job.account.id] = _AccountState()
             self._quiet.unsettle()
         state.keep = True
-        if state.running is not None:
-            if state.pending is not None:
-                log.debug("[idle/{email}] scan already queued; coalesced (exists={exists})",
-                          email=job.account.email, account_id=job.account.id,
-                          exists=job.exists)
+        if state.running is not None or state.waiting is not None:
+            # coalesced without a log event: a flood of EXISTS would make one each
             state.pending = job
             return
-        self._start(state, job)
+        self._start_or_wait(state, job)
+
+    def _start_or_wait(self, state: _AccountState, job: Job) -> None:
+        """Start ``job`` now, or hold it as the pending one until the account's minimum
+        interval since its last scan has passed."""
+        interval = self._settings.scan_min_interval
+        last = self._last_start.get(job.account.id)
+        wait = 0.0 if last is None else last + interval - self._reactor.seconds()
+        if wait <= 0:
+            self._start(state, job)
+            return
+        state.pending = job
+        state.waiting = self._reactor.callLater(wait, self._wait_over, job.account.id, state)
+
+    def _wait_over(self, account_id: str, state: _AccountState) -> None:
+        state.waiting = None
+        job, state.pending = state.pending, None
+        if job is not None and not self._stopping:
+            self._start(state, job)
+        elif state.running is None:
+            self._forget(account_id, state)
 
     def _start(self, state: _AccountState, job: Job) -> None:
+        if job.reason != "connected":  # a (re)connect's scan: its own pace (the backoff)
+            self._last_start[job.account.id] = self._reactor.seconds()
         d = Deferred.fromCoroutine(self._run(job))
         state.running = d
         d.addErrback(lambda f: log.failure(
@@ -177,10 +205,14 @@ class ScanTrigger(Service):
         state.running = None
         job, state.pending = state.pending, None
         if job is not None and not self._stopping:
-            self._start(state, job)
+            self._start_or_wait(state, job)
             return
         if job is not None:
             self._count(job, "abandoned")
+        self._forget(account_id, state)
+
+    def _forget(self, account_id: str, state: _AccountState) -> None:
+        """``state`` has nothing in flight or waiting any more."""
         if self._states.get(account_id) is state:
             del self._states[account_id]
         if not self._states:
@@ -315,12 +347,22 @@ class ScanTrigger(Service):
         """Forget an account that is no longer watched: its last outcome, and the outcome of
         a scan still in flight (which is left to finish; its follow-up is dropped)."""
         self._outcomes.pop(account_id, None)
+        self._last_start.pop(account_id, None)
         state = self._states.get(account_id)
         if state is not None:
             state.keep = False
             if state.pending is not None:
                 self._count(state.pending, "abandoned")
                 state.pending = None
+            self._stop_waiting(account_id, state)
+
+    def _stop_waiting(self, account_id: str, state: _AccountState) -> None:
+        """Cancel the wait of a pending scan already dropped."""
+        waiting, state.waiting = state.waiting, None
+        if waiting is not None and waiting.active():
+            waiting.cancel()
+        if waiting is not None and state.running is None:
+            self._forget(account_id, state)
 
     def busy(self) -> bool:
         """True while a scan is in flight, retrying or queued."""
@@ -346,10 +388,11 @@ class ScanTrigger(Service):
         next start scans every mailbox anyway (reason ``connected``, CONTRACT §5)."""
         super().stopService()
         self._stopping = True
-        for state in self._states.values():
+        for account_id, state in list(self._states.items()):
             if state.pending is not None:
                 self._count(state.pending, "abandoned")
                 state.pending = None
+            self._stop_waiting(account_id, state)
         done = Deferred.fromCoroutine(self._stop())
         done.addErrback(lambda f: log.failure("scan-trigger stop failed", f))
         return done

@@ -34,6 +34,7 @@ from .config import (
 )
 from .db.store import AccountStore
 from .deferreds import within
+from .destinations import policy_for
 from .marks import MailboxMemory
 from .scan import ScanTrigger
 from .secrets import SecretError, decrypt_secret
@@ -84,7 +85,8 @@ class Daemon(MultiService):
             account_filter = self.leases.filter
 
         self.supervisor = Supervisor(self.store, self._new_session,
-                                     row_decoder(settings.key_bytes),
+                                     row_decoder(settings.key_bytes,
+                                                 settings.allow_private_hosts),
                                      supervisor_settings(settings), reactor,
                                      account_filter=account_filter,
                                      on_session_removed=self.scans.discard)
@@ -202,16 +204,18 @@ def build_daemon(settings: Settings, reactor: Any, *, owns_process: bool = False
     return Daemon(settings, reactor, owns_process=owns_process)
 
 
-def row_decoder(key: bytes) -> Decode:
+def row_decoder(key: bytes, allow_private_hosts: tuple[str, ...] = ()) -> Decode:
     """The supervisor's ``decode(row)``: the row's Account with its secret decrypted by
-    ``key`` (CONTRACT §4), or an InvalidRow saying why it cannot be watched."""
+    ``key`` (CONTRACT §4), or an InvalidRow saying why it cannot be watched (the
+    destination policy of ``allow_private_hosts`` included)."""
+    policy = policy_for(allow_private_hosts)
 
     def decrypt(value: str) -> str:
         return decrypt_secret(value, key)
 
     def decode(row: Mapping[str, Any]) -> Account | InvalidRow:
         try:
-            return account_from_row(row, decrypt)
+            return account_from_row(row, decrypt, policy)
         except (SecretError, InvalidAccount) as e:
             return InvalidRow(str(row["id"]), row.get("email"), str(e))
 

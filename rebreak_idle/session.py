@@ -41,7 +41,9 @@ from .connecting import (
     server_endpoint,
     shared_tls_creator,
 )
-from .failures import describe
+from .destinations import policy_for
+from .failures import account_secrets, describe, scrub
+from .folding import EventFold, exists_fold
 from .interfaces import IRecorder, ISession, OnNewMail
 from .marks import MailboxMark, MailboxMemory
 from .reconnect import CLOSED, HEALTHY_AFTER, Outcome, SessionError, classify, reaction
@@ -129,6 +131,7 @@ class MailboxSession(Service):
         self._last_exists: tuple[float, int] | None = None
         self._last_scan_reason: str | None = None
         self._delay: float | None = None
+        self._exists_log: EventFold | None = None
 
     # -- public -------------------------------------------------------------------------
 
@@ -157,6 +160,8 @@ class MailboxSession(Service):
             return succeed(None)
         super().stopService()
         self._cancel_timer()
+        if self._exists_log is not None:
+            self._exists_log.flush()
         service, self._service = self._service, None
         assert service is not None
         clock = self._reactor
@@ -240,9 +245,16 @@ class MailboxSession(Service):
             timer.cancel()
 
     def _fail(self, outcome: Outcome) -> None:
-        """Remember why this connection ends (the first specific reason wins)."""
+        """Remember why this connection ends (the first specific reason wins). This is
+        where a server's text becomes the error text (recorded, shown, logged): the
+        account's own secret, in any form a server may echo it, is masked here."""
         if outcome.overrides(self._outcome):
+            outcome.text = self._scrubbed(outcome.text)  # a fresh Outcome of this failure
             self._outcome = outcome
+
+    def _scrubbed(self, text: str) -> str:
+        account = self.account
+        return scrub(text, account_secrets(account.username, account.secret))
 
     def _abort(self, client: imap.IdleClient) -> None:
         transport = client.transport
@@ -255,7 +267,8 @@ class MailboxSession(Service):
         if self._endpoint is not None:
             return self._endpoint
         return server_endpoint(self._reactor, self.account, self._settings.command_timeout,
-                               self._tls_options)
+                               self._tls_options,
+                               policy_for(self._settings.allow_private_hosts))
 
     def _tls_options(self) -> Any:
         if self._tls_creator is not None:
@@ -380,8 +393,10 @@ class MailboxSession(Service):
             self._remember(self._mark.after_new_mail(previous, count))
         self._last_exists = (self._reactor.seconds(), count)
         metrics.EXISTS_EVENTS.inc()
-        log.info("[idle/{email}] exists-event received (new mail)", email=self.account.email,
-                 account_id=self.account.id, exists=count)
+        if self._exists_log is None:  # made at the first event: a flood folds into counts
+            self._exists_log = exists_fold(self._timers, self.account.email,
+                                           self.account.id, lambda: self._exists)
+        self._exists_log.event()
         self._new_mail(count, "exists")
 
     def _on_expunge(self, seq: int) -> None:
@@ -400,7 +415,8 @@ class MailboxSession(Service):
         if client is None or not self.running or self.state is not State.IDLE:
             return
         log.debug("{label} server ended IDLE ({text}); idling again",
-                  label=self.account.label, text=text, account_id=self.account.id)
+                  label=self.account.label, text=self._scrubbed(text),
+                  account_id=self.account.id)
         self._cancel_timer()
         again = client.idle()
         again.addCallback(self._idling_again, client)

@@ -102,7 +102,7 @@ class GreetingTests(ClientTestCase):
     def test_bad_greeting(self) -> None:
         self.connect(b"* NO go away\r\n")
         self.assertIsInstance(self.greeted[0].value, ProtocolError)
-        self.assertIn("bad greeting", self.greeted[0].value.text)
+        self.assertEqual("not an IMAP server (no IMAP greeting)", self.greeted[0].value.text)
         self.assertTrue(self.transport.disconnecting)
 
     def test_bye_greeting(self) -> None:

@@ -162,7 +162,7 @@ class HandWrittenTests(SynchronousTestCase):
     def test_bad_greetings(self) -> None:
         for greeting in (b"* NO busy\r\n", b"hello\r\n", b"+ go\r\n", b"0001 OK\r\n",
                          b"\r\n", b"* \r\n"):
-            self.closes(greeting, "bad greeting", greet=False)
+            self.closes(greeting, "not an IMAP server (no IMAP greeting)", greet=False)
 
     def test_unexpected_continuation(self) -> None:
         self.closes(b"+ more please\r\n", "unexpected continuation")

@@ -32,7 +32,8 @@ KEY = "e" * 32
 def settings(**kw: Any) -> Settings:
     base: dict[str, Any] = dict(database_url="postgresql://app:db-pw-123@127.0.0.1/x",
                                 admin_secret=SECRET, encryption_key=KEY,
-                                backend_url="http://backend.test:3016")
+                                backend_url="http://backend.test:3016",
+                                scan_min_interval=0.0)  # the minimum: ScanMinIntervalTests
     base.update(kw)
     return Settings(**base)
 

@@ -21,7 +21,7 @@ from .errors import (
     InsecureConnection,
     ProtocolError,
 )
-from .parser import Capabilities, astring, capability_words, join_pieces, text
+from .parser import TEXT_LIMIT, Capabilities, astring, capability_words, join_pieces, text
 
 __all__ = ["Authentication"]
 
@@ -153,26 +153,30 @@ class Authentication:
         return d
 
     def _authenticate(self, mechanism: bytes, response: bytes) -> defer.Deferred:
-        sent = [False]
+        """AUTHENTICATE ``mechanism``. Bounded whatever the server sends: the response goes
+        out once; XOAUTH2's one error challenge is kept (at most ``TEXT_LIMIT``
+        characters) and answered with an empty line; any further challenge is cancelled
+        (``*``, RFC 3501 §6.2.2) and a continuation after the cancel closes the
+        connection."""
+        # [response sent, challenges seen]: two small ints, nothing grows
+        seen = [self.has_sasl_ir, 0]
         details: list[str] = []
         use_ir = self.has_sasl_ir
 
         def continuation(rest: bytes) -> None:
-            if not sent[0]:
-                sent[0] = True
+            if not seen[0]:
+                seen[0] = True
                 self.transport.write(response + b"\r\n")
                 return
-            if mechanism == b"XOAUTH2":
-                try:
-                    details.append(text(base64.b64decode(rest.strip(), validate=True)))
-                except Exception:
-                    details.append(text(rest))
+            seen[1] += 1
+            if seen[1] == 1 and mechanism == b"XOAUTH2":
+                details.append(_challenge_text(rest))
                 self.transport.write(b"\r\n")
-            else:
+            elif seen[1] <= (2 if mechanism == b"XOAUTH2" else 1):
                 self.transport.write(b"*\r\n")  # cancel an unexpected challenge
+            else:
+                self._protocol_error(f"{mechanism.decode()} challenge after cancel")
 
-        if use_ir:
-            sent[0] = True
         args = mechanism + (b" " + response if use_ir else b"")
         d = self._command(b"AUTHENTICATE", args, on_continuation=continuation,
                           on_ok=self._after_login, auth=True)
@@ -184,3 +188,12 @@ class Authentication:
 
         d.addErrback(add_details)
         return d
+
+
+def _challenge_text(rest: bytes) -> str:
+    """A bounded, printable text of an XOAUTH2 error challenge (base64 JSON)."""
+    rest = rest.strip()[: 4 * TEXT_LIMIT]
+    try:
+        return text(base64.b64decode(rest, validate=True))
+    except Exception:
+        return text(rest)

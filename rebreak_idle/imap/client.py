@@ -57,6 +57,7 @@ from .parser import (
     excerpt,
     flag_list,
     is_atom,
+    is_digits,
     is_number,
     parse_status,
     parse_untagged,
@@ -134,9 +135,9 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
     _tag = _parts = _lastCmd = None
 
     def __init__(self, *, clock: IReactorTime, command_timeout: float = 60.0,
-                 noop_timeout: float = 30.0, max_line: int = 64 * 1024,
-                 max_literal: int = 1024 * 1024,
-                 max_fetch_literal: int = 64 * 1024 * 1024,
+                 noop_timeout: float = 30.0, max_line: int = BoundedReader.MAX_LENGTH,
+                 max_literal: int = BoundedReader.max_literal,
+                 max_fetch_literal: int = BoundedReader.max_fetch_literal,
                  allow_plaintext_auth: bool = False) -> None:
         self.clock = clock
         cls = type(self)
@@ -249,7 +250,8 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
     def _greeting(self, tag: bytes, rest: bytes, line: bytes) -> None:
         parsed = parse_status(rest, _GREETINGS)
         if tag != b"*" or parsed is None:
-            self._protocol_error(f"bad greeting: {excerpt(line)}")
+            # no byte of what answered: an open port of another service tells nothing
+            self._protocol_error("not an IMAP server (no IMAP greeting)")
             return
         status, data = parsed
         if status == b"BYE":
@@ -399,6 +401,10 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
                     name = name.upper()
                     if name in _SELECT_NUMBERS and is_number(value):
                         info[name.decode()] = int(value)
+                    elif name in _SELECT_NUMBERS and is_digits(value):
+                        self._protocol_error(f"{name.decode()} out of range: "
+                                             f"{excerpt(value)}")
+                        return True
                     elif name == b"PERMANENTFLAGS":
                         info["PERMANENTFLAGS"] = flag_list(value)
             return False

@@ -11,6 +11,7 @@ __all__ = [
     "CommandTimeout",
     "ConnectionLost",
     "IMAPError",
+    "InputFlood",
     "InsecureConnection",
     "ProtocolError",
     "ServerBye",
@@ -58,6 +59,11 @@ class ServerBye(IMAPError):
 
 class ProtocolError(IMAPError):
     """The server sent something a correct server does not; the connection is closed."""
+
+
+class InputFlood(ProtocolError):
+    """The server sent more than the connection's input budget (lines or bytes over
+    time): a flood, closed and retried only after a long wait."""
 
 
 class ConnectionLost(IMAPError):

@@ -22,10 +22,12 @@ __all__ = [
     "fetch_flags",
     "flag_list",
     "is_atom",
+    "is_digits",
     "is_fetch",
     "is_number",
     "join_pieces",
     "literal_size",
+    "number",
     "parse_capabilities",
     "parse_status",
     "parse_untagged",
@@ -34,7 +36,10 @@ __all__ = [
 ]
 
 TEXT_LIMIT = 300
+#: the largest IMAP number (RFC 3501 §4.2: unsigned 32-bit): counts, UIDs, UIDVALIDITY
+MAX_NUMBER = 2**32 - 1
 _NUMBER = re.compile(rb"[0-9]{1,10}")
+_DIGITS = re.compile(rb"[0-9]+")
 #: a literal announced at the end of a line (``{n}``); the reader searches every line
 LITERAL = re.compile(rb"~?\{([0-9]{1,20})\+?\}$")
 _TAG = re.compile(rb"[\x21-\x7e]{1,64}")
@@ -77,8 +82,22 @@ def capability_words(code: bytes | None) -> bytes | None:
 
 
 def is_number(data: bytes) -> bool:
-    """True for an IMAP number as this client accepts it (1 to 10 digits)."""
-    return _NUMBER.fullmatch(data) is not None
+    """True for an IMAP number as this client accepts it (1 to 10 digits, at most
+    :data:`MAX_NUMBER`)."""
+    return _NUMBER.fullmatch(data) is not None and int(data) <= MAX_NUMBER
+
+
+def is_digits(data: bytes) -> bool:
+    """True for a run of digits, whatever its size (a number a server may have sent
+    out of range)."""
+    return _DIGITS.fullmatch(data) is not None
+
+
+def number(data: bytes, what: str = "number") -> int:
+    """An IMAP number; :class:`ProtocolError` for digits above :data:`MAX_NUMBER`."""
+    if not is_number(data):
+        raise ProtocolError(f"{what} out of range: {excerpt(data)}")
+    return int(data)
 
 
 def parse_capabilities(words: bytes) -> Capabilities:
@@ -160,13 +179,19 @@ def fetch_flags(data: bytes) -> Any:
     if len(parsed) != 1 or not isinstance(parsed[0], list):
         return MALFORMED
     items = parsed[0]
+    flags = None
     for i in range(0, len(items) - 1, 2):
         name, value = items[i], items[i + 1]
-        if isinstance(name, bytes) and name.upper() == b"FLAGS":
+        if not isinstance(name, bytes):
+            continue
+        name = name.upper()
+        if name == b"UID" and not (isinstance(value, bytes) and is_number(value)):
+            return MALFORMED  # a UID above 2^32-1 (or not a number)
+        if name == b"FLAGS" and flags is None:
             if not isinstance(value, list):
                 return MALFORMED
-            return _flags(value)
-    return None
+            flags = _flags(value)
+    return flags
 
 
 def parse_status(rest: bytes, allowed: tuple[bytes, ...]) -> tuple[bytes, bytes] | None:
@@ -188,6 +213,8 @@ def parse_untagged(rest: bytes) -> tuple[bytes, int | None, bytes]:
     keyword other than EXISTS/EXPUNGE/RECENT/FETCH, data after a count, an unparseable
     FETCH or response."""
     first, _, after = rest.partition(b" ")
+    if is_digits(first) and not is_number(first):
+        raise _malformed(rest, "untagged response (number above 2^32-1)")
     if is_number(first):
         keyword, _, data = after.partition(b" ")
         keyword = keyword.upper()

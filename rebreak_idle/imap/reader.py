@@ -4,7 +4,16 @@ or hostile server cannot grow memory.
 * a line longer than ``MAX_LENGTH`` (the client's ``max_line``) without CRLF closes the
   connection;
 * a literal larger than ``max_literal`` (``max_fetch_literal`` inside an untagged FETCH)
-  closes it, and so does a response whose parts together exceed that size.
+  closes it, and so does a response whose parts together exceed that size. The daemon
+  never asks for a message body, so both caps are a few KiB: a 60 MB FETCH literal pushed
+  during IDLE costs 8 KiB, not 60 MB;
+* an input budget per connection, two token buckets on the client's clock: at most
+  ``input_burst_lines`` lines (``input_burst_bytes`` bytes) at once, refilled at
+  ``input_lines_per_second`` (``input_bytes_per_second``). A server that keeps sending
+  more (an EXISTS flood at 60,000 lines a second empties the line bucket in about three
+  seconds) is closed with :class:`~rebreak_idle.imap.errors.InputFlood`. A burst such as
+  the FETCH FLAGS of a mailbox-wide flag change (tens of thousands of lines) passes. The
+  budget bounds the CPU one server can take; the caps bound the memory.
 
 A mixin of the client (no object of its own per connection): it joins each response
 with its literals into one line and hands it to ``_dispatch``; on anything out of bounds
@@ -14,10 +23,12 @@ it calls ``_protocol_error``. Once ``closed`` is set, whatever arrives is droppe
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 
+from .errors import InputFlood
 from .parser import LITERAL, excerpt, is_fetch
 
 __all__ = ["BoundedReader"]
@@ -28,10 +39,19 @@ log = Logger(namespace="rebreak_idle.imap")
 class BoundedReader(LineReceiver):
     """Line/literal reader of :class:`~rebreak_idle.imap.client.IdleClient`."""
 
-    MAX_LENGTH = 64 * 1024
-    max_literal = 1024 * 1024
-    max_fetch_literal = 64 * 1024 * 1024
+    MAX_LENGTH = 16 * 1024
+    max_literal = 8 * 1024
+    max_fetch_literal = 8 * 1024
+    #: the input budget (see the module docstring)
+    input_burst_lines = 200_000
+    input_lines_per_second = 2_000.0
+    input_burst_bytes = 32 * 1024 * 1024
+    input_bytes_per_second = 1024 * 1024.0
     closed = False
+    #: the budget's buckets and when they were last refilled (None: not yet started)
+    _budget_at: float | None = None
+    _lines_left = 0.0
+    _bytes_left = 0.0
     #: the literal being read, and how many of its bytes are still to come
     _literal: bytearray | None = None
     _literal_left = 0
@@ -41,13 +61,38 @@ class BoundedReader(LineReceiver):
     _response_cap = 0
 
     # provided by the client
+    clock: Any
     _dispatch: Callable[[bytes], None]
     _protocol_error: Callable[[str], None]
+    _close: Callable[[Any], None]
 
     def dataReceived(self, data: bytes) -> None:
         if self.closed:
             return  # closing: whatever else arrives is dropped, never buffered
+        self._refill()
+        self._bytes_left -= len(data)
+        if self._bytes_left < 0:
+            self._flood(f"more than {self.input_burst_bytes} bytes at once or "
+                        f"{self.input_bytes_per_second:g} bytes/s sustained")
+            return
         super().dataReceived(data)
+
+    def _refill(self) -> None:
+        now = self.clock.seconds()
+        last = self._budget_at
+        if last is None:
+            self._lines_left = float(self.input_burst_lines)
+            self._bytes_left = float(self.input_burst_bytes)
+        elif now > last:
+            elapsed = now - last
+            self._lines_left = min(float(self.input_burst_lines),
+                                   self._lines_left + elapsed * self.input_lines_per_second)
+            self._bytes_left = min(float(self.input_burst_bytes),
+                                   self._bytes_left + elapsed * self.input_bytes_per_second)
+        self._budget_at = now
+
+    def _flood(self, what: str) -> None:
+        self._close(InputFlood(f"server flooded the connection: {what}"))
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._protocol_error(f"server line longer than {self.MAX_LENGTH} bytes")
@@ -66,6 +111,13 @@ class BoundedReader(LineReceiver):
 
     def lineReceived(self, line: bytes) -> None:
         if self.closed:
+            return
+        if self._budget_at is None:
+            self._refill()
+        self._lines_left -= 1
+        if self._lines_left < 0:
+            self._flood(f"more than {self.input_burst_lines} lines at once or "
+                        f"{self.input_lines_per_second:g} lines/s sustained")
             return
         try:
             self._line_received(line)

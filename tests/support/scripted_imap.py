@@ -31,7 +31,10 @@ __all__ = ["FAULTS", "ScriptedConnection", "ScriptedIMAPServer"]
 
 #: Faults of a connection, one per connection of the plan: what it does, and when.
 FAULTS = ("bye-greeting", "bye-login", "bye-idle", "garbage-idle", "long-line-idle",
-          "huge-literal-idle", "unknown-tag-idle", "normal")
+          "huge-literal-idle", "unknown-tag-idle", "normal",
+          # hostile servers (issue 17)
+          "banner-greeting", "challenge-flood-login", "fetch-60mb-idle", "exists-flood-idle",
+          "big-exists-idle")
 
 
 class _ClientTransport(iosim.FakeTransport):
@@ -69,6 +72,9 @@ class ScriptedConnection(LineOnlyReceiver):
         if self.fault == "bye-greeting":
             self.send("* BYE [UNAVAILABLE] maintenance, come back later")
             self.transport.loseConnection()
+            return
+        if self.fault == "banner-greeting":  # another service on the port
+            self.send("SSH-2.0-OpenSSH_9.2p1 internal-db-01.corp.local")
             return
         self.send(f"* OK [CAPABILITY {s.capabilities}] scripted server ready")
 
@@ -135,6 +141,10 @@ class ScriptedConnection(LineOnlyReceiver):
 
     def _do_authenticate(self, tag: str, args: str) -> None:
         mechanism, _, initial = args.partition(" ")
+        if self.fault == "challenge-flood-login":  # continuations, as fast as read
+            challenge = b"+ " + base64.b64encode(b'{"status":"401"}' + b" " * 3000) + b"\r\n"
+            self._stream(challenge * 16)
+            return
         try:
             password = base64.b64decode(initial).split(b"\0")[-1].decode()
         except ValueError:
@@ -205,10 +215,24 @@ class ScriptedConnection(LineOnlyReceiver):
         elif fault == "long-line-idle":
             self.transport.write(b"* OK ")
             self._stream(b"x" * 65536)
+        elif fault == "fetch-60mb-idle":
+            self.transport.write(b"* 1 FETCH (BODY[] {60000000}\r\n")
+            self._stream(b"m" * 65536)
+        elif fault == "exists-flood-idle":
+            self._stream(self._rising_exists)
+        elif fault == "big-exists-idle":
+            self.send("* 4294967296 EXISTS")
 
-    def _stream(self, chunk: bytes) -> None:
-        """Write ``chunk`` repeatedly as fast as the client reads (a pull producer) until
-        ``server.stream_limit`` bytes are out or the connection is gone."""
+    def _rising_exists(self) -> bytes:
+        """The next 1,000 lines of an EXISTS flood (``* N EXISTS``, N rising)."""
+        start = self.server.exists + 1
+        self.server.exists += 1000
+        return b"".join(b"* %d EXISTS\r\n" % n for n in range(start, start + 1000))
+
+    def _stream(self, chunk: bytes | Any) -> None:
+        """Write ``chunk`` (bytes, or a callable giving the next chunk) repeatedly as fast
+        as the client reads (a pull producer) until ``server.stream_limit`` bytes are out
+        or the connection is gone."""
         proto = self
 
         class Producer:
@@ -216,8 +240,9 @@ class ScriptedConnection(LineOnlyReceiver):
                 if proto.lost or proto.streamed >= proto.server.stream_limit:
                     proto.transport.unregisterProducer()
                     return
-                proto.streamed += len(chunk)
-                proto.transport.write(chunk)
+                data = chunk() if callable(chunk) else chunk
+                proto.streamed += len(data)
+                proto.transport.write(data)
 
             def stopProducing(self) -> None:
                 pass
