@@ -54,7 +54,7 @@ class WriteTests(StoreTestCase):
         await store.flush()
         self.assertEqual(store.pending, 0)
         self.assertEqual(statement_calls(dsn, "INSERT INTO rebreak_idle.mailbox_state"), 1)
-        marks = await store.load_marks(ids[:3] + ["not-a-uuid"])
+        marks = await store.load_marks([*ids[:3], "not-a-uuid"])
         self.assertEqual(marks, {(ids[0], "INBOX"): MailboxMark(7, 2, 1),
                                  (ids[0], "Archive"): MailboxMark(9, None, 4),
                                  (ids[1], "INBOX"): MailboxMark(7, 3, 2),
