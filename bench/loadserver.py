@@ -10,6 +10,8 @@ Literals (``{n}`` and ``{n+}``) are accepted in any command.
 Control: a line protocol on a TCP port of 127.0.0.1:
 
     inject <username>   → ok <username> <exists> <unix time>   (pushes "* N+1 EXISTS")
+    deliver <username>  → ok <username> <exists>   (a new message, connected or not: the
+                          next SELECT shows it; a selected connection hears "* N+1 EXISTS")
                           err <username> not-selected
     stats               → one JSON object (connections, idling, logins, commands by kind...)
     injections          → JSON list of [username, exists, unix time]
@@ -395,6 +397,15 @@ class LoadServer:
             self.injection_log.flush()
         return n, now
 
+    def deliver(self, user: str) -> int:
+        """A new message for ``user`` whether or not a session watches (UIDNEXT moves)."""
+        n = self.exists.get(user, self.initial_exists) + 1
+        self.exists[user] = n
+        conn = self.by_user.get(user)
+        if conn is not None and conn.transport is not None and conn.selected:
+            conn.write(b"* %d EXISTS\r\n" % n)
+        return n
+
     def kick(self, user: str) -> bool:
         conn = self.by_user.get(user)
         if conn is None or conn.transport is None:
@@ -436,6 +447,8 @@ async def _control(server: LoadServer, stop: asyncio.Event, reader: asyncio.Stre
                     reply = f"err {words[1]} not-selected\n"
                 else:
                     reply = f"ok {words[1]} {got[0]} {got[1]:.6f}\n"
+            elif verb == "deliver" and len(words) == 2:
+                reply = f"ok {words[1]} {server.deliver(words[1])}\n"
             elif verb == "stats":
                 reply = json.dumps(server.stats()) + "\n"
             elif verb == "injections":

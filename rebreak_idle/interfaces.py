@@ -44,8 +44,10 @@ class IAccountSource(Interface):
         """A row cannot be watched: store ``text`` (never a secret) and the time."""
 
 
-#: ``on_new_mail(account, exists, reason)`` with reason ``"exists"`` or ``"connected"``.
-OnNewMail = Callable[["Account", int, str], None]
+#: ``on_new_mail(account, exists, reason)`` with reason ``"exists"`` or ``"connected"``; may
+#: return a Deferred that fires True once the backend acknowledged (2xx) a scan sent after
+#: this request (then the session remembers the mailbox mark it had), False otherwise.
+OnNewMail = Callable[["Account", int, str], "Deferred[bool] | None"]
 
 
 class ISession(IService):

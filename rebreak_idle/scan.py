@@ -147,12 +147,31 @@ class ScanTrigger(Service):
 
     def request(self, account: Account, exists: int, reason: str) -> None:
         """Ask for a scan of ``account``; coalesced with one in flight. Never raises."""
+        self.submit(account, exists, reason)
+
+    def submit(self, account: Account, exists: int, reason: str) -> Deferred[bool] | None:
+        """:meth:`request`, and a Deferred that fires True once a scan sent after this
+        call was answered 2xx, False when it was given up, refused (4xx), abandoned or
+        dropped — the sessions' ``OnNewMail``: they remember a mailbox mark only on True.
+        None (nothing requested) for a request it cannot read. Never raises."""
         try:
-            self._request(Job(account, int(exists), reason))
+            job = Job(account, int(exists), reason)
         except Exception:
             log.failure("[idle/{email}] scan-trigger request failed",
                         email=getattr(account, "email", "?"),
                         account_id=getattr(account, "id", None))
+            return None
+        acked: Deferred[bool] = Deferred()
+        job.acks.append(acked)
+        try:
+            self._request(job)
+        except Exception:
+            log.failure("[idle/{email}] scan-trigger request failed",
+                        email=getattr(account, "email", "?"),
+                        account_id=getattr(account, "id", None))
+            job.settle(False)
+            return None
+        return acked
 
     def _request(self, job: Job) -> None:
         if self._stopping:
@@ -167,6 +186,8 @@ class ScanTrigger(Service):
         state.keep = True
         if state.running is not None or state.waiting is not None:
             # coalesced without a log event: a flood of EXISTS would make one each
+            if state.pending is not None:
+                job.acks[:0], state.pending.acks = state.pending.acks, []
             state.pending = job
             return
         self._start_or_wait(state, job)
@@ -332,8 +353,10 @@ class ScanTrigger(Service):
 
     @staticmethod
     def _count(job: Job, outcome: str) -> None:
+        """Count the job's one final outcome, and tell its waiters."""
         reason = job.reason if job.reason in ("exists", "connected") else "other"
         metrics.SCANS.labels(reason=reason, outcome=outcome).inc()
+        job.settle(outcome == "ok")
 
     # -- for the status page, tests and the daemon ----------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from twisted.internet import error as neterror
@@ -55,6 +55,16 @@ class Job:
     account: Account
     exists: int
     reason: str
+    #: who waits for this scan's outcome: fired True on a 2xx answer, False otherwise
+    #: (a coalesced follow-up inherits the waiters of the requests it replaced: it goes
+    #: out after them, so it covers them)
+    acks: list[Deferred[bool]] = field(default_factory=list)
+
+    def settle(self, acknowledged: bool) -> None:
+        """Tell every waiter the outcome (once)."""
+        acks, self.acks = self.acks, []
+        for d in acks:
+            d.callback(acknowledged)
 
     def payload(self) -> bytes:
         """The request body: ``connectionId``, ``userId``, ``reason``, ``exists``."""

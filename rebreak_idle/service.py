@@ -32,6 +32,7 @@ from .config import (
     status_settings,
     supervisor_settings,
 )
+from .db.marks import MarkLoader
 from .db.store import AccountStore
 from .deferreds import within
 from .destinations import policy_for
@@ -63,12 +64,13 @@ class Daemon(MultiService):
         self.owns_process = owns_process
         #: the sessions' heartbeat timers and command deadlines, on one reactor timer
         self.timers = TimerWheel(reactor, timer_resolution(settings))
-        #: what the sessions last saw of each mailbox (outlives a restarted session)
-        self.marks = MailboxMemory()
         self._session_settings = session_settings(settings)
         self.store = AccountStore(settings.database_url, reactor,
                                   flush_interval=settings.write_flush_interval,
                                   shutdown_timeout=settings.shutdown_timeout)
+        #: the last acknowledged mark of each mailbox (rebreak_idle.mailbox_state): outlives
+        #: a restarted session, the process and a replica takeover
+        self.marks = MailboxMemory(writer=self.store.record_mark)
         self.scans = ScanTrigger(scan_settings(settings), reactor)
         self.scans.setServiceParent(self)
         self.store.setServiceParent(self)
@@ -83,13 +85,15 @@ class Daemon(MultiService):
                                       on_lost_ownership=self._ownership_lost)
             self.leases.setServiceParent(self)
             account_filter = self.leases.filter
+        # before sessions start: the stored marks of the accounts not loaded yet
+        account_filter = MarkLoader(self.marks, self.store.load_marks, then=account_filter)
 
         self.supervisor = Supervisor(self.store, self._new_session,
                                      row_decoder(settings.key_bytes,
                                                  settings.allow_private_hosts),
                                      supervisor_settings(settings), reactor,
                                      account_filter=account_filter,
-                                     on_session_removed=self.scans.discard)
+                                     on_session_removed=self._session_removed)
         self.supervisor.setServiceParent(self)
         if settings.notify_channel:
             self.store.listen(settings.notify_channel, self.supervisor.request_refresh,
@@ -104,8 +108,14 @@ class Daemon(MultiService):
             self.status.setServiceParent(self)
 
     def _new_session(self, account: Account) -> IService:
-        return MailboxSession(account, self._session_settings, self.store, self.scans.request,
+        return MailboxSession(account, self._session_settings, self.store, self.scans.submit,
                               self.reactor, memory=self.marks, timers=self.timers)
+
+    def _session_removed(self, account_id: str) -> None:
+        """No session of the account is left here: forget its scans and its marks (the
+        stored marks are read again if this replica watches it again)."""
+        self.scans.discard(account_id)
+        self.marks.forget(account_id)
 
     def _owned_changed(self) -> None:
         self.supervisor.request_refresh()

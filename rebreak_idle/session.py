@@ -45,7 +45,7 @@ from .destinations import policy_for
 from .failures import account_secrets, describe, scrub
 from .folding import EventFold, exists_fold
 from .interfaces import IRecorder, ISession, OnNewMail
-from .marks import MailboxMark, MailboxMemory
+from .marks import MailboxMark, MailboxMemory, status_uidnext
 from .reconnect import CLOSED, HEALTHY_AFTER, Outcome, SessionError, classify, reaction
 from .session_state import State, check_transition, state_gauge
 from .wheel import TimerWheel
@@ -330,11 +330,14 @@ class MailboxSession(Service):
         self._set_state(State.SELECTING)
         mark = MailboxMark.from_select(await client.select())
         self._exists = mark.exists
-        changed = mark.changed_since(self._memory.get(account.id))
-        self._remember(mark)
+        self._mark = mark  # a candidate: remembered once a scan covering it is acknowledged
         # the SELECT result carried the count: from now on EXISTS/EXPUNGE move it
         client.on_exists = self._on_exists
         client.on_expunge = self._on_expunge
+        if mark.uidnext is None:  # Courier: ask STATUS (never a bare count if avoidable)
+            uidnext = await status_uidnext(client)
+            self._mark = self._mark.with_uidnext(uidnext).with_count(self._exists)
+        changed = self._mark.needs_scan(self._memory.get(account.id))
         if client.has_idle:
             await client.idle()
             state = State.IDLE
@@ -367,21 +370,30 @@ class MailboxSession(Service):
 
     # -- connected ----------------------------------------------------------------------
 
-    def _remember(self, mark: MailboxMark) -> None:
-        self._mark = mark
-        self._memory.remember(self.account.id, mark)
+    def _acknowledged(self, ok: object, mark: MailboxMark) -> None:
+        """The scan asked for with ``mark`` as the candidate ended: a 2xx answer covers
+        it (the request went out after the session saw it), so it is the mark now."""
+        if ok is True:
+            self._memory.remember(self.account.id, mark)
 
     def _heartbeat(self) -> None:
         self._last_heartbeat = self._reactor.seconds()
         self._recorder.record_heartbeat(self.account.id)
 
     def _new_mail(self, exists: int, reason: str) -> None:
+        """Ask for a scan; a Deferred returned by ``on_new_mail`` fires True once a scan
+        covering it was acknowledged (2xx): the candidate mark is remembered then."""
         self._last_scan_reason = reason
+        mark = self._mark
         try:
-            self._on_new_mail(self.account, exists, reason)
+            acked = self._on_new_mail(self.account, exists, reason)
         except Exception:
             log.failure("{label} on_new_mail failed", label=self.account.label,
                         account_id=self.account.id)
+            return
+        if isinstance(acked, Deferred) and mark is not None:
+            acked.addCallback(self._acknowledged, mark)
+            acked.addErrback(lambda f: log.failure("remembering a mark failed", f))
 
     def _on_exists(self, count: int) -> None:
         if not self.running:
@@ -390,7 +402,7 @@ class MailboxSession(Service):
         if count <= previous:
             return
         if self._mark is not None:
-            self._remember(self._mark.after_new_mail(previous, count))
+            self._mark = self._mark.after_new_mail(previous, count)
         self._last_exists = (self._reactor.seconds(), count)
         metrics.EXISTS_EVENTS.inc()
         if self._exists_log is None:  # made at the first event: a flood folds into counts
@@ -402,6 +414,8 @@ class MailboxSession(Service):
     def _on_expunge(self, seq: int) -> None:
         if self._exists:
             self._exists -= 1
+        if self._mark is not None:
+            self._mark = self._mark.after_expunge()
 
     def _on_bye(self, text: str) -> None:
         if self.running:

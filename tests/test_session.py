@@ -90,7 +90,7 @@ class Harness:
     def __init__(self, test: SynchronousTestCase, *, settings: Settings | None = None,
                  account: Account = ACCOUNT, jitter: float = 0.0,
                  memory: MailboxMemory | None = None, timers: bool = False,
-                 on_new_mail: Any = None) -> None:
+                 on_new_mail: Any = None, acknowledge: bool = True) -> None:
         self.clock = Clock()
         test.addCleanup(self.stop_for_good)
         self.timers = TimerWheel(self.clock) if timers else None
@@ -103,6 +103,7 @@ class Harness:
         self.logs: list[str] = []
         self.errors: list[dict[str, Any]] = []
         self.memory = MailboxMemory() if memory is None else memory
+        self.acknowledge = acknowledge
 
         def observe(event: dict[str, Any]) -> None:
             if event.get("log_namespace") == "rebreak_idle.session":
@@ -113,8 +114,10 @@ class Harness:
         globalLogPublisher.addObserver(observe)
         test.addCleanup(globalLogPublisher.removeObserver, observe)
         if on_new_mail is None:
-            def on_new_mail(acc: Account, n: int, reason: str) -> None:
+            def on_new_mail(acc: Account, n: int, reason: str) -> Deferred[bool]:
+                # the backend answers 2xx at once (``acknowledge``), or never acknowledges
                 self.mails.append((n, reason))
+                return succeed(self.acknowledge)
         self.session = MailboxSession(
             account, session_settings(self.settings), self.recorder, on_new_mail, self.clock,
             endpoint=self.endpoint, jitter=lambda: jitter, memory=self.memory,

@@ -86,9 +86,12 @@ def settings(**kw: Any) -> Settings:
 def start_session(test: TestCase, acct: Account, events: Events, **kw: Any) -> MailboxSession:
     """A running MailboxSession for ``acct`` with :func:`settings` (``kw``) that reports to
     ``events`` (errors, heartbeats, ``("mail", reason, exists)``); stopped at cleanup."""
+    def on_new_mail(a: Account, n: int, reason: str) -> defer.Deferred:
+        events.add("mail", reason, n)
+        return defer.succeed(True)  # the backend acknowledged the scan (2xx)
+
     s = MailboxSession(acct, session_settings(settings(**kw)), Recorder(events),
-                       lambda a, n, reason: events.add("mail", reason, n), reactor,
-                       memory=MailboxMemory())
+                       on_new_mail, reactor, memory=MailboxMemory())
     s.startService()
     test.addCleanup(s.stopService)
     return s

@@ -69,7 +69,9 @@ from ..account import COLUMNS
 from ..deferreds import Coalesced
 from ..failures import describe
 from ..interfaces import IAccountSource, IRecorder
+from ..marks import MailboxMark
 from .listener import Listener
+from .marks import LOAD_SQL, MarkWrites, decode_rows
 from .pool import Pool
 from .writes import WriteBuffer
 
@@ -144,6 +146,7 @@ class AccountStore(Service):
                          statement_timeout=statement_timeout)
         self._heartbeats = WriteBuffer(max_buffer)
         self._errors = WriteBuffer(max_buffer)
+        self._marks = MarkWrites(max_buffer)
         self._reported_drops = 0
         self._flush = Coalesced(lambda: Deferred.fromCoroutine(self._flush_once()),
                                 lambda f: log.failure("[idle/db] status write pass crashed", f))
@@ -197,10 +200,24 @@ class AccountStore(Service):
             self._heartbeats.put(str(account_id), self._now())
             self._after_put(prompt=False)
 
+    # -- mailbox marks (rebreak_idle.mailbox_state, :mod:`rebreak_idle.db.marks`) -----
+
+    def record_mark(self, account_id: str, mailbox: str, mark: MailboxMark) -> None:
+        """Queue the write of an acknowledged mark (batched like the heartbeats)."""
+        if self._accept(account_id):
+            self._marks.put(str(account_id), mailbox, mark, self._now())
+            self._after_put(prompt=False)
+
+    def load_marks(self, account_ids: list[str]) -> Deferred:
+        """Fire with the stored marks of these accounts: ``{(id, mailbox): mark}``."""
+        ids = [a for a in account_ids if _valid_id(a)]
+        return self.pool.run_query(LOAD_SQL, (ids,)).addCallback(decode_rows)
+
     @property
     def pending(self) -> int:
         """Entries waiting to be written."""
-        return len(self._heartbeats) + len(self._errors) + self._in_flight
+        return (len(self._heartbeats) + len(self._errors) + self._in_flight
+                + len(self._marks))
 
     # -- flushing -------------------------------------------------------------------
 
@@ -291,7 +308,7 @@ class AccountStore(Service):
 
     def _update_gauge(self) -> None:
         metrics.DB_WRITE_BUFFER.set(self.pending)
-        dropped = self._heartbeats.dropped + self._errors.dropped
+        dropped = self._heartbeats.dropped + self._errors.dropped + self._marks.buffer.dropped
         if dropped > self._reported_drops:
             log.warn("[idle/db] write buffer full: dropped {n} oldest status writes so far",
                      n=dropped)
@@ -309,6 +326,8 @@ class AccountStore(Service):
             params = (list(heartbeats), list(heartbeats.values()))
             if not await self._write(HEARTBEATS_SQL, params, len(heartbeats), "heartbeat"):
                 self._heartbeats.restore(heartbeats)
+        if not self.pool.closed:
+            await self._marks.flush(self.pool.run_operation)
         self._update_gauge()
 
     async def _write(self, sql: str, params: tuple, n: int, kind: str) -> bool:

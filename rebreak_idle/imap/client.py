@@ -62,6 +62,7 @@ from .parser import (
     parse_status,
     parse_untagged,
     split_code,
+    status_items,
     text,
 )
 from .reader import BoundedReader
@@ -422,6 +423,36 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
             return defer.fail(CommandFailed("mailbox name must be an IMAP atom",
                                             command="SELECT"))
         return self._command(b"SELECT", raw, on_untagged=untagged, on_ok=ok)
+
+    def status(self, mailbox: str = "INBOX",
+               items: tuple[str, ...] = ("UIDNEXT",)) -> defer.Deferred:
+        """STATUS ``mailbox`` (``items``, e.g. UIDNEXT UIDVALIDITY MESSAGES); fires with
+        ``{item: int}`` for the items the server answered (the others are absent).
+        CommandFailed when the server refuses (NO/BAD); ProtocolError for a malformed
+        answer. RFC 3501 §6.3.10: allowed while a mailbox is selected (the daemon asks
+        only when SELECT gave no UIDNEXT)."""
+        answer: dict[str, int] = {}
+        raw = mailbox.encode("ascii", "replace")
+        words = [i.encode("ascii", "replace").upper() for i in items]
+        if not is_atom(raw) or not words or not all(is_atom(w) for w in words):
+            return defer.fail(CommandFailed("mailbox and items must be IMAP atoms",
+                                            command="STATUS"))
+
+        def untagged(keyword: bytes, rest: bytes) -> bool:
+            if keyword != b"STATUS":
+                return False
+            try:
+                name, values = status_items(rest.partition(b" ")[2])
+            except ProtocolError as e:
+                self._protocol_error(e.text)
+                return True
+            if name.upper() == mailbox.upper():
+                answer.update((k, v) for k, v in values.items()
+                              if k.encode("ascii") in words)
+            return True
+
+        return self._command(b"STATUS", raw + b" (" + b" ".join(words) + b")",
+                             on_untagged=untagged, on_ok=lambda code, data: answer)
 
     # ------------------------------------------------------------------ misc commands
 

@@ -32,6 +32,7 @@ __all__ = [
     "parse_status",
     "parse_untagged",
     "split_code",
+    "status_items",
     "text",
 ]
 
@@ -234,3 +235,26 @@ def parse_untagged(rest: bytes) -> tuple[bytes, int | None, bytes]:
     except Exception:
         raise _malformed(rest) from None
     return upper, None, after
+
+
+def status_items(data: bytes) -> tuple[str, dict[str, int]]:
+    """The data of an untagged STATUS response (RFC 3501 §7.2.4, after ``STATUS``):
+    ``INBOX (UIDNEXT 5 MESSAGES 3)`` → ("INBOX", {"UIDNEXT": 5, "MESSAGES": 3}); item names
+    upper case, values IMAP numbers (items with other values are left out).
+    ProtocolError when the data is not a mailbox and a parenthesised list of pairs."""
+    try:
+        parsed = imap4.parseNestedParens(data)
+    except Exception:
+        raise _malformed(b"STATUS " + data, "STATUS response") from None
+    if len(parsed) != 2 or not isinstance(parsed[0], bytes) or not isinstance(parsed[1], list) \
+            or len(parsed[1]) % 2:
+        raise _malformed(b"STATUS " + data, "STATUS response")
+    pairs = parsed[1]
+    items: dict[str, int] = {}
+    for i in range(0, len(pairs), 2):
+        name, value = pairs[i], pairs[i + 1]
+        if not isinstance(name, bytes) or not _ATOM.fullmatch(name):
+            raise _malformed(b"STATUS " + data, "STATUS response")
+        if isinstance(value, bytes) and is_number(value):
+            items[name.upper().decode("ascii")] = int(value)
+    return parsed[0].decode("utf-8", "replace"), items

@@ -33,6 +33,10 @@ Switches (attributes, may be changed at any time):
 * ``greeting_capabilities`` (True): put ``[CAPABILITY ...]`` in the greeting;
 * ``silent`` (False): when True, connections accept bytes and never answer (no greeting
   for new connections either) — for timeout tests;
+* ``select_uidnext`` (True): send ``* OK [UIDNEXT n]`` in the SELECT response; False acts
+  like Courier IMAP, which tells UIDNEXT only to ``STATUS``;
+* ``status_uidnext`` (True): answer UIDNEXT to ``STATUS``; False (with
+  ``select_uidnext=False``) leaves a client nothing but the count;
 
 Counters for assertions: ``login_attempts[user]`` (Counter, LOGIN and AUTHENTICATE),
 ``logins_ok[user]``, ``commands[b"LOGOUT"]`` (Counter of command names, upper case),
@@ -253,6 +257,32 @@ class _ServerProtocol(imap4.IMAP4Server):
         self._read_line(lambda _line: self._failed(tag))
         self.sendContinuationRequest(challenge)
 
+    # -- SELECT with UIDNEXT (RFC 3501 §6.3.1; Twisted's server leaves it out)
+
+    def _cbSelectWork(self, mbox: Any, cmdName: bytes, tag: bytes) -> None:
+        if mbox is None or not self.server.select_uidnext:
+            super()._cbSelectWork(mbox, cmdName, tag)
+            return
+        real = self.sendPositiveResponse
+
+        def respond(t: Any = None, message: bytes = b"") -> None:
+            if t is None and message.startswith(b"[UIDVALIDITY"):
+                real(None, message)
+                real(None, b"[UIDNEXT %d] Predicted next UID" % mbox.getUIDNext())
+            else:
+                real(t, message)
+
+        self.sendPositiveResponse = respond  # type: ignore[method-assign]
+        try:
+            super()._cbSelectWork(mbox, cmdName, tag)
+        finally:
+            del self.sendPositiveResponse
+
+    def _cbStatusGotMailbox(self, mbox: Any, tag: bytes, mailbox: Any, names: Any) -> None:
+        if not self.server.status_uidnext:
+            names = [n for n in names if n.upper() != "UIDNEXT"]
+        super()._cbStatusGotMailbox(mbox, tag, mailbox, names)
+
     # -- EXPUNGE: other connections are told by the mailbox
 
     def do_EXPUNGE(self, tag: bytes) -> None:
@@ -288,6 +318,8 @@ class InProcessIMAPServer:
         self.sasl_ir = True
         self.greeting_capabilities = True
         self.silent = False
+        self.select_uidnext = True
+        self.status_uidnext = True
         self.login_attempts: Counter[str] = Counter()
         self.logins_ok: Counter[str] = Counter()
         self.commands: Counter[bytes] = Counter()

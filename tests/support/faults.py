@@ -93,6 +93,10 @@ def app_dsn(admin_dsn: str) -> str:
                     pass
             cur.execute(f"GRANT ALL ON SCHEMA rebreak TO {DB_ROLE}")
             cur.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA rebreak TO {DB_ROLE}")
+            cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = 'rebreak_idle'")
+            if cur.fetchone():  # the daemon's own tables (marks)
+                cur.execute(f"GRANT ALL ON SCHEMA rebreak_idle TO {DB_ROLE}")
+                cur.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA rebreak_idle TO {DB_ROLE}")
     finally:
         conn.close()
     host = params.get("host", "127.0.0.1")

@@ -168,13 +168,30 @@ class ScriptedConnection(LineOnlyReceiver):
         self.announced = s.exists
         self.send(f"* {s.exists} EXISTS")
         self.send(f"* OK [UIDVALIDITY {s.uidvalidity}] UIDs valid")
-        self.send(f"* OK [UIDNEXT {s.uidnext}] Predicted next UID")
+        if s.select_uidnext:
+            self.send(f"* OK [UIDNEXT {s.uidnext}] Predicted next UID")
         self.send(f"{tag} OK [READ-WRITE] Select completed")
+
+    def _do_status(self, tag: str, args: str) -> None:
+        s = self.server
+        if not s.status_enabled:
+            self.send(f"{tag} BAD unknown command")
+            return
+        mailbox, _, items = args.partition(" ")
+        values = {"UIDNEXT": s.uidnext, "UIDVALIDITY": s.uidvalidity, "MESSAGES": s.exists}
+        wanted = items.strip("()").upper().split()
+        answer = " ".join(f"{k} {values[k]}" for k in wanted if k in values)
+        self.send(f"* STATUS {mailbox} ({answer})")
+        self.send(f"{tag} OK STATUS completed")
 
     _do_examine = _do_select
 
     def _do_idle(self, tag: str, args: str) -> None:
         s = self.server
+        if s.refuse_idle:
+            s.refuse_idle -= 1
+            self.send(f"{tag} NO [UNAVAILABLE] IDLE not possible right now")
+            return
         self.idle_tag = tag
         self.send("+ idling")
         self.entered_idle = True
@@ -271,6 +288,10 @@ class ScriptedIMAPServer(Factory):
         self.uidvalidity = 1000
         self.uidnext = 4
         self.end_idle_after_continuation = False
+        #: SELECT tells UIDNEXT; STATUS is answered; the next n IDLE commands get NO
+        self.select_uidnext = True
+        self.status_enabled = True
+        self.refuse_idle = 0
         self.logins = 0
         self.logouts = 0
         self.commands: list[bytes] = []

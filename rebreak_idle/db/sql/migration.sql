@@ -2,3 +2,16 @@
 ALTER TABLE rebreak.mail_connections ADD COLUMN IF NOT EXISTS last_connect_error text;
 ALTER TABLE rebreak.mail_connections ADD COLUMN IF NOT EXISTS last_connect_error_at timestamptz;
 ALTER TABLE rebreak.mail_connections ADD COLUMN IF NOT EXISTS last_idle_heartbeat_at timestamptz;
+
+-- The daemon's own table (issue 15): the last acknowledged mark of each watched mailbox,
+-- one row per (connection, mailbox); read at start and at a replica takeover.
+CREATE SCHEMA IF NOT EXISTS rebreak_idle;
+CREATE TABLE IF NOT EXISTS rebreak_idle.mailbox_state (
+    connection_id uuid        NOT NULL,
+    mailbox       text        NOT NULL,
+    uidvalidity   bigint,
+    uidnext       bigint,
+    message_count bigint      NOT NULL,
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (connection_id, mailbox)
+);

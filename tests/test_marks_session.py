@@ -1,0 +1,192 @@
+"""Marks advance only on an acknowledged scan (issue: the lost catch-up), STATUS for
+servers without UIDNEXT, and ScanTrigger's acknowledgements under coalescing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from rebreak_idle.marks import MailboxMark, MailboxMemory
+from tests.test_scan import Harness as ScanHarness
+from tests.test_scan import account
+from tests.test_session import Harness
+
+
+class LostCatchUpTests(SynchronousTestCase):
+    def reconnect(self, h: Harness) -> None:
+        h.run(h.settings.reconnect_delay * 4)
+
+    def test_first_idle_refused_then_the_next_connect_still_scans(self) -> None:
+        h = Harness(self)
+        h.server.refuse_idle = 1
+        h.start()
+        self.assertEqual(h.session.state, "backoff")
+        self.assertEqual(h.mails, [])  # the connect never got to its scan
+        self.assertIsNone(h.memory.get("acc-1"))
+        self.reconnect(h)
+        self.assertEqual(h.session.state, "idle")
+        self.assertEqual(h.mails, [(3, "connected")])
+        self.assertEqual(h.memory.get("acc-1"), MailboxMark(1000, 4, 3))
+
+    def test_scan_not_acknowledged_keeps_the_old_mark(self) -> None:
+        h = Harness(self, acknowledge=False)
+        h.start()
+        h.server.deliver()
+        h.pump()
+        self.assertEqual(h.mails, [(3, "connected"), (4, "exists")])
+        self.assertIsNone(h.memory.get("acc-1"))
+        h.server.current.close()
+        self.reconnect(h)
+        self.assertEqual(h.mails, [(3, "connected"), (4, "exists"), (4, "connected")])
+
+    def test_acknowledged_exists_scan_advances_the_mark(self) -> None:
+        h = Harness(self)
+        h.start()
+        h.server.deliver()
+        h.pump()
+        self.assertEqual(h.memory.get("acc-1"), MailboxMark(1000, 5, 4))
+        h.acknowledge = False
+        h.server.deliver()
+        h.pump()  # announced but never acknowledged: the mark stays
+        self.assertEqual(h.memory.get("acc-1"), MailboxMark(1000, 5, 4))
+        h.server.current.close()
+        self.reconnect(h)
+        self.assertEqual(h.mails[-1], (5, "connected"))
+
+    def test_late_acknowledgement(self) -> None:
+        from twisted.internet.defer import Deferred
+
+        pending: list[Deferred[bool]] = []
+
+        def on_new_mail(acc: Any, n: int, reason: str) -> Deferred[bool]:
+            d: Deferred[bool] = Deferred()
+            pending.append(d)
+            return d
+
+        h = Harness(self, on_new_mail=on_new_mail)
+        h.start()
+        h.server.deliver()
+        h.pump()
+        self.assertIsNone(h.memory.get("acc-1"))
+        pending[0].callback(True)  # the connected scan: covers what SELECT saw
+        self.assertEqual(h.memory.get("acc-1"), MailboxMark(1000, 4, 3))
+        pending[1].callback(False)  # the exists scan was given up
+        self.assertEqual(h.memory.get("acc-1"), MailboxMark(1000, 4, 3))
+
+
+class NoUidnextTests(SynchronousTestCase):
+    def test_status_gives_uidnext(self) -> None:
+        h = Harness(self)
+        h.server.select_uidnext = False
+        h.start()
+        self.assertIn("STATUS INBOX (UIDNEXT)", h.sent())
+        self.assertEqual(h.memory.get("acc-1"), MailboxMark(1000, 4, 3))
+        h.server.current.close()
+        h.run(h.settings.reconnect_delay * 4)
+        self.assertEqual(h.mails, [(3, "connected")])  # unchanged: no scan
+
+    def test_delete_one_deliver_one_while_disconnected(self) -> None:
+        h = Harness(self)
+        h.server.select_uidnext = False
+        h.start()
+        h.server.current.close()
+        h.pump()
+        h.server.exists -= 1  # one deleted ...
+        h.server.deliver()  # ... one delivered: the count is 3 again
+        h.run(h.settings.reconnect_delay * 4)
+        self.assertEqual(h.mails, [(3, "connected"), (3, "connected")])
+        self.assertEqual(h.memory.get("acc-1"), MailboxMark(1000, 5, 3))
+
+    def test_count_only_server_scans_every_connect(self) -> None:
+        h = Harness(self)
+        h.server.select_uidnext = False
+        h.server.status_enabled = False
+        h.start()
+        self.assertEqual(h.memory.get("acc-1"), MailboxMark(1000, None, 3))
+        h.server.current.close()
+        h.run(h.settings.reconnect_delay * 4)
+        self.assertEqual(h.session.state, "idle")
+        self.assertEqual(h.mails, [(3, "connected"), (3, "connected")])
+
+    def test_expunge_lowers_the_candidate_count(self) -> None:
+        h = Harness(self, acknowledge=False)
+        h.server.select_uidnext = False
+        h.server.status_enabled = False
+        h.start()
+        h.server.expunge(1)
+        h.pump()
+        h.acknowledge = True
+        h.server.deliver()
+        h.pump()
+        self.assertEqual(h.mails[-1], (3, "exists"))
+        self.assertEqual(h.memory.get("acc-1"), MailboxMark(1000, None, 3))
+
+
+class TriggerAcknowledgementTests(SynchronousTestCase):
+    def outcomes(self, d: Any) -> list[Any]:
+        box: list[Any] = []
+        d.addBoth(box.append)
+        return box
+
+    def test_2xx_acknowledges(self) -> None:
+        h = ScanHarness(self)
+        acked = self.outcomes(h.trigger.submit(account(1), 3, "connected"))
+        self.assertEqual(acked, [])
+        h.answer(0, 200, {"scanned": 0, "blocked": 0})
+        self.assertEqual(acked, [True])
+
+    def test_4xx_and_given_up_do_not(self) -> None:
+        h = ScanHarness(self, scan_attempts=2)
+        refused = self.outcomes(h.trigger.submit(account(1), 3, "connected"))
+        h.answer(0, 400)
+        self.assertEqual(refused, [False])
+        given_up = self.outcomes(h.trigger.submit(account(1), 3, "connected"))
+        h.answer(0, 503)
+        h.advance(1)
+        h.answer(0, 503)
+        self.assertEqual(given_up, [False])
+
+    def test_coalesced_requests_are_covered_by_the_follow_up(self) -> None:
+        h = ScanHarness(self)
+        first = self.outcomes(h.trigger.submit(account(1), 3, "connected"))
+        second = self.outcomes(h.trigger.submit(account(1), 4, "exists"))
+        third = self.outcomes(h.trigger.submit(account(1), 5, "exists"))
+        h.answer(0, 200)
+        self.assertEqual((first, second, third), ([True], [], []))
+        self.assertEqual(len(h.requests), 2)  # one follow-up, sent after both
+        self.assertEqual(h.requests[1].parsed["exists"], 5)
+        h.answer(0, 200)
+        self.assertEqual((second, third), ([True], [True]))
+
+    def test_follow_up_given_up_leaves_both_unacknowledged(self) -> None:
+        h = ScanHarness(self, scan_attempts=1)
+        first = self.outcomes(h.trigger.submit(account(1), 3, "connected"))
+        second = self.outcomes(h.trigger.submit(account(1), 4, "exists"))
+        third = self.outcomes(h.trigger.submit(account(1), 5, "exists"))
+        h.answer(0, 200)
+        h.answer(0, 500)
+        self.assertEqual((first, second, third), ([True], [False], [False]))
+
+    def test_dropped_by_discard_and_stop(self) -> None:
+        h = ScanHarness(self)
+        running = self.outcomes(h.trigger.submit(account(1), 3, "connected"))
+        pending = self.outcomes(h.trigger.submit(account(1), 4, "exists"))
+        h.trigger.discard(account(1).id)
+        self.assertEqual(pending, [False])
+        other = self.outcomes(h.trigger.submit(account(2), 1, "connected"))
+        h.trigger.stopService()
+        h.advance(h.settings.shutdown_timeout)
+        self.assertEqual((running, other), ([False], [False]))
+        late = self.outcomes(h.trigger.submit(account(3), 1, "connected"))
+        self.assertEqual(late, [False])  # shutting down: never sent
+
+    def test_session_and_trigger_together(self) -> None:
+        h = ScanHarness(self)
+        memory = MailboxMemory()
+        s = Harness(self, memory=memory, on_new_mail=h.trigger.submit)
+        s.start()
+        self.assertEqual(len(h.requests), 1)
+        self.assertIsNone(memory.get("acc-1"))
+        h.answer(0, 200)
+        self.assertEqual(memory.get("acc-1"), MailboxMark(1000, 4, 3))
