@@ -63,6 +63,7 @@ class ScriptedConnection(LineOnlyReceiver):
         self.announced = server.exists
         self.streamed = 0
         self.lost = False
+        self.misbehaved = False
 
     # -- connection ---------------------------------------------------------------------
 
@@ -216,8 +217,9 @@ class ScriptedConnection(LineOnlyReceiver):
     # -- faults -------------------------------------------------------------------------
 
     def misbehave(self) -> None:
-        if self.lost:
+        if self.lost or self.misbehaved:
             return
+        self.misbehaved = True  # once per connection, however often IDLE is entered
         fault = self.fault
         if fault == "bye-idle":
             self.send("* BYE [UNAVAILABLE] server shutting down")
