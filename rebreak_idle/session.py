@@ -44,7 +44,16 @@ from .connecting import (
 from .failures import describe
 from .interfaces import IRecorder, ISession, OnNewMail
 from .marks import MailboxMark, MailboxMemory
-from .reconnect import CLOSED, HEALTHY_AFTER, Outcome, SessionError, classify, reaction
+from .providers import CREDENTIALS, RECYCLE
+from .reconnect import (
+    CLOSED,
+    HEALTHY_AFTER,
+    Outcome,
+    SessionError,
+    classify,
+    reaction,
+    settle,
+)
 from .session_state import State, check_transition, state_gauge
 from .wheel import TimerWheel
 
@@ -129,6 +138,8 @@ class MailboxSession(Service):
         self._last_exists: tuple[float, int] | None = None
         self._last_scan_reason: str | None = None
         self._delay: float | None = None
+        self._strikes = 0  # consecutive credential rejections
+        self._last_class: str | None = None
 
     # -- public -------------------------------------------------------------------------
 
@@ -211,6 +222,7 @@ class MailboxSession(Service):
             "last_exists": None if exists is None else {"at": _iso(exists[0]),
                                                         "count": exists[1]},
             "last_scan_reason": self._last_scan_reason,
+            "last_end_class": self._last_class,
         }
 
     # -- state --------------------------------------------------------------------------
@@ -309,6 +321,7 @@ class MailboxSession(Service):
             await client.login(account.username, account.secret)
         self._recorder.clear_error(account.id)
         self._last_error = self._last_error_at = None
+        self._strikes = 0
         self._set_state(State.SELECTING)
         mark = MailboxMark.from_select(await client.select())
         self._exists = mark.exists
@@ -472,22 +485,33 @@ class MailboxSession(Service):
         outcome, self._outcome = self._outcome or CLOSED, None
         account = self.account
         now = self._reactor.seconds()
-        healthy = self.state.ready and now - self._since >= self._healthy_after
+        uptime = now - self._since
+        healthy = self.state.ready and uptime >= self._healthy_after
+        settle(outcome, ready=self.state.ready, uptime=uptime,
+               healthy_after=self._healthy_after)
         self._detach()
         self._cancel_timer()
         delay, held_off = reaction(outcome, self._backoff,
-                                   self._settings.auth_failure_holdoff, healthy)
+                                   self._settings.auth_failure_holdoff, healthy,
+                                   strikes=self._strikes)
+        self._strikes += outcome.kind == CREDENTIALS
         self._delay = delay
-        self._last_error, self._last_error_at = outcome.text, now
+        self._last_class = outcome.kind
         self._set_state(State.AUTH_FAILED if held_off else State.BACKOFF)
         metrics.RECONNECTS.labels(cause=outcome.cause).inc()
-        self._recorder.record_error(account.id, outcome.text)
-        log.warn("[idle/{email}] connect failed: {error}", email=account.email,
-                 error=outcome.text, cause=outcome.cause,
-                 account_id=account.id)
+        metrics.CONNECTION_ENDS.labels(outcome.kind).inc()
+        if outcome.kind == RECYCLE:  # routine: the mailbox is fine, nothing to record
+            log.info("[idle/{email}] connection recycled by the server: {reason}",
+                     email=account.email, reason=outcome.text, account_id=account.id)
+        else:
+            self._last_error, self._last_error_at = outcome.text, now
+            self._recorder.record_error(account.id, outcome.text)
+            log.warn("[idle/{email}] connect failed: {error}", email=account.email,
+                     error=outcome.text, cause=outcome.cause, kind=outcome.kind,
+                     account_id=account.id)
         log.info("[idle/{email}] reconnecting in {delay}s (attempt {attempt})",
                  email=account.email, delay=format_delay(delay),
-                 attempt=self._backoff.attempt, account_id=account.id)
+                 attempt=max(1, self._backoff.attempt), account_id=account.id)
 
     def _retry_delay(self, _failed_attempts: int) -> float:
         """ClientService's retry policy, called after :meth:`_connection_ended`: the delay

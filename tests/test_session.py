@@ -571,7 +571,7 @@ class FailureTests(SynchronousTestCase):
         h.endpoint.refuse = None
         h.run(20)
         self.assertEqual(h.session.state, "idle")
-        h.run(60)
+        h.run(120)  # healthy: up for min(HEALTHY_AFTER, heartbeat interval)
         h.server.current.close()
         h.pump()
         (call,) = h.clock.getDelayedCalls()
