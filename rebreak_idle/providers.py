@@ -23,8 +23,10 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-__all__ = ["CLASSES", "CREDENTIALS", "CAPACITY", "NETWORK", "PROTOCOL", "RECYCLE", "SIGNALS",
-           "THROTTLED", "TLS", "TRANSIENT", "Signal", "match", "suggested_delay"]
+from . import __version__
+
+__all__ = ["CAPACITY", "CLASSES", "CLIENT_ID", "CREDENTIALS", "NETWORK", "PROTOCOL", "RECYCLE",
+           "SIGNALS", "THROTTLED", "TLS", "TRANSIENT", "Signal", "match", "suggested_delay"]
 
 CREDENTIALS = "credentials"
 CAPACITY = "capacity"
@@ -34,6 +36,9 @@ RECYCLE = "recycle"
 NETWORK = "network"
 TLS = "tls"
 PROTOCOL = "protocol"
+#: What the daemon tells servers in RFC 2971 ID: its name and version, nothing about users.
+CLIENT_ID = {"name": "rebreak-idle", "version": __version__}
+
 CLASSES = (CREDENTIALS, CAPACITY, THROTTLED, TRANSIENT, RECYCLE, NETWORK, TLS, PROTOCOL)
 
 

@@ -98,7 +98,18 @@ class Daemon(MultiService):
 
     def _new_session(self, account: Account) -> IService:
         return MailboxSession(account, self._session_settings, self.store, self.scans.request,
-                              self.reactor, memory=self.marks, timers=self.timers)
+                              self.reactor, memory=self.marks, timers=self.timers,
+                              reread=self._reread)
+
+    def _reread(self, account_id: str) -> Deferred:
+        """One account's row read again and decoded (a refused OAuth token)."""
+        decode = self.supervisor.decode
+
+        def decoded(row: Any) -> Account | None:
+            account = None if row is None else decode(row)
+            return account if isinstance(account, Account) else None
+
+        return self.store.one(account_id).addCallback(decoded)
 
     def _owned_changed(self) -> None:
         self.supervisor.request_refresh()

@@ -44,7 +44,7 @@ from .connecting import (
 from .failures import describe
 from .interfaces import IRecorder, ISession, OnNewMail
 from .marks import MailboxMark, MailboxMemory
-from .providers import CREDENTIALS, RECYCLE
+from .providers import CLIENT_ID, CREDENTIALS, RECYCLE
 from .reconnect import (
     CLOSED,
     HEALTHY_AFTER,
@@ -55,6 +55,7 @@ from .reconnect import (
     settle,
 )
 from .session_state import State, check_transition, state_gauge
+from .tokens import Reread, fresher_account
 from .wheel import TimerWheel
 
 __all__ = ["MailboxSession", "State", "timer_resolution"]
@@ -105,8 +106,10 @@ class MailboxSession(Service):
         endpoint: IStreamClientEndpoint | None = None,
         jitter: Callable[[], float] | None = None,
         timers: TimerWheel | None = None,
+        reread: Reread | None = None,
     ) -> None:
         self.account = account
+        self._reread = reread
         self._settings = settings
         self._recorder = recorder
         self._on_new_mail = on_new_mail
@@ -199,6 +202,14 @@ class MailboxSession(Service):
         stopped = goodbye.addCallback(lambda _: service.stopService())
         stopped.addBoth(finished)
         return stopped
+
+    def renew_secret(self, account: Account) -> bool:
+        """Take ``account``'s newer OAuth token for the next login, keeping the connection;
+        False (the caller restarts the session) while waiting out a credential hold-off."""
+        if self.state is State.AUTH_FAILED:
+            return False
+        self.account = account
+        return True
 
     @property
     def last_heartbeat_at(self) -> float | None:
@@ -316,12 +327,24 @@ class MailboxSession(Service):
             await client.startTLS(self._tls_options())
         self._set_state(State.AUTHENTICATING)
         if account.auth_method == "xoauth2":
-            await client.login_xoauth2(account.username, account.secret)
+            try:
+                await client.login_xoauth2(account.username, account.secret)
+            except imap.AuthenticationFailed as refused:
+                # a refused token: the backend may have written a newer one since
+                fresh = None
+                if classify(Failure(refused)).kind == CREDENTIALS:
+                    fresh = await fresher_account(self._reread, account)
+                if fresh is None or client is not self._client or not self.running:
+                    raise
+                self.account = account = fresh
+                await client.login_xoauth2(account.username, account.secret)
         else:
             await client.login(account.username, account.secret)
         self._recorder.clear_error(account.id)
         self._last_error = self._last_error_at = None
         self._strikes = 0
+        if client.has_id:  # RFC 2971; some servers (163.com) refuse SELECT without it
+            await client.id(CLIENT_ID).addErrback(_ignore)
         self._set_state(State.SELECTING)
         mark = MailboxMark.from_select(await client.select())
         self._exists = mark.exists

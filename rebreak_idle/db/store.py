@@ -59,7 +59,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -85,6 +85,8 @@ ACTIVE_SQL = (
     "FROM rebreak.mail_connections WHERE is_active"
 )
 _ACTIVE_KEYS = (*COLUMNS, "last_connect_error", "heartbeat_age")
+#: One account's row, as ACTIVE_SQL reads it (a refused OAuth token re-reads its row).
+ONE_SQL = ACTIVE_SQL + " AND id = %s::uuid"
 
 HEARTBEATS_SQL = (
     "UPDATE rebreak.mail_connections AS m SET last_idle_heartbeat_at = v.at "
@@ -154,6 +156,15 @@ class AccountStore(Service):
         or None)."""
         d = self.pool.run_query(ACTIVE_SQL)
         d.addCallback(lambda rows: [dict(zip(_ACTIVE_KEYS, row, strict=True)) for row in rows])
+        return d
+
+    def one(self, account_id: str) -> Deferred:
+        """Fire with one active account's row (as :meth:`active` gives it) or None."""
+        if not _valid_id(account_id):
+            return succeed(None)
+        d = self.pool.run_query(ONE_SQL, (account_id,))
+        d.addCallback(lambda rows: dict(zip(_ACTIVE_KEYS, rows[0], strict=True))
+                      if rows else None)
         return d
 
     # -- IRecorder ------------------------------------------------------------------
