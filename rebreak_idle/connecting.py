@@ -63,17 +63,23 @@ def enable_keepalive(transport: Any) -> None:
 
 
 def server_endpoint(reactor: Any, account: Account, timeout: float,
-                    tls_options: Callable[[], Any]) -> IStreamClientEndpoint:
+                    tls_options: Callable[[], Any],
+                    bind: str | None = None) -> IStreamClientEndpoint:
     """The endpoint of ``account``'s server: IP literals without the resolver (no thread
-    hop per connect), names through HostnameEndpoint, implicit TLS around either."""
+    hop per connect), names through HostnameEndpoint, implicit TLS around either;
+    ``bind``: the local source address (REBREAK_SOURCE_ADDRESSES)."""
     host, seconds = account.host, max(1, int(timeout))
+    local = None if bind is None else (bind, 0)
     endpoint: IStreamClientEndpoint
     if isIPAddress(host):
-        endpoint = TCP4ClientEndpoint(reactor, host, account.port, timeout=seconds)
+        endpoint = TCP4ClientEndpoint(reactor, host, account.port, timeout=seconds,
+                                      bindAddress=local)
     elif isIPv6Address(host):
-        endpoint = TCP6ClientEndpoint(reactor, host, account.port, timeout=seconds)
+        endpoint = TCP6ClientEndpoint(reactor, host, account.port, timeout=seconds,
+                                      bindAddress=local)
     else:
-        endpoint = HostnameEndpoint(reactor, host, account.port, timeout=seconds)
+        endpoint = HostnameEndpoint(reactor, host, account.port, timeout=seconds,
+                                    bindAddress=local)
     if account.security == "tls":
         endpoint = TLSClientEndpoint(tls_options(), endpoint)
     return endpoint

@@ -47,6 +47,8 @@ MAX_HOLDOFF = 86400.0
 #: Capacity refusals wait ``CAPACITY_WAIT * 2 ** (attempt - 1)``, at most CAPACITY_MAX.
 CAPACITY_WAIT = 120.0
 CAPACITY_MAX = 3600.0
+#: This many connections in a row closed before the greeting: a connection limit.
+EARLY_CLOSES = 3
 #: Throttled without a suggested delay: wait at least this.
 THROTTLE_WAIT = 60.0
 
@@ -156,14 +158,19 @@ def credentials_rejected(outcome: Outcome) -> bool:
     return outcome.kind == CREDENTIALS
 
 
-def settle(outcome: Outcome, *, ready: bool, uptime: float, healthy_after: float) -> Outcome:
+def settle(outcome: Outcome, *, ready: bool, uptime: float, healthy_after: float,
+           early_closes: int = 0) -> Outcome:
     """Fix the class with what the session knows: a recycle text counts only after a
     connection that was ready for ``healthy_after`` seconds (else it is transient trouble);
-    a bare close after :data:`RECYCLE_AFTER` seconds of a ready connection is a recycle."""
+    a bare close after :data:`RECYCLE_AFTER` seconds of a ready connection is a recycle;
+    the :data:`EARLY_CLOSES`-th connection in a row closed before the greeting is capacity
+    (a per-IP limit such as Courier's ``MAXPERIP`` closes before greeting)."""
     if outcome.kind == RECYCLE and not (ready and uptime >= healthy_after):
         outcome.kind = TRANSIENT
     elif outcome.kind == NETWORK and outcome.weak and ready and uptime >= RECYCLE_AFTER:
         outcome.kind = RECYCLE
+    elif outcome.kind == NETWORK and outcome.weak and early_closes >= EARLY_CLOSES:
+        outcome.kind = CAPACITY
     return outcome
 
 

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 
 from . import gc_tuning
 from .account import Account, InvalidAccount, account_from_row
+from .budget import HostBudget
 from .config import (
     Settings,
     scan_settings,
@@ -30,6 +31,7 @@ from .config import (
     status_settings,
     supervisor_settings,
 )
+from .db.holdoffs import HoldoffStore
 from .db.store import AccountStore
 from .marks import MailboxMemory
 from .scan import ScanTrigger
@@ -61,9 +63,17 @@ class Daemon(MultiService):
         #: what the sessions last saw of each mailbox (outlives a restarted session)
         self.marks = MailboxMemory()
         self._session_settings = session_settings(settings)
+        #: per IMAP host: the login budget and the connection limit (docs/providers.md)
+        self.budget = HostBudget(reactor, rate=settings.host_login_rate,
+                                 burst=settings.host_login_burst,
+                                 max_connections=settings.host_max_connections,
+                                 sources=settings.source_addresses)
         self.store = AccountStore(settings.database_url, reactor,
                                   flush_interval=settings.write_flush_interval,
                                   shutdown_timeout=settings.shutdown_timeout)
+        #: credential hold-offs that survive restarts (rebreak_idle.account_holdoff)
+        self.holdoffs = HoldoffStore(self.store.pool.run_query, self.store.pool.run_operation,
+                                     settings.key_bytes)
         self.scans = ScanTrigger(scan_settings(settings), reactor)
         self.scans.setServiceParent(self)
         self.store.setServiceParent(self)
@@ -99,7 +109,8 @@ class Daemon(MultiService):
     def _new_session(self, account: Account) -> IService:
         return MailboxSession(account, self._session_settings, self.store, self.scans.request,
                               self.reactor, memory=self.marks, timers=self.timers,
-                              reread=self._reread)
+                              reread=self._reread, budget=self.budget,
+                              holdoffs=self.holdoffs)
 
     def _reread(self, account_id: str) -> Deferred:
         """One account's row read again and decoded (a refused OAuth token)."""

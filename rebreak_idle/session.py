@@ -32,7 +32,9 @@ from zope.interface import implementer
 from . import imap, metrics
 from .account import Account
 from .backoff import Backoff, format_delay
+from .budget import HostBudget
 from .config import SessionSettings, Settings
+from .db.holdoffs import HoldoffStore
 from .connecting import (
     ClientFactory,
     QuietClientService,
@@ -44,18 +46,11 @@ from .connecting import (
 from .failures import describe
 from .interfaces import IRecorder, ISession, OnNewMail
 from .marks import MailboxMark, MailboxMemory
-from .providers import CLIENT_ID, CREDENTIALS, RECYCLE
-from .reconnect import (
-    CLOSED,
-    HEALTHY_AFTER,
-    Outcome,
-    SessionError,
-    classify,
-    reaction,
-    settle,
-)
+from .providers import CLIENT_ID, CREDENTIALS
+from .reconnect import CLOSED, HEALTHY_AFTER, Outcome, SessionError, classify, reaction
 from .session_state import State, check_transition, state_gauge
-from .tokens import Reread, fresher_account
+from .session_providers import ProviderLimits
+from .tokens import Reread
 from .wheel import TimerWheel
 
 __all__ = ["MailboxSession", "State", "timer_resolution"]
@@ -85,7 +80,7 @@ def _iso(t: float | None) -> str | None:
 
 
 @implementer(ISession)
-class MailboxSession(Service):
+class MailboxSession(ProviderLimits, Service):
     """Keeps one account watched for as long as the service runs. ``reactor``: IReactorTCP
     and IReactorTime. ``memory``: the daemon's :class:`~rebreak_idle.marks.MailboxMemory`
     (default: one of its own). ``tls_creator(hostname)``: the TLS connection creator
@@ -107,9 +102,11 @@ class MailboxSession(Service):
         jitter: Callable[[], float] | None = None,
         timers: TimerWheel | None = None,
         reread: Reread | None = None,
+        budget: HostBudget | None = None,
+        holdoffs: HoldoffStore | None = None,
     ) -> None:
         self.account = account
-        self._reread = reread
+        self._init_limits(reread, budget, holdoffs)
         self._settings = settings
         self._recorder = recorder
         self._on_new_mail = on_new_mail
@@ -151,6 +148,12 @@ class MailboxSession(Service):
             return
         super().startService()
         self._backoff.reset()
+        self._begin()
+
+    def _start_client(self) -> None:
+        self._timer = None
+        if not self.running or self._service is not None:
+            return
         endpoint = SessionEndpoint(self._reactor, self._make_endpoint, self._attempt_started,
                                    self._transport_connected, self._connect_failed)
         factory = ClientFactory(
@@ -172,7 +175,9 @@ class MailboxSession(Service):
         super().stopService()
         self._cancel_timer()
         service, self._service = self._service, None
-        assert service is not None
+        if service is None:  # still waiting out a hold-off of an earlier run
+            self._set_state(State.STOPPED)
+            return succeed(None)
         clock = self._reactor
         deadline = min(STOP_DEADLINE, self._settings.shutdown_timeout / 2)
         client = self._client
@@ -193,6 +198,7 @@ class MailboxSession(Service):
         def finished(result: object) -> None:
             if watchdog.active():
                 watchdog.cancel()
+            self._release()
             self._set_state(State.STOPPED)
             if isinstance(result, Failure):
                 log.failure("{label} stopping the connection failed", result,
@@ -202,14 +208,6 @@ class MailboxSession(Service):
         stopped = goodbye.addCallback(lambda _: service.stopService())
         stopped.addBoth(finished)
         return stopped
-
-    def renew_secret(self, account: Account) -> bool:
-        """Take ``account``'s newer OAuth token for the next login, keeping the connection;
-        False (the caller restarts the session) while waiting out a credential hold-off."""
-        if self.state is State.AUTH_FAILED:
-            return False
-        self.account = account
-        return True
 
     @property
     def last_heartbeat_at(self) -> float | None:
@@ -234,6 +232,7 @@ class MailboxSession(Service):
                                                         "count": exists[1]},
             "last_scan_reason": self._last_scan_reason,
             "last_end_class": self._last_class,
+            "queued": self._queued,
         }
 
     # -- state --------------------------------------------------------------------------
@@ -269,12 +268,6 @@ class MailboxSession(Service):
 
     # -- connecting ---------------------------------------------------------------------
 
-    def _make_endpoint(self) -> IStreamClientEndpoint:
-        if self._endpoint is not None:
-            return self._endpoint
-        return server_endpoint(self._reactor, self.account, self._settings.command_timeout,
-                               self._tls_options)
-
     def _tls_options(self) -> Any:
         if self._tls_creator is not None:
             return self._tls_creator(self.account.host)
@@ -282,6 +275,7 @@ class MailboxSession(Service):
 
     def _attempt_started(self) -> None:
         self._outcome = None
+        self._release()
         self._detach()
         self._set_state(State.CONNECTING)
 
@@ -327,22 +321,12 @@ class MailboxSession(Service):
             await client.startTLS(self._tls_options())
         self._set_state(State.AUTHENTICATING)
         if account.auth_method == "xoauth2":
-            try:
-                await client.login_xoauth2(account.username, account.secret)
-            except imap.AuthenticationFailed as refused:
-                # a refused token: the backend may have written a newer one since
-                fresh = None
-                if classify(Failure(refused)).kind == CREDENTIALS:
-                    fresh = await fresher_account(self._reread, account)
-                if fresh is None or client is not self._client or not self.running:
-                    raise
-                self.account = account = fresh
-                await client.login_xoauth2(account.username, account.secret)
+            account = await self._login_xoauth2(client, account)
         else:
             await client.login(account.username, account.secret)
         self._recorder.clear_error(account.id)
         self._last_error = self._last_error_at = None
-        self._strikes = 0
+        self._logged_in()
         if client.has_id:  # RFC 2971; some servers (163.com) refuse SELECT without it
             await client.id(CLIENT_ID).addErrback(_ignore)
         self._set_state(State.SELECTING)
@@ -360,6 +344,8 @@ class MailboxSession(Service):
             state = State.POLLING
         self._idle_since = self._reactor.seconds()
         self._set_state(state)
+        if self._slot is not None:
+            self._slot.ready()
         self._heartbeat()
         log.info("[idle/{email}] connected ({host}:{port})", email=account.email,
                  host=account.host, port=account.port, account_id=account.id,
@@ -510,28 +496,21 @@ class MailboxSession(Service):
         now = self._reactor.seconds()
         uptime = now - self._since
         healthy = self.state.ready and uptime >= self._healthy_after
-        settle(outcome, ready=self.state.ready, uptime=uptime,
-               healthy_after=self._healthy_after)
+        self._settle(outcome, uptime)
+        self._release()
         self._detach()
         self._cancel_timer()
         delay, held_off = reaction(outcome, self._backoff,
                                    self._settings.auth_failure_holdoff, healthy,
                                    strikes=self._strikes)
-        self._strikes += outcome.kind == CREDENTIALS
+        if outcome.kind == CREDENTIALS:
+            self._strike(now + delay)
         self._delay = delay
         self._last_class = outcome.kind
         self._set_state(State.AUTH_FAILED if held_off else State.BACKOFF)
         metrics.RECONNECTS.labels(cause=outcome.cause).inc()
         metrics.CONNECTION_ENDS.labels(outcome.kind).inc()
-        if outcome.kind == RECYCLE:  # routine: the mailbox is fine, nothing to record
-            log.info("[idle/{email}] connection recycled by the server: {reason}",
-                     email=account.email, reason=outcome.text, account_id=account.id)
-        else:
-            self._last_error, self._last_error_at = outcome.text, now
-            self._recorder.record_error(account.id, outcome.text)
-            log.warn("[idle/{email}] connect failed: {error}", email=account.email,
-                     error=outcome.text, cause=outcome.cause, kind=outcome.kind,
-                     account_id=account.id)
+        self._report(outcome, now)
         log.info("[idle/{email}] reconnecting in {delay}s (attempt {attempt})",
                  email=account.email, delay=format_delay(delay),
                  attempt=max(1, self._backoff.attempt), account_id=account.id)

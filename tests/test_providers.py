@@ -124,6 +124,20 @@ class SettleTests(SynchronousTestCase):
                          "network")
 
 
+class EarlyCloseTests(SynchronousTestCase):
+    def test_closed_before_the_greeting_again_and_again_is_capacity(self) -> None:
+        def kind(n: int) -> str:
+            closed = Outcome("network", "connection closed by server", weak=True)
+            return settle(closed, ready=False, uptime=0, healthy_after=120,
+                          early_closes=n).kind
+
+        self.assertEqual([kind(n) for n in range(1, 5)],
+                         ["network", "network", "capacity", "capacity"])
+        refused = Outcome("network", "connection refused")
+        self.assertEqual(settle(refused, ready=False, uptime=0, healthy_after=120,
+                                early_closes=5).kind, "network")
+
+
 class ReactionTests(SynchronousTestCase):
     def backoff(self) -> Backoff:
         return Backoff(5, 300, jitter=lambda: 0.0)

@@ -134,6 +134,8 @@ class ScriptedConnection(LineOnlyReceiver):
     def connectionMade(self) -> None:
         s = self.server
         s.connections.append(self)
+        peer = self.transport.getPeer() if self.transport is not None else None
+        self.peer = getattr(peer, "host", None)  # the client's (source) address
         if self.fault == "bye-greeting":
             self.send("* BYE [UNAVAILABLE] maintenance, come back later")
             self.transport.loseConnection()

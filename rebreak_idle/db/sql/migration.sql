@@ -2,3 +2,11 @@
 ALTER TABLE rebreak.mail_connections ADD COLUMN IF NOT EXISTS last_connect_error text;
 ALTER TABLE rebreak.mail_connections ADD COLUMN IF NOT EXISTS last_connect_error_at timestamptz;
 ALTER TABLE rebreak.mail_connections ADD COLUMN IF NOT EXISTS last_idle_heartbeat_at timestamptz;
+-- The daemon's own table: credential hold-offs that survive restarts (db/holdoffs.py).
+CREATE SCHEMA IF NOT EXISTS rebreak_idle;
+CREATE TABLE IF NOT EXISTS rebreak_idle.account_holdoff (
+    connection_id uuid PRIMARY KEY,
+    strikes       integer NOT NULL,
+    until         timestamptz NOT NULL,
+    secret_tag    text NOT NULL
+);
