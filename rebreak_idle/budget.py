@@ -34,6 +34,8 @@ __all__ = ["GatedEndpoint", "HostBudget", "Slot"]
 
 log = Logger(namespace="rebreak_idle.budget")
 
+#: A token, give or take float rounding.
+_ONE = 1.0 - 1e-9
 #: A wave of at least this many queued attempts is logged when it has settled.
 WAVE_LOGGED = 10
 
@@ -135,7 +137,7 @@ class HostBudget:
         if not h.queue:
             self._refill(h)
             source = self._free_source(h)
-            if source is not False and (self.rate is None or h.tokens >= 1.0):
+            if source is not False and (self.rate is None or h.tokens >= _ONE):
                 return succeed(self._grant(h, source, in_wave=False))
 
         def leave(d: Deferred) -> None:
@@ -165,7 +167,7 @@ class HostBudget:
             h.tokens = min(self.burst, h.tokens + (now - h.stamp) * self.rate)
         h.stamp = now
 
-    def _free_source(self, h: _Host) -> str | None | bool:
+    def _free_source(self, h: _Host) -> str | bool | None:
         """The least used source address with room, or False when all are full."""
         best = min(h.open, key=lambda s: h.open[s])
         if self.max_connections is not None and h.open[best] >= self.max_connections:
@@ -186,9 +188,10 @@ class HostBudget:
             source = self._free_source(h)
             if source is False:
                 return  # a release admits the next
-            if self.rate is not None and h.tokens < 1.0:
+            if self.rate is not None and h.tokens < _ONE:
                 if h.timer is None or not h.timer.active():
-                    wait = (1.0 - h.tokens) / self.rate
+                    # at least a millisecond: float rounding must not make a Zeno loop
+                    wait = max((1.0 - h.tokens) / self.rate, 0.001)
                     h.timer = self.clock.callLater(wait, self._tick, h)
                 return
             d = h.queue.popleft()

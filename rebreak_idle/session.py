@@ -34,22 +34,21 @@ from .account import Account
 from .backoff import Backoff, format_delay
 from .budget import HostBudget
 from .config import SessionSettings, Settings
-from .db.holdoffs import HoldoffStore
 from .connecting import (
     ClientFactory,
     QuietClientService,
     SessionEndpoint,
     enable_keepalive,
-    server_endpoint,
     shared_tls_creator,
 )
+from .db.holdoffs import HoldoffStore
 from .failures import describe
 from .interfaces import IRecorder, ISession, OnNewMail
 from .marks import MailboxMark, MailboxMemory
 from .providers import CLIENT_ID, CREDENTIALS
 from .reconnect import CLOSED, HEALTHY_AFTER, Outcome, SessionError, classify, reaction
-from .session_state import State, check_transition, state_gauge
 from .session_providers import ProviderLimits
+from .session_state import State, check_transition, state_gauge
 from .tokens import Reread
 from .wheel import TimerWheel
 

@@ -28,20 +28,15 @@ class TokenBucketTests(SynchronousTestCase):
     def test_5000_attempts_are_paced_at_the_rate(self) -> None:
         clock = Clock()
         budget = HostBudget(clock, rate=20.0, burst=50)
-        boxes = grants(budget, "imap.gmx.net", 5000)
         granted_at: list[float] = []
-
-        def count() -> None:
-            while len(granted_at) < sum(1 for b in boxes if b):
-                granted_at.append(clock.seconds())
-
-        count()
+        for _ in range(5000):
+            budget.acquire("imap.gmx.net").addCallback(
+                lambda _slot: granted_at.append(clock.seconds()))
         self.assertEqual(len(granted_at), 50)  # the burst at once
         self.assertEqual(budget.queued("imap.gmx.net"), 4950)
         self.assertEqual(len(clock.getDelayedCalls()), 1)  # one timer for the host
         while budget.queued():
             clock.advance(0.05)
-            count()
             self.assertLessEqual(len(clock.getDelayedCalls()), 1)
         self.assertEqual(len(granted_at), 5000)
         # no second of the wave admits more than the rate (after the burst)
@@ -56,13 +51,14 @@ class TokenBucketTests(SynchronousTestCase):
     def test_cancelled_attempt_leaves_the_queue(self) -> None:
         clock = Clock()
         budget = HostBudget(clock, rate=1.0, burst=1)
+        gauge = metrics.REGISTRY.get_sample_value("rebreak_idle_login_queue") or 0
         first, second = budget.acquire("h"), budget.acquire("h")
         self.assertTrue(first.called)
         self.assertEqual(budget.queued("h"), 1)
         second.cancel()
         self.failureResultOf(second, CancelledError)
         self.assertEqual(budget.queued("h"), 0)
-        self.assertEqual(metrics.REGISTRY.get_sample_value("rebreak_idle_login_queue"), 0)
+        self.assertEqual(metrics.REGISTRY.get_sample_value("rebreak_idle_login_queue"), gauge)
 
     def test_unlimited_budget_is_not_in_the_way(self) -> None:
         budget = HostBudget(Clock())

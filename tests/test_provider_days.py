@@ -21,7 +21,8 @@ DAY = 86400.0
 HOUR = 3600.0
 
 
-def account(n: int = 0, *, method: str = "password", secret: str = "right") -> Account:
+def account(n: int = 0, *, method: str = "password",
+            secret: str = "right") -> Account:  # noqa: S107
     return Account(id=f"acc-{n}", user_id=f"user-{n}", email=f"u{n}@provider.test",
                    host="127.0.0.1", port=143, security="plain", username=f"u{n}",
                    auth_method=method, secret=secret)
@@ -122,7 +123,8 @@ class ProfileDayTests(SynchronousTestCase):
             sim = Sim(self, name, [account(method=method)])
             sim.start()
             sim.run(DAY)
-            logins = sim.server.logins
+            logins = sim.logins_between(0, DAY)
+            sim.run(10)  # a recycle at the very end of the day is back
             gap = max(sim.gaps, default=0.0)
             FIGURES[name] = (logins, gap)
             self.assertEqual(sim.recorder.errors, [], name)
@@ -163,7 +165,8 @@ class ProviderSignalTests(SynchronousTestCase):
         self.assertEqual(sim.recorder.errors, [])
         self.assertEqual(sim.lines("connect failed"), [])
         self.assertEqual(len(sim.lines("connection recycled by the server: Session "
-                                       "invalidated - AccessTokenExpired")), 24)
+                                       "invalidated - AccessTokenExpired")),
+                         sim.server.logins - 1)
         self.assertLessEqual(max(sim.gaps), 5.0)
         self.assertTrue(all("(attempt 1)" in line for line in sim.lines("reconnecting in")))
 
@@ -177,7 +180,8 @@ class ProviderSignalTests(SynchronousTestCase):
         self.assertLessEqual(sim.server.logins, 1 + 4)
         sim.run(400)
         self.assertEqual(sim.sessions[0].state, State.IDLE)
-        throttled = [t for _, _, t in sim.recorder.errors]
+        closed, *throttled = [t for _, _, t in sim.recorder.errors]
+        self.assertEqual(closed, "connection closed by server")
         self.assertTrue(throttled and all("Request is throttled" in t for t in throttled))
 
     def test_wrong_password_costs_a_few_logins_a_day(self) -> None:
