@@ -44,7 +44,8 @@ RECYCLE_AFTER = 600.0
 RECYCLE_DELAY = (1.0, 4.0)
 #: The credential hold-off doubles on each repeat up to this (or the configured hold-off).
 MAX_HOLDOFF = 86400.0
-#: Capacity refusals wait ``CAPACITY_WAIT * 2 ** (attempt - 1)``, at most CAPACITY_MAX.
+#: Capacity refusals retry once after the normal backoff, then wait
+#: ``CAPACITY_WAIT * 2 ** (attempt - 2)``, at most CAPACITY_MAX.
 CAPACITY_WAIT = 120.0
 CAPACITY_MAX = 3600.0
 #: This many connections in a row closed before the greeting: a connection limit.
@@ -205,8 +206,8 @@ def reaction(outcome: Outcome, backoff: Backoff, holdoff: float,
         return Reaction(low + span * backoff.jitter(), False)
     delay = backoff.next()
     stretch = 1.0 + backoff.spread * backoff.jitter()
-    if kind == CAPACITY:
-        wait = min(CAPACITY_WAIT * 2.0 ** min(backoff.attempt - 1, 32), CAPACITY_MAX)
+    if kind == CAPACITY and backoff.attempt > 1:  # the first retry: a slot may free up
+        wait = min(CAPACITY_WAIT * 2.0 ** min(backoff.attempt - 2, 32), CAPACITY_MAX)
         delay = max(delay, wait * stretch)
     elif kind == THROTTLED:
         delay = max(delay, (outcome.hint or THROTTLE_WAIT) * stretch)

@@ -154,7 +154,7 @@ class ReactionTests(SynchronousTestCase):
         backoff = self.backoff()
         cap = Outcome("auth", "[ALERT] Too many simultaneous connections. (Failure)")
         delays = [reaction(cap, backoff, 1800) for _ in range(7)]
-        self.assertEqual([d.delay for d in delays], [120, 240, 480, 960, 1920, 3600, 3600])
+        self.assertEqual([d.delay for d in delays], [5, 120, 240, 480, 960, 1920, 3600])
         self.assertFalse(any(d.held_off for d in delays))
 
     def test_throttled_waits_for_the_suggested_delay(self) -> None:

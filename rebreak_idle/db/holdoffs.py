@@ -24,6 +24,7 @@ __all__ = ["HOLDOFFS_SQL", "Holdoff", "HoldoffStore", "secret_tag"]
 
 log = Logger(namespace="rebreak_idle.holdoffs")
 
+#: The table (also in db/sql/migration.sql, which creates it).
 HOLDOFFS_SQL = """
 CREATE SCHEMA IF NOT EXISTS rebreak_idle;
 CREATE TABLE IF NOT EXISTS rebreak_idle.account_holdoff (
@@ -75,8 +76,8 @@ class HoldoffStore:
         d: Deferred = Deferred()
         self._waiters.append((account_id, d))
         if self._loading is None:
-            self._loading = self._operation(HOLDOFFS_SQL).addCallback(
-                lambda _: self._query(_LOAD_SQL))
+            # the table comes with the migration (db/sql/migration.sql)
+            self._loading = self._query(_LOAD_SQL)
             self._loading.addCallbacks(self._read, self._unreadable)
         return d
 
