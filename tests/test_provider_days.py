@@ -150,6 +150,8 @@ class ProviderSignalTests(SynchronousTestCase):
         errors = {text for _, _, text in sim.recorder.errors}
         self.assertEqual(errors, {"[ALERT] Too many simultaneous connections. (Failure)"})
         self.assertEqual(sim.sessions[0].snapshot()["last_end_class"], "capacity")
+        print(f"\ngmail over the cap: {sim.server.logins} logins in a day, "
+              f"{sim.logins_between(0, HOUR)} in the first hour")
         # a slot frees up: watched again within the longest wait
         sim.server.other_clients["u0"] = 10
         sim.run(1.25 * HOUR + 1)
@@ -193,6 +195,8 @@ class ProviderSignalTests(SynchronousTestCase):
         self.assertLessEqual(first_day, 7)
         sim.run(2 * DAY)
         self.assertLessEqual(sim.server.logins - first_day, 3)  # one a day
+        print(f"\nwrong password: {first_day} logins on day 1, "
+              f"{sim.server.logins - first_day} on days 2-3")
         self.assertEqual(sim.sessions[0].state, State.AUTH_FAILED)
 
     def test_dovecot_connection_limit_is_capacity(self) -> None:
