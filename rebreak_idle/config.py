@@ -8,6 +8,7 @@ never repeats a secret value.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from collections.abc import Mapping
@@ -104,6 +105,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("scan_min_interval", "REBREAK_SCAN_MIN_INTERVAL", "seconds between two new-mail scans "
            "of one account at least (the first after a quiet spell goes out at once)", 5.0,
            "seconds"),
+    Option("host_login_rate", "REBREAK_HOST_LOGIN_RATE", "connection attempts per second to "
+           "one IMAP host at most, all sessions together, at start-up and on every reconnect "
+           "(unset: no limit)", kind="number"),
+    Option("host_login_burst", "REBREAK_HOST_LOGIN_BURST", "attempts to one host allowed at "
+           "once before REBREAK_HOST_LOGIN_RATE paces them", 10, "int"),
+    Option("host_max_connections", "REBREAK_HOST_MAX_CONNECTIONS", "open connections to one "
+           "IMAP host at most, per source address (unset: no limit); sessions beyond wait, "
+           "queued", kind="int"),
+    Option("source_addresses", "REBREAK_SOURCE_ADDRESSES", "comma-separated local IP "
+           "addresses to spread IMAP connections over (unset: the system's choice)",
+           kind="addresses"),
 )
 
 _BY_ATTR = {o.attr: o for o in OPTIONS}
@@ -143,6 +155,10 @@ class Settings:
     lease_renew: float = 10.0
     allow_private_hosts: tuple[str, ...] = ()
     scan_min_interval: float = 5.0
+    host_login_rate: float | None = None
+    host_login_burst: int = 10
+    host_max_connections: int | None = None
+    source_addresses: tuple[str, ...] = ()
 
     @property
     def key_bytes(self) -> bytes:
@@ -198,6 +214,17 @@ def _url(opt: Option, raw: str) -> str:
     return raw.rstrip("/")
 
 
+def _addresses(opt: Option, raw: str) -> tuple[str, ...]:
+    found = []
+    for part in raw.split(","):
+        part = part.strip()
+        try:
+            found.append(str(ipaddress.ip_address(part)))
+        except ValueError:
+            raise ConfigError(f"{opt.env} must list IP addresses, got {part!r}") from None
+    return tuple(found)
+
+
 def _convert(opt: Option, raw: str) -> Any:
     if opt.kind in ("seconds", "number"):
         return _positive(opt, raw)
@@ -210,6 +237,8 @@ def _convert(opt: Option, raw: str) -> Any:
         if value not in opt.choices:
             raise ConfigError(f"{opt.env} must be one of {', '.join(opt.choices)}, got {raw!r}")
         return value
+    if opt.kind == "addresses":
+        return _addresses(opt, raw)
     if opt.kind == "path":
         if not os.path.isfile(raw):
             raise ConfigError(f"{opt.env} names no readable file: {raw}")

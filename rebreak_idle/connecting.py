@@ -79,21 +79,28 @@ def enable_keepalive(transport: Any) -> None:
 
 def server_endpoint(reactor: Any, account: Account, timeout: float,
                     tls_options: Callable[[], Any],
-                    policy: DestinationPolicy | None = None) -> IStreamClientEndpoint:
+                    policy: DestinationPolicy | None = None,
+                    bind: str | None = None) -> IStreamClientEndpoint:
     """The endpoint of ``account``'s server: IP literals without the resolver (no thread
     hop per connect), names through HostnameEndpoint, implicit TLS around either; with
     ``policy``, the address each TCP connection reached is checked before TLS or IMAP
-    sees a byte (:class:`CheckedEndpoint`)."""
+    sees a byte (:class:`CheckedEndpoint`); ``bind``: the local source address
+    (REBREAK_SOURCE_ADDRESSES)."""
     host, seconds = account.host, max(1, int(timeout))
+    local = None if bind is None else (bind, 0)
     endpoint: IStreamClientEndpoint
     if isIPAddress(host):  # an address literal: checked with the row
-        endpoint = TCP4ClientEndpoint(reactor, host, account.port, timeout=seconds)
+        endpoint = TCP4ClientEndpoint(reactor, host, account.port, timeout=seconds,
+                                      bindAddress=local)
     elif isIPv6Address(host):
-        endpoint = TCP6ClientEndpoint(reactor, host, account.port, timeout=seconds)
+        endpoint = TCP6ClientEndpoint(reactor, host, account.port, timeout=seconds,
+                                      bindAddress=local)
     elif policy is not None:
-        endpoint = CheckedHostnameEndpoint(reactor, host, account.port, seconds, policy)
+        endpoint = CheckedHostnameEndpoint(reactor, host, account.port, seconds, policy,
+                                           bind_address=local)
     else:
-        endpoint = HostnameEndpoint(reactor, host, account.port, timeout=seconds)
+        endpoint = HostnameEndpoint(reactor, host, account.port, timeout=seconds,
+                                    bindAddress=local)
     if account.security == "tls":
         endpoint = TLSClientEndpoint(tls_options(), endpoint)
     return endpoint
@@ -167,12 +174,13 @@ class CheckedHostnameEndpoint(HostnameEndpoint):
     :class:`~rebreak_idle.destinations.DestinationRefused`. ``resolver``: for tests."""
 
     def __init__(self, reactor: Any, host: str, port: int, timeout: float,
-                 policy: DestinationPolicy, resolver: Any = None) -> None:
+                 policy: DestinationPolicy, resolver: Any = None,
+                 bind_address: tuple[str, int] | None = None) -> None:
         self.policy = policy
         self.host = host
         self.refused: str | None = None
         self._resolver = resolver
-        super().__init__(reactor, host, port, timeout=timeout)
+        super().__init__(reactor, host, port, timeout=timeout, bindAddress=bind_address)
 
     def _getNameResolverAndMaybeWarn(self, reactor: object) -> Any:
         inner = self._resolver

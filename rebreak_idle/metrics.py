@@ -53,3 +53,10 @@ LIVE_REPLICAS = Gauge(
     registry=REGISTRY)
 LEASE_ROUND_FAILURES = Counter(
     "rebreak_idle_lease_round_failures", "Lease renewals/claims that failed", registry=REGISTRY)
+
+CONNECTION_ENDS = Counter(
+    "rebreak_idle_connection_ends", "Connections (or attempts) ended, by class (see "
+    "docs/providers.md)", ["class"], registry=REGISTRY)
+LOGIN_QUEUE = Gauge(
+    "rebreak_idle_login_queue", "Connection attempts waiting for a host's login budget or "
+    "connection limit", registry=REGISTRY)

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from . import gc_tuning
 from .account import Account, InvalidAccount, account_from_row
+from .budget import HostBudget
 from .config import (
     Settings,
     lease_settings,
@@ -32,6 +33,7 @@ from .config import (
     status_settings,
     supervisor_settings,
 )
+from .db.holdoffs import HoldoffStore
 from .db.marks import MarkLoader
 from .db.store import AccountStore
 from .deferreds import within
@@ -65,12 +67,20 @@ class Daemon(MultiService):
         #: the sessions' heartbeat timers and command deadlines, on one reactor timer
         self.timers = TimerWheel(reactor, timer_resolution(settings))
         self._session_settings = session_settings(settings)
+        #: per IMAP host: the login budget and the connection limit (docs/providers.md)
+        self.budget = HostBudget(reactor, rate=settings.host_login_rate,
+                                 burst=settings.host_login_burst,
+                                 max_connections=settings.host_max_connections,
+                                 sources=settings.source_addresses)
         self.store = AccountStore(settings.database_url, reactor,
                                   flush_interval=settings.write_flush_interval,
                                   shutdown_timeout=settings.shutdown_timeout)
         #: the last acknowledged mark of each mailbox (rebreak_idle.mailbox_state): outlives
         #: a restarted session, the process and a replica takeover
         self.marks = MailboxMemory(writer=self.store.record_mark)
+        #: credential hold-offs that survive restarts (rebreak_idle.account_holdoff)
+        self.holdoffs = HoldoffStore(self.store.pool.run_query, self.store.pool.run_operation,
+                                     settings.key_bytes)
         self.scans = ScanTrigger(scan_settings(settings), reactor)
         self.scans.setServiceParent(self)
         self.store.setServiceParent(self)
@@ -109,7 +119,19 @@ class Daemon(MultiService):
 
     def _new_session(self, account: Account) -> IService:
         return MailboxSession(account, self._session_settings, self.store, self.scans.submit,
-                              self.reactor, memory=self.marks, timers=self.timers)
+                              self.reactor, memory=self.marks, timers=self.timers,
+                              reread=self._reread, budget=self.budget,
+                              holdoffs=self.holdoffs)
+
+    def _reread(self, account_id: str) -> Deferred:
+        """One account's row read again and decoded (a refused OAuth token)."""
+        decode = self.supervisor.decode
+
+        def decoded(row: Any) -> Account | None:
+            account = None if row is None else decode(row)
+            return account if isinstance(account, Account) else None
+
+        return self.store.one(account_id).addCallback(decoded)
 
     def _session_removed(self, account_id: str) -> None:
         """No session of the account is left here: forget its scans and its marks (the

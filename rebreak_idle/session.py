@@ -32,22 +32,25 @@ from zope.interface import implementer
 from . import imap, metrics
 from .account import Account
 from .backoff import Backoff, format_delay
+from .budget import HostBudget
 from .config import SessionSettings, Settings
 from .connecting import (
     ClientFactory,
     QuietClientService,
     SessionEndpoint,
     enable_keepalive,
-    server_endpoint,
     shared_tls_creator,
 )
-from .destinations import policy_for
+from .db.holdoffs import HoldoffStore
 from .failures import account_secrets, describe, scrub
 from .folding import EventFold, exists_fold
 from .interfaces import IRecorder, ISession, OnNewMail
 from .marks import MailboxMark, MailboxMemory, status_uidnext
+from .providers import CLIENT_ID, CREDENTIALS
 from .reconnect import CLOSED, HEALTHY_AFTER, Outcome, SessionError, classify, reaction
+from .session_providers import ProviderLimits
 from .session_state import State, check_transition, state_gauge
+from .tokens import Reread
 from .wheel import TimerWheel
 
 __all__ = ["MailboxSession", "State", "timer_resolution"]
@@ -77,7 +80,7 @@ def _iso(t: float | None) -> str | None:
 
 
 @implementer(ISession)
-class MailboxSession(Service):
+class MailboxSession(ProviderLimits, Service):
     """Keeps one account watched for as long as the service runs. ``reactor``: IReactorTCP
     and IReactorTime. ``memory``: the daemon's :class:`~rebreak_idle.marks.MailboxMemory`
     (default: one of its own). ``tls_creator(hostname)``: the TLS connection creator
@@ -98,8 +101,12 @@ class MailboxSession(Service):
         endpoint: IStreamClientEndpoint | None = None,
         jitter: Callable[[], float] | None = None,
         timers: TimerWheel | None = None,
+        reread: Reread | None = None,
+        budget: HostBudget | None = None,
+        holdoffs: HoldoffStore | None = None,
     ) -> None:
         self.account = account
+        self._init_limits(reread, budget, holdoffs)
         self._settings = settings
         self._recorder = recorder
         self._on_new_mail = on_new_mail
@@ -132,6 +139,8 @@ class MailboxSession(Service):
         self._last_scan_reason: str | None = None
         self._delay: float | None = None
         self._exists_log: EventFold | None = None
+        self._strikes = 0  # consecutive credential rejections
+        self._last_class: str | None = None
 
     # -- public -------------------------------------------------------------------------
 
@@ -140,6 +149,12 @@ class MailboxSession(Service):
             return
         super().startService()
         self._backoff.reset()
+        self._begin()
+
+    def _start_client(self) -> None:
+        self._timer = None
+        if not self.running or self._service is not None:
+            return
         endpoint = SessionEndpoint(self._reactor, self._make_endpoint, self._attempt_started,
                                    self._transport_connected, self._connect_failed)
         factory = ClientFactory(
@@ -163,7 +178,9 @@ class MailboxSession(Service):
         if self._exists_log is not None:
             self._exists_log.flush()
         service, self._service = self._service, None
-        assert service is not None
+        if service is None:  # still waiting out a hold-off of an earlier run
+            self._set_state(State.STOPPED)
+            return succeed(None)
         clock = self._reactor
         deadline = min(STOP_DEADLINE, self._settings.shutdown_timeout / 2)
         client = self._client
@@ -184,6 +201,7 @@ class MailboxSession(Service):
         def finished(result: object) -> None:
             if watchdog.active():
                 watchdog.cancel()
+            self._release()
             self._set_state(State.STOPPED)
             if isinstance(result, Failure):
                 log.failure("{label} stopping the connection failed", result,
@@ -221,6 +239,8 @@ class MailboxSession(Service):
             "last_exists": None if exists is None else {"at": _iso(exists[0]),
                                                         "count": exists[1]},
             "last_scan_reason": self._last_scan_reason,
+            "last_end_class": self._last_class,
+            "queued": self._queued,
         }
 
     # -- state --------------------------------------------------------------------------
@@ -263,13 +283,6 @@ class MailboxSession(Service):
 
     # -- connecting ---------------------------------------------------------------------
 
-    def _make_endpoint(self) -> IStreamClientEndpoint:
-        if self._endpoint is not None:
-            return self._endpoint
-        return server_endpoint(self._reactor, self.account, self._settings.command_timeout,
-                               self._tls_options,
-                               policy_for(self._settings.allow_private_hosts))
-
     def _tls_options(self) -> Any:
         if self._tls_creator is not None:
             return self._tls_creator(self.account.host)
@@ -277,6 +290,7 @@ class MailboxSession(Service):
 
     def _attempt_started(self) -> None:
         self._outcome = None
+        self._release()
         self._detach()
         self._set_state(State.CONNECTING)
 
@@ -322,11 +336,14 @@ class MailboxSession(Service):
             await client.startTLS(self._tls_options())
         self._set_state(State.AUTHENTICATING)
         if account.auth_method == "xoauth2":
-            await client.login_xoauth2(account.username, account.secret)
+            account = await self._login_xoauth2(client, account)
         else:
             await client.login(account.username, account.secret)
         self._recorder.clear_error(account.id)
         self._last_error = self._last_error_at = None
+        self._logged_in()
+        if client.has_id:  # RFC 2971; some servers (163.com) refuse SELECT without it
+            await client.id(CLIENT_ID).addErrback(_ignore)
         self._set_state(State.SELECTING)
         mark = MailboxMark.from_select(await client.select())
         self._exists = mark.exists
@@ -345,6 +362,8 @@ class MailboxSession(Service):
             state = State.POLLING
         self._idle_since = self._reactor.seconds()
         self._set_state(state)
+        if self._slot is not None:
+            self._slot.ready()
         self._heartbeat()
         log.info("[idle/{email}] connected ({host}:{port})", email=account.email,
                  host=account.host, port=account.port, account_id=account.id,
@@ -507,22 +526,26 @@ class MailboxSession(Service):
         outcome, self._outcome = self._outcome or CLOSED, None
         account = self.account
         now = self._reactor.seconds()
-        healthy = self.state.ready and now - self._since >= self._healthy_after
+        uptime = now - self._since
+        healthy = self.state.ready and uptime >= self._healthy_after
+        self._settle(outcome, uptime)
+        self._release()
         self._detach()
         self._cancel_timer()
         delay, held_off = reaction(outcome, self._backoff,
-                                   self._settings.auth_failure_holdoff, healthy)
+                                   self._settings.auth_failure_holdoff, healthy,
+                                   strikes=self._strikes)
+        if outcome.kind == CREDENTIALS:
+            self._strike(now + delay)
         self._delay = delay
-        self._last_error, self._last_error_at = outcome.text, now
+        self._last_class = outcome.kind
         self._set_state(State.AUTH_FAILED if held_off else State.BACKOFF)
         metrics.RECONNECTS.labels(cause=outcome.cause).inc()
-        self._recorder.record_error(account.id, outcome.text)
-        log.warn("[idle/{email}] connect failed: {error}", email=account.email,
-                 error=outcome.text, cause=outcome.cause,
-                 account_id=account.id)
+        metrics.CONNECTION_ENDS.labels(outcome.kind).inc()
+        self._report(outcome, now)
         log.info("[idle/{email}] reconnecting in {delay}s (attempt {attempt})",
                  email=account.email, delay=format_delay(delay),
-                 attempt=self._backoff.attempt, account_id=account.id)
+                 attempt=max(1, self._backoff.attempt), account_id=account.id)
 
     def _retry_delay(self, _failed_attempts: int) -> float:
         """ClientService's retry policy, called after :meth:`_connection_ended`: the delay

@@ -48,7 +48,8 @@ _ENDED = frozenset({State.BACKOFF, State.AUTH_FAILED, State.STOPPED})
 
 #: state → the states it may change to
 TRANSITIONS: dict[State, frozenset[State]] = {
-    State.STOPPED: frozenset({State.CONNECTING}),
+    # AUTH_FAILED: a credential hold-off of an earlier run is not over yet
+    State.STOPPED: frozenset({State.CONNECTING, State.AUTH_FAILED}),
     State.CONNECTING: frozenset({State.AUTHENTICATING}) | _ENDED,
     State.AUTHENTICATING: frozenset({State.SELECTING}) | _ENDED,
     State.SELECTING: _READY | _ENDED,

@@ -38,10 +38,17 @@ from .failures import describe, maskable, scrub
 from .interfaces import IAccountSource
 from .live_metrics import LIVE
 from .ramp_progress import RampProgress
+from .tokens import token_only_change
 
 __all__ = ["Decode", "InvalidRow", "Supervisor"]
 
 log = Logger()
+
+
+def _no(account: Account) -> bool:
+    """A session that cannot take a new token without a restart."""
+    return False
+
 
 #: Seconds between a NOTIFY and the refresh it causes (notifications in between coalesce).
 NOTIFY_DEBOUNCE = 1.0
@@ -252,6 +259,9 @@ class Supervisor(MultiService):
             if account is None:
                 self._stop_session(account_id)
             elif account.connection_key != session.account.connection_key:
+                if token_only_change(session.account, account) and \
+                        getattr(session, "renew_secret", _no)(account):
+                    continue  # a refreshed OAuth token: used at the next login
                 log.info("{label} settings changed; restarting the session",
                          label=account.label, account_id=account_id)
                 self._stop_session(account_id)

@@ -248,7 +248,9 @@ class ConnectTests(SynchronousTestCase):
         self.assertEqual(snap["last_scan_reason"], "exists")
         self.assertEqual(set(snap), {"id", "email", "state", "since", "attempt",
                                      "next_attempt_in", "last_error", "last_error_at",
-                                     "last_heartbeat", "last_exists", "last_scan_reason"})
+                                     "last_heartbeat", "last_exists", "last_scan_reason",
+                                     "last_end_class", "queued"})
+        self.assertEqual((snap["last_end_class"], snap["queued"]), (None, False))
 
     def test_session_gauge_follows_state(self) -> None:
         base = {s: gauge(s) for s in ("idle", "backoff", "connecting")}
@@ -574,7 +576,7 @@ class FailureTests(SynchronousTestCase):
         h.endpoint.refuse = None
         h.run(20)
         self.assertEqual(h.session.state, "idle")
-        h.run(60)
+        h.run(120)  # healthy: up for min(HEALTHY_AFTER, heartbeat interval)
         h.server.current.close()
         h.pump()
         (call,) = h.clock.getDelayedCalls()
@@ -617,9 +619,13 @@ class FailureTests(SynchronousTestCase):
         self.assertEqual(h.server.logins, 2)
         self.assertEqual(h.session.state, "auth-failed")
         h.server.password = SECRET
-        h.run(1800)
+        # the second rejection in a row doubles the hold-off (docs/providers.md)
+        self.assertEqual(h.session.snapshot()["next_attempt_in"], 3600)
+        h.run(3599)
+        self.assertEqual(h.server.logins, 2)
+        h.run(1)
         self.assertEqual(h.session.state, "idle")
-        self.assertEqual(h.recorder.cleared, [3600.0])
+        self.assertEqual(h.recorder.cleared, [5400.0])
         self.assertIsNone(h.session.snapshot()["last_error"])
 
     def test_transient_login_refusal_uses_backoff(self) -> None:

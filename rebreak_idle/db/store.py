@@ -87,6 +87,7 @@ ACTIVE_SQL = (
     "FROM rebreak.mail_connections WHERE is_active"
 )
 _ACTIVE_KEYS = (*COLUMNS, "last_connect_error", "heartbeat_age")
+#: One account's row, as ACTIVE_SQL reads it (a refused OAuth token re-reads its row).
 
 #: One row by id or by e-mail (``rebreak-idle probe``), active or not: the account query's
 #: columns plus ``is_active``.
@@ -182,6 +183,17 @@ class AccountStore(Service):
         keys = (*_ACTIVE_KEYS, "is_active")
         d.addCallback(lambda rows: [dict(zip(keys, row, strict=True)) for row in rows])
         return d
+
+    def one(self, account_id: str) -> Deferred:
+        """Fire with one active account's row (as :meth:`active` gives it) or None."""
+
+        def active_one(rows: list[dict]) -> dict | None:
+            for row in rows:
+                if row.pop("is_active"):
+                    return row
+            return None
+
+        return self.rows_of(account_id=account_id).addCallback(active_one)
 
     # -- IRecorder ------------------------------------------------------------------
 

@@ -67,6 +67,11 @@ class CapabilityCache:
         return self._has(b"AUTH", b"XOAUTH2")
 
     @property
+    def has_id(self) -> bool:
+        """RFC 2971 ID."""
+        return self._has(b"ID")
+
+    @property
     def has_sasl_ir(self) -> bool:
         return self._has(b"SASL-IR")
 

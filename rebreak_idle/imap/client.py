@@ -461,6 +461,20 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
         callbacks as they arrive."""
         return self._command(b"NOOP", timeout=self.noop_timeout)
 
+    def id(self, fields: dict[str, str]) -> defer.Deferred:
+        """RFC 2971 ID with ``fields`` (field names and values as quoted strings; the
+        server's own ``* ID`` answer is read and ignored). Fires with None."""
+        pieces: list[bytes] = []
+        for name, value in fields.items():
+            for item in (name, value):
+                raw = item.encode("ascii", "replace")[:1024]
+                if not all(32 <= b < 127 and b not in b'"\\' for b in raw):
+                    return defer.fail(CommandFailed("ID field must be printable ASCII "
+                                                    "without quotes", command="ID"))
+                pieces.append(b'"' + raw + b'"')
+        args = b"(" + b" ".join(pieces) + b")" if pieces else b"NIL"
+        return self._command(b"ID", args).addCallback(lambda _: None)
+
     def logout(self) -> defer.Deferred:
         """LOGOUT (ending an IDLE first); fires on the tagged OK or when the connection
         closes. The transport is closed afterwards."""

@@ -13,11 +13,19 @@ Two ways to run it:
   joins a client protocol to a new connection with :func:`twisted.test.iosim.connect` and
   returns the :class:`~twisted.test.iosim.IOPump` that moves the bytes;
 * on loopback TCP with the real reactor: :meth:`ScriptedIMAPServer.listen`.
+
+A server can play a real provider (``profile=PROFILES["gmail"]``, see :class:`Profile` and
+docs/providers.md): its greeting and capabilities, its connection cap per user with the
+exact refusal text, a BYE after a session or token TTL, throttling (``throttled_until``),
+silent drops, and ID required before SELECT. ``logins_by_user`` counts logins per user
+name; ``passwords`` and ``tokens`` give users their own secrets.
 """
 
 from __future__ import annotations
 
 import base64
+import json
+from collections import Counter
 from typing import Any
 
 from twisted.internet import defer
@@ -27,7 +35,9 @@ from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.test import iosim
 
-__all__ = ["FAULTS", "ScriptedConnection", "ScriptedIMAPServer"]
+from .profiles import PROFILES, Profile
+
+__all__ = ["FAULTS", "PROFILES", "Profile", "ScriptedConnection", "ScriptedIMAPServer"]
 
 #: Faults of a connection, one per connection of the plan: what it does, and when.
 FAULTS = ("bye-greeting", "bye-login", "bye-idle", "garbage-idle", "long-line-idle",
@@ -64,12 +74,19 @@ class ScriptedConnection(LineOnlyReceiver):
         self.streamed = 0
         self.lost = False
         self.misbehaved = False
+        self.user: str | None = None  # logged in as
+        self.sent_id = False
+        self.pending_auth: str | None = None  # the tag of a failed XOAUTH2 challenge
+        self.timers: list[Any] = []
+        self.refusing: str | None = None  # every command after login gets this
 
     # -- connection ---------------------------------------------------------------------
 
     def connectionMade(self) -> None:
         s = self.server
         s.connections.append(self)
+        peer = self.transport.getPeer() if self.transport is not None else None
+        self.peer = getattr(peer, "host", None)  # the client's (source) address
         if self.fault == "bye-greeting":
             self.send("* BYE [UNAVAILABLE] maintenance, come back later")
             self.transport.loseConnection()
@@ -77,10 +94,14 @@ class ScriptedConnection(LineOnlyReceiver):
         if self.fault == "banner-greeting":  # another service on the port
             self.send("SSH-2.0-OpenSSH_9.2p1 internal-db-01.corp.local")
             return
-        self.send(f"* OK [CAPABILITY {s.capabilities}] scripted server ready")
+        greeting = s.profile.greeting if s.profile else "scripted server ready"
+        self.send(f"* OK [CAPABILITY {s.capabilities}] {greeting}")
 
     def connectionLost(self, reason: Any = None) -> None:
         self.lost = True
+        for timer in self.timers:
+            if timer.active():
+                timer.cancel()
 
     def send(self, line: str | bytes) -> None:
         if isinstance(line, str):
@@ -114,6 +135,10 @@ class ScriptedConnection(LineOnlyReceiver):
     # -- commands -----------------------------------------------------------------------
 
     def handle(self, line: str) -> None:
+        if self.pending_auth is not None:  # the client's answer to the error challenge
+            tag, self.pending_auth = self.pending_auth, None
+            self.send(f"{tag} NO [AUTHENTICATIONFAILED] Invalid credentials (Failure)")
+            return
         if self.idle_tag is not None:
             tag, self.idle_tag = self.idle_tag, None
             ok = line.strip().upper() == "DONE"
@@ -137,8 +162,8 @@ class ScriptedConnection(LineOnlyReceiver):
         self.send(f"{tag} OK done")
 
     def _do_login(self, tag: str, args: str) -> None:
-        _user, _, password = args.partition(" ")
-        self._logged_in(tag, password.strip('"'))
+        user, _, password = args.partition(" ")
+        self._logged_in(tag, password.strip('"'), user.strip('"'))
 
     def _do_authenticate(self, tag: str, args: str) -> None:
         mechanism, _, initial = args.partition(" ")
@@ -146,25 +171,106 @@ class ScriptedConnection(LineOnlyReceiver):
             challenge = b"+ " + base64.b64encode(b'{"status":"401"}' + b" " * 3000) + b"\r\n"
             self._stream(challenge * 16)
             return
+        if mechanism.upper() == "XOAUTH2":
+            self._xoauth2(tag, initial)
+            return
         try:
-            password = base64.b64decode(initial).split(b"\0")[-1].decode()
-        except ValueError:
-            password = None
-        self._logged_in(tag, password if mechanism.upper() == "PLAIN" else None)
+            pieces = base64.b64decode(initial).split(b"\0")
+            password, user = pieces[-1].decode(), pieces[-2].decode()
+        except (ValueError, IndexError):
+            password = user = None
+        self._logged_in(tag, password if mechanism.upper() == "PLAIN" else None, user)
 
-    def _logged_in(self, tag: str, password: str | None) -> None:
+    def _xoauth2(self, tag: str, initial: str) -> None:
+        """``user=<u>\x01auth=Bearer <token>\x01\x01``: a token of ``server.tokens[u]``
+        (any token when the user has none) logs in; else the JSON error challenge, then
+        NO after the client's empty answer (as Gmail and Microsoft do)."""
+        s = self.server
+        try:
+            fields = dict(f.split("=", 1) for f in
+                          base64.b64decode(initial).decode().split("\x01") if "=" in f)
+        except ValueError:
+            fields = {}
+        user, token = fields.get("user"), fields.get("auth", "").removeprefix("Bearer ")
+        wanted = s.tokens.get(user or "")
+        if wanted is not None and token != wanted:
+            s.logins += 1
+            s.logins_by_user[user or ""] += 1
+            s.oauth_rejections += 1
+            challenge = json.dumps({"status": "401", "schemes": "bearer",
+                                    "scope": "https://mail.example/"})
+            self.pending_auth = tag
+            self.send("+ " + base64.b64encode(challenge.encode()).decode())
+            return
+        self._logged_in(tag, None, user, oauth=True)
+
+    def _logged_in(self, tag: str, password: str | None, user: str | None = None, *,
+                   oauth: bool = False) -> None:
         s = self.server
         s.logins += 1
-        if s.password is not None and password != s.password:
-            self.send(f"{tag} {s.login_reply}")
+        s.logins_by_user[user or ""] += 1
+        s.login_times.append(s.clock.seconds())
+        if not oauth:
+            wanted = s.passwords.get(user or "", s.password)
+            if wanted is not None and password != wanted:
+                self.send(f"{tag} {s.login_reply}")
+                return
+        if s.clock.seconds() < s.throttled_until and s.profile is not None:
+            self.send(f"{tag} {s.profile.throttle_reply}")
             return
+        profile = s.profile
+        if profile is not None and profile.max_connections is not None and (
+                s.logged_in(user) >= profile.max_connections):
+            if profile.cap_reply.startswith("BAD"):  # Microsoft: login OK, then refusals
+                self.send(f"{tag} OK LOGIN completed.")
+                self.refusing = profile.cap_reply
+            else:
+                self.send(f"{tag} {profile.cap_reply}")
+                if profile.cap_closes:
+                    self.transport.loseConnection()
+            return
+        self.user = user
         self.send(f"{tag} OK [CAPABILITY {s.capabilities}] logged in")
+        if profile is not None:
+            self._arm(profile, oauth)
         if self.fault == "bye-login":
             self.send("* BYE [UNAVAILABLE] too many connections, closing")
             self.transport.loseConnection()
 
+    def _arm(self, profile: Profile, oauth: bool) -> None:
+        """The ends a provider has in store for a logged-in connection."""
+        later = self.server.clock.callLater
+        ttl = profile.token_ttl if oauth else None
+        for after, what in ((profile.session_ttl, profile.session_bye),
+                            (ttl, profile.token_bye), (profile.drop_after, None)):
+            if after is not None:
+                self.timers.append(later(after, self._end, what))
+
+    def _end(self, bye: str | None) -> None:
+        if self.lost:
+            return
+        self.server.ends.append((self.server.clock.seconds(), bye or "silent drop"))
+        if bye:
+            self.send(bye)
+        self.transport.loseConnection()
+
+    def _do_id(self, tag: str, args: str) -> None:
+        self.sent_id = True
+        self.server.ids.append(args)
+        if self.server.id_reply is not None:
+            self.send(f"{tag} {self.server.id_reply}")
+            return
+        self.send('* ID ("name" "scripted")')
+        self.send(f"{tag} OK ID completed")
+
     def _do_select(self, tag: str, args: str) -> None:
         s = self.server
+        if self.refusing:
+            self.send(f"{tag} {self.refusing}")
+            return
+        if s.profile is not None and s.profile.require_id and not self.sent_id:
+            self.send(f"{tag} {s.profile.id_refusal}")
+            return
         self.selected = True
         self.announced = s.exists
         self.send(f"* {s.exists} EXISTS")
@@ -278,9 +384,14 @@ class ScriptedIMAPServer(Factory):
 
     def __init__(self, clock: Any, plan: list[str] | None = None, *,
                  password: str | None = None,
-                 capabilities: str = "IMAP4rev1 IDLE AUTH=PLAIN SASL-IR",
-                 stream_limit: int = 32 * 1024 * 1024) -> None:
+                 capabilities: str | None = None,
+                 stream_limit: int = 32 * 1024 * 1024,
+                 profile: Profile | None = None) -> None:
         self.clock = clock
+        self.profile = profile
+        if capabilities is None:
+            capabilities = (profile.capabilities if profile is not None
+                            else "IMAP4rev1 IDLE AUTH=PLAIN SASL-IR")
         self.plan = list(plan or [])
         self.password = password
         self.login_reply = "NO [AUTHENTICATIONFAILED] Invalid credentials (Failure)"
@@ -296,6 +407,16 @@ class ScriptedIMAPServer(Factory):
         self.refuse_idle = 0
         self.logins = 0
         self.logouts = 0
+        self.logins_by_user: Counter[str] = Counter()
+        self.login_times: list[float] = []
+        self.oauth_rejections = 0
+        self.passwords: dict[str, str] = {}
+        self.tokens: dict[str, str] = {}
+        self.throttled_until = 0.0
+        self.ids: list[str] = []
+        self.id_reply: str | None = None  # e.g. "BAD not today"; None: OK
+        self.ends: list[tuple[float, str]] = []
+        self.other_clients: Counter[str] = Counter()  # connections of other programs
         self.commands: list[bytes] = []
         self.connections: list[ScriptedConnection] = []
         self._port: Any = None
@@ -317,6 +438,11 @@ class ScriptedIMAPServer(Factory):
         if enabled:
             words.insert(1, "IDLE")
         self.capabilities = " ".join(words)
+
+    def logged_in(self, user: str | None) -> int:
+        """Live connections logged in as ``user``."""
+        return self.other_clients[user or ""] + sum(
+            1 for c in self.connections if c.user == user and not c.lost)
 
     @property
     def current(self) -> ScriptedConnection:

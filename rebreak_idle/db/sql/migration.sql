@@ -15,3 +15,11 @@ CREATE TABLE IF NOT EXISTS rebreak_idle.mailbox_state (
     updated_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (connection_id, mailbox)
 );
+
+-- The daemon's own table: credential hold-offs that survive restarts (db/holdoffs.py).
+CREATE TABLE IF NOT EXISTS rebreak_idle.account_holdoff (
+    connection_id uuid PRIMARY KEY,
+    strikes       integer NOT NULL,
+    until         timestamptz NOT NULL,
+    secret_tag    text NOT NULL
+);

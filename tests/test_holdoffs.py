@@ -1,0 +1,191 @@
+"""Credential hold-offs across restarts, and OAuth tokens without reconnects."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, succeed
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from rebreak_idle.account import Account
+from rebreak_idle.db.holdoffs import Holdoff, HoldoffStore, secret_tag
+from rebreak_idle.db.store import AccountStore
+from rebreak_idle.session_state import State
+from rebreak_idle.supervisor import _no
+from rebreak_idle.testing.pg import fresh_database
+from rebreak_idle.tokens import token_only_change
+from tests.test_provider_days import DAY, HOUR, Sim, account
+from tests.test_store import add_row, inline
+
+KEY = b"k" * 32
+
+
+class FakeTable:
+    """rebreak_idle.account_holdoff in memory, behind the pool's two calls."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, tuple[int, float, str]] = {}
+        self.statements: list[str] = []
+
+    def query(self, sql: str, params: Any = None) -> Deferred:
+        self.statements.append(sql.split()[0])
+        return succeed([(k, *v) for k, v in self.rows.items()])
+
+    def operation(self, sql: str, params: Any = None) -> Deferred:
+        self.statements.append(sql.split()[0])
+        if sql.startswith("INSERT"):
+            account_id, strikes, until, tag = params
+            self.rows[account_id] = (strikes, float(until), tag)
+        elif sql.startswith("DELETE"):
+            self.rows.pop(params[0], None)
+        return succeed(None)
+
+    def store(self) -> HoldoffStore:
+        return HoldoffStore(self.query, self.operation, KEY)
+
+
+def with_holdoffs(sim: Sim, table: FakeTable) -> None:
+    for session in sim.sessions:
+        session._init_limits(None, None, table.store())
+
+
+class RestartTests(SynchronousTestCase):
+    def test_a_restart_does_not_retry_a_wrong_password_early(self) -> None:
+        table = FakeTable()
+        first = Sim(self, "dovecot", [account(secret="wrong")])
+        with_holdoffs(first, table)
+        first.start()
+        first.run(3 * HOUR)  # 30 min, then 1 h: two more strikes
+        self.assertEqual(first.server.logins, 3)
+        (strikes, until, tag), = table.rows.values()
+        self.assertEqual(strikes, 3)
+        self.assertEqual(tag, secret_tag(KEY, "wrong"))
+        first.stop()
+        # five restarts in a row (a crash loop): no login before the hold-off is over
+        for _ in range(5):
+            again = Sim(self, "dovecot", [account(secret="wrong")])
+            again.clock.advance(first.clock.seconds())
+            with_holdoffs(again, table)
+            again.start()
+            self.assertEqual(again.server.logins, 0)
+            self.assertEqual(again.sessions[0].state, State.AUTH_FAILED)
+            again.stop()
+        last = Sim(self, "dovecot", [account(secret="wrong")])
+        last.clock.advance(first.clock.seconds())
+        with_holdoffs(last, table)
+        last.start()
+        last.run(until - first.clock.seconds() - 1)
+        self.assertEqual(last.server.logins, 0)
+        last.run(2)
+        self.assertEqual(last.server.logins, 1)
+        self.assertEqual(table.rows[account().id][0], 4)  # the hold-off keeps growing
+
+    def test_a_changed_secret_retries_at_once_and_success_clears(self) -> None:
+        table = FakeTable()
+        table.rows[account().id] = (3, 10 * DAY, secret_tag(KEY, "old-wrong"))
+        sim = Sim(self, "dovecot", [account(secret="right")])
+        with_holdoffs(sim, table)
+        sim.start()
+        self.assertEqual(sim.sessions[0].state, State.IDLE)
+        self.assertEqual(table.rows, {})
+        self.assertEqual(table.statements.count("DELETE"), 1)
+
+    def test_no_row_no_write(self) -> None:
+        table = FakeTable()
+        sim = Sim(self, "dovecot", [account(n) for n in range(5)])
+        with_holdoffs(sim, table)
+        sim.start()
+        self.assertTrue(all(s.state is State.IDLE for s in sim.sessions))
+        self.assertNotIn("DELETE", table.statements)
+        self.assertNotIn("INSERT", table.statements)
+
+
+class PostgresHoldoffTests(TestCase):
+    timeout = 60
+
+    @inline
+    async def test_save_load_clear_in_postgres(self) -> None:
+        dsn = fresh_database()
+        row = add_row(dsn)
+        store = AccountStore(dsn, reactor, shutdown_timeout=5)
+        self.addCleanup(store.stopService)
+        first = HoldoffStore(store.pool.run_query, store.pool.run_operation, KEY)
+        self.assertIsNone(await first.get(row))  # creates the table, reads nothing
+        until = reactor.seconds() + 3600
+        first.save(row, Holdoff(2, until, first.tag("pw")))
+        first.save(str(uuid.uuid4()), Holdoff(1, reactor.seconds() - 10, first.tag("x")))
+        await store.pool.run_query("SELECT 1")  # after the writes
+        second = HoldoffStore(store.pool.run_query, store.pool.run_operation, KEY)
+        held = await second.get(row)
+        self.assertEqual((held.strikes, held.tag), (2, first.tag("pw")))
+        self.assertAlmostEqual(held.until, until, places=3)
+        second.clear(row)
+        await store.pool.run_query("SELECT 1")
+        third = HoldoffStore(store.pool.run_query, store.pool.run_operation, KEY)
+        self.assertIsNone(await third.get(row))
+        fresh = await store.one(row)
+        self.assertEqual(fresh["id"], row)
+        self.assertIsNone(await store.one(str(uuid.uuid4())))
+        self.assertIsNone(await store.one("not-a-uuid"))
+
+
+class OAuthTests(SynchronousTestCase):
+    def test_token_only_change(self) -> None:
+        old = account(method="xoauth2", secret="t1")
+        self.assertTrue(token_only_change(old, replace(old, secret="t2")))
+        self.assertFalse(token_only_change(old, replace(old, secret="t2", port=993)))
+        self.assertFalse(token_only_change(old, old))
+        pw = account(secret="p1")
+        self.assertFalse(token_only_change(pw, replace(pw, secret="p2")))
+        self.assertFalse(_no(old))
+
+    def test_new_token_is_used_at_the_next_login_without_a_reconnect(self) -> None:
+        sim = Sim(self, "m365", [account(method="xoauth2", secret="t1")])
+        sim.server.tokens["u0"] = "t1"
+        sim.start()
+        session = sim.sessions[0]
+        self.assertTrue(session.renew_secret(replace(session.account, secret="t2")))
+        sim.run(HOUR - 10)
+        self.assertEqual(sim.server.logins, 1)  # the healthy session kept its connection
+        sim.server.tokens["u0"] = "t2"  # the old token is no longer accepted
+        sim.run(20)  # the token-expiry BYE: the next login uses t2
+        self.assertEqual(sim.server.logins, 2)
+        self.assertEqual(sim.server.oauth_rejections, 0)
+        self.assertEqual(session.state, State.IDLE)
+        self.assertEqual(sim.recorder.errors, [])
+
+    def test_refused_token_rereads_the_row_before_the_holdoff(self) -> None:
+        rows: dict[str, Account] = {}
+        reads: list[str] = []
+
+        def reread(account_id: str) -> Deferred:
+            reads.append(account_id)
+            return succeed(rows.get(account_id))
+
+        sim = Sim(self, "m365", [account(method="xoauth2", secret="expired")])
+        sim.server.tokens["u0"] = "fresh"
+        session = sim.sessions[0]
+        session._init_limits(reread, None, None)
+        rows[session.account.id] = replace(session.account, secret="fresh")
+        sim.start()
+        self.assertEqual(session.state, State.IDLE)
+        self.assertEqual(reads, [session.account.id])
+        self.assertEqual(sim.server.oauth_rejections, 1)
+        self.assertEqual(len(sim.server.connections), 1)  # the same connection
+        self.assertEqual(sim.recorder.errors, [])
+
+    def test_refused_token_without_a_newer_one_holds_off_with_the_json(self) -> None:
+        sim = Sim(self, "m365", [account(method="xoauth2", secret="expired")])
+        sim.server.tokens["u0"] = "fresh"
+        session = sim.sessions[0]
+        session._init_limits(lambda _id: succeed(session.account), None, None)
+        sim.start()
+        self.assertEqual(session.state, State.AUTH_FAILED)
+        (_, _, text), = sim.recorder.errors
+        self.assertIn('[AUTHENTICATIONFAILED] Invalid credentials (Failure) {"status":"401"',
+                      text)
+        self.assertNotIn("expired", text.replace("[AUTHENTICATIONFAILED]", ""))
+        self.assertFalse(session.renew_secret(replace(session.account, secret="x")))
