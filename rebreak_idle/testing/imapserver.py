@@ -296,6 +296,8 @@ class _ServerProtocol(imap4.IMAP4Server):
 
 
 class _ServerFactory(Factory):
+    noisy = False  # no "Starting/Stopping factory" lines in the demo's and tests' logs
+
     def __init__(self, server: InProcessIMAPServer, context: Any) -> None:
         self.server = server
         self.context = context
