@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .delayed_calls import cancel_pending
+
 __all__ = ["FOLD_WINDOW", "FULL_LINES", "EventFold", "exists_fold"]
 
 #: Seconds one summary line covers at most.
@@ -69,8 +71,7 @@ class EventFold:
     def flush(self) -> None:
         """Log what is folded now and end the burst (the session stops)."""
         timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        cancel_pending(timer)
         if self.count:
             self._summary(self.count, self._timers.seconds() - self.since)
             self.count = 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from twisted.application.service import IService
 from zope.interface import Attribute, Interface
@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 
     from .account import Account
 
-__all__ = ["IAccountSource", "IRecorder", "ISession", "OnNewMail"]
+__all__ = ["Holdoff", "IAccountSource", "IHoldoffRecorder", "IRecorder", "ISession",
+           "OnNewMail"]
 
 
 class IRecorder(Interface):
@@ -62,3 +63,30 @@ class ISession(IService):
     def snapshot() -> dict:
         """JSON-able state for /status: id, email, state, last error, last heartbeat,
         last event (never a secret)."""
+
+
+class Holdoff(NamedTuple):
+    """One account's credential hold-off: ``strikes`` rejections in a row, the next login
+    not before ``until`` (epoch seconds), for the secret whose keyed tag is ``tag``."""
+
+    strikes: int
+    until: float  # epoch seconds
+    tag: str
+
+
+class IHoldoffRecorder(Interface):
+    """Where a session keeps its credential hold-off across restarts (the daemon's
+    implementation is ``db.holdoffs.HoldoffStore``). ``save`` and ``clear`` return at once;
+    the recorder owns the writes and their error logging."""
+
+    def get(account_id: str) -> Deferred:
+        """Fire with the account's :class:`Holdoff` or None; never fail."""
+
+    def save(account_id: str, holdoff: Holdoff) -> None:
+        """Keep ``holdoff`` for the account (a credential rejection)."""
+
+    def clear(account_id: str) -> None:
+        """Forget the account's hold-off (a successful login)."""
+
+    def tag(secret: str) -> str:
+        """A keyed tag of ``secret`` that tells "same secret" without revealing it."""

@@ -52,6 +52,12 @@ class Signal(NamedTuple):
     source: str
 
 
+def _codes(kind: str, *codes: str) -> tuple[Signal, ...]:
+    """Rows for RFC 5530 response codes (``[CODE]``, lower case here) that mean ``kind``."""
+    return tuple(Signal("RFC 5530", rf"\[{code}\]", kind, "RFC 5530 section 3")
+                 for code in codes)
+
+
 #: Provider texts first (they are more specific than the codes they may carry), then the
 #: RFC 5530 response codes. The first matching row wins.
 SIGNALS: tuple[Signal, ...] = (
@@ -79,16 +85,11 @@ SIGNALS: tuple[Signal, ...] = (
     Signal("any", r"temporarily unavailable|try again later", TRANSIENT,
            "RFC 5530 section 3 ([UNAVAILABLE] examples)"),
     # -- RFC 5530 response codes (anywhere in the text)
-    Signal("RFC 5530", r"\[authenticationfailed\]", CREDENTIALS, "RFC 5530 section 3"),
-    Signal("RFC 5530", r"\[authorizationfailed\]", CREDENTIALS, "RFC 5530 section 3"),
-    Signal("RFC 5530", r"\[expired\]", CREDENTIALS, "RFC 5530 section 3"),
-    Signal("RFC 5530", r"\[contactadmin\]", CREDENTIALS, "RFC 5530 section 3"),
-    Signal("RFC 5530", r"\[privacyrequired\]", CREDENTIALS, "RFC 5530 section 3"),
-    Signal("RFC 5530", r"\[limit\]", CAPACITY, "RFC 5530 section 3"),
-    Signal("RFC 5530", r"\[inuse\]", CAPACITY, "RFC 5530 section 3"),
+    *_codes(CREDENTIALS, "authenticationfailed", "authorizationfailed", "expired",
+            "contactadmin", "privacyrequired"),
+    *_codes(CAPACITY, "limit", "inuse"),
     Signal("Gmail, Yahoo", r"\[throttled\]", THROTTLED, "mscdex/node-imap#593"),
-    Signal("RFC 5530", r"\[unavailable\]", TRANSIENT, "RFC 5530 section 3"),
-    Signal("RFC 5530", r"\[serverbug\]", TRANSIENT, "RFC 5530 section 3"),
+    *_codes(TRANSIENT, "unavailable", "serverbug"),
 )
 
 _COMPILED = tuple((re.compile(s.pattern, re.IGNORECASE), s) for s in SIGNALS)

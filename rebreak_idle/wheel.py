@@ -25,6 +25,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from .delayed_calls import cancel_pending, rearm
+
 __all__ = ["TimerWheel", "WheelTimer"]
 
 log = Logger(namespace="rebreak_idle.wheel")
@@ -149,11 +151,7 @@ class TimerWheel:
     def _arm(self, tick: int) -> None:
         delay = max(0.0, tick * self.resolution - self._clock.seconds())
         self._armed_tick = tick
-        call = self._call
-        if call is not None and call.active():
-            call.reset(delay)
-        else:
-            self._call = self._clock.callLater(delay, self._fire)
+        self._call = rearm(self._call, self._clock, delay, self._fire)
 
     def _arm_next(self) -> None:
         ticks, buckets = self._ticks, self._buckets
@@ -164,8 +162,7 @@ class TimerWheel:
         else:
             self._armed_tick = None
             call, self._call = self._call, None
-            if call is not None and call.active():
-                call.cancel()
+            cancel_pending(call)
 
     def _fire(self) -> None:
         self._call = None

@@ -9,10 +9,13 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
 
 from rebreak_idle.account import Account
 from rebreak_idle.db.holdoffs import Holdoff, HoldoffStore, secret_tag
 from rebreak_idle.db.store import AccountStore
+from rebreak_idle.interfaces import Holdoff as SeamHoldoff
+from rebreak_idle.interfaces import IHoldoffRecorder
 from rebreak_idle.session_state import State
 from rebreak_idle.supervisor import _no
 from rebreak_idle.testing.pg import fresh_database
@@ -50,6 +53,22 @@ class FakeTable:
 def with_holdoffs(sim: Sim, table: FakeTable) -> None:
     for session in sim.sessions:
         session._init_limits(None, None, table.store())
+
+
+class SeamTests(SynchronousTestCase):
+    def test_the_store_is_the_sessions_holdoff_recorder(self) -> None:
+        """Sessions see hold-offs through interfaces.IHoldoffRecorder, not the SQL."""
+        table = FakeTable()
+        store = table.store()
+        self.assertTrue(verifyObject(IHoldoffRecorder, store))
+        self.assertIs(Holdoff, SeamHoldoff)
+        got: list[Any] = []
+        store.get("a").addCallback(got.append)
+        self.assertEqual(got, [None])
+        store.save("a", SeamHoldoff(2, 99.0, store.tag("s")))
+        self.assertEqual(table.rows, {"a": (2, 99.0, secret_tag(KEY, "s"))})
+        store.clear("a")
+        self.assertEqual(table.rows, {})
 
 
 class RestartTests(SynchronousTestCase):

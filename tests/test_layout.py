@@ -168,3 +168,133 @@ class ImportCycleTests(SynchronousTestCase):
         self.assertEqual(import_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}),
                          ["a", "b", "c", "a"])
         self.assertIsNone(import_cycle({"a": {"b"}, "b": set()}))
+
+
+# -- the rooms of DESIGN.md ------------------------------------------------------------------
+
+_SQL = ("rebreak_idle.db", "psycopg2", "txpostgres")
+_IMAP = ("rebreak_idle.imap", "twisted.mail")
+_HTTP = ("treq", "twisted.web", "rebreak_idle.scan", "rebreak_idle.scan_request",
+         "rebreak_idle.quiet_http")
+_SOCKETS = ("socket", "ssl", "twisted.internet.tcp", "twisted.internet.endpoints",
+            "rebreak_idle.connecting", "rebreak_idle.tls")
+#: What the thin entry points may call: the option parsers and the wiring's entries.
+_ENTRIES = ("rebreak_idle.options", "rebreak_idle.startup", "rebreak_idle.tap",
+            "rebreak_idle.db.migrate.migrate_or_exit", "rebreak_idle.probe.run_probe")
+
+#: DESIGN.md's room table, "must not know about" as imports: (rooms (a module, or a
+#: package with all its modules), what they must not import, what they may nonetheless).
+ROOM_RULES: tuple[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], ...] = (
+    (("rebreak_idle.config",), ("twisted.application",), ()),            # Twisted services
+    (("rebreak_idle.account",), _IMAP + _SQL, ()),                        # IMAP, SQL
+    (("rebreak_idle.secrets",), _SQL + _IMAP, ()),                        # databases, IMAP
+    (("rebreak_idle.imap",), ("rebreak_idle.account", *_SQL, *_HTTP), ()),  # accounts, db, HTTP
+    (("rebreak_idle.reconnect",), _SOCKETS, ()),                          # sockets
+    (("rebreak_idle.session", "rebreak_idle.session_providers",
+      "rebreak_idle.session_state"), _SQL + _HTTP, ()),                   # SQL, HTTP details
+    # protocol details, psycopg2 (the store comes as an interfaces.IAccountSource)
+    (("rebreak_idle.supervisor",), _IMAP + _SQL + ("rebreak_idle.session",), ()),
+    (("rebreak_idle.scan", "rebreak_idle.scan_request"), _IMAP + _SQL, ()),  # IMAP, SQL
+    (("rebreak_idle.db",), _IMAP, ()),                                    # IMAP
+    # thin: parse options / environment, call the wiring; everything else
+    (("rebreak_idle.tap", "rebreak_idle.cli", "twisted.plugins.rebreak_idle_plugin",
+      "rebreak"), ("rebreak_idle",), _ENTRIES),
+)
+
+#: Imports that break a rule today, each with its reason: (importing module, imported name).
+KNOWN_CROSSINGS: dict[tuple[str, str], str] = {
+    ("rebreak_idle.session", "rebreak_idle.db.holdoffs.HoldoffStore"):
+        "type of the holdoffs argument; to become interfaces.IHoldoffRecorder",
+    ("rebreak_idle.session_providers", "rebreak_idle.db.holdoffs.Holdoff"):
+        "the value type; to be imported from interfaces",
+    ("rebreak_idle.session_providers", "rebreak_idle.db.holdoffs.HoldoffStore"):
+        "type of the holdoffs argument; to become interfaces.IHoldoffRecorder",
+}
+
+
+def _within(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def imported_names(path: Path, module: str) -> Iterator[tuple[int, str]]:
+    """(line, absolute name) of everything ``path`` (the module ``module``) imports,
+    anywhere in it (functions and ``if TYPE_CHECKING`` too: a type is knowledge as well):
+    ``import a.b`` gives ``a.b``, ``from a import b`` gives ``a.b``."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    parts = package.split(".") if package else []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            base = parts[:len(parts) - node.level + 1] if node.level else []
+            origin = ".".join([*base, *filter(None, [node.module])])
+            for alias in node.names:
+                yield node.lineno, f"{origin}.{alias.name}"
+
+
+def room_sources(root: Path = ROOT) -> dict[str, Path]:
+    """Module name → file of the daemon's code: rebreak_idle/ (without the doubles of
+    rebreak_idle.testing), the twistd plugin and rebreak.tac."""
+    files = [p for p in sorted((root / "rebreak_idle").rglob("*.py"))
+             if "testing" not in p.relative_to(root).parts]
+    files += [root / "twisted" / "plugins" / "rebreak_idle_plugin.py", root / "rebreak.tac"]
+    found = {}
+    for path in files:
+        if path.exists():
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def crossings(sources: dict[str, Path], rules: tuple = ROOM_RULES) -> dict[tuple[str, str], str]:
+    """(module, imported name) → ``file:line`` for each import that breaks a rule."""
+    found: dict[tuple[str, str], str] = {}
+    for module, path in sources.items():
+        for rooms, forbidden, allowed in rules:
+            if not _within(module, rooms):
+                continue
+            for line, name in imported_names(path, module):
+                if _within(name, forbidden) and not _within(name, allowed) \
+                        and not _within(name, rooms):
+                    found[(module, name)] = f"{path.name}:{line}"
+    return found
+
+
+class RoomTests(SynchronousTestCase):
+    """The "must not know about" column of DESIGN.md's room table, as forbidden imports."""
+
+    def test_no_room_imports_what_it_must_not_know(self) -> None:
+        new = {key: where for key, where in crossings(room_sources()).items()
+               if key not in KNOWN_CROSSINGS}
+        self.assertEqual(new, {})
+
+    def test_every_known_crossing_is_still_there(self) -> None:
+        """A crossing that is gone leaves this list (so it cannot come back unseen)."""
+        self.assertEqual(set(KNOWN_CROSSINGS) - set(crossings(room_sources())), set())
+
+    def test_every_room_of_the_rules_exists(self) -> None:
+        modules = set(room_sources())
+        for rooms, _forbidden, _allowed in ROOM_RULES:
+            for room in rooms:
+                self.assertTrue(_within(room, tuple(modules)) or any(
+                    m.startswith(room + ".") for m in modules), room)
+
+    def test_a_crossing_is_seen(self) -> None:
+        root = Path(self.mktemp())
+        (root / "rebreak_idle" / "imap").mkdir(parents=True)
+        (root / "rebreak_idle" / "imap" / "x.py").write_text(
+            "from ..db import store\ndef f():\n    from ..account import Account\n"
+            "from . import parser\nfrom ..failures import describe\n")
+        (root / "rebreak_idle" / "scan.py").write_text(
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+            "    from psycopg2.extensions import connection\nimport treq\n")
+        (root / "rebreak_idle" / "cli.py").write_text(
+            "from .startup import settings_or_exit\nfrom .db.migrate import migrate_or_exit\n"
+            "from .db.store import AccountStore\n")
+        self.assertEqual(crossings(room_sources(root)), {
+            ("rebreak_idle.imap.x", "rebreak_idle.db.store"): "x.py:1",
+            ("rebreak_idle.imap.x", "rebreak_idle.account.Account"): "x.py:3",
+            ("rebreak_idle.scan", "psycopg2.extensions.connection"): "scan.py:3",
+            ("rebreak_idle.cli", "rebreak_idle.db.store.AccountStore"): "cli.py:3",
+        })

@@ -13,12 +13,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from ..failures import describe
+from ..interfaces import Holdoff, IHoldoffRecorder
 
 __all__ = ["HOLDOFFS_SQL", "Holdoff", "HoldoffStore", "secret_tag"]
 
@@ -43,19 +45,15 @@ _SAVE_SQL = ("INSERT INTO rebreak_idle.account_holdoff AS h VALUES "
 _CLEAR_SQL = "DELETE FROM rebreak_idle.account_holdoff WHERE connection_id = %s::uuid"
 
 
-class Holdoff(NamedTuple):
-    strikes: int
-    until: float  # epoch seconds
-    tag: str
-
-
 def secret_tag(key: bytes, secret: str) -> str:
     """A short keyed tag of ``secret`` (equal tags: the same secret)."""
     return hmac.new(key, secret.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
 
+@implementer(IHoldoffRecorder)
 class HoldoffStore:
-    """``run_query(sql, params)`` / ``run_operation(sql, params)``: the daemon's pool."""
+    """An :class:`~rebreak_idle.interfaces.IHoldoffRecorder` in the table;
+    ``run_query(sql, params)`` / ``run_operation(sql, params)``: the daemon's pool."""
 
     def __init__(self, run_query: Callable[..., Deferred],
                  run_operation: Callable[..., Deferred], key: bytes) -> None:

@@ -12,6 +12,17 @@ from .parser import Capabilities, capability_words, parse_capabilities
 __all__ = ["CapabilityCache"]
 
 
+def _announced(name: bytes, value: bytes | None = None, doc: str | None = None) -> property:
+    """A read-only ``bool`` property: whether the server announced ``name`` (with
+    ``value`` among its values: ``AUTH=PLAIN``)."""
+
+    def get(self: CapabilityCache) -> bool:
+        return self._has(name, value)
+
+    label = (name if value is None else name + b"=" + value).decode("ascii")
+    return property(get, doc=doc or f"The server announced {label}.")
+
+
 class CapabilityCache:
     """``getCapabilities`` and the ``has_*`` properties."""
 
@@ -50,31 +61,10 @@ class CapabilityCache:
             return name in self.capabilities
         return value in (self.capabilities.get(name) or ())
 
-    @property
-    def has_idle(self) -> bool:
-        return self._has(b"IDLE")
-
-    @property
-    def has_starttls(self) -> bool:
-        return self._has(b"STARTTLS")
-
-    @property
-    def has_auth_plain(self) -> bool:
-        return self._has(b"AUTH", b"PLAIN")
-
-    @property
-    def has_xoauth2(self) -> bool:
-        return self._has(b"AUTH", b"XOAUTH2")
-
-    @property
-    def has_id(self) -> bool:
-        """RFC 2971 ID."""
-        return self._has(b"ID")
-
-    @property
-    def has_sasl_ir(self) -> bool:
-        return self._has(b"SASL-IR")
-
-    @property
-    def login_disabled(self) -> bool:
-        return self._has(b"LOGINDISABLED")
+    has_idle = _announced(b"IDLE")
+    has_starttls = _announced(b"STARTTLS")
+    has_auth_plain = _announced(b"AUTH", b"PLAIN")
+    has_xoauth2 = _announced(b"AUTH", b"XOAUTH2")
+    has_id = _announced(b"ID", doc="RFC 2971 ID.")
+    has_sasl_ir = _announced(b"SASL-IR")
+    login_disabled = _announced(b"LOGINDISABLED")

@@ -12,6 +12,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
+from ..delayed_calls import cancel_pending, rearm
 from .errors import CommandTimeout, ConnectionLost, IMAPError
 
 __all__ = ["Command", "CommandQueue", "ignore"]
@@ -97,17 +98,12 @@ class CommandQueue:
     def _arm(self, cmd: Command, timeout: float) -> None:
         """Point the connection's deadline at ``cmd``, ``timeout`` seconds from now."""
         self._deadline_cmd = cmd
-        call = self._deadline
-        if call is not None and call.active():
-            call.reset(timeout)
-        else:
-            self._deadline = self.clock.callLater(timeout, self._deadline_expired)
+        self._deadline = rearm(self._deadline, self.clock, timeout, self._deadline_expired)
 
     def _disarm(self) -> None:
         self._deadline_cmd = None
         call, self._deadline = self._deadline, None
-        if call is not None and call.active():
-            call.cancel()
+        cancel_pending(call)
 
     def _deadline_expired(self) -> None:
         self._deadline = None
