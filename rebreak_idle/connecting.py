@@ -33,7 +33,7 @@ from zope.interface import implementer
 from . import imap
 from .account import Account
 from .destinations import DestinationPolicy, DestinationRefused
-from .reconnect import SessionError
+from .session_errors import SessionError
 from .tls import TLSClientEndpoint, client_tls_options
 
 __all__ = ["CheckedHostnameEndpoint", "ClientFactory", "QuietClientService", "SessionEndpoint",

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterable, Sequence
 
-import psycopg2
 from OpenSSL import SSL
 from service_identity.hazmat import VerificationError
 from twisted.internet import error as ierror
@@ -104,7 +103,7 @@ def describe(failure_or_exception: Failure | BaseException) -> str:
     text = getattr(exc, "text", None)
     if isinstance(text, str) and text:
         return text
-    if isinstance(exc, psycopg2.Error):  # libpq messages span several lines
+    if _is_database_error(exc):  # libpq messages span several lines
         line = _first_line(exc)
         if line.startswith("invalid dsn"):
             # libpq quotes the text after the point it failed at: maybe half a password
@@ -135,3 +134,12 @@ def describe(failure_or_exception: Failure | BaseException) -> str:
     name = exc.__class__.__name__
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{name}: {msg}"[:300] if msg else name
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    """A psycopg2 error, without importing the driver into rooms that never touch it."""
+    if not type(exc).__module__.startswith("psycopg2"):
+        return False
+    import psycopg2
+
+    return isinstance(exc, psycopg2.Error)

@@ -25,6 +25,7 @@ from . import imap, providers
 from .backoff import Backoff
 from .failures import describe
 from .providers import CAPACITY, CREDENTIALS, NETWORK, RECYCLE, THROTTLED, TRANSIENT
+from .session_errors import SessionError
 
 __all__ = ["CAUSES", "FLOOD_MIN_DELAY", "HEALTHY_AFTER", "MAX_HOLDOFF", "TRANSIENT_LOGIN_CODES",
            "Outcome", "Reaction", "SessionError", "classify", "credentials_rejected",
@@ -62,15 +63,6 @@ _DEFAULT_KIND = {"network": NETWORK, "timeout": NETWORK, "tls": providers.TLS,
                  "flood": CAPACITY, "destination": providers.PROTOCOL}
 
 _TLS_TEXTS = ("certificate verify failed", "TLS error")
-
-
-class SessionError(Exception):
-    """A failure the session itself detects (missing STARTTLS, a stuck step)."""
-
-    def __init__(self, cause: str, text: str) -> None:
-        super().__init__(text)
-        self.cause = cause
-        self.text = text
 
 
 class Outcome:
