@@ -298,3 +298,24 @@ class RoomTests(SynchronousTestCase):
             ("rebreak_idle.scan", "psycopg2.extensions.connection"): "scan.py:3",
             ("rebreak_idle.cli", "rebreak_idle.db.store.AccountStore"): "cli.py:3",
         })
+
+
+class LoadedRoomsTests(SynchronousTestCase):
+    """What importing a room loads at all (through other modules too), in a fresh
+    interpreter: the IMAP client never brings the database driver, and an account never
+    brings the IMAP client."""
+
+    def loaded(self, module: str, prefixes: tuple[str, ...]) -> list[str]:
+        code = ("import json, sys, importlib; importlib.import_module(sys.argv[1]); "
+                "print(json.dumps(sorted(m for m in sys.modules "
+                "if m.startswith(tuple(sys.argv[2:])))))")
+        out = subprocess.run([sys.executable, "-c", code, module, *prefixes],
+                             capture_output=True, text=True, check=True, cwd=ROOT)
+        return json.loads(out.stdout)
+
+    def test_the_imap_client_does_not_load_the_database_driver(self) -> None:
+        self.assertEqual(self.loaded("rebreak_idle.imap", ("psycopg2", "txpostgres")), [])
+
+    def test_an_account_does_not_load_the_imap_client(self) -> None:
+        self.assertEqual(self.loaded("rebreak_idle.account",
+                                     ("rebreak_idle.imap", "twisted.mail", "psycopg2")), [])
