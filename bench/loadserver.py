@@ -29,6 +29,7 @@ import asyncio
 import base64
 import binascii
 import json
+import os
 import re
 import resource
 import ssl
@@ -474,6 +475,9 @@ def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert, key)
+    # TLS 1.3 session tickets sent after the handshake (OpenSSL's default is 2); for
+    # attributing client memory only (bench.tlscost): real servers send them
+    ctx.num_tickets = int(os.environ.get("BENCH_TLS_TICKETS", "2"))
     return ctx
 
 

@@ -16,7 +16,9 @@ connections from one Twisted process through the daemon's own transport
 
 and checks on every connection: ``release_buffers`` (``SSL_MODE_RELEASE_BUFFERS`` set),
 ``shared_context`` (share of connections made from the one context), ``peer_chain``
-(certificates the SSL object keeps), ``session_kept``. ``--variant`` applies one of the cuts
+(certificates the SSL object keeps), ``session_kept``, ``group`` (the key exchange);
+``bio_buffers_kb``: heap freed by swapping in two fresh memory BIOs after the ramp.
+``--variant`` applies one of the cuts
 tried for issue 20 to the client context before connecting (``base`` = the daemon as it is).
 Run each variant in its own process: allocator state is not comparable otherwise.
 """
@@ -73,6 +75,7 @@ def _ssl_checks(conns: list) -> dict[str, float]:
     cannot reach it either): the context mode that ``SSL_new`` copied into every
     connection, the peer chain each keeps, and whether each keeps a session."""
     release = chain = sessions = n = 0
+    group = None
     for p in conns:
         tls = getattr(p.transport, "_tlsConnection", None)
         if tls is None:
@@ -81,11 +84,26 @@ def _ssl_checks(conns: list) -> dict[str, float]:
         release += tls.get_context() is _CONTEXT[0]
         chain += len(tls.get_peer_cert_chain() or [])
         sessions += tls.get_session() is not None
+        group = tls.get_group_name()
     if not n:
         return {}
     return {"release_buffers": bool(_CONTEXT[1] & 0x10),  # SSL_MODE_RELEASE_BUFFERS
             "shared_context": round(release / n, 3), "peer_chain": round(chain / n, 2),
-            "session_kept": round(sessions / n, 3)}
+            "session_kept": round(sessions / n, 3), "group": group}
+
+
+def _fresh_bios(conns: list) -> None:
+    """Give every idle TLS connection two new, empty memory BIOs (``SSL_set_bio`` frees the
+    old ones): what the old ones' buffers kept is the BIO layer's share."""
+    from OpenSSL._util import lib
+
+    for p in conns:
+        tls = getattr(p.transport, "_tlsConnection", None)
+        if tls is None:
+            continue
+        into, out = lib.BIO_new(lib.BIO_s_mem()), lib.BIO_new(lib.BIO_s_mem())
+        lib.SSL_set_bio(tls._ssl, into, out)
+        tls._into_ssl, tls._from_ssl = into, out
 
 
 def _creator(variant: str, ca: str) -> object:
@@ -96,6 +114,10 @@ def _creator(variant: str, ca: str) -> object:
     creator = client_tls_options("127.0.0.1", ca)
     if variant == "no-release":
         creator._context.clear_mode(SSL.MODE_RELEASE_BUFFERS)
+    elif variant == "no-ticket":
+        creator._context.set_options(SSL.OP_NO_TICKET)
+    elif variant == "tls12":  # for attribution only: the daemon keeps TLS 1.3
+        creator._context.set_max_proto_version(SSL.TLS1_2_VERSION)
     _CONTEXT[:] = [creator._context, creator._context.set_mode(0)]  # ORs in nothing
     return creator
 
@@ -106,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rate", type=float, default=500.0)
     p.add_argument("--kinds", default="plain,tls")
     p.add_argument("--variant", default="base",
-                   help="base | no-release | trim (malloc_trim after the ramp)")
+                   help="base | no-release | no-ticket | tls12")
     p.add_argument("--tracemalloc", action="store_true")
     args = p.parse_args(argv)
     if args.tracemalloc:
@@ -191,6 +213,10 @@ def main(argv: list[str] | None = None) -> None:
             if args.tracemalloc:
                 r["python_kb"] = round((traced() - py0) / n / 1024, 2)
             r.update(_ssl_checks(conns[start:]))
+            if kind == "tls":
+                in_use = mallinfo2()["uordblks"]
+                _fresh_bios(conns[start:])
+                r["bio_buffers_kb"] = round((in_use - mallinfo2()["uordblks"]) / n / 1024, 2)
             _libc.malloc_trim(0)
             heap2 = mallinfo2()
             r["rss_after_trim_kb"] = round((rss_kb() - base) / n, 2)
