@@ -24,7 +24,7 @@ from rebreak_idle.imap import (
 )
 from rebreak_idle.testing.certs import make_test_certs
 from rebreak_idle.testing.imapserver import InProcessIMAPServer
-from rebreak_idle.tls import TLSClientEndpoint, client_tls_options
+from rebreak_idle.tls import TLSClientEndpoint, _LeanTLSProtocol, client_tls_options
 from tests.support.dovecot import DovecotServer, skip_without_dovecot
 
 WAIT = 10  # seconds: the deadline of every wait on the network
@@ -158,7 +158,10 @@ class ServerScenarios:
         client = yield self.logged_in(self.tls_port, self.tls())
         self.assertTrue(client.tls_active())
         # writes go to OpenSSL at once, not through Twisted's next-turn write buffer
-        self.assertIs(type(client.transport), TLSMemoryBIOProtocol)
+        self.assertIs(type(client.transport).write, TLSMemoryBIOProtocol.write)
+        self.assertIs(type(client.transport), _LeanTLSProtocol)
+        # the memory BIOs were renewed after the handshake and the connection goes on
+        self.assertTrue(client.transport._bios_renewed)
         yield client.select()
         yield client.idle()
         yield client.done_noop(idle_again=True).addTimeout(WAIT, reactor)
