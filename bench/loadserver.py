@@ -496,6 +496,20 @@ async def serve(args: argparse.Namespace) -> None:
                                        ssl_handshake_timeout=30)
         listeners.append(tls)
         ready["tls_port"] = tls.sockets[0].getsockname()[1]
+    # more listening ports (any free), so that one client can hold more connections than
+    # loopback's ephemeral port range gives it towards one address and port
+    ready["ports"], ready["tls_ports"] = [ready["port"]], [ready.get("tls_port")]
+    for _ in range(args.listeners - 1):
+        plain = await loop.create_server(server.protocol(False), args.host, 0,
+                                         backlog=args.backlog, reuse_address=True)
+        listeners.append(plain)
+        ready["ports"].append(plain.sockets[0].getsockname()[1])
+        if ctx is not None and args.tls_port >= 0:
+            tls = await loop.create_server(server.protocol(True), args.host, 0, ssl=ctx,
+                                           backlog=args.backlog, reuse_address=True,
+                                           ssl_handshake_timeout=30)
+            listeners.append(tls)
+            ready["tls_ports"].append(tls.sockets[0].getsockname()[1])
     control = await asyncio.start_server(
         lambda r, w: _control(server, stop, r, w), args.host, args.control_port)
     listeners.append(control)
@@ -522,6 +536,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--key", help="PEM private key")
     p.add_argument("--initial-exists", type=int, default=3)
     p.add_argument("--backlog", type=int, default=4096)
+    p.add_argument("--listeners", type=int, default=1,
+                   help="plain and TLS ports each (ready: 'ports', 'tls_ports')")
     p.add_argument("--injection-log", help="append '<unix time> <user> <exists>' per injection")
     run(p, argv, "load server", serve)
 
