@@ -116,6 +116,10 @@ def _creator(variant: str, ca: str) -> object:
         creator._context.clear_mode(SSL.MODE_RELEASE_BUFFERS)
     elif variant == "no-ticket":
         creator._context.set_options(SSL.OP_NO_TICKET)
+    elif variant.startswith("groups="):  # e.g. groups=X25519:P-256 (no ML-KEM key share)
+        from OpenSSL._util import lib
+
+        lib.SSL_CTX_set1_curves_list(creator._context._context, variant[7:].encode())
     elif variant == "tls12":  # for attribution only: the daemon keeps TLS 1.3
         creator._context.set_max_proto_version(SSL.TLS1_2_VERSION)
     _CONTEXT[:] = [creator._context, creator._context.set_mode(0)]  # ORs in nothing
@@ -128,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rate", type=float, default=500.0)
     p.add_argument("--kinds", default="plain,tls")
     p.add_argument("--variant", default="base",
-                   help="base | no-release | no-ticket | tls12")
+                   help="base | no-release | no-ticket | tls12 | groups=<list>")
     p.add_argument("--tracemalloc", action="store_true")
     args = p.parse_args(argv)
     if args.tracemalloc:
