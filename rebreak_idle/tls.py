@@ -209,7 +209,8 @@ def _renew_bios(connection: SSL.Connection) -> None:
 
 class _LeanTLSProtocol(TLSMemoryBIOProtocol):
     """TLS whose memory BIOs are renewed once, on the first read after the handshake
-    (when OpenSSL has drained the incoming one): see :func:`_renew_bios`."""
+    (when OpenSSL has drained the incoming one): see :func:`_renew_bios`. Then the
+    connection becomes a plain ``TLSMemoryBIOProtocol``."""
 
     _bios_renewed = False
 
@@ -220,6 +221,8 @@ class _LeanTLSProtocol(TLSMemoryBIOProtocol):
             if connection is not None and not self._aborted:
                 self._bios_renewed = True
                 _renew_bios(connection)
+                # from now on Twisted's own class: no extra call on each later read
+                self.__class__ = TLSMemoryBIOProtocol  # type: ignore[assignment]
 
 
 class _UnbufferedTLSFactory(TLSMemoryBIOFactory):
