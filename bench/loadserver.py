@@ -29,6 +29,7 @@ import asyncio
 import base64
 import binascii
 import json
+import os
 import re
 import resource
 import ssl
@@ -474,6 +475,9 @@ def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert, key)
+    # TLS 1.3 session tickets sent after the handshake (OpenSSL's default is 2); for
+    # attributing client memory only (bench.tlscost): real servers send them
+    ctx.num_tickets = int(os.environ.get("BENCH_TLS_TICKETS", "2"))
     return ctx
 
 
@@ -492,6 +496,20 @@ async def serve(args: argparse.Namespace) -> None:
                                        ssl_handshake_timeout=30)
         listeners.append(tls)
         ready["tls_port"] = tls.sockets[0].getsockname()[1]
+    # more listening ports (any free), so that one client can hold more connections than
+    # loopback's ephemeral port range gives it towards one address and port
+    ready["ports"], ready["tls_ports"] = [ready["port"]], [ready.get("tls_port")]
+    for _ in range(args.listeners - 1):
+        plain = await loop.create_server(server.protocol(False), args.host, 0,
+                                         backlog=args.backlog, reuse_address=True)
+        listeners.append(plain)
+        ready["ports"].append(plain.sockets[0].getsockname()[1])
+        if ctx is not None and args.tls_port >= 0:
+            tls = await loop.create_server(server.protocol(True), args.host, 0, ssl=ctx,
+                                           backlog=args.backlog, reuse_address=True,
+                                           ssl_handshake_timeout=30)
+            listeners.append(tls)
+            ready["tls_ports"].append(tls.sockets[0].getsockname()[1])
     control = await asyncio.start_server(
         lambda r, w: _control(server, stop, r, w), args.host, args.control_port)
     listeners.append(control)
@@ -518,6 +536,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--key", help="PEM private key")
     p.add_argument("--initial-exists", type=int, default=3)
     p.add_argument("--backlog", type=int, default=4096)
+    p.add_argument("--listeners", type=int, default=1,
+                   help="plain and TLS ports each (ready: 'ports', 'tls_ports')")
     p.add_argument("--injection-log", help="append '<unix time> <user> <exists>' per injection")
     run(p, argv, "load server", serve)
 

@@ -40,6 +40,9 @@ ROOT = Path(__file__).resolve().parent.parent
 ADMIN_SECRET = "bench-admin-secret-0123456789"
 ENCRYPTION_KEY = "bench-encryption-key-0123456789abcdef"
 DAEMON_ROLE = "rebreak_bench_daemon"
+#: accounts per load-server port: loopback's ephemeral range (32768-60999) gives one client
+#: about 28,000 connections towards one address and port
+ACCOUNTS_PER_PORT = 20_000
 
 
 @dataclass
@@ -315,8 +318,10 @@ class Bench:
             params.pop("password", None)
         return dsn, make_dsn(**params), own_role
 
-    def seed(self, dsn: str, n: int, port: int, tls: bool) -> dict[str, str]:
-        """N active accounts on the load server; username → connection id."""
+    def seed(self, dsn: str, n: int, port: int | list[int], tls: bool) -> dict[str, str]:
+        """N active accounts on the load server, spread round-robin over its ports;
+        username → connection id."""
+        ports = port if isinstance(port, list) else [port]
         from rebreak_idle.secrets import encrypt_secret
 
         secret = encrypt_secret("bench-password", ENCRYPTION_KEY.encode()[:32])
@@ -326,8 +331,8 @@ class Bench:
             cid, uid = str(uuid.uuid4()), str(uuid.uuid4())
             email = f"bench{i:05d}@bench.test"
             users[email] = cid
-            buf.write(f"{cid}\t{uid}\t{email}\t127.0.0.1\t{port}\t{'tls' if tls else 'plain'}"
-                      f"\t{email}\tpassword\t{secret}\tt\n")
+            buf.write(f"{cid}\t{uid}\t{email}\t127.0.0.1\t{ports[i % len(ports)]}"
+                      f"\t{'tls' if tls else 'plain'}\t{email}\tpassword\t{secret}\tt\n")
         buf.seek(0)
         with contextlib.closing(psycopg2.connect(dsn)) as c, c, c.cursor() as cur:
             cur.copy_expert(
@@ -355,12 +360,13 @@ class Bench:
                 "top": [[" ".join(q.split())[:120], calls] for q, calls in rows[:8]]}
 
     # -- helpers --
-    def start_helpers(self, run_dir: Path) -> tuple[subprocess.Popen, dict, subprocess.Popen,
-                                                   dict]:
+    def start_helpers(self, run_dir: Path, n: int = 0) -> tuple[subprocess.Popen, dict,
+                                                                subprocess.Popen, dict]:
+        listeners = 1 + n // ACCOUNTS_PER_PORT
         ls = self.children.spawn(
             [sys.executable, "-m", "bench.loadserver", "--cert", self.certs["cert"], "--key",
              self.certs["key"], "--injection-log", str(run_dir / "injections.log"),
-             "--max-seconds", "1800"],
+             "--max-seconds", "1800", "--listeners", str(listeners)],
             cwd=ROOT, stdout=subprocess.PIPE, text=True)
         ls_ready = ready_line(ls, "load server")
         sink = self.children.spawn(
@@ -487,11 +493,11 @@ class Bench:
             "machine": self.machine, "daemon_cmd": " ".join(self.daemon_cmd[-2:]),
             "rss0_kb": self.rss0[cfg.tls], "errors": [],
             "loadavg_before": [round(x, 2) for x in os.getloadavg()]}
-        ls, ls_ready, sink, sink_ready = self.start_helpers(run_dir)
+        ls, ls_ready, sink, sink_ready = self.start_helpers(run_dir, cfg.n)
         control = Control("127.0.0.1", ls_ready["control_port"])
         sink_url = f"http://127.0.0.1:{sink_ready['port']}"
         dsn, daemon_dsn, own_role = self.new_database()
-        users = self.seed(dsn, cfg.n, ls_ready["tls_port" if cfg.tls else "port"], cfg.tls)
+        users = self.seed(dsn, cfg.n, ls_ready["tls_ports" if cfg.tls else "ports"], cfg.tls)
         status_port = free_port()
         daemon = None
         try:

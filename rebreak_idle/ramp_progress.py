@@ -49,6 +49,8 @@ class RampProgress:
         self._began = 0.0
         self._last_report = 0.0
         self._timer: Any = None
+        #: called once each time a ramp has settled (the daemon: give free heap back)
+        self.on_settled: Callable[[], object] | None = None
 
     @property
     def running(self) -> bool:
@@ -93,6 +95,8 @@ class RampProgress:
                          " {not_idle} not idle ({detail})", n=started, seconds=took,
                          idle=idle, not_idle=started - idle, detail=detail)
             self._sessions = []
+            if self.on_settled is not None:
+                self.on_settled()
             return
         if now - self._last_report >= REPORT_EVERY - 1e-9:
             self._last_report = now

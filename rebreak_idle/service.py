@@ -22,7 +22,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 
-from . import gc_tuning
+from . import gc_tuning, memory
 from .account import Account, InvalidAccount, account_from_row
 from .budget import HostBudget
 from .config import (
@@ -174,6 +174,7 @@ class Daemon(MultiService):
         if self.owns_process:
             gc_tuning.tune_for_many_sessions()
             self.reactor.callWhenRunning(self._install_signal_handlers)
+            self.supervisor._progress.on_settled = memory.release_free_heap
 
     def _install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: a graceful stop (LOGOUT, flush, scans) and exit status 0.

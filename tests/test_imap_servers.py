@@ -24,7 +24,7 @@ from rebreak_idle.imap import (
 )
 from rebreak_idle.testing.certs import make_test_certs
 from rebreak_idle.testing.imapserver import InProcessIMAPServer
-from rebreak_idle.tls import TLSClientEndpoint, client_tls_options
+from rebreak_idle.tls import TLSClientEndpoint, _LeanTLSProtocol, client_tls_options
 from tests.support.dovecot import DovecotServer, skip_without_dovecot
 
 WAIT = 10  # seconds: the deadline of every wait on the network
@@ -158,7 +158,11 @@ class ServerScenarios:
         client = yield self.logged_in(self.tls_port, self.tls())
         self.assertTrue(client.tls_active())
         # writes go to OpenSSL at once, not through Twisted's next-turn write buffer
+        # (the lean transport turns into Twisted's own class once its memory BIOs were
+        # renewed after the handshake; the connection goes on below)
         self.assertIs(type(client.transport), TLSMemoryBIOProtocol)
+        self.assertTrue(client.transport._bios_renewed)
+        self.assertTrue(issubclass(_LeanTLSProtocol, TLSMemoryBIOProtocol))
         yield client.select()
         yield client.idle()
         yield client.done_noop(idle_again=True).addTimeout(WAIT, reactor)

@@ -78,3 +78,27 @@ class RampProgressTests(SynchronousTestCase):
         sup.stopService()
         self.assertEqual(clock.getDelayedCalls(), [])
         self.assertEqual(self.ramp_lines(logs), [])
+
+
+class RampSettledHookTests(SynchronousTestCase):
+    def test_hook_runs_once_when_the_ramp_settles(self) -> None:
+        from rebreak_idle import memory
+
+        clock = Clock()
+        capture_logs(self)
+        sup = Supervisor(MemoryStore([row(i) for i in range(30)]), StateSession, DECODE,
+                         settings(connect_rate=1000), clock)
+        calls: list[int] = []
+        sup._progress.on_settled = lambda: calls.append(memory.release_free_heap("test"))
+        sup.startService()
+        self.addCleanup(lambda: sup.running and sup.stopService())
+        clock.advance(0.1)
+        self.assertEqual(calls, [])  # still connecting
+        for session in sup.sessions.values():
+            session.state = "idle"
+        clock.advance(1)
+        clock.advance(30)
+        self.assertEqual(len(calls), 1)
+        self.assertGreaterEqual(calls[0], 0)
+        self.assertIn("uordblks", memory.heap_figures())
+        self.assertGreater(memory.rss_kib(), 0)
