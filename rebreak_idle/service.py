@@ -174,7 +174,7 @@ class Daemon(MultiService):
         if self.owns_process:
             gc_tuning.tune_for_many_sessions()
             self.reactor.callWhenRunning(self._install_signal_handlers)
-            self.supervisor._progress.on_settled = memory.release_free_heap
+            self.supervisor.ramp.on_settled = memory.release_free_heap
 
     def _install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: a graceful stop (LOGOUT, flush, scans) and exit status 0.

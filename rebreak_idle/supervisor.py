@@ -115,6 +115,12 @@ class Supervisor(MultiService):
     # -- public -----------------------------------------------------------------------
 
     @property
+    def ramp(self) -> RampProgress:
+        """The start-up ramp's progress lines; its ``on_settled`` hook runs once the ramp
+        has settled (the daemon gives freed heap back then: :mod:`rebreak_idle.memory`)."""
+        return self._progress
+
+    @property
     def ready(self) -> bool:
         """True once a refresh has succeeded."""
         return self._ready

@@ -89,7 +89,7 @@ class RampSettledHookTests(SynchronousTestCase):
         sup = Supervisor(MemoryStore([row(i) for i in range(30)]), StateSession, DECODE,
                          settings(connect_rate=1000), clock)
         calls: list[int] = []
-        sup._progress.on_settled = lambda: calls.append(memory.release_free_heap("test"))
+        sup.ramp.on_settled = lambda: calls.append(memory.release_free_heap("test"))
         sup.startService()
         self.addCleanup(lambda: sup.running and sup.stopService())
         clock.advance(0.1)
