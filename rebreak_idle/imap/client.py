@@ -52,6 +52,7 @@ from .errors import (
 )
 from .idle import IdleExchange
 from .inherited import Unsupported
+from .listing import Listing
 from .parser import (
     Capabilities,
     excerpt,
@@ -99,7 +100,7 @@ CONNECTION_TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
 
 
 class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
-                 BoundedReader, Unsupported, imap4.IMAP4Client):
+                 BoundedReader, Listing, Unsupported, imap4.IMAP4Client):
     """IMAP4 client for long-lived IDLE sessions (see the module docstring).
 
     The owner sets the ``on_*`` callbacks (plain attributes, no-ops by default), waits
