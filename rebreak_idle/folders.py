@@ -51,7 +51,8 @@ def parse_folders(value: str) -> tuple[str, ...]:
         if entry.startswith("\\"):
             if not entry[1:].isalnum():
                 raise ValueError(f"not a special-use attribute: {entry[:40]!r}")
-        elif quote_mailbox(encode_mutf7(entry)) is None:
+        elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in entry) \
+                or quote_mailbox(encode_mutf7(entry)) is None:
             raise ValueError(f"folder name not usable: {entry[:40]!r}")
         if entry not in entries:
             entries.append(entry)
