@@ -70,9 +70,11 @@ class HeartbeatLoop:
             log.debug("{label} watching folders {names}", label=self.account.label,
                       names=watch.names, account_id=self.account.id)
 
-    def _folders_checked(self, connecting: bool = False) -> None:
+    def _folders_checked(self, connecting: bool = False,
+                         client: imap.IdleClient | None = None) -> None:
         watch = self._folders
-        if watch is None or not self.running:
+        if watch is None or not self.running or (client is not None
+                                                 and client is not self._client):
             return
         for name, mark in watch.changes(self._memory, self.account.id, connecting):
             self._folder_mail(watch, name, mark, "connected" if connecting else "exists")
@@ -134,7 +136,8 @@ class HeartbeatLoop:
             # a coroutine: this runs 10,000 times per heartbeat interval.
             watch = self._folders
             between = () if watch is None else watch.status_commands(
-                client, self._settings.noop_timeout, self._folders_checked)
+                client, self._settings.noop_timeout, lambda: self._folders_checked(
+                    client=client))
             step = client.done_noop(idle_again=True, between=between)
             step.addCallback(self._heartbeat_answered, client)
         else:

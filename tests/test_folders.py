@@ -205,7 +205,7 @@ class InProcessFolderTests(TestCase):
         client.transport.write = write
         self.server.deliver(USER, "Casino", folder="Unbekannt")
         await self.wait_mail("exists", 1, "Unbekannt")
-        heartbeat = [w for w in writes if w.startswith(b"DONE\r\n")][0]
+        heartbeat = next(w for w in writes if w.startswith(b"DONE\r\n"))
         lines = heartbeat.split(b"\r\n")[:-1]
         self.assertEqual(lines[0], b"DONE")
         self.assertEqual([line.split(b" ", 2)[1] for line in lines[1:]],
@@ -241,3 +241,19 @@ class InProcessFolderTests(TestCase):
 
     def test_off_by_default(self) -> defer.Deferred:
         return defer.Deferred.fromCoroutine(self._off_by_default())
+
+
+class MemoryTests(TestCase):
+    def test_forget_drops_the_folders_too(self) -> None:
+        memory = MailboxMemory()
+        mark = MailboxMark(1, 2, 1)
+        memory.remember("a1", mark)
+        memory.remember("a1", mark, "Spam")
+        memory.load(["a2"], {("a2", "Unbekannt"): mark, ("a2", "INBOX"): mark})
+        memory.remember("a3", mark, "Spam")
+        memory.forget("a1")
+        memory.forget("a2")
+        self.assertIsNone(memory.get("a1", "Spam"))
+        self.assertIsNone(memory.get("a2", "Unbekannt"))
+        self.assertEqual(len(memory), 1)
+        self.assertEqual(memory.get("a3", "Spam"), mark)
