@@ -4,10 +4,11 @@ Junk folder found by its RFC 6154 special-use attribute, a provider folder such 
 
 * :func:`parse_folders` reads the setting: ``\\Junk,Unbekannt`` (an entry starting with
   a backslash is a special-use attribute, any other a name as the user sees it);
-* :func:`resolve` finds them on one connection after SELECT: ``LIST (SPECIAL-USE) "" "*"``
-  when the server advertises SPECIAL-USE and attributes are asked for, else the
-  attributes of ``LIST "" "*"``; names not found that way with ``LIST "" <name>``
-  (modified UTF-7). A folder that is not there is skipped without an error;
+* :func:`resolve` finds them on one connection after SELECT: attributes with
+  ``LIST (SPECIAL-USE) "" "*"`` when the server advertises SPECIAL-USE, else with the
+  attributes of ``LIST "" "*"`` (which then finds the names too); names otherwise with
+  ``LIST "" <name>`` (modified UTF-7). A folder that is not there is skipped without an
+  error;
 * :class:`FolderWatch` (one per connection, lean) holds the folders found, their last
   STATUS marks, and the marks of scans asked for and not yet answered. The session
   writes each folder's ``STATUS (UIDNEXT UIDVALIDITY MESSAGES)`` into the heartbeat's
@@ -85,14 +86,16 @@ async def resolve(client: Any, specs: tuple[str, ...]) -> list[ListEntry]:
         return bool(hit)
 
     limit = 4 * MAX_FOLDERS
+    listed_all = False
     if attributes:
-        special = "SPECIAL-USE" in client.capabilities
-        await client.list_mailboxes(b"*", special_use=special and not names, keep=keep,
-                                    limit=limit)
-        if special and names:  # the plain LIST may leave the attributes out
-            await client.list_mailboxes(b"*", special_use=True, keep=keep, limit=limit)
+        # RFC 6154 §5.1: LIST (SPECIAL-USE) lists only the special-use mailboxes (a
+        # short answer even on a server with thousands of folders); without it the
+        # attributes come with the plain LIST, which then finds the names as well
+        special = b"SPECIAL-USE" in client.capabilities
+        await client.list_mailboxes(b"*", special_use=special, keep=keep, limit=limit)
+        listed_all = not special
     for raw, spec in names.items():
-        if spec not in found:
+        if spec not in found and not listed_all:
             await client.list_mailboxes(raw, keep=keep, limit=limit)
     entries: list[ListEntry] = []
     for spec in specs:
