@@ -86,13 +86,16 @@ async def resolve(client: Any, specs: tuple[str, ...]) -> list[ListEntry]:
         return bool(hit)
 
     limit = 4 * MAX_FOLDERS
+    hints = tuple(a.lower().encode("ascii") for a in attributes) + tuple(
+        raw.lower() for raw in names)
     listed_all = False
     if attributes:
         # RFC 6154 §5.1: LIST (SPECIAL-USE) lists only the special-use mailboxes (a
         # short answer even on a server with thousands of folders); without it the
         # attributes come with the plain LIST, which then finds the names as well
         special = b"SPECIAL-USE" in client.capabilities
-        await client.list_mailboxes(b"*", special_use=special, keep=keep, limit=limit)
+        await client.list_mailboxes(b"*", special_use=special, keep=keep, limit=limit,
+                                    hints=hints)
         listed_all = not special
     for raw, spec in names.items():
         if spec not in found and not listed_all:

@@ -138,11 +138,13 @@ class Listing:
 
     def list_mailboxes(self, pattern: bytes = b"*", *, special_use: bool = False,
                        keep: Callable[[ListEntry], bool] = lambda e: True,
-                       limit: int = 64) -> defer.Deferred:
+                       limit: int = 64, hints: tuple[bytes, ...] = ()) -> defer.Deferred:
         """``LIST "" pattern`` (``LIST (SPECIAL-USE) "" pattern`` with ``special_use``,
         RFC 6154 §5.1: only special-use mailboxes); fires with the entries ``keep``
         accepted, at most ``limit`` of them, in the server's order. Malformed lines are
-        skipped (a name that cannot be parsed cannot be watched)."""
+        skipped (a name that cannot be parsed cannot be watched). ``hints``: lower-case
+        byte strings of which a line must contain one to be parsed at all (a quick
+        filter for long listings)."""
         wire = quote_mailbox(pattern)
         if wire is None:
             return defer.fail(CommandFailed("LIST pattern must be printable ASCII",
@@ -152,6 +154,8 @@ class Listing:
         def untagged(keyword: bytes, rest: bytes) -> bool:
             if keyword != b"LIST":
                 return False
+            if len(kept) >= limit or (hints and not any(h in rest.lower() for h in hints)):
+                return True
             entry = parse_list(rest.partition(b" ")[2])
             if entry is not None and len(kept) < limit and keep(entry):
                 kept.append(entry)
