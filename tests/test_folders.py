@@ -24,6 +24,7 @@ from rebreak_idle.marks import MailboxMark, MailboxMemory
 from rebreak_idle.scan_request import Job, coalesce
 from rebreak_idle.session import MailboxSession
 from rebreak_idle.testing.imapserver import InProcessIMAPServer
+from tests.support.dovecot import DovecotServer, skip_without_dovecot
 from tests.support.wait import until
 from tests.test_session_servers import PASSWORD, USER, Events, Recorder, account, settings
 
@@ -257,3 +258,43 @@ class MemoryTests(TestCase):
         self.assertIsNone(memory.get("a2", "Unbekannt"))
         self.assertEqual(len(memory), 1)
         self.assertEqual(memory.get("a3", "Spam"), mark)
+
+
+class DovecotFolderTests(TestCase):
+    """The same against Dovecot with SPECIAL-USE (``mailbox Junk { special_use = \\Junk }``
+    in tests/support/dovecot.py) and a folder named Unbekannt."""
+
+    skip = skip_without_dovecot()
+    timeout = 60
+
+    async def _junk_and_unbekannt(self) -> None:
+        dovecot = DovecotServer.shared()
+        user = next(iter(dovecot.users))
+        events = Events()
+
+        def on_new_mail(a: Account, n: int, reason: str, mailbox: str = "INBOX"
+                        ) -> defer.Deferred:
+            events.add("mail", reason, n, mailbox)
+            return defer.succeed(True)
+
+        acct = Account(id="dovecot-folders", user_id="u1", email=user, host="127.0.0.1",
+                       port=dovecot.imap_port, security="plain", username=user,
+                       auth_method="password", secret=dovecot.users[user])
+        memory = MailboxMemory()
+        s = MailboxSession(acct, session_settings(settings(
+            extra_folders=("\\Junk", "Unbekannt"), heartbeat_interval=0.5,
+            tls_ca_file=dovecot.ca_file)), Recorder(events), on_new_mail, reactor,
+            memory=memory)
+        s.startService()
+        self.addCleanup(s.stopService)
+        junk = await events.wait(lambda i: i[:2] == ("mail", "connected") and i[3] == "Junk")
+        await events.wait(lambda i: i[:2] == ("mail", "connected") and i[3] == "Unbekannt")
+        self.assertIn(b"SPECIAL-USE", s._client.capabilities)  # type: ignore[union-attr]
+        self.assertEqual(s._folders.names, ["Junk", "Unbekannt"])  # type: ignore[union-attr]
+        await until(lambda: memory.get(acct.id, "Junk") is not None)
+        dovecot.deliver(user, subject="Casino bonus", folder="Junk")
+        await events.wait(lambda i: i == ("mail", "exists", junk[2] + 1, "Junk"), new=True)
+        self.assertEqual(events.of("error"), [])
+
+    def test_junk_and_unbekannt(self) -> defer.Deferred:
+        return defer.Deferred.fromCoroutine(self._junk_and_unbekannt())

@@ -117,3 +117,32 @@ class ResolveTests(ClientTestCase):
         self.server(b'* LIST (\\Noselect \\Junk) "/" A\r\n* LIST (\\Junk) "/" "Junk"\r\n'
                     b'* LIST (\\Junk) "/" "B"\r\n0001 OK\r\n')
         self.assertEqual([e.name for e in found[0]], ["Junk"])
+
+    def test_status_answered_before_the_noop(self) -> None:
+        """Dovecot runs the STATUS commands beside the NOOP (RFC 3501 §5.5) and answers
+        them first: each completes on its own tag, the NOOP and IDLE follow."""
+        self.connect()
+        result_of(self.client.idle())
+        self.server(b"+ idling\r\n")
+        self.sent()
+        junk = self.client.status_command(b"Junk", STATUS_ITEMS, 30.0)
+        other = self.client.status_command(b"Unbekannt", STATUS_ITEMS, 30.0)
+        assert junk is not None and other is not None
+        got = [result_of(junk.deferred), result_of(other.deferred)]
+        beat = result_of(self.client.done_noop(idle_again=True, between=(junk, other)))
+        self.server(b"0001 OK Idle completed\r\n"
+                    b"* STATUS Junk (MESSAGES 1 UIDNEXT 2 UIDVALIDITY 7)\r\n"
+                    b"0003 OK Status completed\r\n"
+                    b"* STATUS Unbekannt (MESSAGES 0 UIDNEXT 1 UIDVALIDITY 8)\r\n"
+                    b"0004 OK Status completed\r\n")
+        self.assertEqual(got, [[{"MESSAGES": 1, "UIDNEXT": 2, "UIDVALIDITY": 7}],
+                               [{"MESSAGES": 0, "UIDNEXT": 1, "UIDVALIDITY": 8}]])
+        self.assertEqual(beat, [])
+        self.server(b"0002 OK NOOP completed\r\n+ idling\r\n")
+        self.assertEqual(beat, [None])
+        self.assertEqual(result_of(self.client.idle()), [None])
+        self.assertTrue(self.client.idling)
+        self.assertFalse(self.client.closed)
+        # a tag nobody sent is still a protocol error
+        self.server(b"0009 OK what\r\n")
+        self.assertTrue(self.client.closed)

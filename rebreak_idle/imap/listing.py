@@ -20,10 +20,11 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.mail import imap4
+from twisted.python.failure import Failure
 
 from .commands import Command
 from .errors import CommandFailed, ProtocolError
-from .parser import is_atom, status_items
+from .parser import is_atom, split_code, status_items
 
 __all__ = ["ListEntry", "Listing", "decode_mutf7", "encode_mutf7", "parse_list",
            "quote_mailbox"]
@@ -184,9 +185,9 @@ class Listing:
             except ProtocolError as e:
                 self._protocol_error(e.text)
                 return True
-            if listed == name:
-                answer.update((k, v) for k, v in values.items()
-                              if k.encode("ascii") in items)
+            if listed != name:
+                return False  # another STATUS's answer (written ahead, or unasked)
+            answer.update((k, v) for k, v in values.items() if k.encode("ascii") in items)
             return True
 
         line = b"STATUS " + wire + b" (" + b" ".join(items) + b")"
@@ -206,3 +207,42 @@ class Listing:
         if refused is not None:
             return refused
         return self._send(cmd)  # type: ignore[attr-defined]
+
+    # -- STATUS commands written ahead (the heartbeat's pipeline) may be answered before
+    # the NOOP written ahead of them: RFC 3501 §5.5 lets a server run commands that do
+    # not depend on each other at the same time (Dovecot does)
+
+    def _ahead(self, tag: bytes | None = None) -> Command | None:
+        for cmd in self._queue:  # type: ignore[attr-defined]
+            if cmd.name == b"STATUS" and cmd.tag is not None and (tag is None
+                                                                  or cmd.tag == tag):
+                return cmd
+        return None
+
+    def _untagged_ahead(self, keyword: bytes, rest: bytes) -> None:
+        """An untagged response the running command did not take: a STATUS answer for a
+        STATUS written ahead."""
+        if keyword != b"STATUS":
+            return
+        for cmd in self._queue:  # type: ignore[attr-defined]
+            if cmd.name == b"STATUS" and cmd.tag is not None and cmd.on_untagged is not None \
+                    and cmd.on_untagged(keyword, rest):
+                return
+
+    def _tagged_ahead(self, tag: bytes, rest: bytes) -> bool:
+        """The tagged answer of a STATUS written ahead, before the running command's:
+        complete it out of order (True), or False for a tag nobody sent."""
+        cmd = self._ahead(tag)
+        if cmd is None:
+            return False
+        self._queue.remove(cmd)  # type: ignore[attr-defined]
+        status, _, data = rest.partition(b" ")
+        status = status.upper()
+        if status == b"OK":
+            assert cmd.on_ok is not None
+            cmd.deferred.callback(cmd.on_ok(None, data))
+        else:
+            code, _ = split_code(data)
+            cmd.deferred.errback(Failure(
+                self._command_failed(cmd, status, code, data)))  # type: ignore[attr-defined]
+        return True
