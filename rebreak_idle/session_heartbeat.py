@@ -59,7 +59,8 @@ class HeartbeatLoop:
 
     async def _watch_folders(self, client: imap.IdleClient) -> None:
         """After SELECT: find the extra folders (LIST) and read their marks (STATUS)."""
-        self._folders = None
+        if self._folders is not None:  # (off by default: no attribute per session then)
+            self._folders = None
         specs = self._settings.extra_folders
         if not specs:
             return
