@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gc-default", action="store_true",
                    help="as --gc-log, with CPython's default GC thresholds instead of the "
                         "daemon's (for comparison; kept out of the docs table)")
+    p.add_argument("--extra-folders", action="store_true",
+                   help="watch the load server's Junk and Unbekannt folders as well "
+                   "(REBREAK_EXTRA_FOLDERS; such runs stay out of the docs table)")
     p.add_argument("--results", type=Path, default=RESULTS, help="JSON lines file to append to")
     p.add_argument("--no-docs", action="store_true", help="do not re-render docs/benchmarks.md")
     p.add_argument("--workdir", type=Path, default=None, help="keep logs here (default tmp)")
@@ -65,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
     modes = {"plain": [False], "tls": [True], "both": [False, True]}[args.tls]
     extra = dict(item.split("=", 1) for item in args.env)
+    if args.extra_folders:
+        extra.setdefault("REBREAK_EXTRA_FOLDERS", "\\Junk,Unbekannt")
     signal.signal(signal.SIGTERM, _interrupt)
     bench = Bench(args.daemon_cmd, args.workdir)
     bench.log(f"work directory {bench.workdir}; RLIMIT_NOFILE {bench.nofile}")

@@ -4,7 +4,8 @@ It accepts any login and speaks just what an IDLE client sends: greeting with
 ``CAPABILITY IMAP4rev1 IDLE AUTH=PLAIN SASL-IR`` (plus ``STARTTLS`` on the plain port when a
 certificate is given), CAPABILITY, LOGIN, AUTHENTICATE PLAIN / XOAUTH2 (SASL-IR and
 continuation), SELECT/EXAMINE (``* N EXISTS``, ``[UIDVALIDITY n]``, ``[UIDNEXT n]``), IDLE
-(``+ idling``) / DONE, NOOP, LOGOUT (BYE + OK), CLOSE/UNSELECT, ID, ENABLE and STARTTLS.
+(``+ idling``) / DONE, NOOP, LOGOUT (BYE + OK), CLOSE/UNSELECT, ID, ENABLE and STARTTLS;
+LIST (two extra folders, ``Junk`` with ``\\Junk`` and ``Unbekannt``) and STATUS.
 Literals (``{n}`` and ``{n+}``) are accepted in any command.
 
 Control: a line protocol on a TCP port of 127.0.0.1:
@@ -46,6 +47,8 @@ MAX_LINE = 64 * 1024
 MAX_LITERAL = 1024 * 1024
 UIDVALIDITY = 1_700_000_000
 _LITERAL = re.compile(rb"\{(\d{1,9})(\+?)\}$")
+#: the folders LIST answers besides INBOX: (name, extra attributes)
+_FOLDERS = ((b"Junk", b" \\Junk"), (b"Unbekannt", b""))
 
 
 def tokenize(text: bytes) -> list[bytes]:
@@ -306,6 +309,22 @@ class ImapConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def do_list(self, tag: bytes, args: list[bytes]) -> None:
+        """Two extra folders (issue 19): ``Junk`` (special use ``\\Junk``) and
+        ``Unbekannt``; ``LIST "" "*"`` lists both, ``LIST "" <name>`` that one."""
+        pattern = args[-1] if args else b""
+        lines = b"".join(b'* LIST (\\HasNoChildren%s) "/" %s\r\n' % (attrs, name)
+                         for name, attrs in _FOLDERS if pattern in (b"*", name))
+        self.write(lines + tag + b" OK LIST completed\r\n")
+
+    def do_status(self, tag: bytes, args: list[bytes]) -> None:
+        name = args[0] if args else b""
+        if name not in (b"INBOX", *(f for f, _ in _FOLDERS)):
+            self.write(tag + b" NO [NONEXISTENT] no such mailbox\r\n")
+            return
+        self.write(b"* STATUS %s (MESSAGES 0 UIDNEXT 1 UIDVALIDITY %d)\r\n%s OK STATUS "
+                   b"completed\r\n" % (name, UIDVALIDITY, tag))
+
     def do_id(self, tag: bytes, args: list[bytes]) -> None:
         self.write(b'* ID ("name" "bench")\r\n' + tag + b" OK ID completed\r\n")
 
@@ -350,6 +369,8 @@ _HANDLERS = {
     b"IDLE": ImapConnection.do_idle,
     b"LOGOUT": ImapConnection.do_logout,
     b"ID": ImapConnection.do_id,
+    b"LIST": ImapConnection.do_list,
+    b"STATUS": ImapConnection.do_status,
     b"ENABLE": ImapConnection.do_enable,
     b"STARTTLS": ImapConnection.do_starttls,
 }

@@ -48,7 +48,9 @@ def _latest(results: list[dict], real_only: bool) -> list[dict]:
     latest: dict[tuple[int, str], dict] = {}
     for r in results:
         if real_only and (not str(r.get("daemon_cmd", "")).endswith("rebreak-idle")
-                          or r.get("profiled")):
+                          or r.get("profiled")
+                          or (r.get("config") or {}).get("extra_env", {}).get(
+                              "REBREAK_EXTRA_FOLDERS")):
             continue
         latest[(r["n"], r["mode"])] = r
     return [latest[k] for k in sorted(latest)]

@@ -116,6 +116,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("source_addresses", "REBREAK_SOURCE_ADDRESSES", "comma-separated local IP "
            "addresses to spread IMAP connections over (unset: the system's choice)",
            kind="addresses"),
+    Option("extra_folders", "REBREAK_EXTRA_FOLDERS", "comma-separated folders to watch "
+           "besides INBOX, by special-use attribute (\\Junk) or name (Unbekannt); checked "
+           "with STATUS at every heartbeat (unset: INBOX only; docs/folders.md)",
+           kind="folders"),
 )
 
 _BY_ATTR = {o.attr: o for o in OPTIONS}
@@ -159,6 +163,7 @@ class Settings:
     host_login_burst: int = 10
     host_max_connections: int | None = None
     source_addresses: tuple[str, ...] = ()
+    extra_folders: tuple[str, ...] = ()
 
     @property
     def key_bytes(self) -> bytes:
@@ -247,6 +252,13 @@ def _convert(opt: Option, raw: str) -> Any:
         return _ca_file(opt, raw)
     if opt.kind == "networks":
         return _networks(opt, raw)
+    if opt.kind == "folders":
+        from .folders import parse_folders
+
+        try:
+            return parse_folders(raw)
+        except ValueError as e:
+            raise ConfigError(f"{opt.env}: {e}") from None
     return raw
 
 
@@ -456,6 +468,7 @@ class SessionSettings:
     shutdown_timeout: float
     tls_ca_file: str | None
     allow_private_hosts: tuple[str, ...]
+    extra_folders: tuple[str, ...] = ()
 
 
 def session_settings(settings: Settings) -> SessionSettings:

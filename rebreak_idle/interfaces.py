@@ -11,7 +11,6 @@ from zope.interface import Attribute, Interface
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-    from .account import Account
 
 __all__ = ["Holdoff", "IAccountSource", "IHoldoffRecorder", "IRecorder", "ISession",
            "OnNewMail"]
@@ -48,7 +47,8 @@ class IAccountSource(Interface):
 #: ``on_new_mail(account, exists, reason)`` with reason ``"exists"`` or ``"connected"``; may
 #: return a Deferred that fires True once the backend acknowledged (2xx) a scan sent after
 #: this request (then the session remembers the mailbox mark it had), False otherwise.
-OnNewMail = Callable[["Account", int, str], "Deferred[bool] | None"]
+#: An extra folder's trigger adds ``mailbox=<folder name>``.
+OnNewMail = Callable[..., "Deferred[bool] | None"]
 
 
 class ISession(IService):

@@ -8,7 +8,8 @@ and one delivered" from "nothing happened", so :meth:`MailboxMark.needs_scan` tr
 count-only mark (or one without UIDVALIDITY) as always in doubt: such a connect scans.
 
 :class:`MailboxMemory` is the daemon's one table of marks, keyed by
-``(account id, mailbox)`` (only ``"INBOX"`` today). It holds only *acknowledged* marks:
+``(account id, mailbox)``: ``"INBOX"`` and the extra folders (:mod:`rebreak_idle.folders`).
+It holds only *acknowledged* marks:
 a session remembers a mark once the backend has answered 2xx to a scan that was sent
 after the session saw that mark (see :meth:`rebreak_idle.session.MailboxSession`), so
 a mark never claims more than the backend has scanned. The memory is loaded from
@@ -108,12 +109,14 @@ class MailboxMemory:
     :meth:`load` fills in what the database holds, once per account (at start, and when
     this replica takes the account over after :meth:`forget`)."""
 
-    __slots__ = ("_loaded", "_marks", "_writer")
+    __slots__ = ("_folders", "_loaded", "_marks", "_writer")
 
     def __init__(self, writer: MarkWriter | None = None) -> None:
         self._marks: dict[tuple[str, str], MailboxMark] = {}
         self._loaded: set[str] = set()
         self._writer = writer
+        #: account id → its mailboxes other than INBOX (extra folders), for forget()
+        self._folders: dict[str, set[str]] = {}
 
     def get(self, account_id: str, mailbox: str = INBOX) -> MailboxMark | None:
         return self._marks.get((account_id, mailbox))
@@ -124,13 +127,16 @@ class MailboxMemory:
         if self._marks.get(key) == mark:
             return
         self._marks[key] = mark
+        if mailbox != INBOX:
+            self._folders.setdefault(account_id, set()).add(mailbox)
         if self._writer is not None:
             self._writer(account_id, mailbox, mark)
 
     def forget(self, account_id: str, mailboxes: Iterable[str] = (INBOX,)) -> None:
         """Drop an account no longer watched here: its marks, and that they were loaded
-        (a later takeover reads what another replica stored meanwhile)."""
-        for mailbox in mailboxes:
+        (a later takeover reads what another replica stored meanwhile). The marks of
+        its extra folders go with INBOX's."""
+        for mailbox in (*mailboxes, *self._folders.pop(account_id, ())):
             self._marks.pop((account_id, mailbox), None)
         self._loaded.discard(account_id)
 
@@ -147,6 +153,8 @@ class MailboxMemory:
         for (account_id, mailbox), mark in marks.items():
             if account_id in ids:
                 self._marks[(account_id, mailbox)] = mark
+                if mailbox != INBOX:
+                    self._folders.setdefault(account_id, set()).add(mailbox)
         self._loaded |= ids
 
     def __len__(self) -> int:

@@ -50,6 +50,7 @@ from .scan_request import (
     Retryable,
     answer_counts,
     attempt_error,
+    coalesce,
     read_body,
     snippet,
     timed_out,
@@ -149,13 +150,14 @@ class ScanTrigger(Service):
         """Ask for a scan of ``account``; coalesced with one in flight. Never raises."""
         self.submit(account, exists, reason)
 
-    def submit(self, account: Account, exists: int, reason: str) -> Deferred[bool] | None:
+    def submit(self, account: Account, exists: int, reason: str,
+               mailbox: str | None = None) -> Deferred[bool] | None:
         """:meth:`request`, and a Deferred that fires True once a scan sent after this
         call was answered 2xx, False when it was given up, refused (4xx), abandoned or
         dropped — the sessions' ``OnNewMail``: they remember a mailbox mark only on True.
         None (nothing requested) for a request it cannot read. Never raises."""
         try:
-            job = Job(account, int(exists), reason)
+            job = Job(account, int(exists), reason, mailbox=mailbox)
         except Exception:
             log.failure("[idle/{email}] scan-trigger request failed",
                         email=getattr(account, "email", "?"),
@@ -186,9 +188,7 @@ class ScanTrigger(Service):
         state.keep = True
         if state.running is not None or state.waiting is not None:
             # coalesced without a log event: a flood of EXISTS would make one each
-            if state.pending is not None:
-                job.acks[:0], state.pending.acks = state.pending.acks, []
-            state.pending = job
+            state.pending = job if state.pending is None else coalesce(state.pending, job)
             return
         self._start_or_wait(state, job)
 

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .account import Account
 
 __all__ = ["BODY_LOG_LIMIT", "BODY_READ_LIMIT", "Job", "Retryable", "answer_counts",
-           "attempt_error", "read_body", "snippet", "timed_out"]
+           "attempt_error", "coalesce", "read_body", "snippet", "timed_out"]
 
 #: Characters of a response body (or of an error text) that reach a log line.
 BODY_LOG_LIMIT = 200
@@ -59,6 +59,8 @@ class Job:
     #: (a coalesced follow-up inherits the waiters of the requests it replaced: it goes
     #: out after them, so it covers them)
     acks: list[Deferred[bool]] = field(default_factory=list)
+    #: an extra folder's name (REBREAK_EXTRA_FOLDERS); None for INBOX
+    mailbox: str | None = None
 
     def settle(self, acknowledged: bool) -> None:
         """Tell every waiter the outcome (once)."""
@@ -67,13 +69,32 @@ class Job:
             d.callback(acknowledged)
 
     def payload(self) -> bytes:
-        """The request body: ``connectionId``, ``userId``, ``reason``, ``exists``."""
-        return json.dumps({
+        """The request body: ``connectionId``, ``userId``, ``reason``, ``exists`` (and
+        ``mailbox`` for an extra folder; INBOX's body is exactly CONTRACT §5's)."""
+        body: dict[str, Any] = {
             "connectionId": self.account.id,
             "userId": self.account.user_id,
             "reason": self.reason,
             "exists": self.exists,
-        }).encode("utf-8")
+        }
+        if self.mailbox is not None:
+            body["mailbox"] = self.mailbox
+        return json.dumps(body).encode("utf-8")
+
+
+def coalesce(pending: Job, job: Job) -> Job:
+    """The job to keep pending when ``job`` arrives behind ``pending``: the newer one of
+    the same mailbox (inheriting the waiters, it covers them); of two mailboxes INBOX's
+    (a folder's scan ends not acknowledged: its mark stays, the next heartbeat asks
+    again), else the newer folder's."""
+    if pending.mailbox == job.mailbox:
+        job.acks[:0], pending.acks = pending.acks, []
+        return job
+    if pending.mailbox is None:
+        job.settle(False)
+        return pending
+    pending.settle(False)
+    return job
 
 
 class _BodyReader(Protocol):

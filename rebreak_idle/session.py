@@ -13,7 +13,8 @@ reports the connection (not in ``prepareConnection``, whose state machine has no
 transition for a close during the login); a failed login closes the connection.
 
 At most one pending timer per session (``_timer``, on the shared
-:class:`~rebreak_idle.wheel.TimerWheel`): the next heartbeat/renewal, or the next poll.
+:class:`~rebreak_idle.wheel.TimerWheel`): the next heartbeat/renewal, or the next poll
+(:mod:`rebreak_idle.session_heartbeat`, which also watches the extra folders).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from . import imap, metrics
 from .account import Account
 from .backoff import Backoff, format_delay
 from .budget import HostBudget
-from .config import SessionSettings, Settings
+from .config import SessionSettings
 from .connecting import (
     ClientFactory,
     QuietClientService,
@@ -48,6 +49,7 @@ from .interfaces import IRecorder, ISession, OnNewMail
 from .marks import MailboxMark, MailboxMemory, status_uidnext
 from .providers import CLIENT_ID, CREDENTIALS
 from .reconnect import CLOSED, HEALTHY_AFTER, Outcome, SessionError, classify, reaction
+from .session_heartbeat import HeartbeatLoop, timer_resolution
 from .session_providers import ProviderLimits
 from .session_state import State, check_transition, state_gauge
 from .tokens import Reread
@@ -66,21 +68,12 @@ def _ignore(*args: Any) -> None:
     return None
 
 
-def timer_resolution(settings: SessionSettings | Settings) -> float:
-    """Tick of the sessions' :class:`~rebreak_idle.wheel.TimerWheel`: 1 s, or a twentieth of
-    the shortest heartbeat, poll or command interval when that is shorter (so a timer is
-    never more than 5 % of its interval late)."""
-    shortest = min(settings.heartbeat_interval, settings.poll_interval,
-                   settings.noop_timeout, settings.command_timeout)
-    return max(0.001, min(1.0, shortest / 20))
-
-
 def _iso(t: float | None) -> str | None:
     return None if t is None else datetime.fromtimestamp(t, UTC).isoformat()
 
 
 @implementer(ISession)
-class MailboxSession(ProviderLimits, Service):
+class MailboxSession(HeartbeatLoop, ProviderLimits, Service):
     """Keeps one account watched for as long as the service runs. ``reactor``: IReactorTCP
     and IReactorTime. ``memory``: the daemon's :class:`~rebreak_idle.marks.MailboxMemory`
     (default: one of its own). ``tls_creator(hostname)``: the TLS connection creator
@@ -355,6 +348,7 @@ class MailboxSession(ProviderLimits, Service):
             uidnext = await status_uidnext(client)
             self._mark = self._mark.with_uidnext(uidnext).with_count(self._exists)
         changed = self._mark.needs_scan(self._memory.get(account.id))
+        await self._watch_folders(client)  # REBREAK_EXTRA_FOLDERS: LIST, STATUS
         if client.has_idle:
             await client.idle()
             state = State.IDLE
@@ -371,6 +365,7 @@ class MailboxSession(ProviderLimits, Service):
         self._schedule()
         if changed:
             self._new_mail(self._exists, "connected")
+        self._folders_checked(connecting=True)
 
     def _step_failed(self, failure: Failure, client: imap.IdleClient) -> None:
         """A login, IDLE, heartbeat or poll step failed: note why and close the connection
@@ -394,10 +389,6 @@ class MailboxSession(ProviderLimits, Service):
         it (the request went out after the session saw it), so it is the mark now."""
         if ok is True:
             self._memory.remember(self.account.id, mark)
-
-    def _heartbeat(self) -> None:
-        self._last_heartbeat = self._reactor.seconds()
-        self._recorder.record_heartbeat(self.account.id)
 
     def _new_mail(self, exists: int, reason: str) -> None:
         """Ask for a scan; a Deferred returned by ``on_new_mail`` fires True once a scan
@@ -462,60 +453,6 @@ class MailboxSession(ProviderLimits, Service):
             return
         self._fail(classify(reason))
         self._connection_ended()
-
-    def _schedule(self) -> None:
-        """Arm the one timer for the next heartbeat, renewal or poll."""
-        settings = self._settings
-        base = self._last_heartbeat
-        assert base is not None  # the connect recorded the first one
-        if self.state is State.POLLING:
-            due = base + settings.poll_interval
-        else:
-            due = min(self._idle_since + settings.idle_renew, base + settings.heartbeat_interval)
-        self._cancel_timer()
-        self._timer = self._timers.callLater(due - self._reactor.seconds(), self._tick)
-
-    def _tick(self) -> None:
-        self._timer = None
-        client = self._client
-        if client is None or not self.running:
-            return
-        if self.state is State.POLLING:
-            step = Deferred.fromCoroutine(self._poll(client))
-        elif self._reactor.seconds() >= ((self._last_heartbeat or 0.0)
-                                         + self._settings.heartbeat_interval):
-            # DONE, NOOP and IDLE in one write; the NOOP's OK records the heartbeat. No
-            # answer to DONE or NOOP within noop_timeout fails with CommandTimeout and the
-            # client closes the connection (half-open TCP, NAT drop). Plain callbacks, not
-            # a coroutine: this runs 10,000 times per heartbeat interval.
-            step = client.done_noop(idle_again=True)
-            step.addCallback(self._heartbeat_answered, client)
-        else:
-            step = Deferred.fromCoroutine(self._renew(client))
-        step.addErrback(self._step_failed, client)
-
-    def _heartbeat_answered(self, _: object, client: imap.IdleClient) -> Deferred[None]:
-        self._heartbeat()
-        return client.idle().addCallback(self._idling_again, client)
-
-    def _idling_again(self, _: object, client: imap.IdleClient) -> None:
-        self._idle_since = self._reactor.seconds()
-        if client is self._client and self.running:
-            self._schedule()
-
-    async def _renew(self, client: imap.IdleClient) -> None:
-        """End IDLE with DONE and enter it again (no heartbeat was due)."""
-        log.info("[idle/{email}] idle renewing (25min threshold)",
-                 email=self.account.email, account_id=self.account.id)
-        await client.done()
-        await client.idle()
-        self._idling_again(None, client)
-
-    async def _poll(self, client: imap.IdleClient) -> None:
-        await client.noop()
-        self._heartbeat()
-        if client is self._client and self.running:
-            self._schedule()
 
     # -- reconnecting -------------------------------------------------------------------
 

@@ -52,6 +52,7 @@ from .errors import (
 )
 from .idle import IdleExchange
 from .inherited import Unsupported
+from .listing import Listing
 from .parser import (
     Capabilities,
     excerpt,
@@ -99,7 +100,7 @@ CONNECTION_TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
 
 
 class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
-                 BoundedReader, Unsupported, imap4.IMAP4Client):
+                 BoundedReader, Listing, Unsupported, imap4.IMAP4Client):
     """IMAP4 client for long-lived IDLE sessions (see the module docstring).
 
     The owner sets the ``on_*`` callbacks (plain attributes, no-ops by default), waits
@@ -307,8 +308,9 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
             if not self._capabilities_in(code) and keyword != b"OK":
                 log.debug("IMAP server says {status}: {text}", status=keyword.decode(),
                           text=text(data))
-        if cmd is not None and cmd.on_untagged is not None:
-            cmd.on_untagged(keyword, rest)
+        if cmd is not None and cmd.on_untagged is not None and cmd.on_untagged(keyword, rest):
+            return
+        self._untagged_ahead(keyword, rest)  # a STATUS written ahead (listing.py)
 
     def _bye(self, data: bytes) -> None:
         message = text(data)
@@ -336,6 +338,8 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
     def _tagged(self, tag: bytes, rest: bytes, line: bytes) -> None:
         cmd = self._current
         if cmd is None or tag != cmd.tag:
+            if self._tagged_ahead(tag, rest):  # RFC 3501 §5.5: answered out of order
+                return
             self._protocol_error(f"response with unknown tag: {excerpt(line)}")
             return
         status, _, data = rest.partition(b" ")

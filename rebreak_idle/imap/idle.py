@@ -152,7 +152,8 @@ class IdleExchange:
             return defer.fail(IMAPError("not idling"))
         return self._write_done(DONE_SENT)
 
-    def done_noop(self, idle_again: bool = False) -> defer.Deferred:
+    def done_noop(self, idle_again: bool = False,
+                  between: tuple[Command, ...] = ()) -> defer.Deferred:
         """End the IDLE and send a NOOP in the same write (RFC 3501 §5.5: the client may
         send the next command once it has sent DONE), with ``idle_again`` an IDLE after
         the NOOP as well. Fires with None on the NOOP's tagged OK, which arrives after the
@@ -162,7 +163,8 @@ class IdleExchange:
         ``noop_timeout`` of the DONE, the NOOP's OK within ``noop_timeout`` of that, the
         new IDLE's continuation within ``command_timeout`` of the NOOP's OK. Fails like
         ``done()`` when the IDLE ends with NO/BAD and like ``noop()`` when the NOOP
-        does."""
+        does. ``between``: commands (the extra folders' STATUS) written after the NOOP and
+        before the next IDLE, in the same write; each answers on its own Deferred."""
         if self._idle_state not in _IDLING:
             return defer.fail(IMAPError("not idling"))
         if self._idle_state in _DONE_WRITTEN or self._queue:
@@ -171,6 +173,10 @@ class IdleExchange:
         noop.tag = self.makeTag()
         self._queue.append(noop)
         then = noop.tag + b" NOOP\r\n"
+        for cmd in between:
+            cmd.tag = self.makeTag()
+            self._queue.append(cmd)
+            then += cmd.tag + b" " + cmd.pieces[0] + b"\r\n"
         if idle_again:
             ahead = self._idle_command()
             ahead.tag = self.makeTag()

@@ -283,6 +283,15 @@ class _ServerProtocol(imap4.IMAP4Server):
             names = [n for n in names if n.upper() != "UIDNEXT"]
         super()._cbStatusGotMailbox(mbox, tag, mailbox, names)
 
+    # -- LIST: the mailboxes' LIST attributes (Twisted's server lists their message flags)
+
+    def _cbListWork(self, mailboxes: Any, tag: bytes, sub: Any, cmdName: bytes) -> None:
+        for name, box in mailboxes:
+            flags = b" ".join(a.encode("ascii") for a in getattr(box, "attributes", ()))
+            quoted = name.encode("imap4-utf-7").replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+            self.sendUntaggedResponse(cmdName + b" (" + flags + b') "/" "' + quoted + b'"')
+        self.sendPositiveResponse(tag, cmdName + b" completed")
+
     # -- EXPUNGE: other connections are told by the mailbox
 
     def do_EXPUNGE(self, tag: bytes) -> None:
@@ -353,9 +362,15 @@ class InProcessIMAPServer:
     def inbox(self, name: str) -> MemoryMailbox:
         return self.account(name).select("INBOX")
 
+    def add_folder(self, name: str, folder: str, attributes: tuple[str, ...] = ()
+                   ) -> MemoryMailbox:
+        """Give user ``name`` a folder (``"Unbekannt"``, ``"Spam"`` with ``\\Junk``)."""
+        return self.account(name).add_folder(folder, attributes)
+
     def deliver(self, name: str, subject: str = "Test message",
                 sender: str = "sender@example.org", body: str = "Hello.\r\n",
-                to: str | None = None, raw: bytes | None = None) -> int:
+                to: str | None = None, raw: bytes | None = None,
+                folder: str = "INBOX") -> int:
         """Add a message to ``name``'s INBOX (pushing ``* N EXISTS`` to its selected
         connections, idling or not); returns the new UID."""
         if raw is None:
@@ -367,7 +382,7 @@ class InProcessIMAPServer:
             msg["Message-ID"] = email.utils.make_msgid(domain="rebreak.test")
             msg.set_content(body)
             raw = msg.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-        return self.inbox(name).add(raw)
+        return self.account(name).select(folder).add(raw)
 
     def delete(self, name: str, uid: int) -> bool:
         """Remove a message by UID (pushing ``* N EXPUNGE``); True when it existed."""

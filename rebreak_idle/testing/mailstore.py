@@ -79,6 +79,8 @@ class MemoryMailbox:
     """An in-memory mailbox whose listeners (selected connections) get EXISTS/EXPUNGE."""
 
     _validity = itertools.count(int(time.time()))
+    #: LIST attributes (RFC 6154 special use: ``\\Junk``), see MemoryAccount.add_folder
+    attributes: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.messages: list[MemoryMessage] = []
@@ -200,3 +202,18 @@ class MemoryAccount(imap4.MemoryAccount):
 
     def _emptyMailbox(self, name: str, id: int) -> MemoryMailbox:
         return MemoryMailbox()
+
+    def add_folder(self, name: str, attributes: Iterable[str] = ()) -> MemoryMailbox:
+        """A mailbox listed as ``name`` (Twisted's account keeps names upper case) with
+        LIST attributes such as ``\\Junk`` (RFC 6154)."""
+        self.addMailbox(name)
+        box = self.select(name)
+        box.attributes = tuple(attributes)
+        self.__dict__.setdefault("display", {})[name.upper()] = name
+        return box
+
+    def listMailboxes(self, ref: Any, wildcard: Any) -> list[tuple[str, Any]]:
+        display = self.__dict__.get("display", {})
+        wildcard = wildcard.upper() if isinstance(wildcard, str) else wildcard
+        return [(display.get(name, name), box)
+                for name, box in super().listMailboxes(ref, wildcard)]

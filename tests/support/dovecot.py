@@ -132,6 +132,16 @@ first_valid_gid = 1
 imap_idle_notify_interval = {one_second}
 mailbox_idle_check_interval = {one_second}
 shutdown_clients = yes
+namespace inbox {{
+  inbox = yes
+  mailbox Junk {{
+    special_use = \\Junk
+    auto = create
+  }}
+  mailbox Unbekannt {{
+    auto = create
+  }}
+}}
 {auth_dbs}service imap-login {{
   inet_listener imap {{
     {listener_address} = 127.0.0.1
@@ -289,18 +299,23 @@ class DovecotServer:
         except OSError:
             return ""
 
-    def _maildir(self, user: str) -> Path:
+    def _maildir(self, user: str, folder: str = "INBOX") -> Path:
         root = self.dir / "mail" / user
         maildir = root / "Maildir"
-        for p in (root, maildir, maildir / "cur", maildir / "new", maildir / "tmp"):
+        parts = [root, maildir]
+        if folder != "INBOX":  # Maildir++: a folder is a dot directory
+            maildir = maildir / f".{folder}"
+            parts.append(maildir)
+        for p in (*parts, maildir / "cur", maildir / "new", maildir / "tmp"):
             p.mkdir(exist_ok=True)
             os.chown(p, self.uid, self.gid)
         return maildir
 
     def deliver(self, user: str, subject: str = "Test message",
                 sender: str = "sender@example.org", body: str = "Hello.\n",
-                raw: bytes | None = None) -> str:
-        """Put a message into ``user``'s INBOX Maildir (tmp/ then rename to new/, as an
+                raw: bytes | None = None, folder: str = "INBOX") -> str:
+        """Put a message into ``user``'s INBOX Maildir (or ``folder``'s: the configured
+        ``Junk``, special use ``\\Junk``, and ``Unbekannt``) (tmp/ then rename to new/, as an
         MDA does); Dovecot reports it to IDLE clients as ``* N EXISTS`` within about a
         second. Returns the file name."""
         if raw is None:
@@ -312,7 +327,7 @@ class DovecotServer:
             msg["Message-ID"] = email.utils.make_msgid(domain="rebreak.test")
             msg.set_content(body)
             raw = msg.as_bytes()
-        maildir = self._maildir(user)
+        maildir = self._maildir(user, folder)
         name = f"{time.time_ns()}.P{os.getpid()}Q{id(raw)}.rebreak-test"
         tmp = maildir / "tmp" / name
         tmp.write_bytes(raw)

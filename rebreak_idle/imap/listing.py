@@ -1,0 +1,248 @@
+"""LIST (RFC 3501 §6.3.8, RFC 6154 SPECIAL-USE) and STATUS commands of other mailboxes, as
+a mixin of :class:`~rebreak_idle.imap.IdleClient`, and mailbox names: modified UTF-7
+(RFC 3501 §5.1.3) for display and for names typed by an operator, quoting for the wire.
+
+Names are kept as the server listed them (the raw bytes, modified UTF-7) and sent back
+so; only :func:`decode_mutf7` turns them into text for logs and scan triggers.
+
+Bounded: a LIST answer is read line by line and only the entries a ``keep`` predicate
+accepts are kept, at most ``limit`` of them — a server listing 100,000 folders costs
+the lines' parsing time (and the connection's input budget), not memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer
+from twisted.mail import imap4
+from twisted.python.failure import Failure
+
+from .commands import Command
+from .errors import CommandFailed, ProtocolError
+from .parser import is_atom, split_code, status_items
+
+__all__ = ["ListEntry", "Listing", "decode_mutf7", "encode_mutf7", "parse_list",
+           "quote_mailbox"]
+
+_B64_RUN = re.compile(rb"&([A-Za-z0-9+,]*)-")
+#: the longest mailbox name kept (RFC 3501 sets none; servers use a few hundred bytes)
+MAX_NAME = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ListEntry:
+    """One ``* LIST`` line: attributes (``\\Junk``, as the server spelled them), the
+    hierarchy delimiter (None for NIL) and the name as listed (modified UTF-7 bytes)."""
+
+    attributes: tuple[str, ...]
+    delimiter: str | None
+    raw: bytes
+
+    @property
+    def name(self) -> str:
+        """The name for display (modified UTF-7 decoded)."""
+        return decode_mutf7(self.raw)
+
+    def has(self, attribute: str) -> bool:
+        wanted = attribute.lower()
+        return any(a.lower() == wanted for a in self.attributes)
+
+
+def decode_mutf7(raw: bytes) -> str:
+    """Modified UTF-7 (``&AOQ-`` for ä, ``&-`` for &) → text; a malformed run is shown as
+    it was (never raises)."""
+
+    def run(match: re.Match[bytes]) -> str:
+        body = match.group(1)
+        if not body:
+            return "&"
+        data = body.replace(b",", b"/")
+        data += b"=" * (-len(data) % 4)
+        try:
+            return base64.b64decode(data, validate=True).decode("utf-16-be")
+        except (ValueError, UnicodeDecodeError):
+            return match.group(0).decode("ascii")
+
+    out: list[str] = []
+    pos = 0
+    for match in _B64_RUN.finditer(raw):
+        out.append(raw[pos:match.start()].decode("ascii", "replace"))
+        out.append(run(match))
+        pos = match.end()
+    out.append(raw[pos:].decode("ascii", "replace"))
+    return "".join(out)
+
+
+def encode_mutf7(name: str) -> bytes:
+    """Text → modified UTF-7 (what a server lists for a name typed by the operator)."""
+    out = bytearray()
+    pending: list[str] = []
+
+    def flush() -> None:
+        if pending:
+            data = base64.b64encode("".join(pending).encode("utf-16-be"))
+            out.extend(b"&" + data.rstrip(b"=").replace(b"/", b",") + b"-")
+            pending.clear()
+
+    for ch in name:
+        if 0x20 <= ord(ch) < 0x7F:
+            flush()
+            out.extend(b"&-" if ch == "&" else ch.encode("ascii"))
+        else:
+            pending.append(ch)
+    flush()
+    return bytes(out)
+
+
+def quote_mailbox(raw: bytes) -> bytes | None:
+    """The wire form of a mailbox name: an atom as is, else a quoted string (``\\`` and
+    ``"`` escaped). None for a name that would need a literal (a control character, 8-bit
+    bytes): such a name cannot go into a pipelined write, the folder is skipped."""
+    if not raw or len(raw) > MAX_NAME or not all(0x20 <= b < 0x7F for b in raw):
+        return None
+    if is_atom(raw):
+        return raw
+    return b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+def parse_list(data: bytes) -> ListEntry | None:
+    """The data of an untagged LIST response (after ``LIST``):
+    ``(\\HasNoChildren \\Junk) "/" Spam`` → ListEntry; None when malformed."""
+    try:
+        parsed = imap4.parseNestedParens(data)
+    except Exception:
+        return None
+    if len(parsed) != 3 or not isinstance(parsed[0], list):
+        return None
+    attrs, delim, name = parsed
+    if not isinstance(name, bytes) or not name or len(name) > MAX_NAME:
+        return None
+    if not all(isinstance(a, bytes) for a in attrs):
+        return None
+    delimiter = delim.decode("ascii", "replace") if isinstance(delim, bytes) \
+        and delim.upper() != b"NIL" else None
+    return ListEntry(tuple(a.decode("ascii", "replace") for a in attrs[:32]), delimiter,
+                     name)
+
+
+class Listing:
+    """LIST and STATUS commands of the client (a mixin: no state of its own)."""
+
+    command_timeout: float
+    _command: Callable[..., defer.Deferred]
+    _protocol_error: Callable[[str], None]
+
+    def list_mailboxes(self, pattern: bytes = b"*", *, special_use: bool = False,
+                       keep: Callable[[ListEntry], bool] = lambda e: True,
+                       limit: int = 64, hints: tuple[bytes, ...] = ()) -> defer.Deferred:
+        """``LIST "" pattern`` (``LIST (SPECIAL-USE) "" pattern`` with ``special_use``,
+        RFC 6154 §5.1: only special-use mailboxes); fires with the entries ``keep``
+        accepted, at most ``limit`` of them, in the server's order. Malformed lines are
+        skipped (a name that cannot be parsed cannot be watched). ``hints``: lower-case
+        byte strings of which a line must contain one to be parsed at all (a quick
+        filter for long listings)."""
+        wire = quote_mailbox(pattern)
+        if wire is None:
+            return defer.fail(CommandFailed("LIST pattern must be printable ASCII",
+                                            command="LIST"))
+        kept: list[ListEntry] = []
+
+        def untagged(keyword: bytes, rest: bytes) -> bool:
+            if keyword != b"LIST":
+                return False
+            if len(kept) >= limit or (hints and not any(h in rest.lower() for h in hints)):
+                return True
+            entry = parse_list(rest.partition(b" ")[2])
+            if entry is not None and len(kept) < limit and keep(entry):
+                kept.append(entry)
+            return True
+
+        args = (b"(SPECIAL-USE) " if special_use else b"") + b'"" ' + wire
+        return self._command(b"LIST", args, on_untagged=untagged,
+                             on_ok=lambda code, data: kept)
+
+    def status_command(self, raw: bytes, items: tuple[bytes, ...], timeout: float
+                       ) -> Command | None:
+        """A STATUS command of mailbox ``raw`` (as listed) for writing ahead (the
+        heartbeat's pipeline); its Deferred fires with ``{item: int}``. None when the name
+        cannot be sent without a literal."""
+        wire = quote_mailbox(raw)
+        if wire is None:
+            return None
+        answer: dict[str, int] = {}
+        name = raw.decode("ascii")
+
+        def untagged(keyword: bytes, rest: bytes) -> bool:
+            if keyword != b"STATUS":
+                return False
+            try:
+                listed, values = status_items(rest.partition(b" ")[2])
+            except ProtocolError as e:
+                self._protocol_error(e.text)
+                return True
+            if listed != name:
+                return False  # another STATUS's answer (written ahead, or unasked)
+            answer.update((k, v) for k, v in values.items() if k.encode("ascii") in items)
+            return True
+
+        line = b"STATUS " + wire + b" (" + b" ".join(items) + b")"
+        return Command(b"STATUS", [line], timeout, on_untagged=untagged,
+                       on_ok=lambda code, data: answer)
+
+    def status_of(self, raw: bytes, items: tuple[bytes, ...]) -> defer.Deferred:
+        """STATUS of the listed mailbox ``raw`` now (not pipelined)."""
+        cmd = self.status_command(raw, items, self.command_timeout)
+        if cmd is None:
+            return defer.fail(CommandFailed("mailbox name needs a literal",
+                                            command="STATUS"))
+        return self._send_status(cmd)
+
+    def _send_status(self, cmd: Command) -> defer.Deferred:
+        refused: Any = self._refused_while_idle(b"STATUS")  # type: ignore[attr-defined]
+        if refused is not None:
+            return refused
+        return self._send(cmd)  # type: ignore[attr-defined]
+
+    # -- STATUS commands written ahead (the heartbeat's pipeline) may be answered before
+    # the NOOP written ahead of them: RFC 3501 §5.5 lets a server run commands that do
+    # not depend on each other at the same time (Dovecot does)
+
+    def _ahead(self, tag: bytes | None = None) -> Command | None:
+        for cmd in self._queue:  # type: ignore[attr-defined]
+            if cmd.name == b"STATUS" and cmd.tag is not None and (tag is None
+                                                                  or cmd.tag == tag):
+                return cmd
+        return None
+
+    def _untagged_ahead(self, keyword: bytes, rest: bytes) -> None:
+        """An untagged response the running command did not take: a STATUS answer for a
+        STATUS written ahead."""
+        if keyword != b"STATUS":
+            return
+        for cmd in self._queue:  # type: ignore[attr-defined]
+            if cmd.name == b"STATUS" and cmd.tag is not None and cmd.on_untagged is not None \
+                    and cmd.on_untagged(keyword, rest):
+                return
+
+    def _tagged_ahead(self, tag: bytes, rest: bytes) -> bool:
+        """The tagged answer of a STATUS written ahead, before the running command's:
+        complete it out of order (True), or False for a tag nobody sent."""
+        cmd = self._ahead(tag)
+        if cmd is None:
+            return False
+        self._queue.remove(cmd)  # type: ignore[attr-defined]
+        status, _, data = rest.partition(b" ")
+        status = status.upper()
+        if status == b"OK":
+            assert cmd.on_ok is not None
+            cmd.deferred.callback(cmd.on_ok(None, data))
+        else:
+            code, _ = split_code(data)
+            cmd.deferred.errback(Failure(
+                self._command_failed(cmd, status, code, data)))  # type: ignore[attr-defined]
+        return True

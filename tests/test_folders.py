@@ -1,0 +1,300 @@
+"""Extra folders (REBREAK_EXTRA_FOLDERS): names and LIST lines, the setting, the scan
+trigger's mailbox field and coalescing, and sessions against the in-process server (a
+``\\Junk`` folder, one named Unbekannt) with the heartbeat's one write checked."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import TestCase
+
+from rebreak_idle.account import Account
+from rebreak_idle.config import ConfigError, load_settings, session_settings
+from rebreak_idle.folders import FolderWatch, parse_folders
+from rebreak_idle.imap.listing import (
+    ListEntry,
+    decode_mutf7,
+    encode_mutf7,
+    parse_list,
+    quote_mailbox,
+)
+from rebreak_idle.marks import MailboxMark, MailboxMemory
+from rebreak_idle.scan_request import Job, coalesce
+from rebreak_idle.session import MailboxSession
+from rebreak_idle.testing.imapserver import InProcessIMAPServer
+from tests.support.dovecot import DovecotServer, skip_without_dovecot
+from tests.support.wait import until
+from tests.test_session_servers import PASSWORD, USER, Events, Recorder, account, settings
+
+ENV = {"DATABASE_URL": "postgresql://x", "ADMIN_SECRET": "s" * 8,
+       "ENCRYPTION_KEY": "k" * 32}
+
+
+class NameTests(TestCase):
+    def test_modified_utf7(self) -> None:
+        for text, wire in [("Entwürfe", b"Entw&APw-rfe"), ("A&B", b"A&-B"),
+                           ("Unbekannt", b"Unbekannt"), ("日本語", b"&ZeVnLIqe-"),
+                           ("Gelöschte Elemente", b"Gel&APY-schte Elemente")]:
+            self.assertEqual(encode_mutf7(text), wire)
+            self.assertEqual(decode_mutf7(wire), text)
+
+    def test_malformed_utf7_is_shown_as_sent(self) -> None:
+        self.assertEqual(decode_mutf7(b"a&A-b"), "a&A-b")
+        self.assertEqual(decode_mutf7(b"&\xff"), "&\ufffd")
+
+    def test_quoting(self) -> None:
+        self.assertEqual(quote_mailbox(b"Unbekannt"), b"Unbekannt")
+        self.assertEqual(quote_mailbox(b"Junk Email"), b'"Junk Email"')
+        self.assertEqual(quote_mailbox(b"[Gmail]/Spam"), b'"[Gmail]/Spam"')
+        self.assertEqual(quote_mailbox(b'a"b\\c'), b'"a\\"b\\\\c"')
+        self.assertIsNone(quote_mailbox(b"bad\r\nA1 DELETE INBOX"))
+        self.assertIsNone(quote_mailbox("Entwürfe".encode()))
+        self.assertIsNone(quote_mailbox(b""))
+        self.assertIsNone(quote_mailbox(b"x" * 1001))
+
+    def test_list_lines(self) -> None:
+        entry = parse_list(b'(\\HasNoChildren \\Junk) "/" "Spam"')
+        self.assertEqual(entry, ListEntry(("\\HasNoChildren", "\\Junk"), "/", b"Spam"))
+        assert entry is not None
+        self.assertTrue(entry.has("\\junk"))
+        self.assertEqual(parse_list(b'() NIL Unbekannt'),
+                         ListEntry((), None, b"Unbekannt"))
+        literal = parse_list(b'() "." {10}\r\nJunk Email')
+        self.assertEqual(literal, ListEntry((), ".", b"Junk Email"))
+        self.assertEqual(parse_list(b'(\\Junk) "/" "Gel&APY-scht"').name,  # type: ignore
+                         "Gelöscht")
+        for bad in [b"", b"garbage", b'"/" "Spam"', b'() "/"', b'(\\Junk) "/" ""',
+                    b'((x)) "/" Spam', b'() "/" "' + b"x" * 2000 + b'"']:
+            self.assertIsNone(parse_list(bad), bad)
+
+
+class SettingTests(TestCase):
+    def test_off_by_default(self) -> None:
+        self.assertEqual(load_settings(ENV).extra_folders, ())
+        self.assertEqual(session_settings(load_settings(ENV)).extra_folders, ())
+
+    def test_parsed(self) -> None:
+        s = load_settings({**ENV, "REBREAK_EXTRA_FOLDERS": "\\Junk, Unbekannt,\\Junk"})
+        self.assertEqual(s.extra_folders, ("\\Junk", "Unbekannt"))
+        self.assertEqual(parse_folders("Junk Email,[Gmail]/Spam"),
+                         ("Junk Email", "[Gmail]/Spam"))
+
+    def test_refused(self) -> None:
+        for value, words in [("INBOX", "INBOX is always watched"),
+                             ("\\Ju nk", "special-use"), ("a\x01b", "not usable"),
+                             (",".join(f"F{i}" for i in range(9)), "at most 8")]:
+            with self.assertRaises(ConfigError) as e:
+                load_settings({**ENV, "REBREAK_EXTRA_FOLDERS": value})
+            self.assertIn("REBREAK_EXTRA_FOLDERS", str(e.exception))
+            self.assertIn(words, str(e.exception))
+
+
+ACCOUNT = Account(id="a1", user_id="u1", email="x@example.org", host="h", port=993,
+                  security="tls", username="x", auth_method="password", secret="pw")
+
+
+class TriggerTests(TestCase):
+    def test_inbox_body_is_the_contracts(self) -> None:
+        self.assertEqual(Job(ACCOUNT, 3, "exists").payload(),
+                         b'{"connectionId": "a1", "userId": "u1", "reason": "exists", '
+                         b'"exists": 3}')
+
+    def test_folder_body_has_the_mailbox(self) -> None:
+        body = json.loads(Job(ACCOUNT, 2, "exists", mailbox="Unbekannt").payload())
+        self.assertEqual(body, {"connectionId": "a1", "userId": "u1", "reason": "exists",
+                                "exists": 2, "mailbox": "Unbekannt"})
+
+    def jobs(self, *mailboxes: str | None) -> tuple[list[Job], list[list[bool]]]:
+        jobs, results = [], []
+        for m in mailboxes:
+            job, got = Job(ACCOUNT, 1, "exists", mailbox=m), []
+            d: defer.Deferred[bool] = defer.Deferred()
+            d.addCallback(got.append)
+            job.acks.append(d)
+            jobs.append(job)
+            results.append(got)
+        return jobs, results
+
+    def test_same_mailbox_coalesces(self) -> None:
+        (a, b), (ra, rb) = self.jobs("Spam", "Spam")
+        self.assertIs(coalesce(a, b), b)
+        self.assertEqual(len(b.acks), 2)
+        b.settle(True)
+        self.assertEqual((ra, rb), ([True], [True]))
+
+    def test_inbox_is_kept_and_a_folder_asks_again(self) -> None:
+        (inbox, spam), (ri, rs) = self.jobs(None, "Spam")
+        self.assertIs(coalesce(inbox, spam), inbox)
+        self.assertEqual((ri, rs), ([], [False]))
+        (spam, inbox), (rs, ri) = self.jobs("Spam", None)
+        self.assertIs(coalesce(spam, inbox), inbox)
+        self.assertEqual((ri, rs), ([], [False]))
+        (spam, other), (rs, ro) = self.jobs("Spam", "Unbekannt")
+        self.assertIs(coalesce(spam, other), other)
+        self.assertEqual((rs, ro), ([False], []))
+
+
+class WatchTests(TestCase):
+    def test_changes(self) -> None:
+        watch = FolderWatch([ListEntry(("\\Junk",), "/", b"Spam"),
+                             ListEntry((), "/", b"Unbekannt")])
+        memory = MailboxMemory()
+        one, two = MailboxMark(7, 5, 4), MailboxMark(7, 6, 5)
+        memory.remember("a1", one, "Spam")
+        watch.marks = {"Spam": one, "Unbekannt": one}
+        self.assertEqual(watch.changes(memory, "a1", connecting=True), [("Unbekannt", one)])
+        # asked for and unanswered: not again
+        self.assertEqual(watch.changes(memory, "a1", connecting=True), [])
+        watch.settled("Unbekannt", one)
+        memory.remember("a1", one, "Unbekannt")
+        self.assertEqual(watch.changes(memory, "a1", connecting=False), [])
+        watch.marks["Spam"] = two
+        self.assertEqual(watch.changes(memory, "a1", connecting=False), [("Spam", two)])
+
+
+class InProcessFolderTests(TestCase):
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.server = InProcessIMAPServer(reactor)
+        self.server.add_user(USER, PASSWORD)
+        self.server.add_folder(USER, "Spam", ("\\HasNoChildren", "\\Junk"))
+        self.server.add_folder(USER, "Unbekannt", ("\\HasNoChildren",))
+        self.server.add_folder(USER, "Archive", ("\\Archive",))
+        self.addCleanup(self.server.stop)
+        self.events = Events()
+        self.memory = MailboxMemory()
+        self.port = self.server.listen().getHost().port
+
+    def session(self, folders: tuple[str, ...], **kw: Any) -> MailboxSession:
+        events = self.events
+
+        def on_new_mail(a: Account, n: int, reason: str, mailbox: str = "INBOX"
+                        ) -> defer.Deferred:
+            events.add("mail", reason, n, mailbox)
+            return defer.succeed(True)
+
+        s = MailboxSession(account(self.port), session_settings(settings(
+            extra_folders=folders, **kw)), Recorder(events), on_new_mail, reactor,
+            memory=self.memory)
+        s.startService()
+        self.addCleanup(s.stopService)
+        return s
+
+    def wait_mail(self, *item: Any) -> defer.Deferred:
+        return self.events.wait(lambda i: i == ("mail", *item))
+
+    async def _folder_mail_within_a_heartbeat(self) -> None:
+        self.server.deliver(USER, "old junk", folder="Spam")
+        s = self.session(("\\Junk", "Unbekannt", "Missing", "\\Drafts"),
+                         heartbeat_interval=0.5)
+        await self.wait_mail("connected", 0, "INBOX")
+        await self.wait_mail("connected", 1, "Spam")
+        await self.wait_mail("connected", 0, "Unbekannt")
+        self.assertEqual(s._folders.names, ["Spam", "Unbekannt"])  # type: ignore[union-attr]
+        client = s._client
+        assert client is not None
+        writes: list[bytes] = []
+        real = client.transport.write
+
+        def write(data: bytes) -> None:
+            writes.append(data)
+            real(data)
+
+        client.transport.write = write
+        self.server.deliver(USER, "Casino", folder="Unbekannt")
+        await self.wait_mail("exists", 1, "Unbekannt")
+        heartbeat = next(w for w in writes if w.startswith(b"DONE\r\n"))
+        lines = heartbeat.split(b"\r\n")[:-1]
+        self.assertEqual(lines[0], b"DONE")
+        self.assertEqual([line.split(b" ", 2)[1] for line in lines[1:]],
+                         [b"NOOP", b"STATUS", b"STATUS", b"IDLE"])
+        self.assertIn(b" STATUS Spam (UIDNEXT UIDVALIDITY MESSAGES)", heartbeat)
+        self.assertIn(b" STATUS Unbekannt (UIDNEXT UIDVALIDITY MESSAGES)", heartbeat)
+        await until(lambda: self.memory.get(s.account.id, "Unbekannt") is not None
+                    and self.memory.get(s.account.id, "Unbekannt").exists == 1)
+        # INBOX mail still comes as it always did
+        self.server.deliver(USER, "hello")
+        await self.wait_mail("exists", 1, "INBOX")
+        await s.stopService()
+        # a restart: unchanged folders ask for nothing, a changed one does
+        self.server.deliver(USER, "more junk", folder="Spam")
+        before = len(self.events.of("mail"))
+        self.session(("\\Junk", "Unbekannt"), heartbeat_interval=0.5)
+        await self.wait_mail("connected", 2, "Spam")
+        await self.events.wait(lambda i: i[0] == "heartbeat", new=True)
+        await self.events.wait(lambda i: i[0] == "heartbeat", new=True)
+        self.assertEqual(self.events.of("mail")[before:], [("mail", "connected", 2, "Spam")])
+
+    def test_folder_mail_within_a_heartbeat(self) -> defer.Deferred:
+        return defer.Deferred.fromCoroutine(self._folder_mail_within_a_heartbeat())
+
+    async def _off_by_default(self) -> None:
+        s = self.session(())
+        await self.wait_mail("connected", 0, "INBOX")
+        self.server.deliver(USER, "junk", folder="Spam")
+        self.server.deliver(USER, "hello")
+        await self.wait_mail("exists", 1, "INBOX")
+        self.assertIsNone(s._folders)
+        self.assertEqual([m[3] for m in self.events.of("mail")], ["INBOX", "INBOX"])
+
+    def test_off_by_default(self) -> defer.Deferred:
+        return defer.Deferred.fromCoroutine(self._off_by_default())
+
+
+class MemoryTests(TestCase):
+    def test_forget_drops_the_folders_too(self) -> None:
+        memory = MailboxMemory()
+        mark = MailboxMark(1, 2, 1)
+        memory.remember("a1", mark)
+        memory.remember("a1", mark, "Spam")
+        memory.load(["a2"], {("a2", "Unbekannt"): mark, ("a2", "INBOX"): mark})
+        memory.remember("a3", mark, "Spam")
+        memory.forget("a1")
+        memory.forget("a2")
+        self.assertIsNone(memory.get("a1", "Spam"))
+        self.assertIsNone(memory.get("a2", "Unbekannt"))
+        self.assertEqual(len(memory), 1)
+        self.assertEqual(memory.get("a3", "Spam"), mark)
+
+
+class DovecotFolderTests(TestCase):
+    """The same against Dovecot with SPECIAL-USE (``mailbox Junk { special_use = \\Junk }``
+    in tests/support/dovecot.py) and a folder named Unbekannt."""
+
+    skip = skip_without_dovecot()
+    timeout = 60
+
+    async def _junk_and_unbekannt(self) -> None:
+        dovecot = DovecotServer.shared()
+        user = next(iter(dovecot.users))
+        events = Events()
+
+        def on_new_mail(a: Account, n: int, reason: str, mailbox: str = "INBOX"
+                        ) -> defer.Deferred:
+            events.add("mail", reason, n, mailbox)
+            return defer.succeed(True)
+
+        acct = Account(id="dovecot-folders", user_id="u1", email=user, host="127.0.0.1",
+                       port=dovecot.imap_port, security="plain", username=user,
+                       auth_method="password", secret=dovecot.users[user])
+        memory = MailboxMemory()
+        s = MailboxSession(acct, session_settings(settings(
+            extra_folders=("\\Junk", "Unbekannt"), heartbeat_interval=0.5,
+            tls_ca_file=dovecot.ca_file)), Recorder(events), on_new_mail, reactor,
+            memory=memory)
+        s.startService()
+        self.addCleanup(s.stopService)
+        junk = await events.wait(lambda i: i[:2] == ("mail", "connected") and i[3] == "Junk")
+        await events.wait(lambda i: i[:2] == ("mail", "connected") and i[3] == "Unbekannt")
+        self.assertIn(b"SPECIAL-USE", s._client.capabilities)  # type: ignore[union-attr]
+        self.assertEqual(s._folders.names, ["Junk", "Unbekannt"])  # type: ignore[union-attr]
+        await until(lambda: memory.get(acct.id, "Junk") is not None)
+        dovecot.deliver(user, subject="Casino bonus", folder="Junk")
+        await events.wait(lambda i: i == ("mail", "exists", junk[2] + 1, "Junk"), new=True)
+        self.assertEqual(events.of("error"), [])
+
+    def test_junk_and_unbekannt(self) -> defer.Deferred:
+        return defer.Deferred.fromCoroutine(self._junk_and_unbekannt())
