@@ -42,10 +42,9 @@ from .connecting import (
     enable_keepalive,
     shared_tls_creator,
 )
-from .db.holdoffs import HoldoffStore
 from .failures import account_secrets, describe, scrub
 from .folding import EventFold, exists_fold
-from .interfaces import IRecorder, ISession, OnNewMail
+from .interfaces import IHoldoffRecorder, IRecorder, ISession, OnNewMail
 from .marks import MailboxMark, MailboxMemory, status_uidnext
 from .providers import CLIENT_ID, CREDENTIALS
 from .reconnect import CLOSED, HEALTHY_AFTER, Outcome, SessionError, classify, reaction
@@ -96,7 +95,7 @@ class MailboxSession(HeartbeatLoop, ProviderLimits, Service):
         timers: TimerWheel | None = None,
         reread: Reread | None = None,
         budget: HostBudget | None = None,
-        holdoffs: HoldoffStore | None = None,
+        holdoffs: IHoldoffRecorder | None = None,
     ) -> None:
         self.account = account
         self._init_limits(reread, budget, holdoffs)

@@ -1,6 +1,6 @@
 """The provider-facing part of :class:`~rebreak_idle.session.MailboxSession`, a mixin: the
 host budget (:mod:`rebreak_idle.budget`) around every connect attempt, credential
-hold-offs kept across restarts (:mod:`rebreak_idle.db.holdoffs`), and OAuth tokens that
+hold-offs kept across restarts (an ``interfaces.IHoldoffRecorder``), and OAuth tokens that
 are renewed without a reconnect (:mod:`rebreak_idle.tokens`)."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from .account import Account
 from .backoff import format_delay
 from .budget import GatedEndpoint, HostBudget, Slot
 from .connecting import server_endpoint
-from .db.holdoffs import Holdoff, HoldoffStore
 from .destinations import policy_for
+from .interfaces import Holdoff, IHoldoffRecorder
 from .providers import CREDENTIALS, RECYCLE
 from .reconnect import Outcome, classify, settle
 from .session_state import State
@@ -54,7 +54,7 @@ class ProviderLimits:
     _tls_options: Callable[[], Any]
 
     def _init_limits(self, reread: Reread | None, budget: HostBudget | None,
-                     holdoffs: HoldoffStore | None) -> None:
+                     holdoffs: IHoldoffRecorder | None) -> None:
         self._reread = reread
         self._budget = budget if budget is not None and budget.limited else None
         self._holdoffs = holdoffs

@@ -203,12 +203,6 @@ ROOM_RULES: tuple[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], ...]
 
 #: Imports that break a rule today, each with its reason: (importing module, imported name).
 KNOWN_CROSSINGS: dict[tuple[str, str], str] = {
-    ("rebreak_idle.session", "rebreak_idle.db.holdoffs.HoldoffStore"):
-        "type of the holdoffs argument; to become interfaces.IHoldoffRecorder",
-    ("rebreak_idle.session_providers", "rebreak_idle.db.holdoffs.Holdoff"):
-        "the value type; to be imported from interfaces",
-    ("rebreak_idle.session_providers", "rebreak_idle.db.holdoffs.HoldoffStore"):
-        "type of the holdoffs argument; to become interfaces.IHoldoffRecorder",
 }
 
 
