@@ -129,7 +129,7 @@ class FolderWatch:
         """STATUS of every folder now (after a connect); a refused one is left out."""
         for entry, name in zip(self.entries, self.names, strict=True):
             try:
-                answer = await client.status_of(entry.raw, STATUS_ITEMS)
+                answer = await client.status(entry.raw, STATUS_ITEMS)
             except Exception as e:
                 if not _refused(e):
                     raise

@@ -55,13 +55,13 @@ class ListTests(ClientTestCase):
 
     def test_status_of_a_listed_name(self) -> None:
         self.connect()
-        d = result_of(self.client.status_of(b"Junk Email", STATUS_ITEMS))
+        d = result_of(self.client.status(b"Junk Email", STATUS_ITEMS))
         self.assertEqual(self.sent(),
                          b'0001 STATUS "Junk Email" (UIDNEXT UIDVALIDITY MESSAGES)\r\n')
         self.server(b'* STATUS "Junk Email" (MESSAGES 2 UIDNEXT 9 UIDVALIDITY 4)\r\n'
                     b'* STATUS other (MESSAGES 7)\r\n0001 OK done\r\n')
         self.assertEqual(d, [{"MESSAGES": 2, "UIDNEXT": 9, "UIDVALIDITY": 4}])
-        refused = result_of(self.client.status_of("Entwürfe".encode(), STATUS_ITEMS))
+        refused = result_of(self.client.status("Entwürfe".encode(), STATUS_ITEMS))
         self.assertIsInstance(refused[0].value, CommandFailed)
 
 

@@ -77,10 +77,17 @@ class StatusCommandTests(ClientTestCase):
         self.assertTrue(self.client.closed)
         self.assertIsInstance(d[0].value, ProtocolError)
 
-    def test_names_must_be_atoms(self) -> None:
+    def test_names_that_need_a_literal_and_items_that_are_not_atoms(self) -> None:
         self.connect()
-        for mailbox, items in (("IN BOX", ("UIDNEXT",)), ("INBOX", ("UID NEXT",)),
-                               ("INBOX", ())):
+        for mailbox, items in (("Entwürfe", ("UIDNEXT",)), ("IN\x01BOX", ("UIDNEXT",)),
+                               ("INBOX", ("UID NEXT",)), ("INBOX", ())):
             d = result_of(self.client.status(mailbox, items))
             self.assertIsInstance(d[0].value, CommandFailed)
         self.assertEqual(self.sent(), b"")
+
+    def test_a_name_with_a_space_is_quoted(self) -> None:
+        self.connect()
+        d = result_of(self.client.status("Junk Email", ("UIDNEXT",)))
+        self.assertEqual(self.sent(), b'0001 STATUS "Junk Email" (UIDNEXT)\r\n')
+        self.server(b'* STATUS "Junk Email" (UIDNEXT 3)\r\n0001 OK done\r\n')
+        self.assertEqual(d, [{"UIDNEXT": 3}])

@@ -63,7 +63,6 @@ from .parser import (
     parse_status,
     parse_untagged,
     split_code,
-    status_items,
     text,
 )
 from .reader import BoundedReader
@@ -428,35 +427,26 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
                                             command="SELECT"))
         return self._command(b"SELECT", raw, on_untagged=untagged, on_ok=ok)
 
-    def status(self, mailbox: str = "INBOX",
-               items: tuple[str, ...] = ("UIDNEXT",)) -> defer.Deferred:
-        """STATUS ``mailbox`` (``items``, e.g. UIDNEXT UIDVALIDITY MESSAGES); fires with
-        ``{item: int}`` for the items the server answered (the others are absent).
-        CommandFailed when the server refuses (NO/BAD); ProtocolError for a malformed
-        answer. RFC 3501 §6.3.10: allowed while a mailbox is selected (the daemon asks
-        only when SELECT gave no UIDNEXT)."""
-        answer: dict[str, int] = {}
-        raw = mailbox.encode("ascii", "replace")
-        words = [i.encode("ascii", "replace").upper() for i in items]
-        if not is_atom(raw) or not words or not all(is_atom(w) for w in words):
-            return defer.fail(CommandFailed("mailbox and items must be IMAP atoms",
-                                            command="STATUS"))
-
-        def untagged(keyword: bytes, rest: bytes) -> bool:
-            if keyword != b"STATUS":
-                return False
-            try:
-                name, values = status_items(rest.partition(b" ")[2])
-            except ProtocolError as e:
-                self._protocol_error(e.text)
-                return True
-            if name.upper() == mailbox.upper():
-                answer.update((k, v) for k, v in values.items()
-                              if k.encode("ascii") in words)
-            return True
-
-        return self._command(b"STATUS", raw + b" (" + b" ".join(words) + b")",
-                             on_untagged=untagged, on_ok=lambda code, data: answer)
+    def status(self, mailbox: str | bytes = "INBOX",
+               items: tuple[str | bytes, ...] = ("UIDNEXT",)) -> defer.Deferred:
+        """STATUS ``mailbox`` (a name, or the bytes a LIST gave) for ``items`` (e.g.
+        UIDNEXT UIDVALIDITY MESSAGES); fires with ``{item: int}`` for the items the server
+        answered (the others are absent). CommandFailed when the server refuses (NO/BAD)
+        or the name cannot be sent without a literal; ProtocolError for a malformed
+        answer. RFC 3501 §6.3.10: allowed while a mailbox is selected. The same command
+        as the heartbeat's folder checks (:meth:`status_command`), sent on its own."""
+        words = tuple((i if isinstance(i, bytes) else i.encode("ascii", "replace")).upper()
+                      for i in items)
+        try:
+            raw = mailbox if isinstance(mailbox, bytes) else mailbox.encode("ascii")
+        except UnicodeEncodeError:
+            raw = b""
+        cmd = (self.status_command(raw, words, self.command_timeout)
+               if words and all(is_atom(w) for w in words) else None)
+        if cmd is None:
+            return defer.fail(CommandFailed("mailbox name needs a literal, or items are "
+                                            "not atoms", command="STATUS"))
+        return self._send_status(cmd)
 
     # ------------------------------------------------------------------ misc commands
 

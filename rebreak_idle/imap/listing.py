@@ -176,6 +176,7 @@ class Listing:
             return None
         answer: dict[str, int] = {}
         name = raw.decode("ascii")
+        inbox = name.upper() == "INBOX"  # the one case-insensitive name (RFC 3501 §5.1)
 
         def untagged(keyword: bytes, rest: bytes) -> bool:
             if keyword != b"STATUS":
@@ -185,7 +186,7 @@ class Listing:
             except ProtocolError as e:
                 self._protocol_error(e.text)
                 return True
-            if listed != name:
+            if listed != name and not (inbox and listed.upper() == "INBOX"):
                 return False  # another STATUS's answer (written ahead, or unasked)
             answer.update((k, v) for k, v in values.items() if k.encode("ascii") in items)
             return True
@@ -193,14 +194,6 @@ class Listing:
         line = b"STATUS " + wire + b" (" + b" ".join(items) + b")"
         return Command(b"STATUS", [line], timeout, on_untagged=untagged,
                        on_ok=lambda code, data: answer)
-
-    def status_of(self, raw: bytes, items: tuple[bytes, ...]) -> defer.Deferred:
-        """STATUS of the listed mailbox ``raw`` now (not pipelined)."""
-        cmd = self.status_command(raw, items, self.command_timeout)
-        if cmd is None:
-            return defer.fail(CommandFailed("mailbox name needs a literal",
-                                            command="STATUS"))
-        return self._send_status(cmd)
 
     def _send_status(self, cmd: Command) -> defer.Deferred:
         refused: Any = self._refused_while_idle(b"STATUS")  # type: ignore[attr-defined]
