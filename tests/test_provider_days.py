@@ -85,21 +85,10 @@ class Sim:
         self.run(10)
 
     def pump(self) -> None:
-        self.clock.advance(0)
-        while any([pump.flush() for pump in list(self.endpoint.pumps)]):
-            pass
+        self.endpoint.pump(self.clock)
 
     def run(self, seconds: float) -> None:
-        end = self.clock.seconds() + seconds
-        self.pump()
-        while True:
-            due = [c.getTime() for c in self.clock.getDelayedCalls() if c.getTime() <= end]
-            if not due:
-                break
-            self.clock.advance(max(0.0, min(due) - self.clock.seconds()))
-            self.pump()
-        self.clock.advance(end - self.clock.seconds())
-        self.pump()
+        self.endpoint.run(self.clock, seconds)
 
     def logins_between(self, start: float, end: float) -> int:
         return sum(1 for t in self.server.login_times if start <= t < end)

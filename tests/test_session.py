@@ -85,6 +85,27 @@ class FakeEndpoint:
         self.pumps.append(self.server.connect(proxy))
         return succeed(proxy)
 
+    def pump(self, clock: Clock) -> None:
+        """Let the in-memory connections (iosim pumps) move bytes and deliver connection
+        losses until nothing moves; calls due now run in between."""
+        clock.advance(0)
+        while any([pump.flush() for pump in list(self.pumps)]):
+            pass
+
+    def run(self, clock: Clock, seconds: float) -> None:
+        """Advance ``clock`` by ``seconds``, firing timers one by one with the network
+        pumped in between (as a reactor would)."""
+        end = clock.seconds() + seconds
+        self.pump(clock)
+        while True:
+            due = [c.getTime() for c in clock.getDelayedCalls() if c.getTime() <= end]
+            if not due:
+                break
+            clock.advance(max(0.0, min(due) - clock.seconds()))
+            self.pump(clock)
+        clock.advance(end - clock.seconds())
+        self.pump(clock)
+
 
 class Harness:
     def __init__(self, test: SynchronousTestCase, *, settings: Settings | None = None,
@@ -135,25 +156,10 @@ class Harness:
             self.run(10)
 
     def pump(self) -> None:
-        """Let the in-memory connections (iosim pumps) move bytes and deliver connection
-        losses until nothing moves; calls due now run in between."""
-        self.clock.advance(0)
-        while any([pump.flush() for pump in list(self.endpoint.pumps)]):
-            pass
+        self.endpoint.pump(self.clock)
 
     def run(self, seconds: float) -> None:
-        """Advance the clock by ``seconds``, firing timers one by one with the network
-        pumped in between (as a reactor would)."""
-        end = self.clock.seconds() + seconds
-        self.pump()
-        while True:
-            due = [c.getTime() for c in self.clock.getDelayedCalls() if c.getTime() <= end]
-            if not due:
-                break
-            self.clock.advance(max(0.0, min(due) - self.clock.seconds()))
-            self.pump()
-        self.clock.advance(end - self.clock.seconds())
-        self.pump()
+        self.endpoint.run(self.clock, seconds)
 
     def stop(self) -> list[Any]:
         box: list[Any] = []

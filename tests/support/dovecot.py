@@ -46,6 +46,8 @@ from pathlib import Path
 
 from rebreak_idle.testing.certs import make_test_certs
 
+from .wait import server_started
+
 __all__ = ["DOVECOT", "DovecotServer", "dovecot_version", "skip_without_dovecot"]
 
 DOVECOT = os.environ.get("REBREAK_DOVECOT", "/usr/sbin/dovecot")
@@ -276,22 +278,12 @@ class DovecotServer:
         self._wait_ready(startup_timeout)
 
     def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                out = self.process.stdout.read().decode(errors="replace") \
-                    if self.process.stdout else ""
-                raise RuntimeError(f"dovecot exited ({self.process.returncode}): {out}"
-                                   f"{self.log_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.imap_port), timeout=1) as s:
-                    s.settimeout(5)
-                    if s.recv(200).startswith(b"* OK"):
-                        return
-            except OSError:
-                time.sleep(0.05)  # process start-up: nothing to wait on but the port
-        self.stop()
-        raise RuntimeError(f"dovecot did not start within {timeout}s: {self.log_text()}")
+        try:
+            server_started(self.process, self.imap_port, timeout, "dovecot",
+                           greets=b"* OK", details=self.log_text)
+        except RuntimeError:
+            self.stop()
+            raise
 
     def log_text(self) -> str:
         try:

@@ -14,12 +14,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from psycopg2.extensions import make_dsn, parse_dsn
 
 from rebreak_idle.testing.pg import _demote_kwargs
+
+from .wait import server_started
 
 __all__ = ["PGBOUNCER", "PgBouncer", "skip_without_pgbouncer"]
 
@@ -73,19 +74,11 @@ class PgBouncer:
         return make_dsn(**values)
 
     def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                out = self.process.stdout.read().decode(errors="replace") \
-                    if self.process.stdout else ""
-                raise RuntimeError(f"pgbouncer exited ({self.process.returncode}): {out}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.05)  # process start-up: nothing to wait on but the port
-        self.stop()
-        raise RuntimeError(f"pgbouncer did not start within {timeout}s")
+        try:
+            server_started(self.process, self.port, timeout, "pgbouncer")
+        except RuntimeError:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         if self.process.poll() is None:
