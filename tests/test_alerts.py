@@ -19,10 +19,11 @@ from typing import Any
 
 from prometheus_client import generate_latest
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 import rebreak_idle.service  # noqa: F401  (imports every room, so every metric exists)
 from rebreak_idle.metrics import REGISTRY
+from tests.support.tools import tool
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "contrib" / "prometheus" / "alerts.yml"
@@ -62,15 +63,7 @@ def dashboard_exprs() -> list[str]:
 
 
 def promtool() -> str:
-    path = shutil.which("promtool") or ("/usr/bin/promtool"
-                                        if os.path.exists("/usr/bin/promtool") else None)
-    if path is None:
-        if os.environ.get("REBREAK_REQUIRE_DOVECOT") == "1":
-            raise AssertionError("promtool is required (REBREAK_REQUIRE_DOVECOT=1) but not "
-                                 "installed: apt-get install prometheus (.ci/run does)")
-        raise SkipTest("promtool is not installed (apt-get install prometheus); set "
-                       "REBREAK_REQUIRE_DOVECOT=1 to make this a failure")
-    return path
+    return tool("promtool", package="prometheus", paths=("/usr/bin/promtool",))
 
 
 class MetricNameTests(TestCase):

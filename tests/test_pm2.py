@@ -10,14 +10,13 @@ Needs ``npm`` (``.ci/run`` installs it); without it the test is skipped, unless
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from tests.support.daemon import TWIST, DaemonProcess
 from tests.support.faults import (
@@ -29,6 +28,7 @@ from tests.support.faults import (
     save_daemon_log,
     until,
 )
+from tests.support.tools import tool
 
 ROOT = Path(__file__).resolve().parent.parent
 ECOSYSTEM = ROOT / "contrib" / "ecosystem.config.js"
@@ -36,14 +36,7 @@ SHUTDOWN_TIMEOUT = 3.0
 
 
 def _npm() -> str:
-    npm = shutil.which("npm")
-    if npm is None:
-        if os.environ.get("REBREAK_REQUIRE_DOVECOT") == "1":
-            raise AssertionError("npm is required (REBREAK_REQUIRE_DOVECOT=1) but not "
-                                 "installed: apt-get install npm (.ci/run does)")
-        raise SkipTest("npm is not installed (apt-get install npm), so PM2 cannot be "
-                       "installed; set REBREAK_REQUIRE_DOVECOT=1 to make this a failure")
-    return npm
+    return tool("npm", package="npm")
 
 
 def _settings_env(**overrides: Any) -> dict[str, str]:

@@ -14,13 +14,14 @@ from pathlib import Path
 
 from twisted.internet import defer, reactor
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 from twisted.web.proxy import ReverseProxyResource
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from tests.support.faults import FaultCase, free_port
 from tests.support.leaks import ADMIN_SECRET, IMAP_PASSWORDS, text_has_secret
+from tests.support.tools import tool
 from tests.support.wait import until
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -30,13 +31,7 @@ GOOD = 24
 
 
 def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        if os.environ.get("REBREAK_REQUIRE_DOVECOT") == "1":
-            raise AssertionError("chromium is required (REBREAK_REQUIRE_DOVECOT=1): "
-                                 "apt-get install chromium (.ci/run does)")
-        raise SkipTest("chromium is not installed (apt-get install chromium)")
-    return path
+    return tool("chromium", "chromium-browser", package="chromium")
 
 
 class _WithSecret(Resource):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -82,14 +83,20 @@ class DaemonStopTests(SynchronousTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, observer)
         return daemon, clock, lines
 
-    def test_hanging_sessions_and_write_end_within_one_timeout(self) -> None:
-        daemon, clock, lines = self.daemon(10.0)
+    def stop_with_a_hanging_session(self, daemon: Any) -> tuple[HangingSession, list]:
+        """Begin ``daemon``'s stop with one session that does not log out and one status
+        write buffered; ``done`` gets the stop's result."""
         session = HangingSession(str(uuid.uuid4()))
         session.startService()
         daemon.supervisor.sessions[session.account.id] = session
         daemon.store.record_heartbeat(str(uuid.uuid4()))
         done: list = []
         daemon.stopService().addCallback(done.append)
+        return session, done
+
+    def test_hanging_sessions_and_write_end_within_one_timeout(self) -> None:
+        daemon, clock, lines = self.daemon(10.0)
+        _session, done = self.stop_with_a_hanging_session(daemon)
         clock.advance(8.5)
         self.assertEqual(done, [])
         self.assertNotIn("[idle/db] 1 sessions did not stop within 9s", lines)
@@ -105,12 +112,7 @@ class DaemonStopTests(SynchronousTestCase):
 
     def test_a_quick_first_phase_leaves_the_rest_to_the_write(self) -> None:
         daemon, clock, lines = self.daemon(10.0)
-        session = HangingSession(str(uuid.uuid4()))
-        session.startService()
-        daemon.supervisor.sessions[session.account.id] = session
-        daemon.store.record_heartbeat(str(uuid.uuid4()))
-        done: list = []
-        daemon.stopService().addCallback(done.append)
+        session, done = self.stop_with_a_hanging_session(daemon)
         clock.advance(2)
         session.stopped.callback(None)  # logged out after 2 s
         clock.advance(7.5)

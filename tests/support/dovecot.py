@@ -46,7 +46,8 @@ from pathlib import Path
 
 from rebreak_idle.testing.certs import make_test_certs
 
-from .wait import server_started
+from .tools import all_required
+from .wait import end_process, server_started
 
 __all__ = ["DOVECOT", "DovecotServer", "dovecot_version", "skip_without_dovecot"]
 
@@ -67,7 +68,7 @@ def skip_without_dovecot() -> str | None:
     """The skip reason for Dovecot tests, or None when they must run."""
     if _available():
         return None
-    if os.environ.get("REBREAK_REQUIRE_DOVECOT") == "1":
+    if all_required():
         return None  # DovecotServer() will raise: CI must not skip
     return (f"Dovecot is not installed ({DOVECOT} missing; apt-get install dovecot-imapd, "
             "or set REBREAK_REQUIRE_DOVECOT=1 to make this a failure)")
@@ -329,13 +330,5 @@ class DovecotServer:
 
     def stop(self) -> None:
         """Stop Dovecot and remove its directory."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        if self.process.stdout:
-            self.process.stdout.close()
+        end_process(self.process)
         shutil.rmtree(self.dir, ignore_errors=True)

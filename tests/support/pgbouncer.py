@@ -20,7 +20,8 @@ from psycopg2.extensions import make_dsn, parse_dsn
 
 from rebreak_idle.testing.pg import _demote_kwargs
 
-from .wait import server_started
+from .tools import all_required
+from .wait import end_process, server_started
 
 __all__ = ["PGBOUNCER", "PgBouncer", "skip_without_pgbouncer"]
 
@@ -28,7 +29,7 @@ PGBOUNCER = os.environ.get("REBREAK_PGBOUNCER", "/usr/sbin/pgbouncer")
 
 
 def skip_without_pgbouncer() -> str | None:
-    if os.path.exists(PGBOUNCER) or os.environ.get("REBREAK_REQUIRE_DOVECOT") == "1":
+    if os.path.exists(PGBOUNCER) or all_required():
         return None
     return "pgbouncer is not installed (apt-get install pgbouncer)"
 
@@ -81,13 +82,5 @@ class PgBouncer:
             raise
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+        end_process(self.process)
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.internet import task
 
-__all__ = ["server_started", "until"]
+__all__ = ["end_process", "server_started", "until"]
 
 
 async def until(check: Callable[[], Any], deadline: float = 10.0, every: float = 0.05,
@@ -52,3 +52,17 @@ def server_started(process: subprocess.Popen, port: int, timeout: float, name: s
             pass
         time.sleep(0.05)  # nothing to wait on but the port
     raise RuntimeError(f"{name} did not start within {timeout}s: {details()}")
+
+
+def end_process(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM the child server, SIGKILL it after ``grace`` seconds, reap it and close its
+    output pipe."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
