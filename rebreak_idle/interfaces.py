@@ -1,4 +1,4 @@
-"""The seams between the rooms (DESIGN.md): small interfaces, nothing more."""
+"""The seams between the rooms (docs/design.md): small interfaces, nothing more."""
 
 from __future__ import annotations
 
