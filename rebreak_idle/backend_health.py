@@ -78,10 +78,13 @@ class BackendHealth:
 
     :param clock: gives the time (the reactor, or :class:`~twisted.internet.task.Clock`).
     :param jitter: a callable in [0, 1) for the probes' jitter (tests pass ``lambda: 0``).
+    :param first_probe_delay: the first delay while down (tests on the real reactor
+        shorten it); it doubles up to :data:`MAX_PROBE_DELAY`.
     """
 
     def __init__(self, clock: IReactorTime, *,
-                 jitter: Callable[[], float] = random.random) -> None:
+                 jitter: Callable[[], float] = random.random,
+                 first_probe_delay: float = FIRST_PROBE_DELAY) -> None:
         self._clock = clock
         self._jitter = jitter
         self.state = BackendState.UP
@@ -89,7 +92,7 @@ class BackendHealth:
         self.since: float | None = None
         #: why it is not up (secret-free text); None while up
         self.reason: str | None = None
-        self._backoff = Backoff(FIRST_PROBE_DELAY, MAX_PROBE_DELAY, spread=0.25,
+        self._backoff = Backoff(first_probe_delay, MAX_PROBE_DELAY, spread=0.25,
                                 jitter=jitter)
         #: reactor time before which no probe goes out (Retry-After)
         self._not_before = 0.0

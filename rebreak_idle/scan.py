@@ -180,6 +180,7 @@ class ScanTrigger(Service):
         Never raises."""
         try:
             job = Job(account, int(exists), reason, mailbox=mailbox)
+            job.payload()  # a request that cannot be sent is refused here, not later
         except Exception:
             log.failure("[idle/{email}] scan-trigger request failed",
                         email=getattr(account, "email", "?"),
@@ -314,27 +315,53 @@ class ScanTrigger(Service):
     # -- one scan ---------------------------------------------------------------------------
 
     async def _run(self, job: Job, probe: bool) -> None:
-        payload = job.payload()
+        """One request, holding a concurrency slot until its outcome is taken in (so that
+        a scan waiting for the slot sees the backend's state after it)."""
+        metrics.SCAN_QUEUE.inc()
         try:
-            answer = await self._attempt(payload, probe)
+            await self._semaphore.acquire()
         except CancelledError:
-            self._record(job, "abandoned")
-            log.warn("[idle/{email}] scan-trigger abandoned at shutdown",
-                     email=job.account.email, account_id=job.account.id,
-                     reason=job.reason, exists=job.exists)
+            self._abandoned(job)
+            return
+        finally:
+            metrics.SCAN_QUEUE.dec()
+        try:
+            if probe or self.health.up:
+                await self._attempt(job, probe)
+            else:  # the backend went down while it waited for the slot: nothing sent
+                self._owed.not_acknowledged(job)
+        finally:
+            self._semaphore.release()
+
+    def _abandoned(self, job: Job) -> None:
+        self._record(job, "abandoned")
+        log.warn("[idle/{email}] scan-trigger abandoned at shutdown",
+                 email=job.account.email, account_id=job.account.id,
+                 reason=job.reason, exists=job.exists)
+
+    async def _attempt(self, job: Job, probe: bool) -> None:
+        """Send ``job`` and take its outcome in."""
+        metrics.SCANS_IN_FLIGHT.inc()
+        started = self._reactor.seconds()
+        try:
+            exchange = Deferred.fromCoroutine(self._exchange(job.payload()))
+            exchange.addTimeout(self._settings.scan_timeout, self._reactor,
+                                onTimeoutCancel=timed_out)
+            status, body, headers = await exchange
+        except CancelledError:
+            self._abandoned(job)
             return
         except Exception:
             if self._abandoning:
-                self._record(job, "abandoned")
+                self._abandoned(job)
                 return
             failure = Failure()
             self._failed(job, attempt_error(failure, self._settings.scan_timeout,
                                             self._secrets), None, None, probe)
             return
-        if answer is None:  # the backend went down while it waited for a slot
-            self._owed.not_acknowledged(job)
-            return
-        status, body, headers = answer
+        finally:
+            metrics.SCAN_LATENCY.observe(max(0.0, self._reactor.seconds() - started))
+            metrics.SCANS_IN_FLIGHT.dec()
         if 200 <= status < 300:
             self._acknowledged(job, status, body)
         elif status >= 500 or status in RETRYABLE_4XX:
@@ -345,29 +372,6 @@ class ScanTrigger(Service):
                          status, probe)
         else:
             self._rejected(job, status, body)
-
-    async def _attempt(self, payload: bytes, probe: bool) -> tuple[int, bytes, Any] | None:
-        """One request, holding a concurrency slot: (status, body, headers); None when the
-        backend went down while it waited for the slot (nothing sent)."""
-        metrics.SCAN_QUEUE.inc()
-        try:
-            await self._semaphore.acquire()
-        finally:
-            metrics.SCAN_QUEUE.dec()
-        if not (probe or self.health.up):
-            self._semaphore.release()
-            return None
-        metrics.SCANS_IN_FLIGHT.inc()
-        started = self._reactor.seconds()
-        try:
-            exchange = Deferred.fromCoroutine(self._exchange(payload))
-            exchange.addTimeout(self._settings.scan_timeout, self._reactor,
-                                onTimeoutCancel=timed_out)
-            return await exchange
-        finally:
-            metrics.SCAN_LATENCY.observe(max(0.0, self._reactor.seconds() - started))
-            metrics.SCANS_IN_FLIGHT.dec()
-            self._semaphore.release()
 
     async def _exchange(self, payload: bytes) -> tuple[int, bytes, Any]:
         response = await self._http.post(
@@ -467,20 +471,19 @@ class ScanTrigger(Service):
         """Remember the account's latest outcome (for /status); a final one (``ok``,
         ``abandoned``) is counted and tells the job's waiters; ``client_error`` is
         counted for each rejected attempt."""
+        state = self._states.get(job.account.id)
+        if state is None or state.keep:
+            self._outcomes[job.account.id] = {
+                "time": self._reactor.seconds(),
+                "outcome": outcome,
+                "scanned": scanned,
+                "blocked": blocked,
+                "status": status,
+            }
         if outcome in ("ok", "abandoned"):
-            self._count(job, outcome)
+            self._count(job, outcome)  # last: a waiter may look at the outcome
         elif outcome == "client_error":
             metrics.SCANS.labels(reason=_reason(job), outcome=outcome).inc()
-        state = self._states.get(job.account.id)
-        if state is not None and not state.keep:
-            return
-        self._outcomes[job.account.id] = {
-            "time": self._reactor.seconds(),
-            "outcome": outcome,
-            "scanned": scanned,
-            "blocked": blocked,
-            "status": status,
-        }
 
     @staticmethod
     def _count(job: Job, outcome: str) -> None:

@@ -1,4 +1,5 @@
-"""ScanTrigger (CONTRACT §5): coalescing, concurrency cap, retries, outcomes, shutdown.
+"""ScanTrigger (CONTRACT §5): coalescing, concurrency cap, owed scans while the backend is
+down (the probe, Retry-After, 4xx), outcomes, shutdown.
 
 Unit tests drive the trigger with ``task.Clock`` and ``treq.testing.StubTreq`` over a
 resource that keeps every request open until the test answers it; integration tests
@@ -20,7 +21,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from rebreak_idle import metrics
 from rebreak_idle.account import Account
-from rebreak_idle.backoff import Backoff
+from rebreak_idle.backend_health import BackendHealth
 from rebreak_idle.config import Settings, scan_settings
 from rebreak_idle.scan import SCAN_PATH, ScanTrigger
 from rebreak_idle.testing.backend import Answer, BackendDouble, Gate
@@ -66,9 +67,9 @@ def in_flight() -> float:
     return sample("rebreak_idle_scans_in_flight")
 
 
-def quick_retries(delay: float) -> Any:
-    """A ``backoff`` factory for tests on the real reactor: every retry after ``delay``."""
-    return lambda: Backoff(delay, delay, spread=0.0)
+def quick_probes(reactor: Any, delay: float) -> BackendHealth:
+    """A health for tests on the real reactor: the first probe after ``delay``."""
+    return BackendHealth(reactor, jitter=lambda: 0.0, first_probe_delay=delay)
 
 
 def latency_count() -> float:
@@ -151,7 +152,8 @@ class Harness:
         client = kw.pop("http_client", None) or self.stub
         self.settings = settings(**kw)
         self.trigger = ScanTrigger(scan_settings(self.settings), self.clock,
-                                   http_client=client)
+                                   http_client=client,
+                                   health=BackendHealth(self.clock, jitter=lambda: 0.0))
         self.trigger.startService()
         self.log = LogCapture(case)
         case.addCleanup(self.shutdown)
@@ -233,21 +235,23 @@ class OutcomeTests(SynchronousTestCase):
         self.assertEqual(h.trigger.last_outcome(account(1).id)["outcome"], "ok")
         self.assertEqual(h.trigger.last_outcome(account(1).id)["status"], 204)
 
-    def test_401_is_not_retried_and_names_the_admin_secret(self) -> None:
+    def test_401_keeps_the_scan_owed_and_names_the_admin_secret(self) -> None:
         h = Harness(self)
         before = scans(reason="exists", outcome="client_error")
         h.trigger.request(account(1), 3, "exists")
         h.answer(status=401, body={"error": "unauthorized"})
-        h.advance(3600)
+        h.advance(179)  # the next try comes at the slow cadence only
         self.assertEqual(len(h.requests), 1)
-        [line] = h.log.mine()
+        line, down = h.log.mine()
         self.assertIn("HTTP 401", line)
         self.assertIn("the admin secret is wrong", line)
+        self.assertEqual(down, "[idle/db] backend down: HTTP 401 — the admin secret is wrong "
+                               '(check ADMIN_SECRET): {"error": "unauthorized"}; 1 scans owed')
         self.assertEqual(h.trigger.last_outcome(account(1).id)["outcome"], "client_error")
         self.assertEqual(h.trigger.last_outcome(account(1).id)["status"], 401)
         self.assertEqual(scans(reason="exists", outcome="client_error"),
                          before + 1)
-        self.successResultOf(h.trigger.when_quiet())
+        self.assertTrue(h.trigger.busy())  # owed
 
     def test_403_also_names_the_admin_secret(self) -> None:
         h = Harness(self)
@@ -259,20 +263,29 @@ class OutcomeTests(SynchronousTestCase):
         h = Harness(self)
         h.trigger.request(account(1), 3, "exists")
         h.answer(status=422, body=b"x" * 5000)
-        h.advance(3600)
+        h.advance(179)
         self.assertEqual(len(h.requests), 1)
         [line] = h.log.mine()
         self.assertIn("HTTP 422", line)
         self.assertNotIn("admin secret", line)
         self.assertIn("x" * 200 + "…", line)
         self.assertNotIn("x" * 201, line)
+        self.assertTrue(line.endswith("; scan owed, next try in 180s"), line)
 
-    def test_next_event_after_client_error_scans_again(self) -> None:
+    def test_a_4xx_of_one_account_holds_only_that_account(self) -> None:
         h = Harness(self)
         h.trigger.request(account(1), 3, "exists")
         h.answer(status=400)
-        h.trigger.request(account(1), 4, "exists")
-        self.assertEqual(len(h.requests), 2)
+        h.trigger.request(account(1), 4, "exists")  # owed: waits for the next try
+        h.trigger.request(account(2), 1, "exists")  # another account: at once
+        self.assertEqual([r.parsed["userId"] for r in h.requests], ["user-1", "user-2"])
+        h.answer()
+        self.assertEqual(h.trigger.health.state, "up")
+        h.advance(180)
+        self.assertEqual(len(h.requests), 3)
+        self.assertEqual(h.requests[2].parsed["exists"], 4)  # the latest count
+        h.answer()
+        self.successResultOf(h.trigger.when_quiet())
 
 
 class CoalescingTests(SynchronousTestCase):
@@ -299,18 +312,19 @@ class CoalescingTests(SynchronousTestCase):
         h.answer()
         self.assertEqual(h.requests[1].parsed["reason"], "connected")
 
-    def test_new_mail_during_retry_backoff_waits_for_the_scan(self) -> None:
+    def test_new_mail_while_the_backend_is_down_joins_the_owed_scan(self) -> None:
         h = Harness(self)
         h.trigger.request(account(1), 1, "exists")
         h.answer(status=503)
         h.trigger.request(account(1), 2, "exists")
-        self.assertEqual(len(h.requests), 1)  # the retry still owns the account
+        self.assertEqual(len(h.requests), 1)  # nothing until the probe
         h.advance(1)
         self.assertEqual(len(h.requests), 2)
-        self.assertEqual(h.requests[1].parsed["exists"], 1)
+        self.assertEqual(h.requests[1].parsed["exists"], 2)  # one scan, the latest count
         h.answer()
-        self.assertEqual(len(h.requests), 3)
-        self.assertEqual(h.requests[2].parsed["exists"], 2)
+        h.advance(3600)
+        self.assertEqual(len(h.requests), 2)
+        self.successResultOf(h.trigger.when_quiet())
 
     def test_accounts_are_independent(self) -> None:
         h = Harness(self)
@@ -372,16 +386,27 @@ class ConcurrencyTests(SynchronousTestCase):
         self.assertEqual(queue_length(), queue_before)
         self.assertEqual(in_flight(), flight_before)
 
-    def test_retry_backoff_frees_the_slot(self) -> None:
+    def test_queued_scans_stay_owed_when_the_backend_goes_down(self) -> None:
         h = Harness(self, scan_concurrency=1)
         h.trigger.request(account(1), 1, "exists")
         h.trigger.request(account(2), 1, "exists")
-        h.answer(status=503)  # account 1 backs off; account 2 gets the slot
-        self.assertEqual([r.parsed["userId"] for r in h.requests], ["user-1", "user-2"])
+        h.answer(status=503)  # down: account 2's scan, waiting for the slot, is not sent
+        self.assertEqual([r.parsed["userId"] for r in h.requests], ["user-1"])
+        self.assertEqual(queue_length(), 0)
+        h.advance(1)  # the probe: the oldest owed mailbox (account 1's)
+        self.assertEqual([r.parsed["userId"] for r in h.requests], ["user-1", "user-1"])
+        h.answer()  # up: account 2 drains
+        self.assertEqual([r.parsed["userId"] for r in h.requests],
+                         ["user-1", "user-1", "user-2"])
+        h.answer()
+        self.successResultOf(h.trigger.when_quiet())
 
 
 class RetryTests(SynchronousTestCase):
-    def test_503_retried_with_exponential_backoff_then_success(self) -> None:
+    """A failed attempt makes the backend down: the scan stays owed and one probe at a time
+    retries it (the scenarios across accounts: tests/test_owed_scans_trigger.py)."""
+
+    def test_503_probed_with_growing_delays_then_success(self) -> None:
         h = Harness(self)
         retries_before = retries()
         h.trigger.request(account(1), 5, "exists")
@@ -399,29 +424,27 @@ class RetryTests(SynchronousTestCase):
         h.answer(body={"scanned": 1, "blocked": 0})
         self.assertEqual(retries(), retries_before + 2)
         self.assertEqual(h.trigger.last_outcome(account(1).id)["outcome"], "ok")
-        self.assertIn("[idle/user1@example.test] scan-trigger failed (HTTP 503: busy); "
-                      "retry 2/6 in 1s", h.log.mine())
+        self.assertEqual(h.log.mine()[:2], [
+            "[idle/user1@example.test] scan-trigger failed (HTTP 503: busy); scan owed",
+            "[idle/db] backend down: HTTP 503: busy; 1 scans owed"])
+        self.assertIn("[idle/db] backend back after 3s: sending 0 owed scans", h.log.mine())
 
-    def test_backoff_doubles_up_to_sixty_seconds_then_gives_up(self) -> None:
+    def test_probe_delay_doubles_to_about_thirty_seconds_and_never_gives_up(self) -> None:
         h = Harness(self, scan_attempts=9)
-        gave_up_before = scans(reason="exists", outcome="gave_up")
         h.trigger.request(account(1), 5, "exists")
-        for _ in range(8):
+        times = []
+        while h.clock.seconds() < 6 * 3600:
             h.answer(status=500)
-            h.advance(60)
-        h.answer(status=500)
-        delays = [e["delay"] for e in h.log.events if "delay" in e]
-        self.assertEqual(delays, [1, 2, 4, 8, 16, 32, 60, 60])
-        self.assertEqual(len(h.requests), 9)
-        self.assertIn("[idle/user1@example.test] scan-trigger gave up after 9 attempts: "
-                      "HTTP 500: (empty answer)", h.log.mine())
-        self.assertEqual(h.trigger.last_outcome(account(1).id)["outcome"], "gave_up")
-        self.assertEqual(h.trigger.last_outcome(account(1).id)["status"], 500)
-        self.assertEqual(scans(reason="exists", outcome="gave_up"),
-                         gave_up_before + 1)
+            while not h.resource.open:
+                h.advance(0.5)
+            times.append(h.clock.seconds())
+        gaps = [round(b - a, 1) for a, b in zip([0.0, *times], times, strict=False)]
+        self.assertEqual(gaps[:7], [1, 2, 4, 8, 16, 24, 24])
+        self.assertEqual(set(gaps[5:]), {24})
+        h.answer()
+        self.assertEqual(h.trigger.last_outcome(account(1).id)["outcome"], "ok")
+        self.assertNotIn("gave up", "\n".join(h.log.mine()))
         self.successResultOf(h.trigger.when_quiet())
-        h.trigger.request(account(1), 6, "exists")  # the next event still scans
-        self.assertEqual(len(h.requests), 10)
 
     def test_timeout_is_retried(self) -> None:
         h = Harness(self, scan_timeout=30.0)
@@ -431,7 +454,7 @@ class RetryTests(SynchronousTestCase):
         h.advance(0.1)
         self.assertTrue(h.requests[0].gone)  # the connection was dropped
         self.assertIn("[idle/user1@example.test] scan-trigger failed (no answer within "
-                      "30s); retry 2/6 in 1s", h.log.mine())
+                      "30s); scan owed", h.log.mine())
         h.advance(1)
         self.assertEqual(len(h.requests), 2)
         h.answer(1)
@@ -466,38 +489,37 @@ class RetryTests(SynchronousTestCase):
         for n in range(6, 20):
             h.trigger.request(account(1), n, "exists")
         self.assertIn("[idle/user1@example.test] scan-trigger failed (connection refused); "
-                      "retry 2/6 in 1s", h.log.mine())
-        h.advance(1)
-        h.advance(2)
+                      "scan owed", h.log.mine())
+        h.advance(1)  # the probe: refused
+        h.advance(2)  # the next one gets through
         self.assertEqual(len(h.requests), 1)
-        self.assertEqual(h.requests[0].parsed["exists"], 5)
-        h.answer()
-        self.assertEqual(len(h.requests), 2)  # exactly one follow-up, with the latest count
-        self.assertEqual(h.requests[1].parsed["exists"], 19)
+        self.assertEqual(h.requests[0].parsed["exists"], 19)  # one scan, the latest count
         h.answer()
         h.advance(3600)
-        self.assertEqual(len(h.requests), 2)
+        self.assertEqual(len(h.requests), 1)
 
 
 class SecretTests(SynchronousTestCase):
     def test_no_log_event_contains_a_secret(self) -> None:
         echo = f"bad request, you sent x-admin-secret: {SECRET}".encode()
-        h = Harness(self, scan_attempts=2)
-        for n, status in enumerate((500, 401, 422, 200), start=1):
+        h = Harness(self)
+        for n, status in enumerate((500, 200, 401, 200, 422, 200), start=1):
             h.trigger.request(account(n), 1, "exists")
+            while not h.resource.open:
+                h.advance(1)  # the probe, while the backend is down or refusing
             h.answer(status=status, body=echo)
-        h.advance(1)
-        h.answer(status=500, body=echo)
         h.trigger.request(account(9), 1, "exists")
         h.advance(60)  # timeout
         h.advance(60)
         text = h.log.everything()
         self.assertIn("scan-trigger rejected: HTTP 401", text)
-        self.assertIn("gave up", text)
+        self.assertIn("scan-trigger rejected: HTTP 422", text)
+        self.assertIn("backend down: HTTP 500", text)
+        self.assertIn("backend down: HTTP 401", text)
         self.assertIn("***", text)
         for secret in h.settings.secret_values():
             self.assertNotIn(secret, text)
-        self.assertNotIn(SECRET, repr(h.trigger.last_outcome(account(2).id)))
+        self.assertNotIn(SECRET, repr(h.trigger.last_outcome(account(3).id)))
 
 
 class DiscardTests(SynchronousTestCase):
@@ -564,17 +586,29 @@ class ShutdownTests(SynchronousTestCase):
         self.assertEqual(h.clock.getDelayedCalls(), [])
         self.assertFalse(h.trigger.running)
 
-    def test_stop_abandons_a_retry_in_backoff(self) -> None:
+    def test_stop_drops_the_owed_scans_while_the_backend_is_down(self) -> None:
+        h = Harness(self, shutdown_timeout=10.0)
+        abandoned = scans(reason="exists", outcome="abandoned")
+        acked = h.trigger.submit(account(1), 1, "exists")
+        h.answer(status=503)
+        h.advance(1)
+        h.answer(status=503)  # next probe in 2 s
+        h.trigger.request(account(2), 1, "exists")
+        d = h.trigger.stopService()
+        self.successResultOf(d)  # nothing in flight: at once
+        self.assertIs(self.successResultOf(acked), False)  # never stored: scanned at start
+        self.assertEqual(scans(reason="exists", outcome="abandoned"), abandoned + 2)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+        self.assertFalse(h.trigger.busy())
+
+    def test_stop_during_a_probe_waits_for_it(self) -> None:
         h = Harness(self, shutdown_timeout=10.0)
         h.trigger.request(account(1), 1, "exists")
         h.answer(status=503)
-        h.advance(1)
-        h.answer(status=503)  # next retry in 2 s
+        h.advance(1)  # the probe is in flight
         d = h.trigger.stopService()
-        h.advance(2)  # the retry still runs during the grace period
-        self.assertEqual(len(h.requests), 3)
-        h.answer(status=503)  # backoff 4 s
-        h.advance(8)
+        self.assertNoResult(d)
+        h.answer(status=503)
         self.successResultOf(d)
         self.assertEqual(h.trigger.last_outcome(account(1).id)["outcome"], "abandoned")
         self.assertEqual(h.clock.getDelayedCalls(), [])
@@ -599,7 +633,7 @@ class BackendTests(TestCase):
         await backend.start()
         self.addCleanup(lambda: ensureDeferred(backend.stop()))
         trigger = ScanTrigger(scan_settings(settings(backend_url=backend.url, **kw)), reactor,
-                              backoff=quick_retries(0.02))
+                              health=quick_probes(reactor, 0.02))
         trigger.startService()
         self.addCleanup(trigger.stopService)
         self.log = LogCapture(self)
@@ -673,11 +707,12 @@ class BackendTests(TestCase):
         await backend.start()
         self.addCleanup(lambda: ensureDeferred(backend.stop()))
         trigger = ScanTrigger(scan_settings(settings(backend_url=backend.url)), reactor,
-                              backoff=quick_retries(0.01))
+                              health=quick_probes(reactor, 0.01))
         self.addCleanup(trigger.stopService)
         log = LogCapture(self)
+        down = log.until("backend down")
         trigger.request(account(1), 3, "exists")
-        await trigger.when_quiet()
+        await down
         [r] = backend.requests
         self.assertFalse(r.authorized)
         self.assertEqual(r.status, 401)
@@ -696,7 +731,7 @@ class BackendTests(TestCase):
         self.assertEqual(trigger.last_outcome(account(1).id)["outcome"], "ok")
 
     async def test_connection_refused_then_backend_comes_back(self) -> None:
-        trigger, backend = await self.make(scan_attempts=1000)
+        trigger, backend = await self.make()
         await backend.stop()
         refused = self.log.until("connection refused", count=6)
         trigger.request(account(1), 1, "exists")
@@ -708,7 +743,7 @@ class BackendTests(TestCase):
         await backend.start()
         await trigger.when_quiet()
         bodies = sorted((r.body["userId"], r.body["exists"]) for r in backend.requests)
-        self.assertEqual(bodies, [("user-1", 1), ("user-1", 11), ("user-2", 1)])
+        self.assertEqual(bodies, [("user-1", 11), ("user-2", 1)])  # the owed, latest
 
     async def test_dropped_connection_is_retried(self) -> None:
         trigger, backend = await self.make()
@@ -719,15 +754,13 @@ class BackendTests(TestCase):
         self.assertIn("connection lost before the answer", "\n".join(self.log.mine()))
         self.assertEqual(trigger.last_outcome(account(1).id)["outcome"], "ok")
 
-    async def test_gave_up_then_next_event_scans(self) -> None:
-        trigger, backend = await self.make(scan_attempts=2)
-        backend.statuses(500, 500)
-        trigger.request(account(1), 1, "exists")
-        await trigger.when_quiet()
-        self.assertEqual(trigger.last_outcome(account(1).id)["outcome"], "gave_up")
-        trigger.request(account(1), 2, "exists")
-        await trigger.when_quiet()
-        self.assertEqual([r.status for r in backend.requests], [500, 500, 200])
+    async def test_owed_through_500s_until_acknowledged(self) -> None:
+        trigger, backend = await self.make(scan_attempts=2)  # accepted, ends nothing
+        backend.statuses(*[500] * 5)
+        acked = trigger.submit(account(1), 1, "exists")
+        self.assertIs(await acked, True)
+        self.assertEqual([r.status for r in backend.requests], [500] * 5 + [200])
+        self.assertEqual(trigger.last_outcome(account(1).id)["outcome"], "ok")
 
     async def test_stop_abandons_a_stalled_scan(self) -> None:
         from twisted.internet import reactor
