@@ -72,7 +72,8 @@ class OwedScans:
             entry.job = job
 
     def take(self, account_id: str) -> Job | None:
-        """The account's oldest waiting request, now in flight; None when none waits."""
+        """The account's longest waiting request, now in flight; None when none waits (a
+        busy INBOX does not starve a folder: the folder's request waited longer)."""
         entry = self._oldest_waiting(account_id)
         if entry is None:
             return None
@@ -97,7 +98,7 @@ class OwedScans:
         if entry is None:  # dropped meanwhile (the account was discarded)
             job.settle(False)
         elif entry.job is None:
-            entry.job = job
+            entry.job, entry.waiting_since = job, entry.since
         else:
             job.settle(False)
 
@@ -125,10 +126,10 @@ class OwedScans:
                    default=None)
 
     def waiting_accounts(self) -> list[str]:
-        """The accounts with a request waiting to be sent, the oldest owed first."""
+        """The accounts with a request waiting to be sent, the longest waiting first."""
         ages: list[tuple[float, str]] = []
         for account_id, mailboxes in self._accounts.items():
-            waiting = [e.since for e in mailboxes.values() if e.job is not None]
+            waiting = [e.waiting_since for e in mailboxes.values() if e.job is not None]
             if waiting:
                 ages.append((min(waiting), account_id))
         ages.sort()
@@ -145,7 +146,7 @@ class OwedScans:
     def _oldest_waiting(self, account_id: str) -> Owed | None:
         waiting = [e for e in self._accounts.get(account_id, {}).values()
                    if e.job is not None]
-        return min(waiting, key=lambda e: e.since, default=None)
+        return min(waiting, key=lambda e: e.waiting_since, default=None)
 
     def _remove(self, account_id: str, mailbox: str) -> None:
         mailboxes = self._accounts[account_id]

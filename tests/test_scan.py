@@ -8,6 +8,7 @@ talk HTTP over loopback to :class:`rebreak_idle.testing.backend.BackendDouble`.
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -833,3 +834,342 @@ class BackendDoubleTests(TestCase):
         await wrong_method.content()
         self.assertEqual((wrong_path.code, wrong_method.code), (404, 405))
         self.assertEqual(len(backend.requests), 1)
+
+
+class FlakyBackend:
+    """The backend as an HTTP client for the trigger (StubTreq inside): it refuses
+    connections, or answers every request at once with ``status`` (and ``headers``); every
+    request is recorded with the clock's time."""
+
+    def __init__(self, clock: task.Clock) -> None:
+        self.clock = clock
+        self.refusing = False
+        self.status = 200
+        self.headers: dict[bytes, bytes] = {}
+        self.requests: list[tuple[float, dict[str, Any]]] = []
+        backend = self
+
+        class Answering(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> bytes:
+                request.setResponseCode(backend.status)
+                for name, value in backend.headers.items():
+                    request.setHeader(name, value)
+                return b'{"scanned": 1, "blocked": 0}'
+
+        self.stub = StubTreq(Answering())
+
+    def post(self, url: str, **kw: Any) -> Deferred[Any]:
+        self.requests.append((self.clock.seconds(), json.loads(kw["data"])))
+        if self.refusing:
+            return defer.fail(error.ConnectionRefusedError("127.0.0.1:3016"))
+        return self.stub.post(url, **kw)
+
+    def since(self, t: float) -> list[tuple[float, dict[str, Any]]]:
+        return [(at, body) for at, body in self.requests if at >= t]
+
+
+class OwedHarness:
+    """A trigger on a Clock against a :class:`FlakyBackend` (random jitter: the bounds of
+    the probe's pace must hold whatever it draws)."""
+
+    def __init__(self, case: SynchronousTestCase, **kw: Any) -> None:
+        self.clock = task.Clock()
+        self.backend = FlakyBackend(self.clock)
+        self.settings = settings(**kw)
+        self.trigger = ScanTrigger(scan_settings(self.settings), self.clock,
+                                   http_client=self.backend)
+        self.trigger.startService()
+        self.log = LogCapture(case)
+        case.addCleanup(self.shutdown)
+
+    def shutdown(self) -> None:
+        self.backend.refusing = False
+        d = self.trigger.stopService()
+        self.advance(self.settings.shutdown_timeout)
+        assert d.called
+
+    def advance(self, seconds: float, step: float = 0.1) -> None:
+        end = self.clock.seconds() + seconds
+        while self.clock.seconds() < end - 1e-9:
+            self.clock.advance(min(step, end - self.clock.seconds()))
+            self.backend.stub.flush()
+
+    def acked(self, d: Deferred[bool] | None) -> list[Any]:
+        box: list[Any] = []
+        assert d is not None
+        d.addBoth(box.append)
+        return box
+
+    def lines(self, text: str) -> list[str]:
+        return [line for line in self.log.mine() if text in line]
+
+
+class OwedScanTests(SynchronousTestCase):
+    """Issue 23: no scan is ever dropped while the backend is down."""
+
+    def test_backend_refusing_for_60s_every_owed_mailbox_scanned_on_its_return(self) -> None:
+        h = OwedHarness(self, scan_min_interval=5.0)
+        for n in range(1, 21):  # 20 watched accounts, their first scans acknowledged
+            h.trigger.request(account(n), 1, "connected")
+        h.advance(10)
+        h.backend.refusing = True
+        down_at = h.clock.seconds()
+        waiters = {}
+        for n in range(1, 11):  # 10 of them get mail during the deploy
+            h.advance(5)
+            waiters[n] = h.acked(h.trigger.submit(account(n), 2, "exists"))
+            h.trigger.request(account(n), 3, "exists")
+        h.advance(down_at + 60 - h.clock.seconds())
+        self.assertEqual(h.trigger.health.state, "down")
+        self.assertEqual(h.trigger.owed()[0], 10)
+        during = h.backend.since(down_at)
+        # one probe at a time: never two requests within the first probe delay
+        times = [at for at, _ in during]
+        self.assertTrue(all(b - a >= 1.0 for a, b in itertools.pairwise(times)), times)
+        h.backend.refusing = False
+        back_at = h.clock.seconds()
+        h.advance(35)  # at most one probe interval (about 30 s) until the return is seen
+        after = h.backend.since(back_at)
+        scanned = {body["userId"]: (at, body["exists"]) for at, body in after}
+        self.assertEqual(sorted(scanned), sorted(f"user-{n}" for n in range(1, 11)))
+        self.assertEqual({e for _, e in scanned.values()}, {3})  # the latest count each
+        first = min(at for at, _ in scanned.values())
+        self.assertLess(max(at for at, _ in scanned.values()) - first, 1.0)  # drained at once
+        self.assertEqual(len(after), 10)  # nothing twice
+        self.assertEqual([w for w in waiters.values() if w != [False]], [])  # superseded
+        self.assertEqual(h.trigger.owed(), (0, None))
+        [down] = h.lines("backend down")
+        self.assertEqual(down, "[idle/db] backend down: connection refused; 1 scans owed")
+        [back] = h.lines("backend back after")
+        self.assertRegex(back, r"^\[idle/db\] backend back after \d+s: sending \d+ owed scans$")
+        self.successResultOf(h.trigger.when_quiet())
+
+    def test_backend_refusing_for_six_hours_one_request_per_probe_interval(self) -> None:
+        h = OwedHarness(self, scan_concurrency=16)
+        h.backend.refusing = True
+        for n in range(1, 51):  # 50 accounts, all with mail during the outage
+            h.trigger.request(account(n), 1, "exists")
+        for hour in range(6):
+            for n in range(1, 51, 7):
+                h.trigger.request(account(n), 10 + hour, "exists")
+            h.advance(3600, step=0.5)
+        during = h.backend.requests
+        # the first account's attempt, then one probe per interval (1 s doubling to about
+        # 30 s): at most a few dozen per hour, not 50 accounts' retries
+        self.assertLess(len(during), 6 * 3600 / 24 + 10)
+        self.assertGreater(len(during), 6 * 3600 / 31)
+        times = [at for at, _ in during]
+        self.assertTrue(all(b - a >= 1.0 for a, b in itertools.pairwise(times)))
+        self.assertEqual(h.trigger.owed()[0], 50)
+        self.assertGreaterEqual(h.trigger.owed()[1], 6 * 3600 - 1)
+        h.backend.refusing = False
+        back_at = h.clock.seconds()
+        h.advance(40)
+        after = h.backend.since(back_at)
+        self.assertEqual(sorted({b["userId"] for _, b in after}),
+                         sorted(f"user-{n}" for n in range(1, 51)))
+        self.assertEqual(len(after), 50)
+        self.assertEqual(h.trigger.owed(), (0, None))
+        self.successResultOf(h.trigger.when_quiet())
+
+    def test_connected_scans_at_start_up_while_the_backend_refuses(self) -> None:
+        h = OwedHarness(self)
+        h.backend.refusing = True
+        for n in range(1, 21):
+            h.trigger.request(account(n), 5, "connected")
+        h.advance(45)
+        self.assertEqual(h.trigger.owed()[0], 20)
+        h.backend.refusing = False
+        back_at = h.clock.seconds()
+        h.advance(31)
+        after = h.backend.since(back_at)
+        self.assertEqual(sorted(b["userId"] for _, b in after),
+                         sorted(f"user-{n}" for n in range(1, 21)))
+        self.assertEqual({b["reason"] for _, b in after}, {"connected"})
+        self.assertLess(max(at for at, _ in after) - min(at for at, _ in after), 1.0)
+
+    def test_503_with_retry_after_seconds_holds_the_probe_back(self) -> None:
+        h = OwedHarness(self)
+        h.backend.status, h.backend.headers = 503, {b"retry-after": b"120"}
+        h.trigger.request(account(1), 1, "exists")
+        h.trigger.request(account(2), 1, "exists")  # down already: not sent
+        h.advance(119.9)
+        self.assertEqual(len(h.backend.requests), 1)
+        h.backend.status, h.backend.headers = 200, {}
+        h.advance(35)
+        self.assertEqual([b["userId"] for _, b in h.backend.requests],
+                         ["user-1", "user-1", "user-2"])
+        self.assertGreaterEqual(h.backend.requests[1][0], 120.0)
+
+    def test_retry_after_http_date_and_its_bound(self) -> None:
+        h = OwedHarness(self)
+        h.clock.advance(1_700_000_000)  # the reactor's time is the epoch
+        start = h.clock.seconds()
+        h.backend.status = 503
+        h.backend.headers = {b"retry-after": b"Tue, 14 Nov 2023 22:18:20 GMT"}  # +300 s
+        h.trigger.request(account(1), 1, "exists")
+        h.advance(299)
+        self.assertEqual(len(h.backend.requests), 1)
+        h.backend.headers = {b"retry-after": b"86400"}  # a day: taken as 10 minutes
+        h.advance(35)
+        self.assertEqual(len(h.backend.requests), 2)
+        probe = h.backend.requests[1][0]
+        self.assertGreaterEqual(probe - start, 300)
+        h.backend.status, h.backend.headers = 200, {}
+        h.advance(probe + 599 - h.clock.seconds())
+        self.assertEqual(len(h.backend.requests), 2)
+        h.advance(35)
+        self.assertEqual(len(h.backend.requests), 3)
+        self.assertEqual(h.trigger.health.state, "up")
+
+    def test_429_is_retried_like_a_5xx(self) -> None:
+        h = OwedHarness(self)
+        h.backend.status = 429
+        acked = h.acked(h.trigger.submit(account(1), 1, "exists"))
+        h.advance(10)
+        self.assertEqual(h.trigger.health.state, "down")
+        self.assertEqual(acked, [])  # owed, not refused
+        self.assertEqual(h.lines("backend down"),
+                         ['[idle/db] backend down: HTTP 429: {"scanned": 1, "blocked": 0}; '
+                          "1 scans owed"])
+        h.backend.status = 200
+        h.advance(35)
+        self.assertEqual(acked, [True])
+
+    def test_408_is_retried_too(self) -> None:
+        h = OwedHarness(self)
+        h.backend.status = 408
+        acked = h.acked(h.trigger.submit(account(1), 1, "exists"))
+        h.advance(3)
+        self.assertEqual(h.trigger.health.state, "down")
+        h.backend.status = 200
+        h.advance(35)
+        self.assertEqual(acked, [True])
+
+    def test_401_until_the_secret_is_fixed(self) -> None:
+        h = OwedHarness(self)
+        h.backend.status = 401
+        for n in range(1, 6):
+            h.trigger.request(account(n), 1, "exists")
+        h.advance(3600, step=1)
+        self.assertEqual(h.trigger.health.state, "refusing")
+        self.assertEqual(h.trigger.owed()[0], 5)
+        # a probe every few minutes, not five accounts' retries
+        self.assertLessEqual(len(h.backend.requests), 1 + 3600 // 180)
+        self.assertGreaterEqual(len(h.backend.requests), 1 + 3600 // 226)
+        self.assertEqual(len(h.lines("rejected")), 1)  # logged once, with the reason
+        self.assertEqual(len(h.lines("backend down")), 1)
+        self.assertIn("the admin secret is wrong (check ADMIN_SECRET)",
+                      h.lines("backend down")[0])
+        h.backend.status = 200  # the backend's secret fixed: no restart of the daemon
+        back_at = h.clock.seconds()
+        h.advance(230, step=1)
+        self.assertEqual(h.trigger.health.state, "up")
+        self.assertEqual(sorted(b["userId"] for _, b in h.backend.since(back_at)),
+                         [f"user-{n}" for n in range(1, 6)])
+        self.assertEqual(h.trigger.owed(), (0, None))
+
+    def test_the_inbox_no_longer_starves_a_folder(self) -> None:
+        h = Harness(self)
+        h.trigger.request(account(1), 1, "exists")  # INBOX, in flight
+        h.advance(1)
+        junk = h.trigger.submit(account(1), 7, "exists", mailbox="Junk")
+        for n in range(2, 50):  # a busy INBOX
+            h.advance(0.1)
+            h.trigger.request(account(1), n, "exists")
+        h.answer()
+        self.assertEqual(h.requests[1].parsed.get("mailbox"), "Junk")  # the older owed
+        h.trigger.request(account(1), 50, "exists")
+        h.answer()
+        self.assertIs(self.successResultOf(junk), True)
+        self.assertEqual(h.requests[2].parsed["exists"], 50)
+        self.assertNotIn("mailbox", h.requests[2].parsed)
+        h.answer()
+        self.successResultOf(h.trigger.when_quiet())
+
+    def test_one_owed_entry_per_mailbox_under_a_flood_of_exists(self) -> None:
+        h = OwedHarness(self)
+        h.backend.refusing = True
+        waiters = []
+        for n in range(1, 11):
+            for count in range(1, 1001):
+                waiters.append(h.trigger.submit(account(n), count, "exists"))
+                waiters.append(h.trigger.submit(account(n), count, "exists",
+                                                mailbox="Junk"))
+        self.assertEqual(h.trigger.owed()[0], 20)
+        # every request but the latest of each mailbox (and the first, in flight when the
+        # backend went down) was answered False at once: nothing accumulates per event
+        unfired = [d for d in waiters if not d.called]
+        self.assertEqual(len(unfired), 20)
+        entries = list(h.trigger._owed)
+        self.assertEqual(len(entries), 20)
+        self.assertTrue(all(e.job is not None and len(e.job.acks) == 1
+                            for _, _, e in entries))
+
+    def test_discard_drops_the_owed_scans_of_the_account(self) -> None:
+        h = OwedHarness(self)
+        h.backend.refusing = True
+        one = h.acked(h.trigger.submit(account(1), 1, "exists"))
+        two = h.acked(h.trigger.submit(account(2), 1, "exists"))
+        h.trigger.discard(account(1).id)
+        self.assertEqual(one, [False])
+        self.assertEqual(h.trigger.owed()[0], 1)
+        self.assertIsNone(h.trigger.owed_since(account(1).id))
+        self.assertEqual(h.trigger.owed_since(account(2).id), 0.0)
+        h.backend.refusing = False
+        h.advance(35)
+        self.assertEqual(two, [True])
+        self.assertEqual([b["userId"] for _, b in h.backend.requests[1:]], ["user-2"])
+
+    def test_gauges_of_the_state_and_the_owed_scans(self) -> None:
+        h = OwedHarness(self)
+        h.backend.refusing = True
+        h.trigger.request(account(1), 1, "exists")
+        h.advance(5)
+        h.trigger.request(account(2), 1, "exists")
+        self.assertEqual(sample("rebreak_idle_backend_state", state="down"), 1)
+        self.assertEqual(sample("rebreak_idle_backend_state", state="up"), 0)
+        self.assertEqual(sample("rebreak_idle_scans_owed"), 2)
+        self.assertAlmostEqual(sample("rebreak_idle_oldest_owed_scan_age_seconds"), 5.0)
+        h.backend.refusing = False
+        h.advance(35)
+        self.assertEqual(sample("rebreak_idle_backend_state", state="up"), 1)
+        self.assertEqual(sample("rebreak_idle_scans_owed"), 0)
+        self.assertEqual(sample("rebreak_idle_oldest_owed_scan_age_seconds"), 0)
+
+
+class SessionOwedTests(SynchronousTestCase):
+    """A session's mail during an outage: scanned once the backend is back, with no new
+    mail and no reconnect, and its mark stored then."""
+
+    def test_mark_stored_once_the_backend_is_back_without_a_reconnect(self) -> None:
+        from rebreak_idle.marks import MailboxMark, MailboxMemory
+        from tests.test_session import Harness as SessionHarness
+
+        memory = MailboxMemory()
+        holder: list[ScanTrigger] = []
+        s = SessionHarness(self, memory=memory,
+                           on_new_mail=lambda *a, **kw: holder[0].submit(*a, **kw))
+        backend = FlakyBackend(s.clock)
+        trigger = ScanTrigger(scan_settings(settings()), s.clock, http_client=backend)
+        holder.append(trigger)
+        trigger.startService()
+        self.addCleanup(trigger.stopService)
+        s.start()
+        backend.stub.flush()
+        self.assertEqual(memory.get("acc-1"), MailboxMark(1000, 4, 3))
+        backend.refusing = True
+        s.server.deliver()
+        s.pump()
+        self.assertEqual(trigger.health.state, "down")
+        s.run(600)  # ten minutes down: heartbeats go on, nothing reconnects
+        self.assertEqual(memory.get("acc-1"), MailboxMark(1000, 4, 3))
+        backend.refusing = False
+        for _ in range(35):
+            s.run(1)
+            backend.stub.flush()
+        self.assertEqual(memory.get("acc-1"), MailboxMark(1000, 5, 4))
+        self.assertEqual(len(s.server.connections), 1)  # no reconnect
+        self.assertEqual(backend.requests[-1][1]["exists"], 4)
