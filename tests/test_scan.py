@@ -943,7 +943,7 @@ class OwedScanTests(SynchronousTestCase):
         [down] = h.lines("backend down")
         self.assertEqual(down, "[idle/db] backend down: connection refused; 1 scans owed")
         [back] = h.lines("backend back after")
-        self.assertRegex(back, r"^\[idle/db\] backend back after \d+s: sending \d+ owed scans$")
+        self.assertRegex(back, r"^\[idle/db\] backend back after [\d.]+s: sending \d+ owed scans$")
         self.successResultOf(h.trigger.when_quiet())
 
     def test_backend_refusing_for_six_hours_one_request_per_probe_interval(self) -> None:
