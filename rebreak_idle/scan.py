@@ -225,7 +225,8 @@ class ScanTrigger(Service):
             self._forget(account_id, state)
             return
         if not self.health.up:
-            return  # the probe (armed while the backend is not up) comes for it
+            self._arm_probe()  # (armed already, as a rule): the probe comes for it
+            return
         wait = self._interval_left(account_id)
         if wait > 0:
             state.waiting = self._reactor.callLater(wait, self._wait_over, account_id, state)
@@ -435,6 +436,9 @@ class ScanTrigger(Service):
             self._record(job, "abandoned", status=status)
             return
         self._owed.not_acknowledged(job)
+        previous = self._outcomes.get(job.account.id) or {}
+        repeated = (previous.get("outcome"), previous.get("status")) == ("client_error",
+                                                                          status)
         self._record(job, "client_error", status=status)
         hint = " — the admin secret is wrong (check ADMIN_SECRET)" if status in (401, 403) \
             else " — check BACKEND_URL" if status == 404 else ""
@@ -447,10 +451,11 @@ class ScanTrigger(Service):
                           status=status, reason=job.reason, exists=job.exists)
             self._left_up(old)
             return
-        log.error("[idle/{email}] scan-trigger rejected: {error}; scan owed, next try in "
-                  "{delay:g}s", email=job.account.email, account_id=job.account.id,
-                  error=text, delay=REJECTED_RETRY_DELAY, status=status, reason=job.reason,
-                  exists=job.exists)
+        # logged once: the same refusal of the same account again is a debug line
+        (log.debug if repeated else log.error)(
+            "[idle/{email}] scan-trigger rejected: {error}; scan owed, next try in "
+            "{delay:g}s", email=job.account.email, account_id=job.account.id, error=text,
+            delay=REJECTED_RETRY_DELAY, status=status, reason=job.reason, exists=job.exists)
         state = self._states.get(job.account.id)
         if state is not None and state.waiting is None:
             state.waiting = self._reactor.callLater(REJECTED_RETRY_DELAY, self._wait_over,

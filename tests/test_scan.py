@@ -15,7 +15,7 @@ from typing import Any
 from treq.testing import StubTreq
 from twisted.internet import defer, error, task
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -272,6 +272,11 @@ class OutcomeTests(SynchronousTestCase):
         self.assertIn("x" * 200 + "…", line)
         self.assertNotIn("x" * 201, line)
         self.assertTrue(line.endswith("; scan owed, next try in 180s"), line)
+        h.advance(1)
+        self.assertEqual(len(h.requests), 2)  # tried again after 180 s
+        h.answer(status=422, body=b"x" * 5000)
+        errors = [e for e in h.log.events if e.get("log_level") == LogLevel.error]
+        self.assertEqual(len(errors), 1)  # the same refusal again: logged once
 
     def test_a_4xx_of_one_account_holds_only_that_account(self) -> None:
         h = Harness(self)
