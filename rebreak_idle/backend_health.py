@@ -10,7 +10,8 @@
 While the backend is not up, :class:`~rebreak_idle.scan.ScanTrigger` sends no account's
 own scan: every scan stays owed (:mod:`rebreak_idle.owed_scans`) and one *probe* at a time
 (a real scan of the oldest owed mailbox) goes out after :meth:`BackendHealth.probe_delay`:
-while down 1 s, 2 s, 4 s ... at most about 30 s, jittered, and never before a
+while down 1 s, 2 s, 4 s, then every 8 to 10 s (jittered; so the owed scans go out
+within 10 s of the backend's return, however long it was away), and never before a
 ``Retry-After`` the backend asked for (bounded by :data:`MAX_RETRY_AFTER`); while refusing
 (a wrong admin secret or URL) every :data:`REFUSING_PROBE_INTERVAL` or so, so that a fixed
 backend configuration is noticed without a restart. The first 2xx makes it up again.
@@ -37,8 +38,10 @@ __all__ = ["FIRST_PROBE_DELAY", "MAX_PROBE_DELAY", "MAX_RETRY_AFTER",
 #: First delay before a probe once the backend is down, in seconds (then doubling, jittered
 #: by up to a quarter).
 FIRST_PROBE_DELAY = 1.0
-#: Longest delay between two probes while down, before jitter (so at most 30 s with it).
-MAX_PROBE_DELAY = 24.0
+#: Longest delay between two probes while down, before jitter (so at most 10 s with it):
+#: the bound on how late the owed scans go out after the backend's return. One request
+#: per 8-10 s is no load for a backend that is down.
+MAX_PROBE_DELAY = 8.0
 #: Delay between two probes while the backend refuses the triggers (401/403/404), before
 #: jitter.
 REFUSING_PROBE_INTERVAL = 180.0

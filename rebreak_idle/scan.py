@@ -18,8 +18,8 @@ backend's health (:class:`~rebreak_idle.backend_health.BackendHealth`).
   order (a :class:`~twisted.internet.defer.DeferredSemaphore`);
 - a connection error, a timeout, a 5xx, 408 or 429 answer makes the backend *down* for
   every account: no account sends its own retries any more, one probe at a time (a real
-  scan of the oldest owed mailbox) goes out at a growing, jittered interval (about 1 s up
-  to 30 s; ``Retry-After`` honoured); the first 2xx makes it *up* and the owed scans drain
+  scan of the oldest owed mailbox) goes out at a growing, jittered interval (1 s, 2 s, 4 s,
+  then every 8-10 s; ``Retry-After`` honoured); the first 2xx makes it *up* and the owed scans drain
   at ``scan_concurrency``, the oldest first. 401, 403 and 404 (a wrong secret or URL) make
   it *refusing*: the scans stay owed, the reason is logged once, and a probe goes out
   every few minutes, so that a fixed backend needs no restart of the daemon. Another 4xx
