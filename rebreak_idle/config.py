@@ -78,8 +78,9 @@ OPTIONS: tuple[Option, ...] = (
            16, "int"),
     Option("scan_timeout", "REBREAK_SCAN_TIMEOUT", "seconds one scan request may take", 30.0,
            "seconds"),
-    Option("scan_attempts", "REBREAK_SCAN_ATTEMPTS", "attempts of one scan trigger before it is "
-           "given up (connection errors, timeouts, 5xx)", 6, "int"),
+    Option("scan_attempts", "REBREAK_SCAN_ATTEMPTS", "accepted for compatibility and not used: "
+           "a scan is never given up, it stays owed until the backend acknowledges it", 6,
+           "int"),
     Option("write_flush_interval", "REBREAK_WRITE_FLUSH_INTERVAL", "seconds between batched "
            "heartbeat writes", 5.0, "seconds"),
     Option("shutdown_timeout", "REBREAK_SHUTDOWN_TIMEOUT", "seconds a graceful stop may take "
@@ -404,6 +405,8 @@ class ScanSettings:
     admin_secret: str = field(repr=False)
     scan_concurrency: int = 16
     scan_timeout: float = 30.0
+    #: REBREAK_SCAN_ATTEMPTS: accepted for compatibility, not used (scans are owed until
+    #: acknowledged: rebreak_idle.scan)
     scan_attempts: int = 6
     shutdown_timeout: float = 10.0
     #: every configured secret value (:meth:`Settings.secret_values`), masked in log texts

@@ -16,6 +16,16 @@ then walks its sessions once (O(N) per scrape, nothing per heartbeat):
     the supervisor's accounts by state as the status page counts them: the session states,
     ``queued`` (waiting for the start-up ramp or for its predecessor's LOGOUT) and
     ``invalid`` (rows that cannot be watched).
+
+The scan trigger attaches itself to :data:`SCANS_LIVE` while it runs
+(:mod:`rebreak_idle.scan`, docs/reliability.md "Owed scans"):
+
+``rebreak_idle_backend_state{state}``
+    1 for the backend's current state (``up``, ``down``, ``refusing``), 0 for the others.
+``rebreak_idle_scans_owed``
+    mailboxes owing a scan: new mail not yet covered by an acknowledged (2xx) scan.
+``rebreak_idle_oldest_owed_scan_age_seconds``
+    seconds since the oldest of them first owed it (0 when none does).
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from prometheus_client.registry import Collector
 
 from .metrics import REGISTRY
 
-__all__ = ["HEARTBEAT_BUCKETS", "LIVE", "LiveSessions"]
+__all__ = ["HEARTBEAT_BUCKETS", "LIVE", "SCANS_LIVE", "LiveScans", "LiveSessions"]
 
 #: Buckets of the heartbeat age histogram (seconds).
 HEARTBEAT_BUCKETS = (15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0)
@@ -114,3 +124,55 @@ def _buckets(values: list[float]) -> list[tuple[str, float]]:
 
 LIVE = LiveSessions()
 REGISTRY.register(LIVE)
+
+#: the backend's states, as the scan trigger's health names them
+BACKEND_STATES = ("up", "down", "refusing")
+
+
+class LiveScans(Collector):
+    """The owed scans and the backend's state, read from the scan trigger at scrape time
+    (``health.state``, ``owed()``); :data:`SCANS_LIVE` is the one registered."""
+
+    _labelnames = ("state",)
+
+    def __init__(self) -> None:
+        self._source: Any = None
+
+    def attach(self, trigger: Any) -> None:
+        self._source = trigger
+
+    def detach(self, trigger: Any) -> None:
+        if self._source is trigger:
+            self._source = None
+
+    def describe(self) -> list[Any]:
+        return list(self._families(None))
+
+    def collect(self) -> Iterator[Any]:
+        return self._families(self._source)
+
+    def _families(self, trigger: Any) -> Iterator[Any]:
+        state = GaugeMetricFamily(
+            "rebreak_idle_backend_state",
+            "1 for the backend's current state as the scan trigger sees it (up, down: no "
+            "answer or 5xx/408/429, refusing: 401/403/404)", labels=["state"])
+        owed = GaugeMetricFamily(
+            "rebreak_idle_scans_owed",
+            "Mailboxes owing a scan: new mail not yet covered by an acknowledged scan")
+        age = GaugeMetricFamily(
+            "rebreak_idle_oldest_owed_scan_age_seconds",
+            "Seconds since the oldest owed scan was first asked for (0 when none is owed)")
+        if trigger is None:
+            yield from (state, owed, age)
+            return
+        current = str(trigger.health.state)
+        for name in BACKEND_STATES:
+            state.add_metric([name], 1.0 if name == current else 0.0)
+        count, oldest = trigger.owed()
+        owed.add_metric([], float(count))
+        age.add_metric([], 0.0 if oldest is None else oldest)
+        yield from (state, owed, age)
+
+
+SCANS_LIVE = LiveScans()
+REGISTRY.register(SCANS_LIVE)

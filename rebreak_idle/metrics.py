@@ -35,7 +35,8 @@ RECONNECTS = _metric(Counter, "rebreak_idle_reconnects", "Reconnects scheduled, 
 SCANS = _metric(Counter, "rebreak_idle_scan_triggers", "Scan triggers by reason and outcome",
                 "reason", "outcome")
 SCAN_RETRIES = _metric(Counter, "rebreak_idle_scan_retries",
-                       "Scan trigger attempts that were retried")
+                       "Scan trigger attempts that failed (no answer, 5xx, 408, 429): the "
+                       "scan stays owed and is sent again")
 SCANS_IN_FLIGHT = _metric(Gauge, "rebreak_idle_scans_in_flight", "Scan requests in flight")
 SCAN_QUEUE = _metric(Gauge, "rebreak_idle_scan_queue_length",
                      "Scan requests waiting for a concurrency slot")

@@ -16,6 +16,7 @@ phase gets what remains, at least a small floor.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
@@ -151,12 +152,16 @@ class Daemon(MultiService):
         self.supervisor.stop_all_sessions()
 
     def snapshot(self) -> list[dict]:
-        """One object per account for /status: the session's view plus its last scan."""
+        """One object per account for /status: the session's view plus its last scan and
+        since when it owes a scan (``scan_owed_since``, ISO 8601; null when it owes none)."""
         out = []
         sessions = self.supervisor.sessions
         for entry in self.supervisor.snapshot():
             entry = dict(entry)
             entry["last_scan"] = self.scans.last_outcome(entry["id"])
+            owed = self.scans.owed_since(entry["id"])
+            entry["scan_owed_since"] = (None if owed is None
+                                        else datetime.fromtimestamp(owed, UTC).isoformat())
             session = sessions.get(entry["id"])
             entry["imap_host"] = None if session is None else session.account.host
             out.append(entry)

@@ -84,7 +84,8 @@ def _state_cell(a: Mapping[str, Any]) -> str:
 
 
 def _event_cell(a: Mapping[str, Any]) -> str:
-    """``last_event`` when the snapshot has one, else the last EXISTS and the last scan."""
+    """``last_event`` when the snapshot has one, else the last EXISTS, the last scan and
+    since when a scan is owed (``scan_owed_since``)."""
     if "last_event" in a:
         return _shown(a.get("last_event"))
     lines = []
@@ -98,6 +99,9 @@ def _event_cell(a: Mapping[str, Any]) -> str:
             text += (f" (scanned={_shown(scan.get('scanned'))}"
                      f" blocked={_shown(scan.get('blocked'))})")
         lines.append(text + _muted(_when(scan.get("time"))))
+    owed = a.get("scan_owed_since")
+    if owed:  # the backend has not acknowledged a scan of new mail since then
+        lines.append(f"<strong>scan owed since {_when(owed)}</strong>")
     return "<br>".join(lines) if lines else "—"
 
 

@@ -1,6 +1,7 @@
 """Extra folders (REBREAK_EXTRA_FOLDERS): names and LIST lines, the setting, the scan
-trigger's mailbox field and coalescing, and sessions against the in-process server (a
-``\\Junk`` folder, one named Unbekannt) with the heartbeat's one write checked."""
+trigger's mailbox field and its owed entry per folder, and sessions against the
+in-process server (a ``\\Junk`` folder, one named Unbekannt) with the heartbeat's one write
+checked."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from rebreak_idle.imap.listing import (
     quote_mailbox,
 )
 from rebreak_idle.marks import MailboxMark, MailboxMemory
-from rebreak_idle.scan_request import Job, coalesce
+from rebreak_idle.owed_scans import OwedScans
+from rebreak_idle.scan_request import Job
 from rebreak_idle.session import MailboxSession
 from rebreak_idle.testing.imapserver import InProcessIMAPServer
 from tests.support.dovecot import DovecotServer, skip_without_dovecot
@@ -106,34 +108,22 @@ class TriggerTests(TestCase):
         self.assertEqual(body, {"connectionId": "a1", "userId": "u1", "reason": "exists",
                                 "exists": 2, "mailbox": "Unbekannt"})
 
-    def jobs(self, *mailboxes: str | None) -> tuple[list[Job], list[list[bool]]]:
-        jobs, results = [], []
-        for m in mailboxes:
-            job, got = Job(ACCOUNT, 1, "exists", mailbox=m), []
+    def test_same_mailbox_coalesces_and_inbox_never_replaces_a_folder(self) -> None:
+        owed = OwedScans()
+        got: list[tuple[str | None, bool]] = []
+        jobs = []
+        for mailbox in ("Spam", None, "Spam", None, "Unbekannt"):
+            job = Job(ACCOUNT, 1, "exists", mailbox=mailbox)
             d: defer.Deferred[bool] = defer.Deferred()
-            d.addCallback(got.append)
+            d.addCallback(lambda ok, m=mailbox: got.append((m, ok)))
             job.acks.append(d)
             jobs.append(job)
-            results.append(got)
-        return jobs, results
-
-    def test_same_mailbox_coalesces(self) -> None:
-        (a, b), (ra, rb) = self.jobs("Spam", "Spam")
-        self.assertIs(coalesce(a, b), b)
-        self.assertEqual(len(b.acks), 2)
-        b.settle(True)
-        self.assertEqual((ra, rb), ([True], [True]))
-
-    def test_inbox_is_kept_and_a_folder_asks_again(self) -> None:
-        (inbox, spam), (ri, rs) = self.jobs(None, "Spam")
-        self.assertIs(coalesce(inbox, spam), inbox)
-        self.assertEqual((ri, rs), ([], [False]))
-        (spam, inbox), (rs, ri) = self.jobs("Spam", None)
-        self.assertIs(coalesce(spam, inbox), inbox)
-        self.assertEqual((ri, rs), ([], [False]))
-        (spam, other), (rs, ro) = self.jobs("Spam", "Unbekannt")
-        self.assertIs(coalesce(spam, other), other)
-        self.assertEqual((rs, ro), ([False], []))
+            owed.owe(job, float(len(jobs)))
+        self.assertEqual(len(owed), 3)  # one entry per mailbox
+        self.assertEqual(got, [("Spam", False), (None, False)])  # the replaced ones
+        self.assertIs(owed.take("a1"), jobs[2])  # the folder waited longest
+        self.assertIs(owed.take("a1"), jobs[3])
+        self.assertIs(owed.take("a1"), jobs[4])
 
 
 class WatchTests(TestCase):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from prometheus_client import generate_latest
@@ -11,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from rebreak_idle import metrics
 from rebreak_idle.account import Account
-from rebreak_idle.live_metrics import LIVE
+from rebreak_idle.live_metrics import LIVE, SCANS_LIVE
 from rebreak_idle.supervisor import Supervisor
 from tests.test_supervisor import DECODE, MemoryStore, row, settings
 
@@ -89,3 +90,23 @@ class LiveGaugeTests(SynchronousTestCase):
         value = sample("rebreak_idle_last_exists_age_seconds")
         self.assertNotEqual(value, value)  # NaN
         self.assertIs(LIVE._source, self.sup)
+
+
+class LiveScanGaugeTests(SynchronousTestCase):
+    """The scan trigger's gauges: the backend's state, the owed scans, the oldest's age."""
+
+    def test_read_from_the_attached_trigger_only(self) -> None:
+        trigger = SimpleNamespace(health=SimpleNamespace(state="refusing"),
+                                  owed=lambda: (7, 42.5))
+        SCANS_LIVE.attach(trigger)
+        self.addCleanup(SCANS_LIVE.detach, trigger)
+        self.assertEqual([sample("rebreak_idle_backend_state", state=s)
+                          for s in ("up", "down", "refusing")], [0, 0, 1])
+        self.assertEqual(sample("rebreak_idle_scans_owed"), 7)
+        self.assertEqual(sample("rebreak_idle_oldest_owed_scan_age_seconds"), 42.5)
+        SCANS_LIVE.detach(object())  # another one: still attached
+        self.assertEqual(sample("rebreak_idle_scans_owed"), 7)
+        SCANS_LIVE.detach(trigger)
+        self.assertIsNone(sample("rebreak_idle_scans_owed"))
+        self.assertIn("# TYPE rebreak_idle_scans_owed gauge",
+                      generate_latest(metrics.REGISTRY).decode())

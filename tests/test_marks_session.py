@@ -136,37 +136,50 @@ class TriggerAcknowledgementTests(SynchronousTestCase):
         h.answer(0, 200, {"scanned": 0, "blocked": 0})
         self.assertEqual(acked, [True])
 
-    def test_4xx_and_given_up_do_not(self) -> None:
+    def test_4xx_and_5xx_keep_it_owed_until_a_2xx(self) -> None:
         h = ScanHarness(self, scan_attempts=2)
         refused = self.outcomes(h.trigger.submit(account(1), 3, "connected"))
         h.answer(0, 400)
-        self.assertEqual(refused, [False])
-        given_up = self.outcomes(h.trigger.submit(account(1), 3, "connected"))
+        self.assertEqual(refused, [])  # owed: tried again later
+        h.advance(180)
+        h.answer(0, 200)
+        self.assertEqual(refused, [True])
+        failing = self.outcomes(h.trigger.submit(account(2), 3, "connected"))
         h.answer(0, 503)
         h.advance(1)
-        h.answer(0, 503)
-        self.assertEqual(given_up, [False])
+        h.answer(0, 503)  # more than scan_attempts: never given up
+        h.advance(2)
+        self.assertEqual(failing, [])
+        h.answer(0, 200)
+        self.assertEqual(failing, [True])
 
     def test_coalesced_requests_are_covered_by_the_follow_up(self) -> None:
         h = ScanHarness(self)
         first = self.outcomes(h.trigger.submit(account(1), 3, "connected"))
         second = self.outcomes(h.trigger.submit(account(1), 4, "exists"))
         third = self.outcomes(h.trigger.submit(account(1), 5, "exists"))
+        # the second was replaced by the third before it went out: False at once (the
+        # session remembers the third's later mark when it is acknowledged)
+        self.assertEqual((first, second, third), ([], [False], []))
         h.answer(0, 200)
-        self.assertEqual((first, second, third), ([True], [], []))
+        self.assertEqual((first, second, third), ([True], [False], []))
         self.assertEqual(len(h.requests), 2)  # one follow-up, sent after both
         self.assertEqual(h.requests[1].parsed["exists"], 5)
         h.answer(0, 200)
-        self.assertEqual((second, third), ([True], [True]))
+        self.assertEqual(third, [True])
 
-    def test_follow_up_given_up_leaves_both_unacknowledged(self) -> None:
+    def test_follow_up_failing_stays_owed(self) -> None:
         h = ScanHarness(self, scan_attempts=1)
         first = self.outcomes(h.trigger.submit(account(1), 3, "connected"))
         second = self.outcomes(h.trigger.submit(account(1), 4, "exists"))
         third = self.outcomes(h.trigger.submit(account(1), 5, "exists"))
         h.answer(0, 200)
         h.answer(0, 500)
-        self.assertEqual((first, second, third), ([True], [False], [False]))
+        self.assertEqual((first, second, third), ([True], [False], []))
+        h.advance(1)  # the probe
+        self.assertEqual(h.requests[-1].parsed["exists"], 5)
+        h.answer(0, 200)
+        self.assertEqual(third, [True])
 
     def test_dropped_by_discard_and_stop(self) -> None:
         h = ScanHarness(self)

@@ -266,3 +266,16 @@ class RenderPageTests(SynchronousTestCase):
         self.assertIn("EXISTS 12 <span class=muted>2026-01-02 03:00:00Z</span><br>"
                       "scan ok (scanned=2 blocked=1) <span class=muted>2026-01-02 03:00:00Z",
                       page)
+        self.assertNotIn("scan owed", page)
+
+    def test_scan_owed_since(self) -> None:
+        account = {"id": "0a1b", "email": "a@example.com", "state": "idle",
+                   "last_scan": {"time": 1_767_322_800.0, "outcome": "failed",
+                                 "scanned": None, "blocked": None, "status": 503},
+                   "scan_owed_since": "2026-01-02T03:00:00+00:00"}
+        page = render_page([account], {"idle": 1}, ready=True)
+        self.assertIn("scan failed <span class=muted>2026-01-02 03:00:00Z</span><br>"
+                      "<strong>scan owed since 2026-01-02 03:00:00Z</strong>", page)
+        account["scan_owed_since"] = "<script>"
+        self.assertIn("scan owed since &lt;script&gt;",
+                      render_page([account], {"idle": 1}, ready=True))
