@@ -50,7 +50,7 @@ from .errors import (
     ProtocolError,
     ServerBye,
 )
-from .idle import IdleExchange
+from .idle import IdleExchange, IdleState
 from .inherited import Unsupported
 from .listing import Listing
 from .parser import (
@@ -300,11 +300,16 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
         if keyword == b"BYE":
             self._bye(data)
             return
+        # capabilities are learnt before a mailbox is selected (greeting, login, the
+        # CAPABILITY command); once selected or idling, an unsolicited list (a flood of
+        # 16 KiB CAPABILITY lines during IDLE) is not parsed at all
+        learning = self.state is not SELECTED and self._idle_state is IdleState.OFF
         if keyword == b"CAPABILITY":
-            self._set_caps(data)
+            if learning:
+                self._set_caps(data)
         elif keyword in _CONDITIONS:
             code, _ = split_code(data)
-            if not self._capabilities_in(code) and keyword != b"OK":
+            if not (learning and self._capabilities_in(code)) and keyword != b"OK":
                 log.debug("IMAP server says {status}: {text}", status=keyword.decode(),
                           text=text(data))
         if cmd is not None and cmd.on_untagged is not None and cmd.on_untagged(keyword, rest):

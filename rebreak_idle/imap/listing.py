@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
-from twisted.mail import imap4
 from twisted.python.failure import Failure
 
 from .commands import Command
 from .errors import CommandFailed, ProtocolError
-from .parser import is_atom, split_code, status_items
+from .parser import is_atom, parse_parens, split_code, status_items
 
 __all__ = ["ListEntry", "Listing", "decode_mutf7", "encode_mutf7", "parse_list",
            "quote_mailbox"]
@@ -114,8 +113,8 @@ def parse_list(data: bytes) -> ListEntry | None:
     """The data of an untagged LIST response (after ``LIST``):
     ``(\\HasNoChildren \\Junk) "/" Spam`` → ListEntry; None when malformed."""
     try:
-        parsed = imap4.parseNestedParens(data)
-    except Exception:
+        parsed = parse_parens(data)
+    except ValueError:
         return None
     if len(parsed) != 3 or not isinstance(parsed[0], list):
         return None
