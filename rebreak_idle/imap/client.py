@@ -205,7 +205,9 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
                     transport.loseConnection()
 
     def _protocol_error(self, text: str) -> None:
-        log.debug("closing IMAP connection: {text}", text=text)
+        # no server text here: it may echo a secret, which only the session can mask
+        # (the session logs the masked text as its "connect failed" line)
+        log.debug("closing IMAP connection: protocol error")
         self._close(ProtocolError(text))
 
     def _fail_all(self, error: IMAPError) -> None:
