@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred
 from rebreak_idle.folders import STATUS_ITEMS, resolve
 from rebreak_idle.imap import CommandFailed
 from rebreak_idle.imap.listing import ListEntry
-from tests.test_imap import ClientTestCase, result_of
+from tests.test_imap import GREETING, ClientTestCase, result_of
 
 
 class ListTests(ClientTestCase):
@@ -26,6 +26,22 @@ class ListTests(ClientTestCase):
         self.assertEqual(d, [[ListEntry(("\\HasNoChildren", "\\Junk"), "/", b"Spam"),
                               ListEntry(("\\Junk",), "/", b"Junk 2")]])
         self.assertFalse(self.client.closed)
+
+    def test_long_list_in_literals_is_not_a_flood(self) -> None:
+        """A LIST answered in literals, many in one read: each byte counts once against
+        the input budget (the rest of a read after each literal used to be counted
+        again, 200 literals in one 8 KiB read cost ~800 KiB of budget)."""
+        self.connect(greeting=b"")
+        self.client.input_burst_bytes = 64 * 1024  # the budget starts at the greeting
+        self.client.input_bytes_per_second = 1.0
+        self.server(GREETING)
+        d = result_of(self.client.list_mailboxes(limit=500))
+        chunk = b"".join(b'* LIST () "/" {9}\r\nFolder%03d\r\n' % i for i in range(200))
+        self.assertLess(len(chunk), 8 * 1024)
+        self.server(chunk + b"0001 OK LIST done\r\n")
+        self.assertFalse(self.client.closed)
+        self.assertEqual(len(d[0]), 200)
+        self.assertEqual(d[0][-1].raw, b"Folder199")
 
     def test_special_use_selection(self) -> None:
         self.connect()

@@ -107,7 +107,13 @@ class BoundedReader(LineReceiver):
             assert self._response_parts is not None
             self._response_parts.append(bytes(self._literal))
             self._literal = None
-            self.setLineMode(data[len(take):])
+            # back to lines with the rest of this read, which dataReceived has already
+            # counted against the budget: handed to the line splitter directly
+            # (setLineMode(rest) would go through dataReceived and count it again)
+            self.line_mode = 1
+            rest = data[len(take):]
+            if rest:
+                LineReceiver.dataReceived(self, rest)
 
     def lineReceived(self, line: bytes) -> None:
         if self.closed:
