@@ -68,9 +68,12 @@ def _wanted(specs: Iterable[str]) -> tuple[list[str], dict[bytes, str]]:
     return attributes, names
 
 
-async def resolve(client: Any, specs: tuple[str, ...]) -> list[ListEntry]:
+async def resolve(client: Any, specs: tuple[str, ...],
+                  refused: list[ListEntry] | None = None) -> list[ListEntry]:
     """The listed folders matching ``specs``, in the order of ``specs``, each once (INBOX
-    and unselectable folders left out); missing ones are skipped."""
+    and unselectable folders left out); missing ones are skipped. A matching folder
+    whose name has a control character is not watched: it goes to ``refused`` (for the
+    session's log line)."""
     attributes, names = _wanted(specs)
     found: dict[str, ListEntry] = {}
 
@@ -81,6 +84,10 @@ async def resolve(client: Any, specs: tuple[str, ...]) -> list[ListEntry]:
         hit = [a for a in attributes if entry.has(a)]
         if entry.raw in names:
             hit.append(names[entry.raw])
+        if hit and entry.control_characters:
+            if refused is not None and entry not in refused:
+                refused.append(entry)
+            return False
         for spec in hit:
             found.setdefault(spec, entry)
         return bool(hit)

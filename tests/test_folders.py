@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from twisted.internet import defer, reactor
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from rebreak_idle.account import Account
 from rebreak_idle.config import ConfigError, load_settings, session_settings
@@ -25,7 +25,11 @@ from rebreak_idle.scan_request import Job, coalesce
 from rebreak_idle.session import MailboxSession
 from rebreak_idle.testing.imapserver import InProcessIMAPServer
 from tests.support.dovecot import DovecotServer, skip_without_dovecot
+from tests.support.profiles import PROFILES
+from tests.support.scripted_imap import Folder
 from tests.support.wait import until
+from tests.test_session import Harness as ScriptedHarness
+from tests.test_session import make_settings
 from tests.test_session_servers import PASSWORD, USER, Events, Recorder, account, settings
 
 ENV = {"DATABASE_URL": "postgresql://x", "ADMIN_SECRET": "s" * 8,
@@ -298,3 +302,44 @@ class DovecotFolderTests(TestCase):
 
     def test_junk_and_unbekannt(self) -> defer.Deferred:
         return defer.Deferred.fromCoroutine(self._junk_and_unbekannt())
+
+
+class ScriptedFolderTests(SynchronousTestCase):
+    """Sessions on the scripted server's folders, in memory on a Clock (its provider
+    profiles: Courier, Cyrus)."""
+
+    def harness(self, folders: tuple[str, ...], profile: str | None = None,
+                **listed: Folder) -> ScriptedHarness:
+        mails: list[tuple[int, str, str]] = []
+
+        def on_new_mail(acc: Account, n: int, reason: str, mailbox: str = "INBOX"
+                        ) -> defer.Deferred:
+            mails.append((n, reason, mailbox))
+            return defer.succeed(True)
+
+        h = ScriptedHarness(self, settings=make_settings(extra_folders=folders,
+                                                         heartbeat_interval=60.0),
+                            on_new_mail=on_new_mail)
+        if profile is not None:
+            h.server.profile = PROFILES[profile]
+            h.server.capabilities = PROFILES[profile].capabilities
+            h.server.select_uidnext = PROFILES[profile].select_uidnext
+        h.server.folders.update(listed)
+        h.folder_mails = mails  # type: ignore[attr-defined]
+        return h
+
+    def test_control_character_name_is_not_watched(self) -> None:
+        """``* LIST (\\Junk) "/" "&AAA-"`` (a NUL once decoded): not watched, one log
+        line says so; the other folder is watched as usual."""
+        h = self.harness(("\\Junk",), profile="cyrus",
+                         **{"&AAA-": Folder(("\\Junk",), exists=1),
+                            "INBOX.Junk": Folder(("\\junk",), exists=2, uidnext=3)})
+        h.start()
+        self.assertEqual(h.session.state, "idle")
+        self.assertEqual(h.folder_mails, [(3, "connected", "INBOX"),  # type: ignore
+                                          (2, "connected", "INBOX.Junk")])
+        self.assertEqual(h.lines("not watched"),
+                         ["[idle/ann@example.test] folder '\\x00' not watched: its name "
+                          "has control characters"])
+        self.assertIsNone(h.memory.get("acc-1", "\x00"))
+        self.assertEqual(h.memory.get("acc-1", "INBOX.Junk"), MailboxMark(2000, 3, 2))

@@ -134,6 +134,30 @@ class ResolveTests(ClientTestCase):
                     b'* LIST (\\Junk) "/" "B"\r\n0001 OK\r\n')
         self.assertEqual([e.name for e in found[0]], ["Junk"])
 
+    def test_names_with_control_characters_are_refused(self) -> None:
+        """``&AAA-`` decodes to NUL (C0), ``&AH8-`` to DEL, ``&AIU-`` to NEL (C1): such a
+        folder is not watched but reported as refused; the next match is taken."""
+        self.connect(greeting=b"* OK [CAPABILITY IMAP4rev1 SPECIAL-USE] hi\r\n")
+        refused: list[Any] = []
+        found = result_of(Deferred.fromCoroutine(resolve(self.client, ("\\Junk",),
+                                                         refused)))
+        self.server(b'* LIST (\\Junk) "/" "&AAA-"\r\n* LIST (\\Junk) "/" "a&AH8-"\r\n'
+                    b'* LIST (\\Junk) "/" "&AIU-b"\r\n* LIST (\\Junk) "/" Spam\r\n'
+                    b"0001 OK\r\n")
+        self.assertEqual([e.name for e in found[0]], ["Spam"])
+        self.assertEqual([e.name for e in refused], ["\x00", "a\x7f", "\x85b"])
+
+    def test_cyrus_lower_case_attribute_and_inbox_junk(self) -> None:
+        """Cyrus lists ``\\junk`` (attributes are case-insensitive, RFC 3501 §9) and
+        Courier's folders live under ``INBOX.`` (a name given as such is found)."""
+        found = self.run_resolve(("\\Junk",), b"SPECIAL-USE")
+        self.server(b'* LIST (\\HasNoChildren \\junk) "." INBOX.Junk\r\n0001 OK\r\n')
+        self.assertEqual([e.name for e in found[0]], ["INBOX.Junk"])
+        found = self.run_resolve(("INBOX.Junk",), b"IDLE")
+        self.assertEqual(self.sent(), b'0001 LIST "" INBOX.Junk\r\n')
+        self.server(b'* LIST (\\HasNoChildren) "." "INBOX.Junk"\r\n0001 OK\r\n')
+        self.assertEqual([e.name for e in found[0]], ["INBOX.Junk"])
+
     def test_status_answered_before_the_noop(self) -> None:
         """Dovecot runs the STATUS commands beside the NOOP (RFC 3501 §5.5) and answers
         them first: each completes on its own tag, the NOOP and IDLE follow."""

@@ -29,6 +29,7 @@ __all__ = ["ListEntry", "Listing", "decode_mutf7", "encode_mutf7", "parse_list",
            "quote_mailbox"]
 
 _B64_RUN = re.compile(rb"&([A-Za-z0-9+,]*)-")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 #: the longest mailbox name kept (RFC 3501 sets none; servers use a few hundred bytes)
 MAX_NAME = 1000
 
@@ -48,8 +49,17 @@ class ListEntry:
         return decode_mutf7(self.raw)
 
     def has(self, attribute: str) -> bool:
+        """Whether the server listed ``attribute``, in any case (RFC 3501 §9: flags
+        and attributes are case-insensitive; Cyrus writes ``\\junk``)."""
         wanted = attribute.lower()
         return any(a.lower() == wanted for a in self.attributes)
+
+    @property
+    def control_characters(self) -> bool:
+        """Whether the name, decoded, holds a control character (C0, DEL, C1): ``&AAA-``
+        decodes to NUL, which no database text column takes. Such a folder is not
+        watched: its name would be a scan trigger's field and a mark's key."""
+        return _CONTROL.search(self.name) is not None
 
 
 def decode_mutf7(raw: bytes) -> str:

@@ -37,7 +37,8 @@ from twisted.test import iosim
 
 from .profiles import PROFILES, Profile
 
-__all__ = ["FAULTS", "PROFILES", "Profile", "ScriptedConnection", "ScriptedIMAPServer"]
+__all__ = ["FAULTS", "PROFILES", "Folder", "Profile", "ScriptedConnection",
+           "ScriptedIMAPServer"]
 
 #: Faults of a connection, one per connection of the plan: what it does, and when.
 FAULTS = ("bye-greeting", "bye-login", "bye-idle", "garbage-idle", "long-line-idle",
@@ -278,18 +279,41 @@ class ScriptedConnection(LineOnlyReceiver):
         if s.select_uidnext:
             self.send(f"* OK [UIDNEXT {s.uidnext}] Predicted next UID")
         self.send(f"{tag} OK [READ-WRITE] Select completed")
+        while s.after_select:
+            s.after_select.pop(0)()
 
     def _do_status(self, tag: str, args: str) -> None:
         s = self.server
         if not s.status_enabled:
             self.send(f"{tag} BAD unknown command")
             return
-        mailbox, _, items = args.partition(" ")
-        values = {"UIDNEXT": s.uidnext, "UIDVALIDITY": s.uidvalidity, "MESSAGES": s.exists}
+        mailbox, _, items = args.rpartition(" (")
+        folder = s.folders.get(mailbox.strip('"'))
+        if folder is not None:
+            values = folder.status(s)
+        elif mailbox.strip('"').upper() == "INBOX":
+            values = {"UIDNEXT": s.uidnext, "UIDVALIDITY": s.uidvalidity,
+                      "MESSAGES": s.exists}
+        else:
+            self.send(f"{tag} NO [NONEXISTENT] Mailbox does not exist")
+            return
         wanted = items.strip("()").upper().split()
         answer = " ".join(f"{k} {values[k]}" for k in wanted if k in values)
         self.send(f"* STATUS {mailbox} ({answer})")
         self.send(f"{tag} OK STATUS completed")
+
+    def _do_list(self, tag: str, args: str) -> None:
+        """``LIST [(SPECIAL-USE)] "" pattern``: ``*`` lists every folder, another
+        pattern the folder of that name (as listed: modified UTF-7)."""
+        s = self.server
+        special = args.upper().startswith("(SPECIAL-USE)")
+        pattern = args.rpartition(" ")[2].strip('"')
+        for raw, folder in s.folders.items():
+            if pattern not in ("*", raw) or (special and not folder.attributes):
+                continue
+            quoted = raw if raw.isalnum() else '"' + raw + '"'
+            self.send(f"* LIST ({' '.join(folder.attributes)}) \".\" {quoted}")
+        self.send(f"{tag} OK LIST completed")
 
     _do_examine = _do_select
 
@@ -375,6 +399,31 @@ class ScriptedConnection(LineOnlyReceiver):
         self.transport.registerProducer(Producer(), False)
 
 
+class Folder:
+    """A folder besides INBOX: its LIST attributes and numbers. ``opened``: whether a
+    client has opened it (a server with ``unstable_status_uidvalidity`` answers a new
+    UIDVALIDITY to each STATUS until then)."""
+
+    def __init__(self, attributes: tuple[str, ...] = (), exists: int = 0,
+                 uidvalidity: int = 2000, uidnext: int = 1, opened: bool = False) -> None:
+        self.attributes = attributes
+        self.exists = exists
+        self.uidvalidity = uidvalidity
+        self.uidnext = uidnext
+        self.opened = opened
+
+    def deliver(self, count: int = 1) -> None:
+        self.exists += count
+        self.uidnext += count
+
+    def status(self, server: ScriptedIMAPServer) -> dict[str, int]:
+        profile = server.profile
+        if profile is not None and profile.unstable_status_uidvalidity and not self.opened:
+            self.uidvalidity += 1
+        return {"UIDNEXT": self.uidnext, "UIDVALIDITY": self.uidvalidity,
+                "MESSAGES": self.exists}
+
+
 class ScriptedIMAPServer(Factory):
     """See the module docstring. ``clock``: the reactor (real TCP) or Clock (in memory)
     that schedules the faults. Counters: ``logins``, ``logouts``, ``commands`` (command
@@ -402,7 +451,11 @@ class ScriptedIMAPServer(Factory):
         self.uidnext = 4
         self.end_idle_after_continuation = False
         #: SELECT tells UIDNEXT; STATUS is answered; the next n IDLE commands get NO
-        self.select_uidnext = True
+        self.select_uidnext = profile.select_uidnext if profile is not None else True
+        #: folders besides INBOX, by name as listed (LIST, STATUS)
+        self.folders: dict[str, Folder] = {}
+        #: called once after each SELECT was answered (a delivery "in between")
+        self.after_select: list[Any] = []
         self.status_enabled = True
         self.refuse_idle = 0
         self.logins = 0
