@@ -71,7 +71,7 @@ class HeartbeatLoop:
             log.info("{label} folder {folder} not watched: its name has control "
                      "characters", label=self.account.label,
                      folder=repr(entry.name), account_id=self.account.id)
-        await watch.check(client)
+        await watch.check(client, self._memory, self.account.id)
         if client is self._client:
             self._folders = watch
             log.debug("{label} watching folders {names}", label=self.account.label,

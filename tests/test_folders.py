@@ -196,7 +196,7 @@ class InProcessFolderTests(TestCase):
                          heartbeat_interval=0.5)
         await self.wait_mail("connected", 0, "INBOX")
         await self.wait_mail("connected", 1, "Spam")
-        await self.wait_mail("connected", 0, "Unbekannt")
+        # Unbekannt is empty: nothing to scan (Missing and \Drafts are not there)
         self.assertEqual(s._folders.names, ["Spam", "Unbekannt"])  # type: ignore[union-attr]
         client = s._client
         assert client is not None
@@ -289,10 +289,10 @@ class DovecotFolderTests(TestCase):
             extra_folders=("\\Junk", "Unbekannt"), heartbeat_interval=0.5,
             tls_ca_file=dovecot.ca_file)), Recorder(events), on_new_mail, reactor,
             memory=memory)
+        dovecot.deliver(user, subject="Old junk", folder="Junk")  # an empty one asks nothing
         s.startService()
         self.addCleanup(s.stopService)
         junk = await events.wait(lambda i: i[:2] == ("mail", "connected") and i[3] == "Junk")
-        await events.wait(lambda i: i[:2] == ("mail", "connected") and i[3] == "Unbekannt")
         self.assertIn(b"SPECIAL-USE", s._client.capabilities)  # type: ignore[union-attr]
         self.assertEqual(s._folders.names, ["Junk", "Unbekannt"])  # type: ignore[union-attr]
         await until(lambda: memory.get(acct.id, "Junk") is not None)
@@ -343,3 +343,57 @@ class ScriptedFolderTests(SynchronousTestCase):
                           "has control characters"])
         self.assertIsNone(h.memory.get("acc-1", "\x00"))
         self.assertEqual(h.memory.get("acc-1", "INBOX.Junk"), MailboxMark(2000, 3, 2))
+
+    def beats(self, h: ScriptedHarness, n: int) -> None:
+        for _ in range(n):
+            h.run(h.settings.heartbeat_interval)
+
+    def test_courier_empty_unopened_folder_asks_for_nothing(self) -> None:
+        """Courier answers a new UIDVALIDITY to each STATUS of a folder no client has
+        opened: with no mail in it, no heartbeat asks for a scan (each one did)."""
+        junk = Folder(exists=0)
+        h = self.harness(("INBOX.Junk",), profile="courier", **{"INBOX.Junk": junk})
+        h.start()
+        self.beats(h, 5)
+        self.assertGreaterEqual(junk.uidvalidity, 2006)  # asked at least 6 times
+        self.assertEqual(h.folder_mails, [(3, "connected", "INBOX")])  # type: ignore
+
+    def test_courier_unstable_uidvalidity_with_mail(self) -> None:
+        """The same folder with mail in it: one scan after the first connect, one per
+        delivery, none per heartbeat, none after a reconnect that finds nothing new."""
+        junk = Folder(exists=1, uidnext=2)
+        h = self.harness(("INBOX.Junk",), profile="courier", **{"INBOX.Junk": junk})
+        h.start()
+        self.beats(h, 4)
+        mails = h.folder_mails  # type: ignore[attr-defined]
+        self.assertEqual(mails, [(3, "connected", "INBOX"), (1, "connected", "INBOX.Junk")])
+        junk.deliver()
+        self.beats(h, 4)
+        self.assertEqual(mails[2:], [(2, "exists", "INBOX.Junk")])
+        h.server.current.close()
+        h.run(h.settings.reconnect_delay * 4)
+        self.beats(h, 2)
+        self.assertEqual((h.session.state, len(h.server.connections)), ("idle", 2))
+        self.assertEqual(mails[3:], [])
+
+    def test_real_uidvalidity_change_still_scans(self) -> None:
+        """A server whose UIDVALIDITY is stable: a new one (the folder made anew, same
+        numbers) asks for a scan once two answers agree — one heartbeat later, or at once
+        after a connect (a second STATUS)."""
+        junk = Folder(("\\Junk",), exists=1, uidnext=2, opened=True)
+        h = self.harness(("\\Junk",), **{"Junk": junk})
+        h.start()
+        mails = h.folder_mails  # type: ignore[attr-defined]
+        self.assertEqual(mails, [(3, "connected", "INBOX"), (1, "connected", "Junk")])
+        junk.uidvalidity += 1
+        self.beats(h, 1)
+        self.assertEqual(len(mails), 2)
+        self.beats(h, 1)
+        self.assertEqual(mails[2:], [(1, "exists", "Junk")])
+        self.assertEqual(h.memory.get("acc-1", "Junk"), MailboxMark(2001, 2, 1))
+        h.server.current.close()
+        h.pump()
+        junk.uidvalidity += 1
+        h.run(h.settings.reconnect_delay * 4)
+        self.assertEqual(mails[3:], [(1, "connected", "Junk")])
+        self.assertEqual(h.memory.get("acc-1", "Junk"), MailboxMark(2002, 2, 1))

@@ -62,11 +62,12 @@ PROFILES = {p.name: p for p in (
             cap_reply="NO [UNAVAILABLE] Maximum number of connections from user+IP exceeded "
                       "(mail_max_userip_connections=10)", cap_closes=True),
     # Courier-IMAP 5.0.13 (Debian): no SPECIAL-USE, folders under INBOX. ("INBOX.Junk"),
-    # UIDNEXT only through STATUS, a new UIDVALIDITY per STATUS of an unopened folder
+    # UIDNEXT only through STATUS, a new UIDVALIDITY per STATUS of an unopened folder;
+    # the capabilities of /etc/courier/imapd's IMAP_CAPABILITY (LOGIN, no AUTH= before TLS)
     Profile("courier", "Courier-IMAP ready. Copyright 1998-2018 Double Precision, Inc.  "
             "See COPYING for distribution information.",
             "IMAP4rev1 UIDPLUS CHILDREN NAMESPACE THREAD=ORDEREDSUBJECT "
-            "THREAD=REFERENCES SORT QUOTA IDLE AUTH=PLAIN",
+            "THREAD=REFERENCES SORT QUOTA IDLE",
             select_uidnext=False, unstable_status_uidvalidity=True),
     # Cyrus IMAP 3.6.1 (Debian): folders under INBOX., special use written in lower case
     Profile("cyrus", "Cyrus IMAP 3.6.1 server ready",
