@@ -37,15 +37,22 @@ from twisted.test import iosim
 
 from .profiles import PROFILES, Profile
 
-__all__ = ["FAULTS", "PROFILES", "Folder", "Profile", "ScriptedConnection",
-           "ScriptedIMAPServer"]
+__all__ = ["CAPABILITY_FLOOD_LINE", "FAULTS", "PARENS_FLOOD_LINE", "PROFILES", "Folder",
+           "Profile", "ScriptedConnection", "ScriptedIMAPServer"]
 
 #: Faults of a connection, one per connection of the plan: what it does, and when.
 FAULTS = ("bye-greeting", "bye-login", "bye-idle", "garbage-idle", "long-line-idle",
           "huge-literal-idle", "unknown-tag-idle", "normal",
           # hostile servers (issue 17)
           "banner-greeting", "challenge-flood-login", "fetch-60mb-idle", "exists-flood-idle",
-          "big-exists-idle")
+          "big-exists-idle",
+          # CPU floods (issue 24): full-length lines that were costly to parse
+          "capability-flood-idle", "parens-flood-idle")
+
+#: a 16,369-byte untagged CAPABILITY line of ``A=`` words (25 ms each in a quadratic parse)
+CAPABILITY_FLOOD_LINE = b"* CAPABILITY " + b"A= " * 5452 + b"\r\n"
+#: a 16,369-byte unknown untagged response of one long list (``parseNestedParens``: 23 ms)
+PARENS_FLOOD_LINE = b"* X (" + b"a " * 8180 + b")\r\n"
 
 
 class _ClientTransport(iosim.FakeTransport):
@@ -371,6 +378,10 @@ class ScriptedConnection(LineOnlyReceiver):
             self._stream(self._rising_exists)
         elif fault == "big-exists-idle":
             self.send("* 4294967296 EXISTS")
+        elif fault == "capability-flood-idle":
+            self._stream(CAPABILITY_FLOOD_LINE * 4)
+        elif fault == "parens-flood-idle":
+            self._stream(PARENS_FLOOD_LINE * 4)
 
     def _rising_exists(self) -> bytes:
         """The next 1,000 lines of an EXISTS flood (``* N EXISTS``, N rising)."""
