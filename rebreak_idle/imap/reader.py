@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 
 from .errors import InputFlood
-from .parser import LITERAL, excerpt, is_fetch
+from .parser import excerpt, is_fetch, literal_size
 
 __all__ = ["BoundedReader"]
 
@@ -138,9 +138,9 @@ class BoundedReader(LineReceiver):
                 self._protocol_error(f"server response larger than {self._response_cap} "
                                      "bytes")
                 return
-        match = LITERAL.search(line)
-        if match is not None:
-            self._literal_started(line, int(match.group(1)))
+        size = literal_size(line)
+        if size is not None:
+            self._literal_started(line, size)
             return
         if self._response_parts is not None:
             self._response_parts.append(line)
