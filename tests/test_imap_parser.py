@@ -61,3 +61,23 @@ class ExcerptTests(SynchronousTestCase):
     def test_other_characters_escaped_and_long_lines_cut(self) -> None:
         self.assertEqual(excerpt(b"a\x00b\x7f"), "a\\x00b\\x7f")
         self.assertEqual(excerpt(b"x" * 100), "x" * 80 + "...")
+
+
+class LongAnswerTests(SynchronousTestCase):
+    """STATUS and LIST lines come only while such a command runs, but a server may send
+    many and long ones then: beyond what a real answer holds they are not parsed."""
+
+    def test_long_status_answer_is_malformed(self) -> None:
+        from rebreak_idle.imap import ProtocolError
+        from rebreak_idle.imap.parser import status_items
+
+        self.assertEqual(status_items(b"INBOX (UIDNEXT 5 MESSAGES 3)"),
+                         ("INBOX", {"UIDNEXT": 5, "MESSAGES": 3}))
+        with self.assertRaises(ProtocolError):
+            status_items(b"INBOX (" + b"X 1 " * 1000 + b")")
+
+    def test_long_list_line_is_skipped(self) -> None:
+        from rebreak_idle.imap.listing import parse_list
+
+        self.assertIsNotNone(parse_list(b'(\\Junk) "/" "' + b"x" * 1000 + b'"'))
+        self.assertIsNone(parse_list(b"(" + b"\\Junk " * 1000 + b') "/" Spam'))

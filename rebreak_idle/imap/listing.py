@@ -32,6 +32,8 @@ _B64_RUN = re.compile(rb"&([A-Za-z0-9+,]*)-")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 #: the longest mailbox name kept (RFC 3501 sets none; servers use a few hundred bytes)
 MAX_NAME = 1000
+#: the longest LIST line parsed (a name of MAX_NAME bytes, quoted, and its attributes)
+MAX_LIST = 4 * MAX_NAME
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +123,10 @@ def quote_mailbox(raw: bytes) -> bytes | None:
 
 def parse_list(data: bytes) -> ListEntry | None:
     """The data of an untagged LIST response (after ``LIST``):
-    ``(\\HasNoChildren \\Junk) "/" Spam`` → ListEntry; None when malformed."""
+    ``(\\HasNoChildren \\Junk) "/" Spam`` → ListEntry; None when malformed or longer
+    than :data:`MAX_LIST` (not parsed: a name of at most 1,000 bytes and its attributes)."""
+    if len(data) > MAX_LIST:
+        return None
     try:
         parsed = parse_parens(data)
     except ValueError:

@@ -179,6 +179,9 @@ _TOKEN = re.compile(rb'(\s+)|([(\[])|([)\]])|"([^"\\]*(?:\\.[^"\\]*)*)"'
 _ESCAPED = re.compile(rb"\\(.)")
 #: deeper nesting than any server sends; refused rather than followed
 MAX_DEPTH = 64
+#: the longest STATUS answer parsed: a name (at most 1,000 bytes kept anywhere) and a few
+#: numbers; a longer one is a protocol error, never a long parse
+MAX_STATUS = 2048
 
 
 def parse_parens(data: bytes) -> list[Any]:
@@ -322,7 +325,10 @@ def status_items(data: bytes) -> tuple[str, dict[str, int]]:
     """The data of an untagged STATUS response (RFC 3501 §7.2.4, after ``STATUS``):
     ``INBOX (UIDNEXT 5 MESSAGES 3)`` → ("INBOX", {"UIDNEXT": 5, "MESSAGES": 3}); item names
     upper case, values IMAP numbers (items with other values are left out).
-    ProtocolError when the data is not a mailbox and a parenthesised list of pairs."""
+    ProtocolError when the data is not a mailbox and a parenthesised list of pairs, or is
+    longer than :data:`MAX_STATUS` (a real answer is a name and a few numbers)."""
+    if len(data) > MAX_STATUS:
+        raise _malformed(b"STATUS " + data, "STATUS response")
     try:
         parsed = parse_parens(data)
     except ValueError:
