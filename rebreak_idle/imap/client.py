@@ -50,7 +50,8 @@ from .errors import (
     ProtocolError,
     ServerBye,
 )
-from .idle import IdleExchange, IdleState
+from .idle import OFF as IDLE_OFF
+from .idle import IdleExchange
 from .inherited import Unsupported
 from .listing import Listing
 from .parser import (
@@ -302,21 +303,25 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
         if keyword == b"BYE":
             self._bye(data)
             return
-        # capabilities are learnt before a mailbox is selected (greeting, login, the
-        # CAPABILITY command); once selected or idling, an unsolicited list (a flood of
-        # 16 KiB CAPABILITY lines during IDLE) is not parsed at all
-        learning = self.state is not SELECTED and self._idle_state is IdleState.OFF
         if keyword == b"CAPABILITY":
-            if learning:
+            if self._learning_capabilities():
                 self._set_caps(data)
         elif keyword in _CONDITIONS:
             code, _ = split_code(data)
-            if not (learning and self._capabilities_in(code)) and keyword != b"OK":
+            if not (code is not None and self._learning_capabilities()
+                    and self._capabilities_in(code)) and keyword != b"OK":
                 log.debug("IMAP server says {status}: {text}", status=keyword.decode(),
                           text=text(data))
         if cmd is not None and cmd.on_untagged is not None and cmd.on_untagged(keyword, rest):
             return
         self._untagged_ahead(keyword, rest)  # a STATUS written ahead (listing.py)
+
+    def _learning_capabilities(self) -> bool:
+        """Whether an untagged CAPABILITY list (or code) is taken: before a mailbox is
+        selected (greeting, login, the CAPABILITY command), outside IDLE. Once selected or
+        idling, an unsolicited list (a flood of 16 KiB CAPABILITY lines during IDLE) is not
+        parsed at all."""
+        return self.state is not SELECTED and self._idle_state is IDLE_OFF
 
     def _bye(self, data: bytes) -> None:
         message = text(data)
