@@ -45,7 +45,7 @@ from .connecting import (
 from .failures import account_secrets, describe, scrub
 from .folding import EventFold, exists_fold
 from .interfaces import IHoldoffRecorder, IRecorder, ISession, OnNewMail
-from .marks import MailboxMark, MailboxMemory, status_uidnext
+from .marks import MailboxMark, MailboxMemory, status_mark
 from .providers import CLIENT_ID, CREDENTIALS
 from .reconnect import CLOSED, HEALTHY_AFTER, Outcome, SessionError, classify, reaction
 from .session_heartbeat import HeartbeatLoop, timer_resolution
@@ -344,8 +344,8 @@ class MailboxSession(HeartbeatLoop, ProviderLimits, Service):
         client.on_exists = self._on_exists
         client.on_expunge = self._on_expunge
         if mark.uidnext is None:  # Courier: ask STATUS (never a bare count if avoidable)
-            uidnext = await status_uidnext(client)
-            self._mark = self._mark.with_uidnext(uidnext).with_count(self._exists)
+            self._mark = await status_mark(client, self._mark)  # count and UIDNEXT
+            self._exists = self._mark.exists
         changed = self._mark.needs_scan(self._memory.get(account.id))
         await self._watch_folders(client)  # REBREAK_EXTRA_FOLDERS: LIST, STATUS
         if client.has_idle:

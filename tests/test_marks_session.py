@@ -8,6 +8,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from rebreak_idle.marks import MailboxMark, MailboxMemory
+from tests.support.profiles import PROFILES
 from tests.test_scan import Harness as ScanHarness
 from tests.test_scan import account
 from tests.test_session import Harness
@@ -80,11 +81,32 @@ class NoUidnextTests(SynchronousTestCase):
         h = Harness(self)
         h.server.select_uidnext = False
         h.start()
-        self.assertIn("STATUS INBOX (UIDNEXT)", h.sent())
+        self.assertIn("STATUS INBOX (UIDNEXT MESSAGES)", h.sent())
         self.assertEqual(h.memory.get("acc-1"), MailboxMark(1000, 4, 3))
         h.server.current.close()
         h.run(h.settings.reconnect_delay * 4)
         self.assertEqual(h.mails, [(3, "connected")])  # unchanged: no scan
+
+    def test_courier_delivery_between_select_and_status(self) -> None:
+        """Courier (UIDNEXT only through STATUS): a message delivered after the SELECT
+        and before the STATUS is in the count and UIDNEXT of the one STATUS answer, so
+        the mark is never ahead of the server and the next delivery while disconnected
+        is still seen (with the count from SELECT the mark ended one ahead)."""
+        h = Harness(self)
+        h.server.profile = PROFILES["courier"]
+        h.server.select_uidnext = PROFILES["courier"].select_uidnext
+        h.server.after_select.append(h.server.deliver)  # in between
+        h.start()
+        self.assertEqual(h.mails, [(4, "connected")])
+        h.run(h.settings.heartbeat_interval + 1)  # the NOOP hears "* 4 EXISTS"
+        self.assertEqual(h.memory.get("acc-1"), MailboxMark(1000, 5, 4))
+        h.server.current.close()
+        h.pump()
+        h.server.deliver()  # while disconnected
+        h.run(h.settings.reconnect_delay * 4)
+        self.assertEqual(h.session.state, "idle")
+        self.assertEqual(h.mails, [(4, "connected"), (5, "connected")])
+        self.assertEqual(h.memory.get("acc-1"), MailboxMark(1000, 6, 5))
 
     def test_delete_one_deliver_one_while_disconnected(self) -> None:
         h = Harness(self)

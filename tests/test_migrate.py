@@ -119,3 +119,27 @@ class CommandTests(SynchronousTestCase):
         self.assertIn("migration failed", done.stderr)
         self.assertIn("rebreak", done.stderr.removeprefix("rebreak-idle: "))
         self.assertNotIn("Traceback", done.stderr)
+
+    def test_clear_folder_marks(self) -> None:
+        """``migrate --clear-folder-marks``: every folder's mark goes, INBOX's stay (a
+        start over after folders were watched with a backend that ignored "mailbox")."""
+        dsn = fresh_database()
+        apply(dsn)
+        a, b = "00000000-0000-0000-0000-00000000000a", "00000000-0000-0000-0000-00000000000b"
+        sql(dsn, "INSERT INTO rebreak_idle.mailbox_state (connection_id, mailbox, "
+                 "uidvalidity, uidnext, message_count) SELECT c::uuid, m, 1, 5, 4 FROM "
+                 "(VALUES ('00000000-0000-0000-0000-00000000000a', 'INBOX'), "
+                 "('00000000-0000-0000-0000-00000000000a', 'INBOX.Junk'), "
+                 "('00000000-0000-0000-0000-00000000000a', 'Spam'), "
+                 "('00000000-0000-0000-0000-00000000000b', 'INBOX'), "
+                 "('00000000-0000-0000-0000-00000000000b', 'Unbekannt')) AS v (c, m)")
+        done = run([str(BIN / "rebreak-idle"), "migrate", "--clear-folder-marks"], dsn)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("migration applied; 3 folder marks cleared", done.stdout)
+        self.assertEqual(sorted(sql(dsn, "SELECT connection_id::text, mailbox FROM "
+                                         "rebreak_idle.mailbox_state")),
+                         [(a, "INBOX"), (b, "INBOX")])
+        done = run([str(BIN / "rebreak-idle"), "migrate", "--clear-folder-marks"], dsn)
+        self.assertIn("0 folder marks cleared", done.stdout)
+        done = run([str(BIN / "rebreak-idle"), "migrate"], dsn)
+        self.assertEqual(done.stdout, "rebreak-idle: migration applied\n")

@@ -228,6 +228,25 @@ class ConnectTests(SynchronousTestCase):
         self.assertNotIn(SECRET, json.dumps(h.session.snapshot()))
         self.assertNotIn(SECRET, repr(h.session.account))
 
+    def test_echoed_secret_masked_in_protocol_errors(self) -> None:
+        """A server that echoes the password in a line the client refuses ("unknown
+        tag", "malformed"): the error text shows ``***``, not the password in any
+        escaped form (a password with a backslash and both quotes)."""
+        for secret, line in [("pa\\ss'wo\"rd", "Z999 NO bad password {}"),
+                             ("pa\\ss'wo\"rd", "* 3 EXISTS {}"),
+                             ("pa\\ss'wo\"rd\x01", "Z999 NO bad password {}")]:
+            h = Harness(self, account=Account(**{**ACCOUNT.__dict__, "secret": secret}))
+            h.server.password = None
+            h.start()
+            h.server.current.send(line.format(secret).encode())
+            h.pump()
+            self.assertEqual(h.session.state, "backoff")
+            text = h.recorder.errors[-1][2]
+            self.assertIn("***", text)
+            for shown in (secret, repr(secret)[1:-1], "pa", "rd"):
+                self.assertNotIn(shown, text.replace("password", ""))
+            h.stop_for_good()
+
     def test_starttls_missing_is_a_protocol_error(self) -> None:
         account = Account(**{**ACCOUNT.__dict__, "security": "starttls"})
         h = Harness(self, account=account)
