@@ -86,7 +86,7 @@ class Daemon(MultiService):
         self.store.setServiceParent(self)
 
         self.leases: Any = None
-        account_filter = None
+        account_filter = owned = None
         if settings.leases_enabled:
             from .db.leases import LeaseKeeper
 
@@ -94,9 +94,11 @@ class Daemon(MultiService):
                                       on_change=self._owned_changed,
                                       on_lost_ownership=self._ownership_lost)
             self.leases.setServiceParent(self)
-            account_filter = self.leases.filter
-        # before sessions start: the stored marks of the accounts not loaded yet
-        account_filter = MarkLoader(self.marks, self.store.load_marks, then=account_filter)
+            account_filter, owned = self.leases.filter, self.leases.owned
+        # before sessions start: the stored marks of the accounts not loaded yet (and,
+        # with leases, only the accounts still owned once they are read)
+        account_filter = MarkLoader(self.marks, self.store.load_marks, then=account_filter,
+                                    owned=owned)
 
         self.supervisor = Supervisor(self.store, self._new_session,
                                      row_decoder(settings.key_bytes,

@@ -17,7 +17,7 @@ table, created by the migration; nothing is added to the backend's tables).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -142,14 +142,19 @@ class MarkLoader:
     """``await loader(rows)`` → ``rows``, once the marks of their accounts not loaded yet
     are in ``memory`` (one query). ``then`` (the lease filter) narrows the rows first, so
     that only the accounts this replica watches are read. When the read fails the rows
-    pass anyway: those sessions start without a mark and scan once (never a miss)."""
+    pass anyway: those sessions start without a mark and scan once (never a miss).
+    ``owned()`` (the lease keeper's owned set) narrows them again once the marks are
+    read: ownership lost or given away while the query ran starts no session from the
+    stale list."""
 
     def __init__(self, memory: MailboxMemory,
                  load: Callable[[list[str]], Deferred],
-                 then: Callable[[list[dict]], Deferred] | None = None) -> None:
+                 then: Callable[[list[dict]], Deferred] | None = None,
+                 owned: Callable[[], Collection[str]] | None = None) -> None:
         self._memory = memory
         self._load = load
         self._then = then
+        self._owned = owned
 
     def __call__(self, rows: list[dict]) -> Deferred:
         return Deferred.fromCoroutine(self._filter(rows))
@@ -167,4 +172,7 @@ class MarkLoader:
                          error=describe(e))
             else:
                 self._memory.load(ids, marks)
+        if self._owned is not None:
+            owned = self._owned()
+            rows = [row for row in rows if str(row["id"]) in owned]
         return rows
