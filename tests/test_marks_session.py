@@ -190,3 +190,22 @@ class TriggerAcknowledgementTests(SynchronousTestCase):
         self.assertIsNone(memory.get("acc-1"))
         h.answer(0, 200)
         self.assertEqual(memory.get("acc-1"), MailboxMark(1000, 4, 3))
+
+    def test_acknowledged_after_the_account_was_forgotten_puts_no_mark_back(self) -> None:
+        """The account's row was deleted while its connect scan ran: the session stopped,
+        the daemon forgot its marks and its scans (the running one is left to finish).
+        Its 2xx must not put the mark back (in memory and in rebreak_idle.mailbox_state)
+        for an account nobody watches."""
+        h = ScanHarness(self)
+        written: list[tuple] = []
+        memory = MailboxMemory(writer=lambda *mark: written.append(mark))
+        s = Harness(self, memory=memory, on_new_mail=h.trigger.submit)
+        s.start()
+        self.assertEqual(len(h.requests), 1)
+        s.session.stopService()
+        s.pump()
+        memory.forget("acc-1")  # what the daemon does once the session is gone
+        h.trigger.discard("acc-1")
+        h.answer(0, 200)
+        self.assertIsNone(memory.get("acc-1"))
+        self.assertEqual((written, len(memory)), ([], 0))
