@@ -105,7 +105,8 @@ class Daemon(MultiService):
                                                  settings.allow_private_hosts),
                                      supervisor_settings(settings), reactor,
                                      account_filter=account_filter,
-                                     on_session_removed=self._session_removed)
+                                     on_session_removed=self._session_removed,
+                                     after_refresh=self.store.prune)
         self.supervisor.setServiceParent(self)
         if settings.notify_channel:
             self.store.listen(settings.notify_channel, self.supervisor.request_refresh,

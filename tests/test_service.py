@@ -122,6 +122,30 @@ class WiringTests(DaemonCase):
         self.assertEqual(daemon.scans.last_outcome(bob)["outcome"], "ok")
         await daemon.stopService()
 
+    async def test_a_deleted_account_leaves_no_rows_behind(self) -> None:
+        """The marks and the hold-off of an account whose row was deleted are pruned with
+        the refresh (they used to stay forever)."""
+        await self.start_parts(fresh_database())
+        daemon = self.start_daemon()
+        await self.all_idle(daemon)
+        ann, bob = self.ids["ann@svc.test"], self.ids["bob@svc.test"]
+
+        def stored(table: str) -> set[str]:
+            return {i for (i,) in sql(self.dsn, "SELECT connection_id::text "  # noqa: S608
+                                                f"FROM rebreak_idle.{table}")}
+
+        await until(lambda: stored("mailbox_state") == {ann, bob}, deadline=15,
+                    what="both marks stored")
+        sql(self.dsn, "INSERT INTO rebreak_idle.account_holdoff VALUES (%s, 1, now(), 't')",
+            (ann,))
+        sql(self.dsn, "DELETE FROM rebreak.mail_connections WHERE id = %s", (ann,))
+        await until(lambda: stored("mailbox_state") == {bob}
+                    and stored("account_holdoff") == set(), deadline=15,
+                    what="ann's rows pruned")
+        self.assertNotIn(ann, daemon.supervisor.sessions)
+        await daemon.stopService()
+        self.assertEqual(stored("mailbox_state"), {bob})  # no late mark put back
+
     async def test_stop_sends_logout_and_flushes(self) -> None:
         await self.start_parts(fresh_database())
         daemon = self.start_daemon(write_flush_interval=60.0)

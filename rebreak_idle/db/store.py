@@ -73,6 +73,7 @@ from ..marks import MailboxMark
 from .listener import Listener
 from .marks import LOAD_SQL, MarkWrites, decode_rows
 from .pool import Pool
+from .prune import prune_gone
 from .writes import WriteBuffer, write_isolating
 
 __all__ = ["ACTIVE_SQL", "AccountStore"]
@@ -224,6 +225,13 @@ class AccountStore(Service):
         """Fire with the stored marks of these accounts: ``{(id, mailbox): mark}``."""
         ids = [a for a in account_ids if _valid_id(a)]
         return self.pool.run_query(LOAD_SQL, (ids,)).addCallback(decode_rows)
+
+    def prune(self) -> Deferred:
+        """Delete marks and hold-offs of accounts gone from the table, in batches
+        (:mod:`rebreak_idle.db.prune`); fires with the counts per table, never fails."""
+        if self.pool.closed:
+            return succeed({})
+        return Deferred.fromCoroutine(prune_gone(self.pool.run_query))
 
     @property
     def pending(self) -> int:
