@@ -118,8 +118,8 @@ class ProviderLimits:
             return
         self._delay = held.until - now
         self._set_state(State.AUTH_FAILED)
-        log.info("[idle/{email}] credentials were rejected before the restart; reconnecting "
-                 "in {delay}s (attempt {attempt})", email=self.account.email,
+        log.info("[idle/{email}] credentials were rejected before a restart or takeover; "
+                 "reconnecting in {delay}s (attempt {attempt})", email=self.account.email,
                  delay=format_delay(self._delay), attempt=held.strikes,
                  account_id=self.account.id)
         self._timer = self._timers.callLater(self._delay, self._start_client)
