@@ -146,6 +146,38 @@ class WiringTests(DaemonCase):
         await daemon.stopService()
         self.assertEqual(stored("mailbox_state"), {bob})  # no late mark put back
 
+    async def test_after_a_restart_a_held_off_account_shows_its_error(self) -> None:
+        """A restarted daemon shows an account held off for a wrong password as
+        auth-failed with the stored error and its class (they used to be empty)."""
+        await self.start_parts(fresh_database())
+        ann = self.ids["ann@svc.test"]
+        sql(self.dsn, "UPDATE rebreak.mail_connections SET encrypted_secret = %s WHERE id = %s",
+            (encrypt_secret("not-ann-pass", KEY.encode()[:32]), ann))
+
+        def ann_entry(daemon) -> dict:  # type: ignore[no-untyped-def]
+            return next((e for e in daemon.snapshot() if e["id"] == ann), {})
+
+        def held() -> list:
+            return sql(self.dsn, "SELECT strikes FROM rebreak_idle.account_holdoff "
+                                 "WHERE connection_id = %s", (ann,))
+
+        first = self.start_daemon()
+        await until(lambda: ann_entry(first).get("state") == "auth-failed" and held(),
+                    deadline=15, what="ann held off")
+        await first.stopService()
+        (stored,), = sql(self.dsn, "SELECT last_connect_error FROM rebreak.mail_connections "
+                                   "WHERE id = %s", (ann,))
+        self.assertTrue(stored)
+        second = self.start_daemon()
+        await until(lambda: ann_entry(second).get("state") == "auth-failed", deadline=15,
+                    what="ann held off after the restart")
+        entry = ann_entry(second)
+        self.assertEqual((entry["last_error"], entry["last_end_class"]),
+                         (stored, "credentials"))
+        self.assertIsNotNone(entry["last_error_at"])
+        self.assertEqual(held(), [(1,)])  # no new strike: no login tried
+        await second.stopService()
+
     async def test_stop_sends_logout_and_flushes(self) -> None:
         await self.start_parts(fresh_database())
         daemon = self.start_daemon(write_flush_interval=60.0)
