@@ -74,7 +74,8 @@ class Daemon(MultiService):
                                  sources=settings.source_addresses)
         self.store = AccountStore(settings.database_url, reactor,
                                   flush_interval=settings.write_flush_interval,
-                                  shutdown_timeout=settings.shutdown_timeout)
+                                  shutdown_timeout=settings.shutdown_timeout,
+                                  prune_interval=settings.refresh_interval)
         #: the last acknowledged mark of each mailbox (rebreak_idle.mailbox_state): outlives
         #: a restarted session, the process and a replica takeover
         self.marks = MailboxMemory(writer=self.store.record_mark)

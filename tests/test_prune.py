@@ -7,6 +7,7 @@ import uuid
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
@@ -78,3 +79,18 @@ class PruneTests(TestCase):
         self.assertTrue([line for line in self.lines
                          if line.startswith("[idle/db] pruning hold-off rows of deleted "
                                             "accounts failed")])
+
+    async def test_the_store_prunes_at_most_once_per_interval(self) -> None:
+        """A refresh after every NOTIFY must not scan both tables each time."""
+        clock = Clock()
+        store = AccountStore(self.dsn, reactor, clock=clock, prune_interval=300,
+                             shutdown_timeout=5)
+        self.addCleanup(store.stopService)
+        add_mark(self.dsn, str(uuid.uuid4()))
+        self.assertEqual(await store.prune(), {"mailbox_state": 1, "account_holdoff": 0})
+        add_mark(self.dsn, str(uuid.uuid4()))
+        clock.advance(299)
+        self.assertEqual(await store.prune(), {})  # too soon: no statement
+        self.assertEqual(len(ids_in(self.dsn, "mailbox_state")), 1)
+        clock.advance(1)
+        self.assertEqual(await store.prune(), {"mailbox_state": 1, "account_holdoff": 0})

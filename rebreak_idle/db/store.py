@@ -137,8 +137,10 @@ class AccountStore(Service):
     def __init__(self, dsn: str, reactor: Any, *, clock: Any = None,
                  flush_interval: float = 5.0, max_buffer: int = 100_000, pool_size: int = 2,
                  connect_timeout: float = 10.0, statement_timeout: float = 30.0,
-                 shutdown_timeout: float = 10.0) -> None:
+                 shutdown_timeout: float = 10.0, prune_interval: float = 300.0) -> None:
         self._dsn = dsn
+        self._prune_interval = prune_interval
+        self._pruned_at: float | None = None
         self._reactor = reactor
         self._clock = clock if clock is not None else reactor
         self._flush_interval = flush_interval
@@ -228,9 +230,14 @@ class AccountStore(Service):
 
     def prune(self) -> Deferred:
         """Delete marks and hold-offs of accounts gone from the table, in batches
-        (:mod:`rebreak_idle.db.prune`); fires with the counts per table, never fails."""
-        if self.pool.closed:
+        (:mod:`rebreak_idle.db.prune`), at most once per ``prune_interval`` seconds (a
+        refresh after every NOTIFY does not scan the tables each time); fires with the
+        counts per table (empty when skipped), never fails."""
+        now = self._clock.seconds()
+        if self.pool.closed or (self._pruned_at is not None
+                                and now - self._pruned_at < self._prune_interval):
             return succeed({})
+        self._pruned_at = now
         return Deferred.fromCoroutine(prune_gone(self.pool.run_query))
 
     @property
