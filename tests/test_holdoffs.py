@@ -6,8 +6,10 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
+import psycopg2
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
@@ -194,6 +196,37 @@ class RestartTests(SynchronousTestCase):
                          ("auth-failed", text, "credentials"))
         self.assertEqual(snap["last_error_at"], "1970-01-01T00:00:05+00:00")
         self.assertEqual(sim.server.logins, 0)
+
+    def test_unreadable_table_is_logged_once_per_outage(self) -> None:
+        """Every session start reads its row: with the table unreadable (no migration, the
+        database away) the sessions start without a hold-off, and the log says so once."""
+        table = FakeTable()
+        broken = [True]
+
+        def query(sql: str, params: Any = None) -> Deferred:
+            if broken[0]:
+                return fail(psycopg2.errors.UndefinedTable(
+                    'relation "rebreak_idle.account_holdoff" does not exist'))
+            return table.query(sql, params)
+
+        store = HoldoffStore(query, table.operation, KEY)
+        lines: list[str] = []
+        observer = lambda e: lines.append(formatEvent(e))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        got: list[Any] = []
+        for n in range(5):
+            store.get(f"a{n}").addCallback(got.append)
+        self.assertEqual(got, [None] * 5)
+        broken[0] = False
+        table.rows["a9"] = (1, 99.0, "t")
+        store.get("a9").addCallback(got.append)
+        self.assertEqual(got[-1].strikes, 1)
+        said = [line for line in lines if "hold-offs" in line]
+        self.assertEqual(len(said), 2, said)
+        self.assertIn("unreadable", said[0])
+        self.assertIn("does not exist", said[0])
+        self.assertIn("can be read again", said[1])
 
     def test_old_secret_only_rows_do_not_match(self) -> None:
         """A row of the earlier tag (an HMAC of the secret alone, under the AES key) is

@@ -91,6 +91,7 @@ class HoldoffStore:
         #: accounts whose row exists as far as this process knows (read or saved here)
         self._held: set[str] = set()
         self._reading = False
+        self._failing = False  # the last read failed (logged once)
         self._waiters: list[tuple[str, Deferred]] = []
 
     def tag(self, account: Account) -> str:
@@ -146,12 +147,17 @@ class HoldoffStore:
                 error[:_ERROR_LIMIT] if isinstance(error, str) and error else None,
                 error_at if isinstance(error_at, float) else None)
         self._held.update(loaded)
+        if self._failing:
+            log.info("[idle/db] hold-offs can be read again")
+            self._failing = False
         return loaded
 
-    @staticmethod
-    def _unreadable(failure: Any, n: int) -> dict[str, Holdoff]:
-        log.warn("[idle/db] hold-offs of {n} account(s) unreadable, starting them without: "
-                 "{error}", n=n, error=describe(failure))
+    def _unreadable(self, failure: Any, n: int) -> dict[str, Holdoff]:
+        if not self._failing:  # once per outage, not once per ramp step
+            log.warn("[idle/db] hold-offs of {n} account(s) unreadable, starting them "
+                     "without (and so on until they can be read): {error}", n=n,
+                     error=describe(failure))
+        self._failing = True
         return {}
 
     def _answer(self, loaded: dict[str, Holdoff], waiters: list[tuple[str, Deferred]]
