@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from twisted.application.service import IService
 from zope.interface import Attribute, Interface
@@ -67,11 +67,15 @@ class ISession(IService):
 
 class Holdoff(NamedTuple):
     """One account's credential hold-off: ``strikes`` rejections in a row, the next login
-    not before ``until`` (epoch seconds), for the secret whose keyed tag is ``tag``."""
+    not before ``until`` (epoch seconds), for the login whose keyed tag is ``tag``;
+    ``error`` / ``error_at``: the account's stored ``last_connect_error`` and its time, as
+    read with the hold-off (None when saved)."""
 
     strikes: int
     until: float  # epoch seconds
     tag: str
+    error: str | None = None
+    error_at: float | None = None  # epoch seconds
 
 
 class IHoldoffRecorder(Interface):
@@ -88,5 +92,6 @@ class IHoldoffRecorder(Interface):
     def clear(account_id: str) -> None:
         """Forget the account's hold-off (a successful login)."""
 
-    def tag(secret: str) -> str:
-        """A keyed tag of ``secret`` that tells "same secret" without revealing it."""
+    def tag(account: Any) -> str:
+        """A keyed tag of what a login of ``account`` uses (host, port, security, username,
+        method, secret) that tells "same login" without revealing the secret."""

@@ -75,7 +75,8 @@ class Daemon(MultiService):
                                  sources=settings.source_addresses)
         self.store = AccountStore(settings.database_url, reactor,
                                   flush_interval=settings.write_flush_interval,
-                                  shutdown_timeout=settings.shutdown_timeout)
+                                  shutdown_timeout=settings.shutdown_timeout,
+                                  prune_interval=settings.refresh_interval)
         #: the last acknowledged mark of each mailbox (rebreak_idle.mailbox_state): outlives
         #: a restarted session, the process and a replica takeover
         self.marks = MailboxMemory(writer=self.store.record_mark)
@@ -87,7 +88,7 @@ class Daemon(MultiService):
         self.store.setServiceParent(self)
 
         self.leases: Any = None
-        account_filter = None
+        account_filter = owned = None
         if settings.leases_enabled:
             from .db.leases import LeaseKeeper
 
@@ -95,16 +96,19 @@ class Daemon(MultiService):
                                       on_change=self._owned_changed,
                                       on_lost_ownership=self._ownership_lost)
             self.leases.setServiceParent(self)
-            account_filter = self.leases.filter
-        # before sessions start: the stored marks of the accounts not loaded yet
-        account_filter = MarkLoader(self.marks, self.store.load_marks, then=account_filter)
+            account_filter, owned = self.leases.filter, self.leases.owned
+        # before sessions start: the stored marks of the accounts not loaded yet (and,
+        # with leases, only the accounts still owned once they are read)
+        account_filter = MarkLoader(self.marks, self.store.load_marks, then=account_filter,
+                                    owned=owned)
 
         self.supervisor = Supervisor(self.store, self._new_session,
                                      row_decoder(settings.key_bytes,
                                                  settings.allow_private_hosts),
                                      supervisor_settings(settings), reactor,
                                      account_filter=account_filter,
-                                     on_session_removed=self._session_removed)
+                                     on_session_removed=self._session_removed,
+                                     after_refresh=self.store.prune)
         self.supervisor.setServiceParent(self)
         if settings.notify_channel:
             self.store.listen(settings.notify_channel, self.supervisor.request_refresh,

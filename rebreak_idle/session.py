@@ -385,8 +385,10 @@ class MailboxSession(HeartbeatLoop, ProviderLimits, Service):
 
     def _acknowledged(self, ok: object, mark: MailboxMark) -> None:
         """The scan asked for with ``mark`` as the candidate ended: a 2xx answer covers
-        it (the request went out after the session saw it), so it is the mark now."""
-        if ok is True:
+        it (the request went out after the session saw it), so it is the mark now. Not
+        once the session has stopped: the account may be forgotten (its row deleted) or
+        watched by a newer session (never a miss: at worst one more scan)."""
+        if ok is True and self.running:
             self._memory.remember(self.account.id, mark)
 
     def _new_mail(self, exists: int, reason: str) -> None:

@@ -101,7 +101,7 @@ class HeartbeatLoop:
 
         def answered(ok: object) -> None:
             watch.settled(name, mark)
-            if ok is True:
+            if ok is True and self.running:  # not after stop (see _acknowledged)
                 self._memory.remember(account.id, mark, name)
 
         if isinstance(acked, Deferred):

@@ -77,13 +77,16 @@ class Supervisor(MultiService):
     an unstarted ``IService`` with ``.account`` and ``snapshot()``; ``account_filter(rows)``
     (replica leases) may narrow the active rows before reconciling;
     ``on_session_removed(account_id)`` is called once an account has no session left
-    (stopped, none replacing it)."""
+    (stopped, none replacing it); ``after_refresh()`` runs after each successful refresh,
+    as its last step (the store's pruning of rows of deleted accounts)."""
 
     def __init__(self, store: IAccountSource, session_factory: Callable[[Account], IService],
                  decode: Decode, settings: SupervisorSettings, clock: Any, *,
                  account_filter: Callable[[list[dict]], Deferred] | None = None,
-                 on_session_removed: Callable[[str], None] | None = None) -> None:
+                 on_session_removed: Callable[[str], None] | None = None,
+                 after_refresh: Callable[[], Deferred] | None = None) -> None:
         super().__init__()
+        self.after_refresh = after_refresh
         self.on_session_removed = on_session_removed
         self.store = store
         self.session_factory = session_factory
@@ -238,6 +241,11 @@ class Supervisor(MultiService):
         metrics.REFRESH_DURATION.observe(max(0.0, self.clock.seconds() - started))
         log.info("[idle/db] refreshed — {active} active connections, {sessions} sessions",
                  active=count, sessions=len(self.sessions))
+        if self.after_refresh is not None:
+            try:
+                await self.after_refresh()
+            except Exception:
+                log.failure("[idle/db] after the refresh")
         return True
 
     # -- reconcile ----------------------------------------------------------------------

@@ -5,13 +5,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, succeed
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from rebreak_idle.config import session_settings
 from rebreak_idle.marks import MailboxMark, MailboxMemory
+from rebreak_idle.session import MailboxSession
+from rebreak_idle.testing.imapserver import InProcessIMAPServer
 from tests.support.profiles import PROFILES
+from tests.support.wait import until
 from tests.test_scan import Harness as ScanHarness
 from tests.test_scan import account
 from tests.test_session import Harness
+from tests.test_session_servers import PASSWORD, USER, Events, Recorder, settings
+from tests.test_session_servers import account as server_account
 
 
 class LostCatchUpTests(SynchronousTestCase):
@@ -225,3 +233,57 @@ class TriggerAcknowledgementTests(SynchronousTestCase):
         self.assertIsNone(memory.get("acc-1"))
         h.answer(0, 200)
         self.assertEqual(memory.get("acc-1"), MailboxMark(1000, 4, 3))
+
+    def test_acknowledged_after_the_account_was_forgotten_puts_no_mark_back(self) -> None:
+        """The account's row was deleted while its connect scan ran: the session stopped,
+        the daemon forgot its marks and its scans (the running one is left to finish).
+        Its 2xx must not put the mark back (in memory and in rebreak_idle.mailbox_state)
+        for an account nobody watches."""
+        h = ScanHarness(self)
+        written: list[tuple] = []
+        memory = MailboxMemory(writer=lambda *mark: written.append(mark))
+        s = Harness(self, memory=memory, on_new_mail=h.trigger.submit)
+        s.start()
+        self.assertEqual(len(h.requests), 1)
+        s.session.stopService()
+        s.pump()
+        memory.forget("acc-1")  # what the daemon does once the session is gone
+        h.trigger.discard("acc-1")
+        h.answer(0, 200)
+        self.assertIsNone(memory.get("acc-1"))
+        self.assertEqual((written, len(memory)), ([], 0))
+
+
+class FolderAfterStopTests(TestCase):
+    """The extra folders' marks the same way: a folder scan acknowledged after the
+    session stopped and the account was forgotten puts no folder mark back."""
+
+    timeout = 30
+
+    async def test_folder_scan_acknowledged_after_forget(self) -> None:
+        server = InProcessIMAPServer(reactor)
+        server.add_user(USER, PASSWORD)
+        server.add_folder(USER, "Spam", ("\\HasNoChildren", "\\Junk"))
+        server.deliver(USER, "old junk", folder="Spam")
+        self.addCleanup(server.stop)
+        port = server.listen().getHost().port
+        memory = MailboxMemory()
+        held: dict[str, Deferred] = {}
+
+        def on_new_mail(a: Any, n: int, reason: str, mailbox: str = "INBOX") -> Deferred:
+            if mailbox == "INBOX":
+                return succeed(True)
+            held[mailbox] = Deferred()
+            return held[mailbox]
+
+        session = MailboxSession(server_account(port), session_settings(settings(
+            extra_folders=("\\Junk",))), Recorder(Events()), on_new_mail, reactor,
+            memory=memory)
+        session.startService()
+        self.addCleanup(session.stopService)
+        await until(lambda: "Spam" in held, deadline=10, what="the Spam scan asked for")
+        await session.stopService()
+        memory.forget(session.account.id)  # the account's row is gone
+        held["Spam"].callback(True)
+        self.assertIsNone(memory.get(session.account.id, "Spam"))
+        self.assertEqual(len(memory), 0)

@@ -315,6 +315,29 @@ class ReconcileTests(SynchronousTestCase):
         self.assertEqual(seen, [2])
         self.assertEqual(list(sup.sessions), [row(0)["id"]])
 
+    def test_after_refresh_runs_after_each_successful_refresh(self) -> None:
+        """The store's pruning runs as the refresh's last step; a failed read skips it, a
+        failing step is logged and the refresh still counts."""
+        calls: list[int] = []
+
+        def after() -> Deferred:
+            calls.append(len(sup.sessions))
+            if len(calls) == 2:
+                return defer.fail(RuntimeError("prune broke"))
+            return succeed(None)
+
+        sup = Supervisor(self.store, lambda a: TestSession(a, self.events), DECODE,
+                         settings(), self.clock, after_refresh=after)
+        sup.startService()
+        self.addCleanup(sup.stopService)
+        self.assertEqual(calls, [2])  # after the reconcile
+        results: list = []
+        sup.refresh().addCallback(results.append)
+        self.store.fail = True
+        sup.refresh().addCallback(results.append)
+        self.assertEqual((calls, results), ([2, 2], [True, False]))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
     def test_heartbeat_age_gauge(self) -> None:
         """Computed at scrape time from the idle sessions (tests/test_live_metrics.py), no
         longer from the table's column: these sessions are not idle, so it is 0."""
