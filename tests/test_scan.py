@@ -872,7 +872,9 @@ class FlakyBackend:
         return self.stub.post(url, **kw)
 
     def since(self, t: float) -> list[tuple[float, dict[str, Any]]]:
-        return [(at, body) for at, body in self.requests if at >= t]
+        """Requests sent after ``t``: one sent at ``t`` itself went out before the test
+        changed the backend's answer at that instant (a probe's jitter can land there)."""
+        return [(at, body) for at, body in self.requests if at > t]
 
 
 class OwedHarness:
