@@ -45,8 +45,9 @@ from .connecting import (
 from .failures import account_secrets, describe, scrub
 from .folding import EventFold, exists_fold
 from .interfaces import IHoldoffRecorder, IRecorder, ISession, OnNewMail
-from .marks import MailboxMark, MailboxMemory, status_uidnext
-from .providers import CLIENT_ID, CREDENTIALS
+from .login_sequence import LoggedIn, LoginSequence, Phase
+from .marks import MailboxMark, MailboxMemory
+from .providers import CREDENTIALS
 from .reconnect import CLOSED, HEALTHY_AFTER, Outcome, SessionError, classify, reaction
 from .session_heartbeat import HeartbeatLoop, timer_resolution
 from .session_providers import ProviderLimits
@@ -320,32 +321,14 @@ class MailboxSession(HeartbeatLoop, ProviderLimits, Service):
         return protocol
 
     async def _login(self, client: imap.IdleClient) -> None:
-        account = self.account
-        await client.greeted  # the client's greeting deadline applies
-        if account.security == "starttls":
-            if not client.has_starttls:
-                raise SessionError("protocol", "server does not offer STARTTLS")
-            await client.startTLS(self._tls_options())
-        self._set_state(State.AUTHENTICATING)
-        if account.auth_method == "xoauth2":
-            account = await self._login_xoauth2(client, account)
-        else:
-            await client.login(account.username, account.secret)
-        self._recorder.clear_error(account.id)
-        self._last_error = self._last_error_at = None
-        self._logged_in()
-        if client.has_id:  # RFC 2971; some servers (163.com) refuse SELECT without it
-            await client.id(CLIENT_ID).addErrback(_ignore)
-        self._set_state(State.SELECTING)
-        mark = MailboxMark.from_select(await client.select())
-        self._exists = mark.exists
-        self._mark = mark  # a candidate: remembered once a scan covering it is acknowledged
-        # the SELECT result carried the count: from now on EXISTS/EXPUNGE move it
-        client.on_exists = self._on_exists
-        client.on_expunge = self._on_expunge
-        if mark.uidnext is None:  # Courier: ask STATUS (never a bare count if avoidable)
-            uidnext = await status_uidnext(client)
-            self._mark = self._mark.with_uidnext(uidnext).with_count(self._exists)
+        done = await LoginSequence(
+            client, self.account, self._tls_options, xoauth2=self._login_xoauth2,
+            on_phase=lambda phase, done: self._login_phase(phase, done, client)).run()
+        account, mark = done.account, done.mark
+        if mark is None or self._mark is None:  # pragma: no cover - run() selected
+            raise SessionError("protocol", "no SELECT answer")
+        if mark.uidnext is None:  # Courier: UIDNEXT from STATUS (moved by EXISTS since)
+            self._mark = self._mark.with_uidnext(done.uidnext).with_count(self._exists)
         changed = self._mark.needs_scan(self._memory.get(account.id))
         await self._watch_folders(client)  # REBREAK_EXTRA_FOLDERS: LIST, STATUS
         if client.has_idle:
@@ -365,6 +348,24 @@ class MailboxSession(HeartbeatLoop, ProviderLimits, Service):
         if changed:
             self._new_mail(self._exists, "connected")
         self._folders_checked(connecting=True)
+
+    def _login_phase(self, phase: Phase, done: LoggedIn, client: imap.IdleClient) -> None:
+        """What the session does at each step of the shared login sequence."""
+        if phase is Phase.AUTHENTICATING:
+            self._set_state(State.AUTHENTICATING)
+        elif phase is Phase.LOGGED_IN:
+            self._recorder.clear_error(done.account.id)
+            self._last_error = self._last_error_at = None
+            self._logged_in()
+        elif phase is Phase.SELECTING:
+            self._set_state(State.SELECTING)
+        elif phase is Phase.SELECTED and done.mark is not None:
+            self._exists = done.mark.exists
+            self._mark = done.mark  # a candidate: remembered once a scan covering it is
+            # acknowledged. The SELECT result carried the count: from now on EXISTS/EXPUNGE
+            # move it
+            client.on_exists = self._on_exists
+            client.on_expunge = self._on_expunge
 
     def _step_failed(self, failure: Failure, client: imap.IdleClient) -> None:
         """A login, IDLE, heartbeat or poll step failed: note why and close the connection
