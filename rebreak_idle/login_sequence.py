@@ -43,10 +43,12 @@ class Phase(enum.Enum):
 
 @dataclass
 class LoggedIn:
-    """What the sequence learnt. ``mark``: SELECT's numbers; ``uidnext``: SELECT's UIDNEXT,
-    else the one STATUS told (None when neither did: the mark stays count-only)."""
+    """What the sequence learnt. ``selected``: SELECT's answer (``IdleClient.select()``);
+    ``mark``: its numbers; ``uidnext``: SELECT's UIDNEXT, else the one STATUS told (None
+    when neither did: the mark stays count-only)."""
 
     account: Account
+    selected: dict[str, Any] | None = None
     mark: MailboxMark | None = None
     uidnext: int | None = None
 
@@ -124,6 +126,7 @@ class LoginSequence:
         self._tell(Phase.SELECTING)
         info = await self._step("select", client.select)
         result = self.result
+        result.selected = info
         result.mark = MailboxMark.from_select(info)
         result.uidnext = result.mark.uidnext
         self._tell(Phase.SELECTED)

@@ -26,6 +26,10 @@ class Profile:
     drop_after: float | None = None  # close silently this long after a login
     require_id: bool = False
     id_refusal: str = "NO SELECT Unsafe Login. Please contact kefu@188.com for help"
+    #: what the greeting and a CAPABILITY before login tell, when it differs from
+    #: ``capabilities`` (told after login): Cyrus adds IDLE only after login
+    pre_login_capabilities: str | None = None
+    select_uidnext: bool = True  # False: SELECT tells no UIDNEXT (Courier: only STATUS)
 
 
 PROFILES = {p.name: p for p in (
@@ -59,4 +63,16 @@ PROFILES = {p.name: p for p in (
     Profile("163", "Coremail System IMap Server Ready", "IMAP4rev1 XLIST SPECIAL-USE ID "
             "LITERAL+ STARTTLS XAPPLEPUSHSERVICE UIDPLUS IDLE AUTH=PLAIN SASL-IR",
             require_id=True),
+    # Courier-IMAP 5.0 (Debian): no UIDNEXT in SELECT, no ID, no SPECIAL-USE
+    Profile("courier", "Courier-IMAP ready. Copyright 1998-2018 Double Precision, Inc.  "
+            "See COPYING for distribution information.", "IMAP4rev1 UIDPLUS CHILDREN "
+            "NAMESPACE THREAD=ORDEREDSUBJECT THREAD=REFERENCES SORT QUOTA IDLE ACL "
+            "ACL2=UNION ENABLE UTF8=ACCEPT", select_uidnext=False),
+    # Cyrus IMAP 3.6 (Debian): IDLE, SPECIAL-USE and the rest only after login
+    Profile("cyrus", "localhost Cyrus IMAP 3.6.1-Debian-3.6.1-4 server ready",
+            "IMAP4rev1 LITERAL+ ID ENABLE ACL RIGHTS=kxten QUOTA MAILBOX-REFERRALS "
+            "NAMESPACE UIDPLUS NO_ATOMIC_RENAME UNSELECT CHILDREN MULTIAPPEND BINARY "
+            "CATENATE CONDSTORE ESEARCH SORT THREAD=ORDEREDSUBJECT IDLE LIST-EXTENDED "
+            "SPECIAL-USE AUTH=PLAIN SASL-IR",
+            pre_login_capabilities="IMAP4rev1 LITERAL+ ID ENABLE AUTH=PLAIN SASL-IR"),
 )}
