@@ -21,7 +21,6 @@ then walks its sessions once (O(N) per scrape, nothing per heartbeat):
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -78,27 +77,22 @@ class LiveSessions(Collector):
             yield from (oldest, ages, exists, accounts)
             return
         now = sup.clock.seconds()
-        states: Counter[str] = Counter()
         heartbeat_ages: list[float] = []
         newest_exists: float | None = None
-        for account_id, session in list(sup.sessions.items()):
-            if sup._is_queued(account_id):
-                states["queued"] += 1
-                continue
-            state = str(getattr(session, "state", "unknown"))
-            states[state] += 1
-            beat = getattr(session, "last_heartbeat_at", None)
-            if state in _READY and beat is not None:
-                heartbeat_ages.append(max(0.0, now - beat))
-            seen = getattr(session, "last_exists_at", None)
+        for session in list(sup.sessions.values()):
+            state = session.state
+            if state in _READY:
+                beat = session.last_heartbeat_at
+                if beat is not None:
+                    heartbeat_ages.append(max(0.0, now - beat))
+            seen = session.last_exists_at
             if seen is not None and (newest_exists is None or seen > newest_exists):
                 newest_exists = seen
-        states["invalid"] += len(getattr(sup, "_invalid", ()))
         oldest.add_metric([], max(heartbeat_ages) if heartbeat_ages else 0.0)
         ages.add_metric([], _buckets(heartbeat_ages), sum_value=sum(heartbeat_ages))
         exists.add_metric([], math.nan if newest_exists is None
                           else max(0.0, now - newest_exists))
-        for state, n in sorted(states.items()):
+        for state, n in sorted(sup.counts().items()):  # kept up to date: no scan
             accounts.add_metric([state], n)
         yield from (oldest, ages, exists, accounts)
 

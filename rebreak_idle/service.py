@@ -113,7 +113,8 @@ class Daemon(MultiService):
         status = status_settings(settings)
         if status is not None:
             resource = make_status_resource(status, ready=lambda: self.supervisor.ready,
-                                            snapshot=self.snapshot)
+                                            snapshot=self.snapshot,
+                                            counts=self.supervisor.counts)
             self.status = StatusService(status, resource, reactor)
             self.status.setServiceParent(self)
 
@@ -121,7 +122,7 @@ class Daemon(MultiService):
         return MailboxSession(account, self._session_settings, self.store, self.scans.submit,
                               self.reactor, memory=self.marks, timers=self.timers,
                               reread=self._reread, budget=self.budget,
-                              holdoffs=self.holdoffs)
+                              holdoffs=self.holdoffs, tally=self.supervisor.tally)
 
     def _reread(self, account_id: str) -> Deferred:
         """One account's row read again and decoded (a refused OAuth token)."""

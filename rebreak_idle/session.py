@@ -51,7 +51,7 @@ from .providers import CREDENTIALS
 from .reconnect import CLOSED, HEALTHY_AFTER, Outcome, SessionError, classify, reaction
 from .session_heartbeat import HeartbeatLoop, timer_resolution
 from .session_providers import ProviderLimits
-from .session_state import State, check_transition, state_gauge
+from .session_state import State, StateTally, check_transition, state_gauge
 from .tokens import Reread
 from .wheel import TimerWheel
 
@@ -79,7 +79,8 @@ class MailboxSession(HeartbeatLoop, ProviderLimits, Service):
     (default: one of its own). ``tls_creator(hostname)``: the TLS connection creator
     (default: shared per host). For tests and embedding: ``endpoint`` (instead of TCP and
     implicit TLS), ``jitter`` (callable in [0, 1)), ``timers`` (the TimerWheel the
-    daemon's sessions share; default one of its own)."""
+    daemon's sessions share; default one of its own), ``tally`` (the daemon's count of
+    sessions by state, :class:`~rebreak_idle.session_state.StateTally`)."""
 
     def __init__(
         self,
@@ -97,6 +98,7 @@ class MailboxSession(HeartbeatLoop, ProviderLimits, Service):
         reread: Reread | None = None,
         budget: HostBudget | None = None,
         holdoffs: IHoldoffRecorder | None = None,
+        tally: StateTally | None = None,
     ) -> None:
         self.account = account
         self._init_limits(reread, budget, holdoffs)
@@ -116,6 +118,7 @@ class MailboxSession(HeartbeatLoop, ProviderLimits, Service):
         self._service: QuietClientService | None = None
 
         self.state = State.STOPPED
+        self._tally = StateTally() if tally is None else tally
         self._since = reactor.seconds()
         # the current connection
         self._client: imap.IdleClient | None = None
@@ -246,6 +249,7 @@ class MailboxSession(HeartbeatLoop, ProviderLimits, Service):
             return
         check_transition(old, state)
         self.state = state
+        self._tally.moved(old, state)
         self._since = self._reactor.seconds()
         if old is not State.STOPPED:
             state_gauge(old).dec()

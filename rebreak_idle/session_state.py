@@ -18,7 +18,8 @@ from typing import Any
 
 from . import metrics
 
-__all__ = ["TRANSITIONS", "ForbiddenTransition", "State", "check_transition", "state_gauge"]
+__all__ = ["TRANSITIONS", "ForbiddenTransition", "State", "StateTally", "check_transition",
+           "state_gauge"]
 
 
 class State(enum.StrEnum):
@@ -80,3 +81,27 @@ def state_gauge(state: State) -> Any:
     if gauge is None:
         gauge = _STATE_GAUGES[state] = metrics.SESSIONS.labels(state=state.value)
     return gauge
+
+
+class StateTally:
+    """How many sessions are in each state other than ``stopped``, kept up to date by the
+    sessions themselves (each :meth:`moved` is O(1)): the status page and ``/metrics``
+    read their counts here instead of walking every session. One per daemon, passed to
+    each session it makes."""
+
+    __slots__ = ("_counts",)
+
+    def __init__(self) -> None:
+        self._counts: dict[State, int] = dict.fromkeys(State, 0)
+
+    def moved(self, old: State, new: State) -> None:
+        """A session changed from ``old`` to ``new``."""
+        counts = self._counts
+        if old is not State.STOPPED:
+            counts[old] -= 1
+        if new is not State.STOPPED:
+            counts[new] += 1
+
+    def counts(self) -> dict[State, int]:
+        """A copy: state → sessions in it (``stopped`` not counted: always 0)."""
+        return dict(self._counts)

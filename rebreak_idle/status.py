@@ -15,7 +15,8 @@ Routes (GET; HEAD works too, other methods get 405):
     ``x-admin-secret`` (compared in constant time); without it or with a wrong one: 401.
 ``/``
     A small HTML page for an operator (:mod:`rebreak_idle.status_page`). Without the header
-    it shows only the number of accounts by state (no e-mail address, no error text). With
+    it shows only the number of accounts by state (no e-mail address, no error text), from
+    counts kept up to date (``counts()``: no walk of the accounts per request). With
     a correct ``x-admin-secret`` header it also shows the account table (e-mail, state,
     since, last error, last heartbeat, last event), the accounts by IMAP host, a search
     field, filters, paging and an optional reload (GET parameters ``q``, ``state``,
@@ -34,6 +35,7 @@ never a request header.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import weakref
@@ -68,6 +70,8 @@ __all__ = ["StatusService", "make_site", "make_status_resource"]
 log = Logger()
 
 Snapshot = Callable[[], Sequence[Mapping[str, Any]]]
+#: accounts by state (``{"idle": 9, "backoff": 1}``), kept up to date: no walk of the accounts
+Counts = Callable[[], Mapping[str, int]]
 
 ADMIN_HEADER = b"x-admin-secret"
 QUIET_PATHS = frozenset({b"/healthz", b"/readyz", b"/metrics"})
@@ -128,6 +132,11 @@ def _public_accounts(snapshot: Snapshot) -> list[dict[str, Any]] | None:
     except Exception:
         log.failure("status server: taking the account snapshot failed")
         return None
+
+
+def _counted(snapshot: Snapshot) -> Counter[str]:
+    """Accounts by state, counted from a whole snapshot (for callers without counts)."""
+    return Counter(str(a.get("state", "unknown")) for a in snapshot())
 
 
 def _json_default(value: Any) -> Any:
@@ -193,10 +202,12 @@ class _Status(Resource):
 class _Page(Resource):
     isLeaf = True
 
-    def __init__(self, ready: Callable[[], bool], snapshot: Snapshot, secret: _Secret) -> None:
+    def __init__(self, ready: Callable[[], bool], snapshot: Snapshot, counts: Counts,
+                 secret: _Secret) -> None:
         super().__init__()
         self._ready = ready
         self._snapshot = snapshot
+        self._counts = counts
         self._secret = secret
 
     def render_GET(self, request: Request) -> bytes:
@@ -205,13 +216,19 @@ class _Page(Resource):
         allowed = self._secret.check(request)
         if allowed is False:
             return _plain(request, 401, "unauthorized\n")
-        accounts = _public_accounts(self._snapshot)
-        if accounts is None:
+        try:  # kept up to date by the sessions: an anonymous request walks nothing
+            counts = self._counts()
+        except Exception:
+            log.failure("status server: counting the accounts failed")
             return _plain(request, 500, "internal error\n")
-        counts = Counter(str(a.get("state", "unknown")) for a in accounts)
+        accounts = None
+        if allowed:
+            accounts = _public_accounts(self._snapshot)
+            if accounts is None:
+                return _plain(request, 500, "internal error\n")
         # GET parameters pick the rows (status_query); the secret is only ever the header
         query = PageQuery.from_args(request.args or {})
-        page = render_page(accounts if allowed else None, counts, bool(self._ready()), query)
+        page = render_page(accounts, counts, bool(self._ready()), query)
         _set_headers(request, b"text/html; charset=utf-8", _HTML_HEADERS)
         return page.encode("utf-8")
 
@@ -221,6 +238,7 @@ def make_status_resource(
     *,
     ready: Callable[[], bool],
     snapshot: Snapshot,
+    counts: Counts | None = None,
     registry: CollectorRegistry = REGISTRY,
 ) -> IResource:
     """The root resource of the status server (routes in the module docstring).
@@ -229,11 +247,15 @@ def make_status_resource(
     ``ready()`` — whether the first account refresh has succeeded; ``snapshot()`` — one
     mapping per account (``id``, ``email``, ``state``, ``since``, ``last_error``,
     ``last_heartbeat``, ``last_event``; times as epoch seconds or datetimes; more keys are
-    passed through to /status).
+    passed through to /status); ``counts()`` — the accounts by state, cheap (the daemon's
+    :meth:`~rebreak_idle.supervisor.Supervisor.counts`; default: counted from
+    ``snapshot()``), all that the page shows a caller without the secret.
     """
     secret = _Secret(settings.admin_secret)
+    if counts is None:
+        counts = functools.partial(_counted, snapshot)
     root = Resource()
-    root.putChild(b"", _Page(ready, snapshot, secret))
+    root.putChild(b"", _Page(ready, snapshot, counts, secret))
     root.putChild(b"healthz", _Health())
     root.putChild(b"readyz", _Ready(ready))
     root.putChild(b"metrics", _Metrics(registry))

@@ -38,6 +38,7 @@ from .failures import describe, maskable, scrub
 from .interfaces import IAccountSource
 from .live_metrics import LIVE
 from .ramp_progress import RampProgress
+from .session_state import State, StateTally
 from .tokens import token_only_change
 
 __all__ = ["Decode", "InvalidRow", "Supervisor"]
@@ -82,8 +83,12 @@ class Supervisor(MultiService):
     def __init__(self, store: IAccountSource, session_factory: Callable[[Account], IService],
                  decode: Decode, settings: SupervisorSettings, clock: Any, *,
                  account_filter: Callable[[list[dict]], Deferred] | None = None,
-                 on_session_removed: Callable[[str], None] | None = None) -> None:
+                 on_session_removed: Callable[[str], None] | None = None,
+                 tally: StateTally | None = None) -> None:
         super().__init__()
+        #: the sessions' count by state (each session made by ``session_factory`` moves
+        #: it): :meth:`counts` reads it, never walking the sessions
+        self.tally = StateTally() if tally is None else tally
         self.on_session_removed = on_session_removed
         self.store = store
         self.session_factory = session_factory
@@ -100,6 +105,7 @@ class Supervisor(MultiService):
         #: account id -> the stop (LOGOUT) of its session, still running. One per account:
         #: a replacement session starts only after its predecessor's stop has fired.
         self._leaving: dict[str, Deferred] = {}
+        self._stopping: dict[str, IService] = {}  # those sessions (shown nowhere)
         #: accounts whose new session waits for that stop (not started, not in the ramp)
         self._successors: set[str] = set()
         self._refresh = Coalesced(lambda: Deferred.fromCoroutine(self._refresh_once()),
@@ -141,6 +147,24 @@ class Supervisor(MultiService):
                         "last_error": invalid.reason, "last_error_at": None,
                         "last_heartbeat": None, "last_exists": None,
                         "last_scan_reason": None})
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """The accounts by state as :meth:`snapshot` shows them (``queued``, ``invalid``
+        and the session states), from :attr:`tally` and the supervisor's own sets:
+        O(sessions being stopped), not O(sessions)."""
+        tally = self.tally.counts()
+        for session in self._stopping.values():  # still moving the tally, shown nowhere
+            state = getattr(session, "state", State.STOPPED)
+            if state is not State.STOPPED:
+                tally[state] -= 1
+        queued = len(self._queue) + len(self._successors)
+        out = {str(state): n for state, n in tally.items() if n}
+        stopped = len(self.sessions) - queued - sum(tally.values())
+        for name, n in (("stopped", stopped), ("queued", queued),
+                        ("invalid", len(self._invalid))):
+            if n:
+                out[name] = n
         return out
 
     def refresh(self) -> Deferred:
@@ -292,9 +316,11 @@ class Supervisor(MultiService):
             return
         d = defer.maybeDeferred(session.stopService)
         self._leaving[account_id] = d
+        self._stopping[account_id] = session
 
         def gone(result: Any) -> None:
             del self._leaving[account_id]
+            self._stopping.pop(account_id, None)
             self._removed(account_id)
             self._update_gauge()
 
