@@ -215,6 +215,11 @@ class MailboxSession(HeartbeatLoop, ProviderLimits, Service):
         return self._last_heartbeat
 
     @property
+    def last_error(self) -> str | None:
+        """The last error shown for this account (scrubbed), or None since a login."""
+        return self._last_error
+
+    @property
     def last_exists_at(self) -> float | None:
         """Reactor time of the last EXISTS seen (the scrape-time gauges); None before."""
         return None if self._last_exists is None else self._last_exists[0]
@@ -249,7 +254,7 @@ class MailboxSession(HeartbeatLoop, ProviderLimits, Service):
             return
         check_transition(old, state)
         self.state = state
-        self._tally.moved(old, state)
+        self._tally.moved(old, state, self.account.host)
         self._since = self._reactor.seconds()
         if old is not State.STOPPED:
             state_gauge(old).dec()

@@ -41,6 +41,7 @@ import json
 import weakref
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -56,11 +57,12 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
+from . import live_metrics  # noqa: F401  (registers the scrape-time gauges of /metrics)
 from .deferreds import Waiters
 from .failures import is_secret_name
 from .metrics import REGISTRY
 from .status_page import render_page
-from .status_query import PageQuery
+from .status_query import PageQuery, Selection
 
 if TYPE_CHECKING:
     from .config import StatusSettings
@@ -72,6 +74,8 @@ log = Logger()
 Snapshot = Callable[[], Sequence[Mapping[str, Any]]]
 #: accounts by state (``{"idle": 9, "backoff": 1}``), kept up to date: no walk of the accounts
 Counts = Callable[[], Mapping[str, int]]
+#: the page's rows for a query (snapshot mappings of that page only)
+Page = Callable[[PageQuery], Selection[Mapping[str, Any]]]
 
 ADMIN_HEADER = b"x-admin-secret"
 QUIET_PATHS = frozenset({b"/healthz", b"/readyz", b"/metrics"})
@@ -203,11 +207,12 @@ class _Page(Resource):
     isLeaf = True
 
     def __init__(self, ready: Callable[[], bool], snapshot: Snapshot, counts: Counts,
-                 secret: _Secret) -> None:
+                 page: Page | None, secret: _Secret) -> None:
         super().__init__()
         self._ready = ready
         self._snapshot = snapshot
         self._counts = counts
+        self._page = page
         self._secret = secret
 
     def render_GET(self, request: Request) -> bytes:
@@ -221,14 +226,21 @@ class _Page(Resource):
         except Exception:
             log.failure("status server: counting the accounts failed")
             return _plain(request, 500, "internal error\n")
-        accounts = None
-        if allowed:
+        # GET parameters pick the rows (status_query); the secret is only ever the header
+        query = PageQuery.from_args(request.args or {})
+        accounts, selection = None, None
+        if allowed and self._page is not None:  # only the page's rows are snapshotted
+            try:
+                chosen = self._page(query)
+            except Exception:
+                log.failure("status server: choosing the page's accounts failed")
+                return _plain(request, 500, "internal error\n")
+            selection = replace(chosen, page=[_public_fields(a) for a in chosen.page])
+        elif allowed:
             accounts = _public_accounts(self._snapshot)
             if accounts is None:
                 return _plain(request, 500, "internal error\n")
-        # GET parameters pick the rows (status_query); the secret is only ever the header
-        query = PageQuery.from_args(request.args or {})
-        page = render_page(accounts, counts, bool(self._ready()), query)
+        page = render_page(accounts, counts, bool(self._ready()), query, selection)
         _set_headers(request, b"text/html; charset=utf-8", _HTML_HEADERS)
         return page.encode("utf-8")
 
@@ -239,6 +251,7 @@ def make_status_resource(
     ready: Callable[[], bool],
     snapshot: Snapshot,
     counts: Counts | None = None,
+    page: Page | None = None,
     registry: CollectorRegistry = REGISTRY,
 ) -> IResource:
     """The root resource of the status server (routes in the module docstring).
@@ -249,13 +262,16 @@ def make_status_resource(
     ``last_heartbeat``, ``last_event``; times as epoch seconds or datetimes; more keys are
     passed through to /status); ``counts()`` — the accounts by state, cheap (the daemon's
     :meth:`~rebreak_idle.supervisor.Supervisor.counts`; default: counted from
-    ``snapshot()``), all that the page shows a caller without the secret.
+    ``snapshot()``), all that the page shows a caller without the secret; ``page(query)``
+    — the page's rows for a caller with the secret, without a snapshot of every account
+    (the daemon's :meth:`~rebreak_idle.service.Daemon.page`; default: chosen from
+    ``snapshot()``).
     """
     secret = _Secret(settings.admin_secret)
     if counts is None:
         counts = functools.partial(_counted, snapshot)
     root = Resource()
-    root.putChild(b"", _Page(ready, snapshot, counts, secret))
+    root.putChild(b"", _Page(ready, snapshot, counts, page, secret))
     root.putChild(b"healthz", _Health())
     root.putChild(b"readyz", _Ready(ready))
     root.putChild(b"metrics", _Metrics(registry))

@@ -106,6 +106,7 @@ class Supervisor(MultiService):
         #: a replacement session starts only after its predecessor's stop has fired.
         self._leaving: dict[str, Deferred] = {}
         self._stopping: dict[str, IService] = {}  # those sessions (shown nowhere)
+        self._version = 0  # see version
         #: accounts whose new session waits for that stop (not started, not in the ramp)
         self._successors: set[str] = set()
         self._refresh = Coalesced(lambda: Deferred.fromCoroutine(self._refresh_once()),
@@ -135,19 +136,38 @@ class Supervisor(MultiService):
         """One dict per session (its ``snapshot()``; state ``queued`` while it waits for the
         start-up ramp or for its predecessor's LOGOUT) plus one per invalid row (state
         ``invalid``, ``last_error`` saying why)."""
-        out = []
-        for account_id, session in self.sessions.items():
-            snap = dict(session.snapshot())
-            if self._is_queued(account_id):
-                snap["state"] = "queued"
-            out.append(snap)
-        for invalid in self._invalid.values():
-            out.append({"id": invalid.id, "email": invalid.email, "state": "invalid",
-                        "since": None, "attempt": 0, "next_attempt_in": None,
-                        "last_error": invalid.reason, "last_error_at": None,
-                        "last_heartbeat": None, "last_exists": None,
-                        "last_scan_reason": None})
-        return out
+        return [self.snapshot_of(entry) for entry in
+                (*self.sessions.values(), *self._invalid.values())]
+
+    def snapshot_of(self, entry: IService | InvalidRow) -> dict:
+        """The :meth:`snapshot` dict of one session or invalid row."""
+        if isinstance(entry, InvalidRow):
+            return {"id": entry.id, "email": entry.email, "state": "invalid",
+                    "since": None, "attempt": 0, "next_attempt_in": None,
+                    "last_error": entry.reason, "last_error_at": None,
+                    "last_heartbeat": None, "last_exists": None,
+                    "last_scan_reason": None}
+        snap = dict(entry.snapshot())
+        if self._is_queued(entry.account.id):
+            snap["state"] = "queued"
+        return snap
+
+    @property
+    def version(self) -> int:
+        """Changes whenever the set of sessions or invalid rows changes (a refresh, a
+        stop): what the status page may keep derived from that set until then."""
+        return self._version
+
+    def invalid_rows(self) -> list[InvalidRow]:
+        return list(self._invalid.values())
+
+    def stopping(self) -> list[IService]:
+        """Sessions being stopped (logging out): no longer in :attr:`sessions`."""
+        return list(self._stopping.values())
+
+    def is_queued(self, account_id: str) -> bool:
+        """Waiting for the start-up ramp, or for its predecessor's LOGOUT."""
+        return self._is_queued(account_id)
 
     def counts(self) -> dict[str, int]:
         """The accounts by state as :meth:`snapshot` shows them (``queued``, ``invalid``
@@ -305,11 +325,13 @@ class Supervisor(MultiService):
                 else:  # one connection per mailbox: start after the old one's LOGOUT
                     self._successors.add(account_id)
                     leaving.addBoth(self._predecessor_gone, account_id, session)
+        self._version += 1
         self._ramp_step()
         self._update_gauge()
 
     def _stop_session(self, account_id: str) -> None:
         session = self.sessions.pop(account_id)
+        self._version += 1
         self._successors.discard(account_id)
         if self._queue.pop(account_id, None) is not None or not session.running:
             self._removed(account_id)
