@@ -33,12 +33,14 @@ class RowsTests(SynchronousTestCase):
                             admin_secret="s" * 8, encryption_key="k" * 32)
         self.daemon = build_daemon(settings, Clock())
         self.sup = self.daemon.supervisor
+        self.made: list[Any] = []
+        self.addCleanup(self.stop_all)
         for n in range(240):
             account = Account(id=f"id-{n:04d}", user_id="u",
                               email=f"{'zyx'[n % 3]}user{(n * 7919) % 240}@example.org",
                               host=f"imap{n % 9}.example.org", port=993, security="tls",
                               username="u", auth_method="password", secret="x" * 12)
-            session = self.daemon._new_session(account)
+            session = self.make(account)
             for state in PATHS[n % len(PATHS)] if n % 11 else ():
                 session.running = True  # as started, without connecting
                 session._set_state(state)
@@ -51,6 +53,16 @@ class RowsTests(SynchronousTestCase):
             self.sup._invalid[f"bad-{n}"] = InvalidRow(f"bad-{n}", f"bad{n}@example.org",
                                                        "encrypted_secret cannot be decrypted")
         self.sup._version += 1
+
+    def make(self, account: Account) -> Any:
+        session = self.daemon._new_session(account)
+        self.made.append(session)
+        return session
+
+    def stop_all(self) -> None:
+        """The process-wide sessions gauge holds no session of this test afterwards."""
+        for session in self.made:
+            session._set_state(State.STOPPED)
 
     def assertSameAsSnapshot(self, query: PageQuery) -> None:
         expected = choose(self.daemon.snapshot(), query)
@@ -90,7 +102,7 @@ class RowsTests(SynchronousTestCase):
             self.assertSameAsSnapshot(query)
         for account_id in list(self.sup.sessions)[::5]:  # stops: the set changes
             self.sup._stop_session(account_id)
-        replacement = self.daemon._new_session(Account(
+        replacement = self.make(Account(
             id="id-new", user_id="u", email="aaa-first@example.org", host="imap.new",
             port=993, security="tls", username="u", auth_method="password",
             secret="x" * 12))
