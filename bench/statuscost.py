@@ -12,8 +12,9 @@ milliseconds (the whole request: connect, render, read)::
     {"route": "/", "n": 50000, "median_ms": 1.9, "min_ms": 1.6, "max_ms": 3.1, ...}
 
 Routes: ``/`` without the admin header (the counts), ``/`` with it on the first page, a
-page deep in the table, a search and a filter, ``/metrics``, and ``/status`` (the whole
-list as JSON, the one route that is O(N) by design).
+page deep in the table, a search and a filter, one page of ``/status``, ``/metrics``, and
+``/status`` without parameters (every account as JSON, the one route that is O(N) by
+design).
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ async def _measure(daemon: Any, reactor: Any, runs: int, n: int) -> list[dict[st
         ("/ (admin, page at 25000)", f"/?offset={n // 2}&limit=100", admin),
         ("/ (admin, search)", "/?q=user4242", admin),
         ("/ (admin, state filter)", "/?state=backoff", admin),
+        ("/status (one page)", f"/status?limit=100&offset={n // 2}", admin),
         ("/metrics", "/metrics", {}),
         ("/status (all accounts)", "/status", admin),
     )

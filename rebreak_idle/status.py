@@ -13,6 +13,9 @@ Routes (GET; HEAD works too, other methods get 405):
 ``/status``
     JSON list, one object per account, as ``snapshot()`` gives them. Requires the header
     ``x-admin-secret`` (compared in constant time); without it or with a wrong one: 401.
+    With any of the page's GET parameters (``limit``, ``offset``, ``q``, ``state``,
+    ``host``): only that page, in the page's order, as cheap as the page; the header
+    ``x-total-count`` says how many match.
 ``/``
     A small HTML page for an operator (:mod:`rebreak_idle.status_page`). Without the header
     it shows only the number of accounts by state (no e-mail address, no error text), from
@@ -62,7 +65,7 @@ from .deferreds import Waiters
 from .failures import is_secret_name
 from .metrics import REGISTRY
 from .status_page import render_page
-from .status_query import PageQuery, Selection
+from .status_query import PageQuery, Selection, choose
 
 if TYPE_CHECKING:
     from .config import StatusSettings
@@ -74,6 +77,8 @@ log = Logger()
 Snapshot = Callable[[], Sequence[Mapping[str, Any]]]
 #: accounts by state (``{"idle": 9, "backoff": 1}``), kept up to date: no walk of the accounts
 Counts = Callable[[], Mapping[str, int]]
+#: GET parameters that ask /status for one page instead of every account
+_PAGE_ARGS = (b"limit", b"offset", b"q", b"state", b"host")
 #: the page's rows for a query (snapshot mappings of that page only)
 Page = Callable[[PageQuery], Selection[Mapping[str, Any]]]
 
@@ -138,6 +143,11 @@ def _public_accounts(snapshot: Snapshot) -> list[dict[str, Any]] | None:
         return None
 
 
+def _chosen_from(snapshot: Snapshot, query: PageQuery) -> Selection[Mapping[str, Any]]:
+    """The page of ``query`` chosen from a whole snapshot (for callers without page())."""
+    return choose(snapshot(), query)
+
+
 def _counted(snapshot: Snapshot) -> Counter[str]:
     """Accounts by state, counted from a whole snapshot (for callers without counts)."""
     return Counter(str(a.get("state", "unknown")) for a in snapshot())
@@ -188,29 +198,48 @@ class _Metrics(Resource):
 class _Status(Resource):
     isLeaf = True
 
-    def __init__(self, snapshot: Snapshot, secret: _Secret) -> None:
+    def __init__(self, snapshot: Snapshot, page: Page, secret: _Secret) -> None:
         super().__init__()
         self._snapshot = snapshot
+        self._page = page
         self._secret = secret
 
     def render_GET(self, request: Request) -> bytes:
         if not self._secret.check(request):
             return _plain(request, 401, "unauthorized\n")
-        accounts = _public_accounts(self._snapshot)
-        if accounts is None:
-            return _plain(request, 500, "internal error\n")
+        args = request.args or {}
+        if any(name in args for name in _PAGE_ARGS):  # one page, as the HTML page picks it
+            chosen = _chosen(self._page, PageQuery.from_args(args))
+            if chosen is None:
+                return _plain(request, 500, "internal error\n")
+            accounts: list[dict[str, Any]] | None = chosen.page
+            request.setHeader(b"x-total-count", str(chosen.matching).encode("ascii"))
+        else:
+            accounts = _public_accounts(self._snapshot)
+            if accounts is None:
+                return _plain(request, 500, "internal error\n")
         _set_headers(request, b"application/json")
         return json.dumps(accounts, default=_json_default, ensure_ascii=False).encode("utf-8")
+
+
+def _chosen(page: Page, query: PageQuery) -> Selection[dict[str, Any]] | None:
+    """The page of ``query`` with public fields only; None (the failure logged) when
+    ``page()`` raises."""
+    try:
+        chosen = page(query)
+    except Exception:
+        log.failure("status server: choosing the page's accounts failed")
+        return None
+    return replace(chosen, page=[_public_fields(a) for a in chosen.page])
 
 
 class _Page(Resource):
     isLeaf = True
 
-    def __init__(self, ready: Callable[[], bool], snapshot: Snapshot, counts: Counts,
-                 page: Page | None, secret: _Secret) -> None:
+    def __init__(self, ready: Callable[[], bool], counts: Counts, page: Page,
+                 secret: _Secret) -> None:
         super().__init__()
         self._ready = ready
-        self._snapshot = snapshot
         self._counts = counts
         self._page = page
         self._secret = secret
@@ -228,19 +257,12 @@ class _Page(Resource):
             return _plain(request, 500, "internal error\n")
         # GET parameters pick the rows (status_query); the secret is only ever the header
         query = PageQuery.from_args(request.args or {})
-        accounts, selection = None, None
-        if allowed and self._page is not None:  # only the page's rows are snapshotted
-            try:
-                chosen = self._page(query)
-            except Exception:
-                log.failure("status server: choosing the page's accounts failed")
+        selection = None
+        if allowed:  # only the page's rows are snapshotted (with the daemon's page())
+            selection = _chosen(self._page, query)
+            if selection is None:
                 return _plain(request, 500, "internal error\n")
-            selection = replace(chosen, page=[_public_fields(a) for a in chosen.page])
-        elif allowed:
-            accounts = _public_accounts(self._snapshot)
-            if accounts is None:
-                return _plain(request, 500, "internal error\n")
-        page = render_page(accounts, counts, bool(self._ready()), query, selection)
+        page = render_page(None, counts, bool(self._ready()), query, selection)
         _set_headers(request, b"text/html; charset=utf-8", _HTML_HEADERS)
         return page.encode("utf-8")
 
@@ -270,12 +292,14 @@ def make_status_resource(
     secret = _Secret(settings.admin_secret)
     if counts is None:
         counts = functools.partial(_counted, snapshot)
+    if page is None:
+        page = functools.partial(_chosen_from, snapshot)
     root = Resource()
-    root.putChild(b"", _Page(ready, snapshot, counts, page, secret))
+    root.putChild(b"", _Page(ready, counts, page, secret))
     root.putChild(b"healthz", _Health())
     root.putChild(b"readyz", _Ready(ready))
     root.putChild(b"metrics", _Metrics(registry))
-    root.putChild(b"status", _Status(snapshot, secret))
+    root.putChild(b"status", _Status(snapshot, page, secret))
     return root
 
 

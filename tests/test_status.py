@@ -140,6 +140,24 @@ class StatusServerTests(TestCase):
         self.assertNotIn("password", answer[0])
         self.assertNoSecretAnywhere()
 
+    async def test_status_one_page(self) -> None:
+        """With the page's parameters, /status answers one page in the page's order
+        (attention first, then by e-mail) and says how many match."""
+        code, headers, body = await self.request("/status?limit=1&offset=1",
+                                                 headers={"x-admin-secret": SECRET})
+        self.assertEqual(code, 200)
+        self.assertEqual(headers.getRawHeaders("x-total-count"), ["3"])
+        answer = json.loads(body)
+        self.assertEqual([a["email"] for a in answer], ["ok@example.com"])
+        self.assertNotIn("password", answer[0])
+        code, headers, body = await self.request("/status?state=backoff",
+                                                 headers={"x-admin-secret": SECRET})
+        self.assertEqual([a["id"] for a in json.loads(body)], ["0c1d"])
+        self.assertEqual(headers.getRawHeaders("x-total-count"), ["1"])
+        code, _, _ = await self.request("/status?limit=1")
+        self.assertEqual(code, 401)
+        self.assertNoSecretAnywhere()
+
     async def test_status_accepts_only_get(self) -> None:
         code, _, _ = await self.request("/status", method="POST",
                                         headers={"x-admin-secret": SECRET})
