@@ -21,9 +21,9 @@ class StateSession(Service):
     """A session with the attributes the collector reads; it moves the daemon's tally of
     states as a MailboxSession does."""
 
-    def __init__(self, account: Account, tally: StateTally) -> None:
+    def __init__(self, account: Account, tally: StateTally | None = None) -> None:
         self.account = account
-        self.tally = tally
+        self.tally = StateTally() if tally is None else tally
         self.state = State.STOPPED
         self.last_heartbeat_at: float | None = None
         self.last_exists_at: float | None = None
