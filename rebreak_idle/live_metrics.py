@@ -4,8 +4,8 @@ collector on :data:`rebreak_idle.metrics.REGISTRY`).
 The supervisor :meth:`~LiveSessions.attach`\\ es itself while it runs. The accounts by
 state come from the counts the sessions keep up to date (``Supervisor.counts``, no walk);
 the heartbeat and EXISTS ages change with the clock, so each GET /metrics reads them from
-the sessions in a few comprehensions (O(N) attribute reads per scrape, about 20 ms at
-50,000 sessions: ``python -m bench.statuscost``; nothing per heartbeat):
+the sessions in a few comprehensions (O(N) attribute reads per scrape, about 20 ms of the
+scrape at 50,000 sessions: ``python -m bench.statuscost``; nothing per heartbeat):
 
 ``rebreak_idle_oldest_heartbeat_age_seconds``
     seconds since the oldest last heartbeat among the sessions that are idle (IDLE or
