@@ -123,6 +123,33 @@ class ProbeTests(FaultCase, TestCase):
         self.assertGreater(tls["certificate"]["expires_in_days"], 0)
         self.assertTrue({"127.0.0.1", "::1"} & set(steps(report)["dns"]["addresses"]))
 
+    async def test_starttls_steps_in_order(self) -> None:
+        port = self.imap.listen(starttls=True).getHost().port
+        account_id = self.add_account("ann@rebreak.test", IMAP_PASSWORDS[0], port=port,
+                                      security="starttls", host="localhost")
+        report = await self.run_probe(account_id=account_id)
+        self.assertEqual(report.status, probe.OK, probe.format_report(report))
+        self.assertEqual([s["step"] for s in report.steps][:8],
+                         ["row", "dns", "tcp", "greeting", "starttls", "tls", "capabilities",
+                          "login"])
+        found = steps(report)
+        self.assertTrue(found["tls"]["verified"])
+        self.assertIn("CN=", found["tls"]["certificate"]["subject"])
+        self.assertIn("AUTH=PLAIN", found["login"]["capabilities"])
+        self.assertNoSecret(report)
+
+    async def test_bad_certificate_after_starttls(self) -> None:
+        port = self.imap.listen(starttls=True, cert=make_test_certs().expired).getHost().port
+        account_id = self.add_account("ann@rebreak.test", IMAP_PASSWORDS[0], port=port,
+                                      security="starttls", host="localhost")
+        report = await self.run_probe(account_id=account_id)
+        starttls = steps(report)["starttls"]
+        self.assertFalse(starttls["ok"])
+        self.assertEqual(starttls["class"], "tls")
+        self.assertLess(starttls["certificate"]["expires_in_days"], 0)  # from the handshake
+        self.assertEqual(self.imap.connections_made, 1)
+        self.assertNotIn("login", steps(report))
+
     async def test_bad_certificate(self) -> None:
         port = self.imap.listen(tls=True, cert=make_test_certs().expired).getHost().port
         account_id = self.add_account("ann@rebreak.test", IMAP_PASSWORDS[0], port=port,
