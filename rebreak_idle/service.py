@@ -44,6 +44,8 @@ from .scan import ScanTrigger
 from .secrets import SecretError, decrypt_secret
 from .session import MailboxSession, timer_resolution
 from .status import StatusService, make_status_resource
+from .status_query import PageQuery, Selection
+from .status_rows import StatusRows
 from .stop_budget import StopBudget
 from .supervisor import Decode, InvalidRow, Supervisor
 from .wheel import TimerWheel
@@ -114,11 +116,14 @@ class Daemon(MultiService):
             self.store.listen(settings.notify_channel, self.supervisor.request_refresh,
                               refresh_interval=settings.refresh_interval)
 
+        self._rows = StatusRows(self.supervisor,
+                                lambda entry: self._with_scan(self.supervisor.snapshot_of(entry)))
         self.status: StatusService | None = None
         status = status_settings(settings)
         if status is not None:
             resource = make_status_resource(status, ready=lambda: self.supervisor.ready,
-                                            snapshot=self.snapshot)
+                                            snapshot=self.snapshot,
+                                            counts=self.supervisor.counts, page=self.page)
             self.status = StatusService(status, resource, reactor)
             self.status.setServiceParent(self)
 
@@ -126,7 +131,7 @@ class Daemon(MultiService):
         return MailboxSession(account, self._session_settings, self.store, self.scans.submit,
                               self.reactor, memory=self.marks, timers=self.timers,
                               reread=self._reread, budget=self.budget,
-                              holdoffs=self.holdoffs)
+                              holdoffs=self.holdoffs, tally=self.supervisor.tally)
 
     def _reread(self, account_id: str) -> Deferred:
         """One account's row read again and decoded (a refused OAuth token)."""
@@ -158,18 +163,21 @@ class Daemon(MultiService):
     def snapshot(self) -> list[dict]:
         """One object per account for /status: the session's view plus its last scan and
         since when it owes a scan (``scan_owed_since``, ISO 8601; null when it owes none)."""
-        out = []
-        sessions = self.supervisor.sessions
-        for entry in self.supervisor.snapshot():
-            entry = dict(entry)
-            entry["last_scan"] = self.scans.last_outcome(entry["id"])
-            owed = self.scans.owed_since(entry["id"])
-            entry["scan_owed_since"] = (None if owed is None
-                                        else datetime.fromtimestamp(owed, UTC).isoformat())
-            session = sessions.get(entry["id"])
-            entry["imap_host"] = None if session is None else session.account.host
-            out.append(entry)
-        return out
+        return [self._with_scan(entry) for entry in self.supervisor.snapshot()]
+
+    def page(self, query: PageQuery) -> Selection[dict]:
+        """The status page's rows for ``query`` (:mod:`rebreak_idle.status_rows`: no
+        snapshot of every account, only of the page's rows)."""
+        return self._rows.page(query)
+
+    def _with_scan(self, entry: dict) -> dict:
+        entry["last_scan"] = self.scans.last_outcome(entry["id"])
+        owed = self.scans.owed_since(entry["id"])
+        entry["scan_owed_since"] = (None if owed is None
+                                    else datetime.fromtimestamp(owed, UTC).isoformat())
+        session = self.supervisor.sessions.get(entry["id"])
+        entry["imap_host"] = None if session is None else session.account.host
+        return entry
 
     def startService(self) -> None:
         s = self.settings

@@ -38,6 +38,7 @@ from .failures import describe, maskable, scrub
 from .interfaces import IAccountSource
 from .live_metrics import LIVE
 from .ramp_progress import RampProgress
+from .session_state import State, StateTally
 from .tokens import token_only_change
 
 __all__ = ["Decode", "InvalidRow", "Supervisor"]
@@ -84,9 +85,13 @@ class Supervisor(MultiService):
                  decode: Decode, settings: SupervisorSettings, clock: Any, *,
                  account_filter: Callable[[list[dict]], Deferred] | None = None,
                  on_session_removed: Callable[[str], None] | None = None,
-                 after_refresh: Callable[[], Deferred] | None = None) -> None:
+                 after_refresh: Callable[[], Deferred] | None = None,
+                 tally: StateTally | None = None) -> None:
         super().__init__()
         self.after_refresh = after_refresh
+        #: the sessions' count by state (each session made by ``session_factory`` moves
+        #: it): :meth:`counts` reads it, never walking the sessions
+        self.tally = StateTally() if tally is None else tally
         self.on_session_removed = on_session_removed
         self.store = store
         self.session_factory = session_factory
@@ -103,6 +108,8 @@ class Supervisor(MultiService):
         #: account id -> the stop (LOGOUT) of its session, still running. One per account:
         #: a replacement session starts only after its predecessor's stop has fired.
         self._leaving: dict[str, Deferred] = {}
+        self._stopping: dict[str, IService] = {}  # those sessions (shown nowhere)
+        self._version = 0  # see version
         #: accounts whose new session waits for that stop (not started, not in the ramp)
         self._successors: set[str] = set()
         self._refresh = Coalesced(lambda: Deferred.fromCoroutine(self._refresh_once()),
@@ -132,18 +139,55 @@ class Supervisor(MultiService):
         """One dict per session (its ``snapshot()``; state ``queued`` while it waits for the
         start-up ramp or for its predecessor's LOGOUT) plus one per invalid row (state
         ``invalid``, ``last_error`` saying why)."""
-        out = []
-        for account_id, session in self.sessions.items():
-            snap = dict(session.snapshot())
-            if self._is_queued(account_id):
-                snap["state"] = "queued"
-            out.append(snap)
-        for invalid in self._invalid.values():
-            out.append({"id": invalid.id, "email": invalid.email, "state": "invalid",
-                        "since": None, "attempt": 0, "next_attempt_in": None,
-                        "last_error": invalid.reason, "last_error_at": None,
-                        "last_heartbeat": None, "last_exists": None,
-                        "last_scan_reason": None})
+        return [self.snapshot_of(entry) for entry in
+                (*self.sessions.values(), *self._invalid.values())]
+
+    def snapshot_of(self, entry: IService | InvalidRow) -> dict:
+        """The :meth:`snapshot` dict of one session or invalid row."""
+        if isinstance(entry, InvalidRow):
+            return {"id": entry.id, "email": entry.email, "state": "invalid",
+                    "since": None, "attempt": 0, "next_attempt_in": None,
+                    "last_error": entry.reason, "last_error_at": None,
+                    "last_heartbeat": None, "last_exists": None,
+                    "last_scan_reason": None}
+        snap = dict(entry.snapshot())
+        if self._is_queued(entry.account.id):
+            snap["state"] = "queued"
+        return snap
+
+    @property
+    def version(self) -> int:
+        """Changes whenever the set of sessions or invalid rows changes (a refresh, a
+        stop): what the status page may keep derived from that set until then."""
+        return self._version
+
+    def invalid_rows(self) -> list[InvalidRow]:
+        return list(self._invalid.values())
+
+    def stopping(self) -> list[IService]:
+        """Sessions being stopped (logging out): no longer in :attr:`sessions`."""
+        return list(self._stopping.values())
+
+    def is_queued(self, account_id: str) -> bool:
+        """Waiting for the start-up ramp, or for its predecessor's LOGOUT."""
+        return self._is_queued(account_id)
+
+    def counts(self) -> dict[str, int]:
+        """The accounts by state as :meth:`snapshot` shows them (``queued``, ``invalid``
+        and the session states), from :attr:`tally` and the supervisor's own sets:
+        O(sessions being stopped), not O(sessions)."""
+        tally = self.tally.counts()
+        for session in self._stopping.values():  # still moving the tally, shown nowhere
+            state = getattr(session, "state", State.STOPPED)
+            if state is not State.STOPPED:
+                tally[state] -= 1
+        queued = len(self._queue) + len(self._successors)
+        out = {str(state): n for state, n in tally.items() if n}
+        stopped = len(self.sessions) - queued - sum(tally.values())
+        for name, n in (("stopped", stopped), ("queued", queued),
+                        ("invalid", len(self._invalid))):
+            if n:
+                out[name] = n
         return out
 
     def refresh(self) -> Deferred:
@@ -289,20 +333,24 @@ class Supervisor(MultiService):
                 else:  # one connection per mailbox: start after the old one's LOGOUT
                     self._successors.add(account_id)
                     leaving.addBoth(self._predecessor_gone, account_id, session)
+        self._version += 1
         self._ramp_step()
         self._update_gauge()
 
     def _stop_session(self, account_id: str) -> None:
         session = self.sessions.pop(account_id)
+        self._version += 1
         self._successors.discard(account_id)
         if self._queue.pop(account_id, None) is not None or not session.running:
             self._removed(account_id)
             return
         d = defer.maybeDeferred(session.stopService)
         self._leaving[account_id] = d
+        self._stopping[account_id] = session
 
         def gone(result: Any) -> None:
             del self._leaving[account_id]
+            self._stopping.pop(account_id, None)
             self._removed(account_id)
             self._update_gauge()
 

@@ -28,6 +28,7 @@ from rebreak_idle.session import MailboxSession, timer_resolution
 from rebreak_idle.session_state import TRANSITIONS, ForbiddenTransition, State
 from rebreak_idle.tls import TLSClientEndpoint
 from rebreak_idle.wheel import TimerWheel
+from tests.support.profiles import PROFILES
 from tests.support.scripted_imap import ScriptedConnection, ScriptedIMAPServer
 
 SECRET = "s3cret-Pa55word"
@@ -176,6 +177,14 @@ class Harness:
         return [line for line in self.logs if fragment in line]
 
 
+def _head(line: str) -> str:
+    """A sent command without its secret-bearing or variable arguments."""
+    for head in ("LOGIN", "AUTHENTICATE PLAIN", "ID"):
+        if line.startswith(head + " "):
+            return head
+    return line
+
+
 def gauge(state: str) -> float:
     return metrics.REGISTRY.get_sample_value("rebreak_idle_sessions", {"state": state}) or 0.0
 
@@ -217,6 +226,21 @@ class ConnectTests(SynchronousTestCase):
         self.assertEqual(h.lines("connected"),
                          ["[idle/ann@example.test] connected (127.0.0.1:143)"])
         self.assertEqual(h.memory.get("acc-1"), MailboxMark(1000, 4, 3))
+
+    def test_the_login_sequence_on_cyrus_and_courier(self) -> None:
+        """The sequence the probe shares (login_sequence.py): Cyrus tells IDLE only after
+        login, Courier tells UIDNEXT only to STATUS."""
+        for name, commands in (
+                ("cyrus", ["AUTHENTICATE PLAIN", "ID", "SELECT INBOX", "IDLE"]),
+                ("courier", ["LOGIN", "SELECT INBOX", "STATUS INBOX (UIDNEXT)", "IDLE"])):
+            h = Harness(self)
+            h.server.profile = profile = PROFILES[name]
+            h.server.capabilities = profile.capabilities
+            h.server.select_uidnext = profile.select_uidnext
+            h.start()
+            self.assertEqual(h.session.state, "idle", name)
+            self.assertEqual([_head(c) for c in h.sent()], commands, name)
+            self.assertEqual(h.memory.get("acc-1"), MailboxMark(1000, 4, 3), name)
 
     def test_secret_not_logged_or_recorded(self) -> None:
         h = Harness(self)

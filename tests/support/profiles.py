@@ -26,6 +26,9 @@ class Profile:
     drop_after: float | None = None  # close silently this long after a login
     require_id: bool = False
     id_refusal: str = "NO SELECT Unsafe Login. Please contact kefu@188.com for help"
+    #: what the greeting and a CAPABILITY before login tell, when it differs from
+    #: ``capabilities`` (told after login): Cyrus adds IDLE only after login
+    pre_login_capabilities: str | None = None
     #: SELECT tells no UIDNEXT (Courier: only STATUS does)
     select_uidnext: bool = True
     #: STATUS of a folder no client has opened yet answers a new UIDVALIDITY each time
@@ -69,9 +72,14 @@ PROFILES = {p.name: p for p in (
             "IMAP4rev1 UIDPLUS CHILDREN NAMESPACE THREAD=ORDEREDSUBJECT "
             "THREAD=REFERENCES SORT QUOTA IDLE",
             select_uidnext=False, unstable_status_uidvalidity=True),
-    # Cyrus IMAP 3.6.1 (Debian): folders under INBOX., special use written in lower case
-    Profile("cyrus", "Cyrus IMAP 3.6.1 server ready",
-            "IMAP4rev1 LITERAL+ ID ENABLE AUTH=PLAIN SASL-IR SPECIAL-USE IDLE"),
+    # Cyrus IMAP 3.6.1 (Debian): folders under INBOX., special use written in lower case;
+    # IDLE, SPECIAL-USE and the rest only after login
+    Profile("cyrus", "localhost Cyrus IMAP 3.6.1-Debian-3.6.1-4 server ready",
+            "IMAP4rev1 LITERAL+ ID ENABLE ACL RIGHTS=kxten QUOTA MAILBOX-REFERRALS "
+            "NAMESPACE UIDPLUS NO_ATOMIC_RENAME UNSELECT CHILDREN MULTIAPPEND BINARY "
+            "CATENATE CONDSTORE ESEARCH SORT THREAD=ORDEREDSUBJECT IDLE LIST-EXTENDED "
+            "SPECIAL-USE AUTH=PLAIN SASL-IR",
+            pre_login_capabilities="IMAP4rev1 LITERAL+ ID ENABLE AUTH=PLAIN SASL-IR"),
     Profile("163", "Coremail System IMap Server Ready", "IMAP4rev1 XLIST SPECIAL-USE ID "
             "LITERAL+ STARTTLS XAPPLEPUSHSERVICE UIDPLUS IDLE AUTH=PLAIN SASL-IR",
             require_id=True),

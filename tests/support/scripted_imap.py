@@ -103,7 +103,14 @@ class ScriptedConnection(LineOnlyReceiver):
             self.send("SSH-2.0-OpenSSH_9.2p1 internal-db-01.corp.local")
             return
         greeting = s.profile.greeting if s.profile else "scripted server ready"
-        self.send(f"* OK [CAPABILITY {s.capabilities}] {greeting}")
+        self.send(f"* OK [CAPABILITY {self.capabilities()}] {greeting}")
+
+    def capabilities(self) -> str:
+        """What this connection advertises now (some servers tell more after login)."""
+        profile = self.server.profile
+        if self.user is None and profile is not None and profile.pre_login_capabilities:
+            return profile.pre_login_capabilities
+        return self.server.capabilities
 
     def connectionLost(self, reason: Any = None) -> None:
         self.lost = True
@@ -166,15 +173,26 @@ class ScriptedConnection(LineOnlyReceiver):
             handler(tag, args)
 
     def _do_capability(self, tag: str, args: str) -> None:
-        self.send(f"* CAPABILITY {self.server.capabilities}")
+        self.send(f"* CAPABILITY {self.capabilities()}")
         self.send(f"{tag} OK done")
 
     def _do_login(self, tag: str, args: str) -> None:
+        if self.server.echo_login:
+            self.send(f"{tag} NO [AUTHENTICATIONFAILED] cannot log in with {args}")
+            return
         user, _, password = args.partition(" ")
         self._logged_in(tag, password.strip('"'), user.strip('"'))
 
     def _do_authenticate(self, tag: str, args: str) -> None:
         mechanism, _, initial = args.partition(" ")
+        if self.server.echo_login:  # what it got, as given and decoded
+            try:
+                decoded = base64.b64decode(initial).decode("utf-8", "replace")
+            except ValueError:
+                decoded = ""
+            self.send(f"{tag} NO [AUTHENTICATIONFAILED] bad payload {initial} "
+                      f"({decoded.replace(chr(0), ' ').replace(chr(1), ' ')})")
+            return
         if self.fault == "challenge-flood-login":  # continuations, as fast as read
             challenge = b"+ " + base64.b64encode(b'{"status":"401"}' + b" " * 3000) + b"\r\n"
             self._stream(challenge * 16)
@@ -468,6 +486,9 @@ class ScriptedIMAPServer(Factory):
         #: called once after each SELECT was answered (a delivery "in between")
         self.after_select: list[Any] = []
         self.status_enabled = True
+        #: a login answered NO with what the client sent, as given and decoded (a server
+        #: that echoes: the secret must still be masked)
+        self.echo_login = False
         self.refuse_idle = 0
         self.logins = 0
         self.logouts = 0
