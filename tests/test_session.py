@@ -229,10 +229,10 @@ class ConnectTests(SynchronousTestCase):
 
     def test_the_login_sequence_on_cyrus_and_courier(self) -> None:
         """The sequence the probe shares (login_sequence.py): Cyrus tells IDLE only after
-        login, Courier tells UIDNEXT only to STATUS."""
+        login, Courier tells UIDNEXT only to STATUS (asked with the count: one answer)."""
         for name, commands in (
                 ("cyrus", ["AUTHENTICATE PLAIN", "ID", "SELECT INBOX", "IDLE"]),
-                ("courier", ["LOGIN", "SELECT INBOX", "STATUS INBOX (UIDNEXT)", "IDLE"])):
+                ("courier", ["LOGIN", "SELECT INBOX", "STATUS INBOX (UIDNEXT MESSAGES)", "IDLE"])):
             h = Harness(self)
             h.server.profile = profile = PROFILES[name]
             h.server.capabilities = profile.capabilities
