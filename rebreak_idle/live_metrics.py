@@ -14,8 +14,9 @@ then walks its sessions once (O(N) per scrape, nothing per heartbeat):
     seconds since the newest EXISTS any session saw (NaN before the first one).
 ``rebreak_idle_accounts{state}``
     the supervisor's accounts by state as the status page counts them: the session states,
-    ``queued`` (waiting for the start-up ramp or for its predecessor's LOGOUT) and
-    ``invalid`` (rows that cannot be watched).
+    ``queued`` (waiting for the start-up ramp or for its predecessor's LOGOUT),
+    ``waiting-for-descriptors`` (held back by the descriptor limit) and ``invalid`` (rows
+    that cannot be watched).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class LiveSessions(Collector):
 
     def attach(self, supervisor: Any) -> None:
         """Compute from ``supervisor`` (``sessions``, ``clock``, ``_is_queued``,
-        ``_invalid``) from now on."""
+        ``_waiting_for_descriptors``, ``_invalid``) from now on."""
         self._source = supervisor
 
     def detach(self, supervisor: Any) -> None:
@@ -81,7 +82,11 @@ class LiveSessions(Collector):
         states: Counter[str] = Counter()
         heartbeat_ages: list[float] = []
         newest_exists: float | None = None
+        waiting = sup._waiting_for_descriptors()
         for account_id, session in list(sup.sessions.items()):
+            if account_id in waiting:
+                states["waiting-for-descriptors"] += 1
+                continue
             if sup._is_queued(account_id):
                 states["queued"] += 1
                 continue

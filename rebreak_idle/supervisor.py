@@ -12,7 +12,10 @@ with the injected ``decode(row)`` (which decrypts and validates), and reconciles
 * a row that cannot be decrypted or is invalid gets ``last_connect_error`` (only when the
   text changed) and no session; the other rows are not affected.
 
-New sessions are started at most ``connect_rate`` per second (the start-up ramp). A failed
+New sessions are started at most ``connect_rate`` per second (the start-up ramp), and no
+more than ``capacity`` run at once (what the process's descriptor limit allows,
+:mod:`rebreak_idle.descriptors`): the accounts beyond wait in the queue, state
+``waiting-for-descriptors``, said once in the log, and start when sessions end. A failed
 refresh (database unreachable) logs one line and changes nothing. Refreshes never overlap:
 a refresh asked for while one runs is coalesced into one more run after it.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 from twisted.application.internet import TimerService
@@ -54,6 +58,8 @@ def _no(account: Account) -> bool:
 NOTIFY_DEBOUNCE = 1.0
 #: The ramp starts sessions in small batches this many seconds apart (at most).
 RAMP_TICK = 0.1
+#: The state shown for an account that waits because the descriptor limit is reached.
+WAITING_FOR_DESCRIPTORS = "waiting-for-descriptors"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +83,18 @@ class Supervisor(MultiService):
     an unstarted ``IService`` with ``.account`` and ``snapshot()``; ``account_filter(rows)``
     (replica leases) may narrow the active rows before reconciling;
     ``on_session_removed(account_id)`` is called once an account has no session left
-    (stopped, none replacing it)."""
+    (stopped, none replacing it); ``capacity``: sessions running (or logging out) at most
+    (None: no limit)."""
 
     def __init__(self, store: IAccountSource, session_factory: Callable[[Account], IService],
                  decode: Decode, settings: SupervisorSettings, clock: Any, *,
                  account_filter: Callable[[list[dict]], Deferred] | None = None,
-                 on_session_removed: Callable[[str], None] | None = None) -> None:
+                 on_session_removed: Callable[[str], None] | None = None,
+                 capacity: int | None = None) -> None:
         super().__init__()
+        self.capacity = capacity
+        #: accounts waiting for descriptors at the last count (the log line is said once)
+        self._over_capacity = 0
         self.on_session_removed = on_session_removed
         self.store = store
         self.session_factory = session_factory
@@ -127,12 +138,16 @@ class Supervisor(MultiService):
 
     def snapshot(self) -> list[dict]:
         """One dict per session (its ``snapshot()``; state ``queued`` while it waits for the
-        start-up ramp or for its predecessor's LOGOUT) plus one per invalid row (state
-        ``invalid``, ``last_error`` saying why)."""
+        start-up ramp or for its predecessor's LOGOUT, ``waiting-for-descriptors`` while
+        the descriptor limit holds it back) plus one per invalid row (state ``invalid``,
+        ``last_error`` saying why)."""
         out = []
+        waiting = self._waiting_for_descriptors()
         for account_id, session in self.sessions.items():
             snap = dict(session.snapshot())
-            if self._is_queued(account_id):
+            if account_id in waiting:
+                snap["state"] = WAITING_FOR_DESCRIPTORS
+            elif self._is_queued(account_id):
                 snap["state"] = "queued"
             out.append(snap)
         for invalid in self._invalid.values():
@@ -296,6 +311,7 @@ class Supervisor(MultiService):
         def gone(result: Any) -> None:
             del self._leaving[account_id]
             self._removed(account_id)
+            self._ramp_step()  # its descriptor is free: a waiting account may start
             self._update_gauge()
 
         d.addErrback(lambda f: log.failure("[idle/db] stopping session {account_id} failed", f,
@@ -330,9 +346,13 @@ class Supervisor(MultiService):
         """Start the next batch of queued sessions and schedule the one after."""
         if self._ramp is not None or not self._queue or not self.running:
             return
+        room = self._room()
+        if room == 0:
+            return  # the descriptor limit: a session that ends starts the next
         rate = self.settings.connect_rate
         batch = max(1, int(rate * RAMP_TICK))
-        for _ in range(min(batch, len(self._queue))):
+        for _ in range(min(batch, len(self._queue), len(self._queue) if room is None
+                           else room)):
             account_id, session = self._queue.popitem(last=False)
             try:
                 session.startService()
@@ -340,7 +360,7 @@ class Supervisor(MultiService):
                 log.failure("[idle/db] starting session {account_id} failed",
                             account_id=account_id)
             self._progress.started(session)
-        if self._queue:
+        if self._queue and self._room() != 0:
             self._ramp = self.clock.callLater(batch / rate, self._ramp_next)
         self._update_gauge()
 
@@ -352,6 +372,32 @@ class Supervisor(MultiService):
         """Waiting for the start-up ramp, or for its predecessor's LOGOUT."""
         return account_id in self._queue or account_id in self._successors
 
+    def _room(self) -> int | None:
+        """Sessions that may still start under ``capacity`` (None: no limit): running and
+        logging-out sessions each hold a descriptor."""
+        if self.capacity is None:
+            return None
+        started = len(self.sessions) - len(self._queue) - len(self._successors)
+        return max(0, self.capacity - started - len(self._leaving))
+
+    def _waiting_for_descriptors(self) -> set[str]:
+        """The queued accounts that the descriptor limit holds back (the queue's tail)."""
+        room = self._room()
+        if room is None or room >= len(self._queue):
+            return set()
+        return set(islice(self._queue, room, None))
+
     def _update_gauge(self) -> None:
-        metrics.SESSIONS.labels(state="queued").set(len(self._queue) + len(self._successors))
+        room = self._room()
+        waiting = 0 if room is None else max(0, len(self._queue) - room)
+        if waiting and not self._over_capacity:
+            log.warn("[idle/db] the file descriptor limit is reached: {capacity} sessions "
+                     "run, {waiting} accounts wait (state waiting-for-descriptors) until "
+                     "sessions end or the daemon restarts with a higher limit "
+                     "(docs/operations.md, \"File descriptors\")",
+                     capacity=self.capacity, waiting=waiting)
+        self._over_capacity = waiting
+        metrics.SESSIONS.labels(state=WAITING_FOR_DESCRIPTORS).set(waiting)
+        metrics.SESSIONS.labels(state="queued").set(
+            len(self._queue) - waiting + len(self._successors))
         metrics.SESSIONS.labels(state="invalid").set(len(self._invalid))
