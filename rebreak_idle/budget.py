@@ -2,7 +2,8 @@
 
 Every connection attempt of every session passes :meth:`HostBudget.acquire` for its host:
 at start-up, at a replica takeover and at every reconnect (the login budget is on by
-default, ``REBREAK_HOST_LOGIN_RATE``; docs/providers.md says why the rate). It fires with a :class:`Slot` once
+default, ``REBREAK_HOST_LOGIN_RATE``; docs/providers.md says why the rate). It fires with a
+:class:`Slot` once
 
 * the host's token bucket (``REBREAK_HOST_LOGIN_RATE`` per second, up to
   ``REBREAK_HOST_LOGIN_BURST`` at once) has a token, and
@@ -13,11 +14,11 @@ Attempts wait in a first-come queue per host; one reactor timer per host (never 
 session) refills the bucket. A host is named as DNS compares names (:func:`host_key`:
 ``Imap.Example.com.`` and ``imap.example.com`` share one budget), and a host that no session
 uses any more (nothing open, nothing queued, its bucket full again) is forgotten. The
-session releases its slot when the connection (attempt) ends, and reports when it is ready (idle or polling): after a wave of queued attempts the
-budget logs how long it took until all of them had settled. Providers limit per account,
-per IP and per login rate (Gmail 15 connections per account, Dovecot
-``mail_max_userip_connections``, Courier ``MAXPERIP``; EmailEngine spreads connections over
-local addresses the same way): see docs/providers.md.
+session releases its slot when the connection (attempt) ends, and reports when it is ready
+(idle or polling): after a wave of queued attempts the budget logs how long it took until
+all of them had settled. Providers limit per account, per IP and per login rate (Gmail 15
+connections per account, Dovecot ``mail_max_userip_connections``, Courier ``MAXPERIP``;
+EmailEngine spreads connections over local addresses the same way): see docs/providers.md.
 """
 
 from __future__ import annotations
