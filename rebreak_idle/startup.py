@@ -68,8 +68,9 @@ def daemon_or_exit(settings: Settings) -> IService:
 
     from .service import build_daemon
 
-    check_database_or_exit(settings)
     try:
-        return build_daemon(settings, reactor, owns_process=True)
+        daemon = build_daemon(settings, reactor, owns_process=True)
     except ValueError as e:
         raise _exit_config_error(e) from None
+    check_database_or_exit(settings)
+    return daemon
