@@ -39,7 +39,7 @@ from rebreak_idle.wheel import TimerWheel
 
 from .loopback import raise_nofile_limit
 
-PASSWORD = "storm-password"  # noqa: S105 - the in-process server's test user
+PASSWORD = "storm-password"
 
 
 class LoginClock:

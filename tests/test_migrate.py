@@ -154,6 +154,16 @@ class StartupCheckTests(SynchronousTestCase):
         self.assertEqual(columns(dsn), before)
         self.assertEqual(ensure_schema(dsn), [])  # nothing to do the second time
 
+    def test_replicas_starting_together_both_pass(self) -> None:
+        """Several replicas (PM2 instances) check at the same moment: one creates the
+        schema, the others find it; none fails."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        dsn = backend_only()
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _: ensure_schema(dsn), range(4)))
+        self.assertEqual(sorted(len(r) for r in results), [0, 0, 0, len(OWN_TABLES)])
+
     def test_a_missing_written_column_says_to_run_the_migration(self) -> None:
         dsn = backend_only(with_status_columns=False)
         before = columns(dsn)

@@ -65,6 +65,15 @@ def apply(dsn: str, dev_schema: bool = False) -> None:
         conn.close()
 
 
+def _absent(cur: psycopg2.extensions.cursor) -> list[str]:
+    """The daemon's own tables that do not exist (read from pg_tables with the statement's
+    snapshot: after waiting for another replica's creation it sees what that one made)."""
+    cur.execute("SELECT t FROM unnest(%s::text[]) AS t WHERE NOT EXISTS (SELECT 1 FROM "
+                "pg_catalog.pg_tables p WHERE p.schemaname || '.' || p.tablename = t)",
+                (list(OWN_TABLES),))
+    return [row[0] for row in cur.fetchall()]
+
+
 def ensure_schema(dsn: str, connect_timeout: int = 10) -> list[str]:
     """The start-up check: the backend's table has every column the daemon reads and
     writes, and the daemon's own tables exist (created here when missing). Returns the
@@ -92,15 +101,17 @@ def ensure_schema(dsn: str, connect_timeout: int = 10) -> list[str]:
                     "table rebreak.mail_connections lacks the column(s) "
                     f"{', '.join(missing)} that the daemon writes: run `rebreak-idle "
                     "migrate` (or `twist rebreak-idle --migrate`) once")
-            cur.execute("SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass(t) IS NULL",
-                        (list(OWN_TABLES),))
-            absent = [row[0] for row in cur.fetchall()]
+            absent = _absent(cur)
             if not absent:
                 return []
             try:
                 with conn.cursor() as ddl:
                     ddl.execute("BEGIN")
-                    ddl.execute(_own_schema_sql())
+                    # replicas starting together: one creates, the others wait and find it
+                    ddl.execute("SELECT pg_advisory_xact_lock(hashtext('rebreak_idle schema'))")
+                    absent = _absent(ddl)
+                    if absent:
+                        ddl.execute(_own_schema_sql())
                     ddl.execute("COMMIT")
             except psycopg2.Error as e:
                 raise SchemaProblem(
