@@ -391,8 +391,8 @@ class Supervisor(MultiService):
         room = self._room()
         waiting = 0 if room is None else max(0, len(self._queue) - room)
         if waiting and not self._over_capacity:
-            log.warn("[idle/db] the file descriptor limit is reached: {capacity} sessions "
-                     "run, {waiting} accounts wait (state waiting-for-descriptors) until "
+            log.warn("[idle/db] the file descriptor limit is reached: it allows {capacity} "
+                     "sessions, {waiting} accounts wait (state waiting-for-descriptors) until "
                      "sessions end or the daemon restarts with a higher limit "
                      "(docs/operations.md, \"File descriptors\")",
                      capacity=self.capacity, waiting=waiting)

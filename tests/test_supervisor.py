@@ -556,7 +556,7 @@ class DescriptorCapacityTests(SynchronousTestCase):
         self.assertEqual(sum(1 for e in self.events if e[0] == "start"), 6)
         warned = [line for line in self.logs if "file descriptor limit is reached" in line]
         self.assertEqual(len(warned), 1, self.logs)
-        self.assertIn("6 sessions run, 4 accounts wait (state waiting-for-descriptors)",
+        self.assertIn("it allows 6 sessions, 4 accounts wait (state waiting-for-descriptors)",
                       warned[0])
 
     def test_a_session_that_ends_lets_a_waiting_account_start(self) -> None:
