@@ -42,7 +42,8 @@ const path = require("path");
 
 const venv = process.env.REBREAK_IDLE_VENV || "/opt/rebreak-idle/venv";
 const shutdownSeconds = Number(process.env.REBREAK_SHUTDOWN_TIMEOUT || 10);
-const instances = Math.max(1, Math.floor(Number(process.env.REBREAK_IDLE_INSTANCES || 1)));
+const wanted = Math.floor(Number(process.env.REBREAK_IDLE_INSTANCES || 1));
+const instances = Number.isFinite(wanted) && wanted > 1 ? wanted : 1;
 
 // What differs per instance when several run on this host (see above).
 function replicaEnv(i) {
