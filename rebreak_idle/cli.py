@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from .db.migrate import migrate_or_exit
-from .startup import settings_or_exit
+from .startup import VERSION, settings_or_exit
 
 __all__ = ["main"]
 
@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> None:
         prog="rebreak-idle",
         description="Maintenance commands. Run the daemon itself with `twist rebreak-idle`.",
     )
+    parser.add_argument("--version", action="version", version=f"rebreak-idle {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("migrate", help="apply the idempotent migration (needs DATABASE_URL)")
     m.add_argument("--dev-schema", action="store_true",

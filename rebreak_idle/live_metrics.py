@@ -17,8 +17,9 @@ scrape at 50,000 sessions: ``python -m bench.statuscost``; nothing per heartbeat
     seconds since the newest EXISTS any session saw (NaN before the first one).
 ``rebreak_idle_accounts{state}``
     the supervisor's accounts by state as the status page counts them: the session states,
-    ``queued`` (waiting for the start-up ramp or for its predecessor's LOGOUT) and
-    ``invalid`` (rows that cannot be watched).
+    ``queued`` (waiting for the start-up ramp or for its predecessor's LOGOUT),
+    ``waiting-for-descriptors`` (held back by the descriptor limit) and ``invalid`` (rows
+    that cannot be watched).
 
 The scan trigger attaches itself to :data:`SCANS_LIVE` while it runs
 (:mod:`rebreak_idle.scan`, docs/reliability.md "Owed scans"):
@@ -62,7 +63,7 @@ class LiveSessions(Collector):
 
     def attach(self, supervisor: Any) -> None:
         """Compute from ``supervisor`` (``sessions``, ``clock``, ``_is_queued``,
-        ``_invalid``) from now on."""
+        ``_waiting_for_descriptors``, ``_invalid``) from now on."""
         self._source = supervisor
 
     def detach(self, supervisor: Any) -> None:

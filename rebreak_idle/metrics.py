@@ -66,3 +66,10 @@ CONNECTION_ENDS = _metric(Counter, "rebreak_idle_connection_ends",
 LOGIN_QUEUE = _metric(Gauge, "rebreak_idle_login_queue",
                       "Connection attempts waiting for a host's login budget or connection "
                       "limit")
+SESSION_CAPACITY = _metric(Gauge, "rebreak_idle_session_capacity",
+                           "Sessions this process may run at once: the soft file descriptor "
+                           "limit minus a reserve (NaN: no limit)")
+DESCRIPTOR_LIMIT = _metric(Gauge, "rebreak_idle_descriptor_limit",
+                           "The process's soft RLIMIT_NOFILE after start-up (NaN: unlimited)")
+BUILD_INFO = _metric(Gauge, "rebreak_idle_build_info",
+                     "Always 1; the version label is the daemon's version", "version")

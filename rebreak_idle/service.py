@@ -23,7 +23,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 
-from . import gc_tuning, memory
+from . import __version__, descriptors, gc_tuning, memory, metrics
 from .account import Account, InvalidAccount, account_from_row
 from .budget import HostBudget
 from .config import (
@@ -67,6 +67,11 @@ class Daemon(MultiService):
         self.settings = settings
         self.reactor = reactor
         self.owns_process = owns_process
+        #: the descriptor limit: raised to the hard limit when the daemon owns the process
+        #: (as Node.js does); the sessions it allows (rebreak_idle.descriptors)
+        self.descriptors = descriptors.raise_soft_limit() if owns_process else None
+        self.capacity = None if self.descriptors is None else \
+            descriptors.session_capacity(self.descriptors)
         #: the sessions' heartbeat timers and command deadlines, on one reactor timer
         self.timers = TimerWheel(reactor, timer_resolution(settings))
         self._session_settings = session_settings(settings)
@@ -110,7 +115,8 @@ class Daemon(MultiService):
                                      supervisor_settings(settings), reactor,
                                      account_filter=account_filter,
                                      on_session_removed=self._session_removed,
-                                     after_refresh=self.store.prune)
+                                     after_refresh=self.store.prune,
+                                     capacity=self.capacity)
         self.supervisor.setServiceParent(self)
         if settings.notify_channel:
             self.store.listen(settings.notify_channel, self.supervisor.request_refresh,
@@ -182,16 +188,36 @@ class Daemon(MultiService):
     def startService(self) -> None:
         s = self.settings
         log.info(
-            "rebreak-idle starting: backend {backend}, refresh {refresh:g}s, heartbeat "
-            "{heartbeat:g}s, IDLE renewal {renew:g}s, status server {status}, leases {leases}",
-            backend=s.backend_url, refresh=s.refresh_interval, heartbeat=s.heartbeat_interval,
-            renew=s.idle_renew, status=s.status_endpoint or "off", leases=s.leases,
+            "rebreak-idle {version} starting: backend {backend}, refresh {refresh:g}s, "
+            "heartbeat {heartbeat:g}s, IDLE renewal {renew:g}s, status server {status}, "
+            "leases {leases}, host login budget {budget}",
+            version=__version__, backend=s.backend_url, refresh=s.refresh_interval,
+            heartbeat=s.heartbeat_interval, renew=s.idle_renew,
+            status=s.status_endpoint or "off", leases=s.leases,
+            budget="off" if s.host_login_rate is None else
+            f"{s.host_login_rate:g}/s, burst {s.host_login_burst}",
         )
+        metrics.BUILD_INFO.labels(version=__version__).set(1)
+        self._log_descriptors()
         super().startService()
         if self.owns_process:
             gc_tuning.tune_for_many_sessions()
             self.reactor.callWhenRunning(self._install_signal_handlers)
             self.supervisor.ramp.on_settled = memory.release_free_heap
+
+    def _log_descriptors(self) -> None:
+        limit = self.descriptors
+        if limit is None:
+            return
+        nan = float("nan")
+        metrics.DESCRIPTOR_LIMIT.set(nan if limit.soft is None else limit.soft)
+        metrics.SESSION_CAPACITY.set(nan if self.capacity is None else self.capacity)
+        raised = "" if limit.was == limit.soft else f", raised from {limit.was}"
+        log.info("[idle/db] file descriptor limit {soft}{raised} (hard {hard}): up to "
+                 "{capacity} sessions ({reserve} descriptors kept for the database, backend "
+                 "and status connections)", soft=limit.soft or "unlimited", raised=raised,
+                 hard=limit.hard or "unlimited", capacity=self.capacity or "unlimited",
+                 reserve=descriptors.DESCRIPTOR_RESERVE)
 
     def _install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: a graceful stop (LOGOUT, flush, scans) and exit status 0.

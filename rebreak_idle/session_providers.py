@@ -136,6 +136,11 @@ class ProviderLimits:
         """Record and log why the connection ended; a recycle is routine: the mailbox is
         fine, nothing is recorded and no ``connect failed`` line is logged."""
         account = self.account
+        if outcome.cause == "descriptors":  # the process's limit: not the account's error
+            log.warn("[idle/{email}] connect postponed: {reason}; not the account's error "
+                     "(docs/operations.md, \"File descriptors\")", email=account.email,
+                     reason=outcome.text, account_id=account.id)
+            return
         if outcome.kind == RECYCLE:
             log.info("[idle/{email}] connection recycled by the server: {reason}",
                      email=account.email, reason=outcome.text, account_id=account.id)

@@ -30,7 +30,7 @@ MAX_OFFSET = 10_000_000
 _MAX_TEXT = 200
 REFRESH_RANGE = (5, 3600)
 #: States that need an operator's attention, in the order the page lists them.
-ATTENTION = ("auth-failed", "backoff", "invalid")
+ATTENTION = ("auth-failed", "backoff", "invalid", "waiting-for-descriptors")
 _READY_STATES = frozenset({"idle", "polling"})
 _ORDER = {state: n for n, state in enumerate(
     (*ATTENTION, "connecting", "authenticating", "selecting", "queued", "stopped",

@@ -20,12 +20,13 @@ those (:func:`~rebreak_idle.status_query.choose`).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .session_state import State
 from .status_query import PageQuery, Selection, choose, page_order, ranked_hosts
+from .supervisor import WAITING_FOR_DESCRIPTORS
 
 __all__ = ["StatusRows"]
 
@@ -68,18 +69,21 @@ class StatusRows:
             kept = self._sorted = _Sorted(sup.version, sessions, search, hosts, invalid)
         return kept
 
-    def state_of(self, entry: Any) -> str:
+    def state_of(self, entry: Any, waiting: Container[str] = ()) -> str:
+        """The state the page shows; ``waiting``: the accounts the descriptor limit holds
+        back (:meth:`Supervisor.waiting_for_descriptors`, asked once per page)."""
         if not hasattr(entry, "account"):
             return "invalid"
         if entry.state is State.STOPPED and self._sup.is_queued(entry.account.id):
-            return "queued"
+            return WAITING_FOR_DESCRIPTORS if entry.account.id in waiting else "queued"
         return str(entry.state)
 
-    def _fields(self, entry: Any) -> tuple[str, str, str, str | None, str | None]:
+    def _fields(self, entry: Any, waiting: Container[str] = ()
+                ) -> tuple[str, str, str, str | None, str | None]:
         if not hasattr(entry, "account"):
             return "invalid", entry.email or "", entry.id, None, entry.reason
         account = entry.account
-        return (self.state_of(entry), account.email, account.id, account.host,
+        return (self.state_of(entry, waiting), account.email, account.id, account.host,
                 entry.last_error)
 
     def _hosts(self, kept: _Sorted) -> tuple[list[tuple[str, int, int]], int]:
@@ -93,11 +97,11 @@ class StatusRows:
         """The entries shown in ``state``, in e-mail order (one pass)."""
         if state == "invalid":
             return kept.invalid
-        if state in ("queued", "stopped"):
+        if state in ("queued", "stopped", WAITING_FOR_DESCRIPTORS):
             queued = self._sup.is_queued
-            want = state == "queued"
+            waiting = self._sup.waiting_for_descriptors()
             return [s for s in kept.sessions if s.state is State.STOPPED
-                    and queued(s.account.id) is want]
+                    and self.state_of(s, waiting) == state]
         try:
             wanted = State(state)
         except ValueError:
@@ -109,7 +113,9 @@ class StatusRows:
         hosts, host_count = self._hosts(kept)
         total = len(kept.sessions) + len(kept.invalid)
         if query.q or query.host:
-            chosen = choose(self._narrowed(kept, query), query, self._fields, by_email=True)
+            waiting = self._sup.waiting_for_descriptors()
+            chosen = choose(self._narrowed(kept, query), query,
+                            lambda entry: self._fields(entry, waiting), by_email=True)
             rows = chosen.page
             matching = chosen.matching
         else:

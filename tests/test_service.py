@@ -10,6 +10,7 @@ import treq
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
+from rebreak_idle import __version__
 from rebreak_idle.config import Settings
 from rebreak_idle.db.migrate import apply
 from rebreak_idle.secrets import encrypt_secret
@@ -99,6 +100,7 @@ class WiringTests(DaemonCase):
             self.assertIsNone(account["last_error"])
         metrics = await (await treq.get(f"{base}/metrics", persistent=False)).text()
         self.assertIn('rebreak_idle_sessions{state="idle"} 2.0', metrics)
+        self.assertIn(f'rebreak_idle_build_info{{version="{__version__}"}} 1.0', metrics)
         text = json.dumps(accounts) + metrics
         for secret in (ADMIN, KEY, *USERS.values()):
             self.assertNotIn(secret, text)

@@ -5,11 +5,12 @@ hold-off, polling, stop in each state) without sockets or sleeps."""
 
 from __future__ import annotations
 
+import errno
 import json
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectBindError, ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
@@ -593,6 +594,23 @@ class FailureTests(SynchronousTestCase):
                          "[idle/ann@example.test] connect failed: connection refused")
         self.assertEqual(counter("rebreak_idle_reconnects", cause="network"), network + 8)
         self.assertEqual(h.session.snapshot()["attempt"], 8)
+
+    def test_out_of_descriptors_is_not_the_accounts_error(self) -> None:
+        """EMFILE when the socket is made: the process's limit, so nothing is written as
+        the account's last_connect_error and no "connect failed" line blames it; the
+        session retries with its backoff."""
+        h = Harness(self)
+        h.endpoint.refuse = ConnectBindError(errno.EMFILE, "Too many open files")
+        h.start()
+        self.assertEqual(h.session.state, "backoff")
+        self.assertEqual(h.recorder.errors, [])
+        self.assertEqual(h.lines("connect failed"), [])
+        (line,) = h.lines("connect postponed")
+        self.assertIn("no file descriptor left", line)
+        self.assertEqual(h.session.snapshot()["last_error"], None)
+        h.endpoint.refuse = None
+        h.run(10)
+        self.assertEqual(h.session.state, "idle")
 
     def test_jitter_stretches_delays(self) -> None:
         h = Harness(self, jitter=0.5)

@@ -682,3 +682,60 @@ class StateCountTests(SynchronousTestCase):
         self.stop()
         self.assertEqual(self.shown(), {"invalid": 1})
         self.assertEqual(self.sup.tally.counts(), dict.fromkeys(State, 0))
+
+
+class DescriptorCapacityTests(SynchronousTestCase):
+    """More active accounts than the descriptor limit allows: the accounts beyond wait,
+    shown as waiting-for-descriptors, said once, and start when sessions end."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.events: list = []
+        self.store = MemoryStore([row(n) for n in range(10)])
+        self.logs = capture_logs(self)
+
+    def supervisor(self, capacity: int | None) -> Supervisor:
+        sup = Supervisor(self.store, lambda a: TestSession(a, self.events), DECODE,
+                         settings(refresh_interval=5, connect_rate=1000), self.clock,
+                         capacity=capacity)
+        self.addCleanup(sup.stopService)
+        return sup
+
+    def states(self, sup: Supervisor) -> list[str]:
+        return sorted(s["state"] for s in sup.snapshot())
+
+    def test_accounts_beyond_the_capacity_wait_and_say_so_once(self) -> None:
+        sup = self.supervisor(capacity=6)
+        sup.startService()
+        self.clock.advance(1)
+        self.assertEqual(sum(1 for e in self.events if e[0] == "start"), 6)
+        self.assertEqual(self.states(sup), ["running"] * 6 + ["waiting-for-descriptors"] * 4)
+        self.assertEqual(sample("rebreak_idle_sessions", state="waiting-for-descriptors"), 4)
+        self.assertEqual(sample("rebreak_idle_sessions", state="queued"), 0)
+        for _ in range(5):  # later refreshes: nothing started, nothing said again
+            self.clock.advance(5)
+        self.assertEqual(sum(1 for e in self.events if e[0] == "start"), 6)
+        warned = [line for line in self.logs if "file descriptor limit is reached" in line]
+        self.assertEqual(len(warned), 1, self.logs)
+        self.assertIn("it allows 6 sessions, 4 accounts wait (state waiting-for-descriptors)",
+                      warned[0])
+
+    def test_a_session_that_ends_lets_a_waiting_account_start(self) -> None:
+        sup = self.supervisor(capacity=6)
+        sup.startService()
+        self.clock.advance(1)
+        started = [e[1] for e in self.events if e[0] == "start"]
+        self.store.rows = [r for r in self.store.rows if r["id"] not in started[:2]]
+        self.clock.advance(5)
+        self.assertEqual(sum(1 for e in self.events if e[0] == "start"), 8)
+        self.assertEqual(self.states(sup), ["running"] * 6 + ["waiting-for-descriptors"] * 2)
+        self.store.rows = self.store.rows[:6]
+        self.clock.advance(5)
+        self.assertEqual(self.states(sup), ["running"] * 6)
+        self.assertEqual(sample("rebreak_idle_sessions", state="waiting-for-descriptors"), 0)
+
+    def test_without_a_limit_everything_starts(self) -> None:
+        sup = self.supervisor(capacity=None)
+        sup.startService()
+        self.clock.advance(1)
+        self.assertEqual(self.states(sup), ["running"] * 10)
