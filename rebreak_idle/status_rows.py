@@ -98,7 +98,6 @@ class StatusRows:
         if state == "invalid":
             return kept.invalid
         if state in ("queued", "stopped", WAITING_FOR_DESCRIPTORS):
-            queued = self._sup.is_queued
             waiting = self._sup.waiting_for_descriptors()
             return [s for s in kept.sessions if s.state is State.STOPPED
                     and self.state_of(s, waiting) == state]

@@ -86,7 +86,7 @@ class Supervisor(MultiService):
     ``on_session_removed(account_id)`` is called once an account has no session left
     (stopped, none replacing it); ``after_refresh()`` runs after each successful refresh,
     as its last step (the store's pruning of rows of deleted accounts); ``capacity``:
-    sessions running (or logging out) at most (None: no limit).
+    sessions running (or logging out) at most (None: no limit)."""
 
     def __init__(self, store: IAccountSource, session_factory: Callable[[Account], IService],
                  decode: Decode, settings: SupervisorSettings, clock: Any, *,
@@ -192,8 +192,9 @@ class Supervisor(MultiService):
 
     def counts(self) -> dict[str, int]:
         """The accounts by state as :meth:`snapshot` shows them (``queued``,
-        ``waiting-for-descriptors``, ``invalid`` and the session states), from :attr:`tally` and the supervisor's own sets:
-        O(sessions being stopped), not O(sessions)."""
+        ``waiting-for-descriptors``, ``invalid`` and the session states), from
+        :attr:`tally` and the supervisor's own sets: O(sessions being stopped), not
+        O(sessions)."""
         tally = self.tally.counts()
         for session in self._stopping.values():  # still moving the tally, shown nowhere
             state = getattr(session, "state", State.STOPPED)
