@@ -13,8 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from rebreak_idle import metrics
 from rebreak_idle.accounts.account import Account
 from rebreak_idle.fleet.supervisor import Supervisor
+from rebreak_idle.live_metrics import LIVE, SCANS_LIVE
 from rebreak_idle.session.states import State, StateTally
-from rebreak_idle.status.live_metrics import LIVE, SCANS_LIVE
 from tests.test_supervisor import DECODE, MemoryStore, row, settings
 
 

@@ -37,18 +37,18 @@ from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .. import imap
-from ..accounts.account import Account
-from ..accounts.destinations import DestinationPolicy, policy_for
-from ..config import Settings
-from ..db.store import AccountStore
-from ..failures import account_secrets, describe, maskable, scrub
-from ..fleet.supervisor import InvalidRow
-from ..imap.client import ConnectionState
-from ..net.connecting import server_endpoint, shared_tls_creator
-from ..service import row_decoder
-from ..session.login_sequence import LoggedIn, LoginSequence, Phase
-from ..session.reconnect_policy import classify, credentials_rejected
+from . import imap
+from .accounts.account import Account
+from .accounts.destinations import DestinationPolicy, policy_for
+from .config import Settings
+from .db.store import AccountStore
+from .failures import account_secrets, describe, maskable, scrub
+from .fleet.supervisor import InvalidRow
+from .imap.client import ConnectionState
+from .net.connecting import server_endpoint, shared_tls_creator
+from .service import row_decoder
+from .session.login_sequence import LoggedIn, LoginSequence, Phase
+from .session.reconnect_policy import classify, credentials_rejected
 
 __all__ = ["FAILED", "NO_ROW", "OK", "ProbeReport", "format_report", "probe", "run_probe"]
 

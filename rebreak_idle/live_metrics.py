@@ -42,8 +42,8 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from ..metrics import REGISTRY
-from ..session.states import State
+from .metrics import REGISTRY
+from .session.states import State
 
 __all__ = ["HEARTBEAT_BUCKETS", "LIVE", "SCANS_LIVE", "LiveScans", "LiveSessions"]
 
