@@ -13,7 +13,7 @@ from rebreak_idle import metrics
 from rebreak_idle.config import DEFAULT_HOST_LOGIN_BURST, DEFAULT_HOST_LOGIN_RATE, Settings
 from rebreak_idle.session.host_budget import HostBudget, Slot, host_key
 from rebreak_idle.session.states import State
-from tests.test_provider_days import Sim, account
+from tests.support.provider_days import Sim, account
 
 
 def grants(budget: HostBudget, host: str, n: int) -> list[list[Any]]:

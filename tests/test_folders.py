@@ -29,10 +29,10 @@ from rebreak_idle.testing.imapserver import InProcessIMAPServer
 from tests.support.dovecot import DovecotServer, skip_without_dovecot
 from tests.support.profiles import PROFILES
 from tests.support.scripted_imap import Folder
+from tests.support.session_harness import Harness as ScriptedHarness
+from tests.support.session_harness import make_settings
+from tests.support.session_servers import PASSWORD, USER, Events, Recorder, account, settings
 from tests.support.wait import until
-from tests.test_session import Harness as ScriptedHarness
-from tests.test_session import make_settings
-from tests.test_session_servers import PASSWORD, USER, Events, Recorder, account, settings
 
 ENV = {"DATABASE_URL": "postgresql://x", "ADMIN_SECRET": "s" * 8,
        "ENCRYPTION_KEY": "k" * 32}

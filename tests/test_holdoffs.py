@@ -22,8 +22,8 @@ from rebreak_idle.interfaces import IHoldoffRecorder
 from rebreak_idle.session.states import State
 from rebreak_idle.session.tokens import token_only_change
 from rebreak_idle.testing.pg import fresh_database, sql
-from tests.test_provider_days import DAY, HOUR, Sim, account
-from tests.test_store import add_row, inline
+from tests.support.account_rows import add_row, inline
+from tests.support.provider_days import DAY, HOUR, Sim, account
 
 KEY = b"k" * 32
 

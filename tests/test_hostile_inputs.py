@@ -23,7 +23,7 @@ from rebreak_idle.failures import account_secrets, describe, scrub
 from rebreak_idle.ops.log_folding import EventFold
 from rebreak_idle.ops.logs import escape_controls, json_observer, text_observer
 from rebreak_idle.scan.trigger import ScanTrigger
-from tests.test_scan import account, settings
+from tests.support.scan_harness import account, settings
 
 ENV = {"DATABASE_URL": "postgresql://app@127.0.0.1/x", "ADMIN_SECRET": "admin-secret-1",
        "ENCRYPTION_KEY": "k" * 32}
@@ -344,7 +344,7 @@ class StartupCommandTests(SynchronousTestCase):
     """``twist rebreak-idle`` itself: one line and exit 78."""
 
     def test_ca_file_without_a_certificate_exits_78(self) -> None:
-        from tests.test_config import env, run_twist
+        from tests.support.twist import env, run_twist
 
         path = Path(self.mktemp())
         path.write_text("-----BEGIN NOTHING-----\n")
@@ -356,7 +356,7 @@ class StartupCommandTests(SynchronousTestCase):
         self.assertIn("holds no PEM certificate", lines[0])
 
     def test_dsn_with_a_space_in_the_password_exits_78_without_it(self) -> None:
-        from tests.test_config import env, run_twist
+        from tests.support.twist import env, run_twist
 
         dsn = "host=127.0.0.1 dbname=x user=app password=first secondhalf"
         result = run_twist("rebreak-idle", environ=env(DATABASE_URL=dsn))

@@ -22,8 +22,8 @@ from rebreak_idle.interfaces import IRecorder
 from rebreak_idle.session.mailbox_marks import MailboxMemory
 from rebreak_idle.session.session import MailboxSession
 from tests.support.scripted_imap import ScriptedIMAPServer
+from tests.support.session_servers import settings
 from tests.support.wait import until
-from tests.test_session_servers import settings
 
 SESSIONS = 100
 HOSTILE = ("capability-flood-idle", "parens-flood-idle") * 2

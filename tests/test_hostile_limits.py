@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 
 from rebreak_idle.imap import AuthenticationFailed, InputFlood, ProtocolError
-from tests.test_imap import ClientTestCase, result_of
+from tests.support.imap_client import ClientTestCase, result_of
 
 XOAUTH2_GREETING = b"* OK [CAPABILITY IMAP4rev1 IDLE AUTH=XOAUTH2] hi\r\n"
 

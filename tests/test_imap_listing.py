@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred
 from rebreak_idle.imap import CommandFailed
 from rebreak_idle.imap.listing import ListEntry
 from rebreak_idle.session.folders import STATUS_ITEMS, resolve
-from tests.test_imap import GREETING, ClientTestCase, result_of
+from tests.support.imap_client import GREETING, ClientTestCase, result_of
 
 
 class ListTests(ClientTestCase):

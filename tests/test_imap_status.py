@@ -8,7 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from rebreak_idle.imap import CommandFailed, ProtocolError
 from rebreak_idle.imap.parser import status_items
-from tests.test_imap import ClientTestCase, result_of
+from tests.support.imap_client import ClientTestCase, result_of
 
 
 class StatusItemsTests(SynchronousTestCase):

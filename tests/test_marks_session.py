@@ -14,12 +14,12 @@ from rebreak_idle.session.mailbox_marks import MailboxMark, MailboxMemory
 from rebreak_idle.session.session import MailboxSession
 from rebreak_idle.testing.imapserver import InProcessIMAPServer
 from tests.support.profiles import PROFILES
+from tests.support.scan_harness import Harness as ScanHarness
+from tests.support.scan_harness import account
+from tests.support.session_harness import Harness
+from tests.support.session_servers import PASSWORD, USER, Events, Recorder, settings
+from tests.support.session_servers import account as server_account
 from tests.support.wait import until
-from tests.test_scan import Harness as ScanHarness
-from tests.test_scan import account
-from tests.test_session import Harness
-from tests.test_session_servers import PASSWORD, USER, Events, Recorder, settings
-from tests.test_session_servers import account as server_account
 
 
 class LostCatchUpTests(SynchronousTestCase):

@@ -12,11 +12,10 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from rebreak_idle import __version__
 from rebreak_idle.db.migrate import MIGRATION_SQL, OWN_TABLES, SchemaProblem, apply, ensure_schema
-from rebreak_idle.testing.pg import fresh_database
+from rebreak_idle.testing.pg import fresh_database, sql
 from tests.support.daemon import DaemonProcess
 from tests.support.faults import app_dsn
 from tests.support.leaks import DB_PASSWORD
-from tests.test_store import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -14,7 +14,7 @@ from twisted.trial.unittest import TestCase
 from rebreak_idle.db.prune import prune_gone
 from rebreak_idle.db.store import AccountStore
 from rebreak_idle.testing.pg import fresh_database, sql
-from tests.test_store import add_row
+from tests.support.account_rows import add_row
 
 
 def add_mark(dsn: str, account_id: str, mailbox: str = "INBOX") -> None:

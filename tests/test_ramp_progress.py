@@ -8,8 +8,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from rebreak_idle.fleet.supervisor import Supervisor
-from tests.test_live_metrics import StateSession
-from tests.test_supervisor import DECODE, MemoryStore, capture_logs, row, settings
+from tests.support.fleet import DECODE, MemoryStore, capture_logs, row, settings
+from tests.support.state_session import StateSession
 
 RAMP = re.compile(r"\[idle/db\] ramp: ")
 

@@ -11,8 +11,8 @@ from rebreak_idle.config import session_settings
 from rebreak_idle.session.host_budget import HostBudget
 from rebreak_idle.session.session import MailboxSession
 from tests.support.scripted_imap import PROFILES, ScriptedIMAPServer
+from tests.support.session_harness import Recorder, make_settings
 from tests.support.wait import until
-from tests.test_session import Recorder, make_settings
 
 
 class SourceAddressTests(TestCase):

@@ -4,7 +4,6 @@ the outage and NOTIFY cases."""
 from __future__ import annotations
 
 import re
-import uuid
 from collections import Counter
 from typing import Any
 
@@ -13,7 +12,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
@@ -22,40 +21,21 @@ from zope.interface.verify import verifyObject
 from rebreak_idle import metrics
 from rebreak_idle.accounts.account import Account
 from rebreak_idle.accounts.secrets import encrypt_secret
-from rebreak_idle.config import Settings, StatusSettings, SupervisorSettings, supervisor_settings
+from rebreak_idle.config import Settings, StatusSettings, supervisor_settings
 from rebreak_idle.db.store import AccountStore
 from rebreak_idle.fleet.supervisor import Supervisor
 from rebreak_idle.interfaces import IAccountSource
-from rebreak_idle.service import row_decoder
 from rebreak_idle.session.states import State
 from rebreak_idle.status.server import make_status_resource
-from rebreak_idle.testing.pg import PostgresServer, fresh_database
+from rebreak_idle.testing.pg import PostgresServer, fresh_database, sql
+from tests.support.account_rows import add_row, inline, status
+from tests.support.fleet import DECODE, KEY, MemoryStore, capture_logs, row, settings
 from tests.support.scripted_imap import ScriptedIMAPServer
-from tests.test_store import add_row, inline, sql, status
-
-KEY = "k" * 32
-#: rows into Accounts as the daemon decodes them (the secret decrypted with KEY)
-DECODE = row_decoder(KEY.encode())
-
-
-def settings(**kw: Any) -> SupervisorSettings:
-    return supervisor_settings(Settings(database_url="postgresql://x", admin_secret="s" * 8,
-                                        encryption_key=KEY, **kw))
 
 
 def sample(name: str, **labels: str) -> float | None:
     """A metric's current value, read through the daemon's registry."""
     return metrics.REGISTRY.get_sample_value(name, labels)
-
-
-def row(n: int = 0, password: str = "pw", **cols: Any) -> dict:  # noqa: S107
-    base = {"id": str(uuid.UUID(int=n + 1)), "user_id": str(uuid.UUID(int=10_000 + n)),
-            "email": f"u{n}@example.org", "imap_host": "imap.example.org", "imap_port": 993,
-            "imap_security": "tls", "imap_username": None, "auth_method": "password",
-            "encrypted_secret": encrypt_secret(password, KEY.encode()),
-            "last_connect_error": None, "heartbeat_age": None}
-    base.update(cols)
-    return base
 
 
 class TestSession(Service):
@@ -82,42 +62,6 @@ class TestSession(Service):
     def snapshot(self) -> dict:
         return {"id": self.account.id, "email": self.account.email,
                 "state": "running" if self.running else "new"}
-
-
-@implementer(IAccountSource)
-class MemoryStore:
-    """The store seam for the clock-driven tests: rows in memory, errors recorded."""
-
-    def __init__(self, rows: list[dict]) -> None:
-        self.rows = rows
-        self.errors: list[tuple[str, str]] = []
-        self.reads = 0
-        self.gate: Deferred | None = None  # when set, active() waits for it
-        self.fail = False
-
-    def active(self) -> Deferred:
-        self.reads += 1
-        if self.fail:
-            return defer.fail(OSError("connection refused"))
-        if self.gate is not None:
-            gate, self.gate = self.gate, None
-            return gate.addCallback(lambda _: [dict(r) for r in self.rows])
-        return succeed([dict(r) for r in self.rows])
-
-    def record_error(self, account_id: str, text: str) -> None:
-        self.errors.append((account_id, text))
-
-
-def capture_logs(case: SynchronousTestCase) -> list[str]:
-    lines: list[str] = []
-
-    def observer(event: dict) -> None:
-        if event.get("log_level", LogLevel.info) >= LogLevel.info:
-            lines.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observer)
-    case.addCleanup(globalLogPublisher.removeObserver, observer)
-    return lines
 
 
 class ReconcileTests(SynchronousTestCase):
