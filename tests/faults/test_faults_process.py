@@ -28,7 +28,7 @@ from tests.support.leaks import (
     text_has_secret,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 N_ACCOUNTS = 200
 SHUTDOWN_TIMEOUT = 4.0
 

@@ -17,7 +17,7 @@ from tests.support.daemon import DaemonProcess
 from tests.support.faults import app_dsn
 from tests.support.leaks import DB_PASSWORD
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 STATUS_COLUMNS = ["last_connect_error", "last_connect_error_at", "last_idle_heartbeat_at"]
 

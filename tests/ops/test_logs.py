@@ -28,7 +28,7 @@ from rebreak_idle.ops.logs import configure_runner_logging, event_as_json, json_
 from rebreak_idle.ops.logs import text_observer as make_text_observer
 from rebreak_idle.options import Options
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ADMIN = "adm1n-s3cret-for-logs"
 KEY = "enc-key-0123456789-0123456789-abcdef"
 DB_PASSWORD = "db-pa55-w0rd"

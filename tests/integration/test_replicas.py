@@ -42,7 +42,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from bench.runner import free_port, ready_line
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 N_ACCOUNTS = 300
 TTL = 6.0
 RENEW = 2.0

@@ -33,7 +33,7 @@ from tests.support.faults import (
 )
 from tests.support.tools import tool
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ECOSYSTEM = ROOT / "contrib" / "ecosystem.config.js"
 SHUTDOWN_TIMEOUT = 3.0
 

@@ -1,6 +1,6 @@
 """The parser's own functions on hand-written input: nested data as RFC 3501 §4 writes
 it, capability lists, and the excerpt of a line for an error text. (Any bytes at all:
-the property tests of tests/test_imap_hostile.py.)"""
+the property tests of tests/faults/test_imap_hostile.py.)"""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ import rebreak_idle.service  # noqa: F401  (imports every room, so every metric 
 from rebreak_idle.metrics import REGISTRY
 from tests.support.tools import tool
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "contrib" / "prometheus" / "alerts.yml"
 RULE_TESTS = ROOT / "contrib" / "prometheus" / "alerts_test.yml"
 DASHBOARD = ROOT / "contrib" / "grafana" / "rebreak-idle.json"

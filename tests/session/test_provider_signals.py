@@ -20,7 +20,7 @@ from rebreak_idle.session.reconnect_policy import (
 )
 from rebreak_idle.timing.backoff import Backoff
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "providers.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "providers.md"
 
 
 def kind_of(exc: BaseException) -> str:

@@ -11,8 +11,7 @@ from rebreak_idle.imap import ConnectionLost, IdleClient, IdleState
 from rebreak_idle.imap.client import CONNECTION_TRANSITIONS, ConnectionState
 from rebreak_idle.imap.idle import TRANSITIONS, IdleTransitionError
 from rebreak_idle.imap.inherited import UNSUPPORTED_COMMANDS, UNSUPPORTED_HOOKS, Unsupported
-
-from .test_imap import ClientTestCase, result_of
+from tests.support.imap_client import ClientTestCase, result_of
 
 S = IdleState
 #: inherited from IMAP4Client and its bases, working as they are (tested below)

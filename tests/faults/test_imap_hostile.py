@@ -26,7 +26,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from rebreak_idle.imap import IdleClient, IMAPError, ProtocolError, ServerBye, parser
 
-CORPUS = Path(__file__).parent / "corpus" / "imap_server_lines.txt"
+CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "imap_server_lines.txt"
 GREETING = b"* OK [CAPABILITY IMAP4rev1 IDLE AUTH=PLAIN SASL-IR] ready\r\n"
 MAX_LINE = 256
 MAX_LITERAL = 1024
