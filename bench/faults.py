@@ -57,6 +57,8 @@ from .runner import (
 __all__ = ["FULL", "QUICK", "Fault", "main", "plan_mail"]
 
 PER_ACCOUNT = ("bye", "silent", "deaf")
+#: the daemon's gauges of owed scans, sampled every 5 s where it has them
+OWED_GAUGES = ("rebreak_idle_scans_owed", "rebreak_idle_oldest_owed_scan_age_seconds")
 
 
 @dataclass(frozen=True)
@@ -228,6 +230,24 @@ class Daemons:
     def unexpected_exits(self) -> list[str]:
         return [n for n, p in self.procs.items() if p.poll() is not None and n not in self.killed]
 
+    def gauges(self, names: Sequence[str]) -> dict[str, float]:
+        """The sum over the live daemons of each gauge in ``names`` that their /metrics
+        show (absent ones are left out)."""
+        out: dict[str, float] = {}
+        for name, port in self.status_ports.items():
+            if self.procs[name].poll() is not None:
+                continue
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                status, body = http_get(f"http://127.0.0.1:{port}/metrics", 2.0)
+                if status != 200:
+                    continue
+                for line in body.decode(errors="replace").splitlines():
+                    metric, _, value = line.partition(" ")
+                    if metric in names:
+                        with contextlib.suppress(ValueError):
+                            out[metric] = out.get(metric, 0.0) + float(value)
+        return out
+
     def rss(self) -> list[int]:
         out = []
         for p in self.procs.values():
@@ -259,6 +279,7 @@ class FaultBench:
         self.deliveries: list[Delivery] = []
         self.db_down = False
         self.spell: dict[str, Any] | None = None  # the backend-down spell going on
+        self.owed_max: dict[str, float] = {}
 
     # -- parts ---------------------------------------------------------------------------
 
@@ -361,6 +382,7 @@ class FaultBench:
         self.bench.pg.start()
         self.db_down = False
         self.spell: dict[str, Any] | None = None  # the backend-down spell going on
+        self.owed_max: dict[str, float] = {}
         self.fleet_windows.append(Window("db-restart", self.db_since, time.time()))
 
     def _kill_all(self) -> None:
@@ -477,6 +499,7 @@ class FaultBench:
                 next_sample += 1.0
             if now >= next_rss:
                 self.rss_samples += self.daemons.rss()
+                self.sample_owed()
                 next_rss += 5.0
             for name in self.daemons.unexpected_exits():
                 self.errors.append(f"daemon {name} exited by itself at "
@@ -489,6 +512,11 @@ class FaultBench:
         for step in steps[si:]:  # put back what is still down
             if step.restore:
                 self.do(step, t0)
+
+    def sample_owed(self) -> None:
+        """The owed-scan gauges (issue 23), where the daemon has them: the most seen."""
+        for name, value in self.daemons.gauges(OWED_GAUGES).items():
+            self.owed_max[name] = max(self.owed_max.get(name, 0.0), value)
 
     def do(self, step: Step, t0: float) -> None:
         self.log(f"{time.time() - t0:6.1f}s {step.what}")
@@ -534,6 +562,8 @@ class FaultBench:
                                               "replica-kill")}
         report["schedule"] = sorted(self.executed, key=lambda e: e["at_s"])
         report["daemon_starts"] = self.daemons.starts
+        report["owed_gauges_max"] = {k.removeprefix("rebreak_idle_"): round(v, 1)
+                                     for k, v in sorted(self.owed_max.items())}
         report["ids"] = {e: self.users[e] for e in report["missed"]}
         return report
 
@@ -626,6 +656,9 @@ def render(r: dict[str, Any]) -> str:
     out.append("account faults done: " + ", ".join(f"{k} {v}" for k, v in faults.items())
                + f" (not done, account not connected: {r.get('account_fault_misses')}); "
                f"daemon starts {r.get('daemon_starts')}")
+    owed = r.get("owed_gauges_max")
+    out.append("owed-scan gauges, most seen (every 5 s): " + (", ".join(
+        f"{k} {v}" for k, v in owed.items()) if owed else "none exposed"))
     dl = r.get("daemon_log", {})
     out.append(f"daemon log: 'backend down' x{dl.get('backend_down_lines')}, 'backend back "
                f"after' x{dl.get('backend_back_lines')} {' '.join(dl.get('backend_back', []))}"
