@@ -360,7 +360,8 @@ class Bench:
                 "top": [[" ".join(q.split())[:120], calls] for q, calls in rows[:8]]}
 
     # -- helpers --
-    def start_helpers(self, run_dir: Path, n: int = 0, max_seconds: float = 1800.0
+    def start_helpers(self, run_dir: Path, n: int = 0, max_seconds: float = 1800.0,
+                      sink_port: int = 0
                       ) -> tuple[subprocess.Popen, dict, subprocess.Popen, dict]:
         listeners = 1 + n // ACCOUNTS_PER_PORT
         ls = self.children.spawn(
@@ -371,7 +372,7 @@ class Bench:
         ls_ready = ready_line(ls, "load server")
         sink = self.children.spawn(
             [sys.executable, "-m", "bench.sink", "--admin-secret", ADMIN_SECRET,
-             "--max-seconds", str(max_seconds)],
+             "--max-seconds", str(max_seconds), "--port", str(sink_port)],
             cwd=ROOT, stdout=subprocess.PIPE, text=True)
         sink_ready = ready_line(sink, "sink")
         return ls, ls_ready, sink, sink_ready

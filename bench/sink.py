@@ -82,8 +82,9 @@ class Sink:
             reuse_address=True)
         self.port = self.listener.sockets[0].getsockname()[1]
 
-    async def set_mode(self, mode: str, retry_after: int | None) -> None:
-        """Answer ``ok`` / ``503`` from now on, or ``refuse`` connections."""
+    async def set_mode(self, mode: str, retry_after: int | None) -> str | None:
+        """Answer ``ok`` / ``503`` from now on, or ``refuse`` connections; None, or why
+        the port could not be listened on again (tried for 10 s)."""
         self.mode, self.retry_after = mode, retry_after
         if mode == "refuse":
             if self.listener is not None:
@@ -92,8 +93,17 @@ class Sink:
             for conn in list(self.scan_conns):
                 if conn.transport is not None:
                     conn.transport.abort()
-        elif self.listener is None:
-            await self.listen()
+            return None
+        error = None
+        for _ in range(50):
+            if self.listener is not None:
+                return None
+            try:
+                await self.listen()
+            except OSError as e:  # e.g. a client's connection holds the port meanwhile
+                error = f"listening again on port {self.port}: {e}"
+                await asyncio.sleep(0.2)
+        return error
 
 
 class HttpConnection(asyncio.Protocol):
@@ -184,10 +194,16 @@ class HttpConnection(asyncio.Protocol):
                 return
             task = asyncio.get_running_loop().create_task(
                 sink.set_mode(mode, int(retry) if retry else None))
-            task.add_done_callback(
-                lambda t: self.respond(200, json.dumps(sink.stats()).encode(), keep))
+            task.add_done_callback(lambda t: self.mode_set(t, keep))
         else:
             self.respond(404, b'{"error":"not found"}', keep)
+
+    def mode_set(self, task: asyncio.Task, keep: bool) -> None:
+        error = task.exception() or task.result()
+        if error:
+            self.respond(500, json.dumps({"error": str(error)}).encode(), keep)
+        else:
+            self.respond(200, json.dumps(self.sink.stats()).encode(), keep)
 
     def scan_request(self, now: float, headers: dict[bytes, bytes], body: bytes,
                      keep: bool) -> None:
@@ -220,7 +236,7 @@ class HttpConnection(asyncio.Protocol):
                 headers: dict[bytes, bytes] | None = None) -> None:
         reason = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found",
                   413: b"Payload Too Large", 431: b"Request Header Fields Too Large",
-                  503: b"Service Unavailable"}[status]
+                  500: b"Internal Server Error", 503: b"Service Unavailable"}[status]
         if self.transport is None:
             return
         extra = b"".join(b"%s: %s\r\n" % item for item in (headers or {}).items())
