@@ -178,10 +178,13 @@ def summarise(deliveries: Sequence[Delivery], scans: Sequence[Scan],
             continue
         inside = [(d, s) for d, s in zip(deliveries, covering, strict=True) if w.holds(d.at)]
         after = [s.received - w.end for _, s in inside if s is not None]
+        first = min((s.received for s in scans if s.acknowledged and s.received >= w.end),
+                    default=None)
         spells.append({
             "kind": w.kind, "from_s": round(w.start - t0, 1), "to_s": round(w.end - t0, 1),
             "delivered": len(inside), "covered": sum(1 for _, s in inside if s is not None),
             "requests": sum(1 for s in scans if w.holds(s.received)),
+            "first_2xx_after_return_s": None if first is None else round(first - w.end, 2),
             "covered_after_return_s": distribution([max(0.0, a) for a in after])})
     report: dict = {
         "delivered": len(deliveries),

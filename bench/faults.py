@@ -658,12 +658,14 @@ def render(r: dict[str, Any]) -> str:
     out += [f"  {name:<36}{d['n']:>5} {_fmt(d['p50']):>8} {_fmt(d['p99']):>8} "
             f"{_fmt(d['max']):>8}" for name, d in rows]
     out += ["", "backend-down spells: from-to (s), kind, messages inside covered/delivered, "
-            "requests received in the spell, covering scan after the return (p50 / max s)"]
+            "scan requests that reached the backend in the spell, first 2xx scan after the "
+            "return (s), covering scans of the messages inside after the return (p50 / max s)"]
     for s in r["spells"]:
         a = s["covered_after_return_s"]
         out.append(f"  {s['from_s']:6.1f}-{s['to_s']:6.1f} {s['kind']:<16} "
                    f"{s['covered']}/{s['delivered']:<5} requests {s['requests']:<5} "
-                   f"after return {_fmt(a['p50'])} / {_fmt(a['max'])}")
+                   f"first 2xx {_fmt(s['first_2xx_after_return_s']):>6}   "
+                   f"covering {_fmt(a['p50'])} / {_fmt(a['max'])}")
     if "logins" in r:
         lg = r["logins"]
         out.append(f"\nlogins per account: min {lg['min']:.0f}, median {lg['median']:.0f}, "

@@ -95,8 +95,8 @@ class SummaryTests(SynchronousTestCase):
         spell = Window("503", 100.0, 130.0)
         deliveries = [delivery(50.0), delivery(110.0, "b"), delivery(120.0, "c", "dense"),
                       delivery(200.0, "d")]
-        scans = [scan(50.5), scan(115.0, "b", status=503), scan(133.0, "b"),
-                 scan(131.0, "c")]
+        scans = [scan(50.5), scan(115.0, "b", status=503), scan(130.5, "a", status=503),
+                 scan(133.0, "b"), scan(131.0, "c")]
         r = summarise(deliveries, scans, [spell], t0=0.0, samples=[(0.0, {"a"}), (10.0, set())],
                       accounts=["a", "b", "c", "d"], logins={"a": [1.0, 2.0], "b": [1.0]},
                       rss_kb=[1024, 3072, 2048])
@@ -109,6 +109,7 @@ class SummaryTests(SynchronousTestCase):
         [s] = r["spells"]
         self.assertEqual((s["delivered"], s["covered"], s["requests"]), (2, 2, 1))
         self.assertEqual(s["covered_after_return_s"]["max"], 3.0)
+        self.assertEqual(s["first_2xx_after_return_s"], 1.0)  # the 503 at 130.5 is no return
         self.assertEqual(r["logins"], {"min": 0.0, "median": 0.5, "max": 2.0})
         # 0-10 s: a watched, b, c and d not
         self.assertEqual(r["unwatched_s"], {"min": 0.0, "median": 10.0, "max": 10.0,
