@@ -17,12 +17,12 @@ import itertools
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from .runner import percentile
 
 __all__ = ["Delivery", "Scan", "Window", "account_windows", "cover", "distribution",
-           "label", "summarise", "unwatched_seconds", "window_at"]
+           "from_raw", "label", "summarise", "to_raw", "unwatched_seconds", "window_at"]
 
 #: kinds of window in which the backend is down
 BACKEND_DOWN = ("refused", "503", "503+retry-after")
@@ -151,6 +151,29 @@ def _spread(values: Iterable[float]) -> dict[str, float | None]:
             "max": round(vals[-1], 1)}
 
 
+def from_raw(raw: dict) -> dict:
+    """:func:`summarise` of what :func:`to_raw` saved."""
+    return summarise(
+        [Delivery(**d) for d in raw["deliveries"]], [Scan(**s) for s in raw["scans"]],
+        [Window(**w) for w in raw["windows"]], raw["t0"],
+        samples=[(t, frozenset(raw["accounts"]) - set(unwatched))
+                 for t, unwatched in raw["unwatched_samples"]],
+        accounts=raw["accounts"], logins=raw["logins"], rss_kb=raw["rss_kb"])
+
+
+def to_raw(deliveries: Sequence[Delivery], scans: Sequence[Scan], windows: Sequence[Window],
+           t0: float, samples: Sequence[tuple[float, frozenset[str] | set[str]]],
+           accounts: Sequence[str], logins: dict[str, list[float]], rss_kb: Sequence[int]
+           ) -> dict:
+    """What :func:`summarise` needs, as JSON (samples as the unwatched accounts)."""
+    everyone = set(accounts)
+    return {"t0": t0, "deliveries": [asdict(d) for d in deliveries],
+            "scans": [asdict(s) for s in scans], "windows": [asdict(w) for w in windows],
+            "accounts": list(accounts),
+            "unwatched_samples": [[t, sorted(everyone - set(w))] for t, w in samples],
+            "logins": logins, "rss_kb": list(rss_kb)}
+
+
 def summarise(deliveries: Sequence[Delivery], scans: Sequence[Scan],
               windows: Sequence[Window], t0: float, *,
               samples: Sequence[tuple[float, frozenset[str] | set[str]]] = (),
@@ -198,6 +221,7 @@ def summarise(deliveries: Sequence[Delivery], scans: Sequence[Scan],
         "delay_s_by_fault": {k: distribution(v) for k, v in sorted(by_label.items())},
         "spells": spells,
         "missed": dict(sorted(missed.items())),
+        "ids": {d.email: d.account for d in deliveries if d.email in missed},
     }
     report["uncovered"] = report["delivered"] - report["covered"]
     if samples and accounts:

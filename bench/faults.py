@@ -42,7 +42,7 @@ from typing import Any
 
 import psycopg2
 
-from .faultreport import Delivery, Scan, Window, account_windows, cover, summarise
+from .faultreport import Delivery, Scan, Window, account_windows, cover, from_raw, to_raw
 from .runner import (
     ADMIN_SECRET,
     ROOT,
@@ -281,6 +281,7 @@ class FaultBench:
         self.db_down = False
         self.spell: dict[str, Any] | None = None  # the backend-down spell going on
         self.owed_max: dict[str, float] = {}
+        self.raw: dict[str, Any] | None = None
 
     # -- parts ---------------------------------------------------------------------------
 
@@ -385,6 +386,7 @@ class FaultBench:
         self.db_down = False
         self.spell: dict[str, Any] | None = None  # the backend-down spell going on
         self.owed_max: dict[str, float] = {}
+        self.raw: dict[str, Any] | None = None
         self.fleet_windows.append(Window("db-restart", self.db_since, time.time()))
 
     def _kill_all(self) -> None:
@@ -470,6 +472,9 @@ class FaultBench:
             bench.children.stop(sink)
         result["errors"] = self.errors
         result["daemon_log"] = daemon_log_summary(run_dir)
+        if self.raw is not None:  # for --from-raw
+            with (run_dir / "raw.json").open("w", encoding="utf-8") as f:
+                json.dump({"result": result, "raw": self.raw}, f)
         return result
 
     def wait_idle(self, n: int, deadline: float) -> bool:
@@ -555,9 +560,9 @@ class FaultBench:
         end = time.time()
         windows = self.fleet_windows + account_windows(self.account_faults, logins, end)
         self.samples.append((end, self.watched()))
-        report = summarise(self.deliveries, self.scans(), windows, t0, samples=self.samples,
-                           accounts=list(self.users.values()), logins=logins,
-                           rss_kb=self.rss_samples)
+        self.raw = to_raw(self.deliveries, self.scans(), windows, t0, self.samples,
+                          list(self.users.values()), logins, self.rss_samples)
+        report = from_raw(self.raw)
         report["account_fault_misses"] = self.account_fault_misses
         report["account_faults"] = {k: sum(1 for f in self.account_faults if f[0] == k)
                                     for k in ("bye", "silent", "deaf", "daemon-kill",
@@ -566,7 +571,6 @@ class FaultBench:
         report["daemon_starts"] = self.daemons.starts
         report["owed_gauges_max"] = {k.removeprefix("rebreak_idle_"): round(v, 1)
                                      for k, v in sorted(self.owed_max.items())}
-        report["ids"] = {e: self.users[e] for e in report["missed"]}
         return report
 
 
@@ -736,7 +740,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="append the result as one JSON line to this file")
     p.add_argument("--workdir", type=Path, default=None,
                    help="keep the logs here (default a new /tmp/rebreak-bench-*)")
+    p.add_argument("--from-raw", type=Path, default=None, metavar="RAW_JSON",
+                   help="print the report of an earlier run again from its raw.json "
+                        "(in its work directory, faults/raw.json), with today's arithmetic")
     args = p.parse_args(argv)
+    if args.from_raw is not None:
+        saved = json.loads(args.from_raw.read_text(encoding="utf-8"))
+        sys.stdout.write(render({**saved["result"], **from_raw(saved["raw"])}) + "\n")
+        return 0
     if args.duration is None:
         args.duration = QUICK_SECONDS if args.quick else FULL_SECONDS
     if args.dense_interval is None:

@@ -3,6 +3,7 @@ message a scan covers, percentiles, unwatched seconds, what an account went thro
 
 from __future__ import annotations
 
+import json
 import random
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -14,8 +15,10 @@ from bench.faultreport import (
     account_windows,
     cover,
     distribution,
+    from_raw,
     label,
     summarise,
+    to_raw,
     unwatched_seconds,
 )
 from bench.faults import QUICK, plan_mail
@@ -115,6 +118,10 @@ class SummaryTests(SynchronousTestCase):
         self.assertEqual(r["unwatched_s"], {"min": 0.0, "median": 10.0, "max": 10.0,
                                             "total": 30.0})
         self.assertEqual(r["rss_mib"], {"median": 2.0, "max": 3.0, "samples": 3})
+        self.assertEqual(r["ids"], {"d@x.test": "d"})
+        raw = to_raw(deliveries, scans, [spell], 0.0, [(0.0, {"a"}), (10.0, set())],
+                     ["a", "b", "c", "d"], {"a": [1.0, 2.0], "b": [1.0]}, [1024, 3072, 2048])
+        self.assertEqual(from_raw(json.loads(json.dumps(raw))), r)
 
 
 class MailPlanTests(SynchronousTestCase):
