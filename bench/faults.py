@@ -384,9 +384,6 @@ class FaultBench:
             return
         self.bench.pg.start()
         self.db_down = False
-        self.spell: dict[str, Any] | None = None  # the backend-down spell going on
-        self.owed_max: dict[str, float] = {}
-        self.raw: dict[str, Any] | None = None
         self.fleet_windows.append(Window("db-restart", self.db_since, time.time()))
 
     def _kill_all(self) -> None:
