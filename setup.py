@@ -1,8 +1,14 @@
+import re
+
 from setuptools import setup
+
+# one version, in rebreak_idle/__init__.py (--version, the start-up line, build_info)
+VERSION = re.search(r'^__version__ = "([^"]+)"',
+                    open("rebreak_idle/__init__.py", encoding="utf-8").read(), re.M).group(1)
 
 setup(
     name="rebreak-idle",
-    version="0.1.0",
+    version=VERSION,
     description=(
         "Real-time IMAP IDLE watcher: one IDLE session per active mail connection, "
         "a scan trigger to the Rebreak backend on every new message."

@@ -1,7 +1,9 @@
 """Process-wide limits per IMAP host: a login budget and a connection limit.
 
-Every connection attempt of every session passes :meth:`HostBudget.acquire` for its host,
-at start-up and at every reconnect. It fires with a :class:`Slot` once
+Every connection attempt of every session passes :meth:`HostBudget.acquire` for its host:
+at start-up, at a replica takeover and at every reconnect (the login budget is on by
+default, ``REBREAK_HOST_LOGIN_RATE``; docs/providers.md says why the rate). It fires with a
+:class:`Slot` once
 
 * the host's token bucket (``REBREAK_HOST_LOGIN_RATE`` per second, up to
   ``REBREAK_HOST_LOGIN_BURST`` at once) has a token, and
@@ -9,12 +11,14 @@ at start-up and at every reconnect. It fires with a :class:`Slot` once
   choice) has fewer than ``REBREAK_HOST_MAX_CONNECTIONS`` connections open to the host.
 
 Attempts wait in a first-come queue per host; one reactor timer per host (never one per
-session) refills the bucket. The session releases its slot when the connection (attempt)
-ends, and reports when it is ready (idle or polling): after a wave of queued attempts the
-budget logs how long it took until all of them had settled. Providers limit per account,
-per IP and per login rate (Gmail 15 connections per account, Dovecot
-``mail_max_userip_connections``, Courier ``MAXPERIP``; EmailEngine spreads connections over
-local addresses the same way): see docs/providers.md.
+session) refills the bucket. A host is named as DNS compares names (:func:`host_key`:
+``Imap.Example.com.`` and ``imap.example.com`` share one budget), and a host that no session
+uses any more (nothing open, nothing queued, its bucket full again) is forgotten. The
+session releases its slot when the connection (attempt) ends, and reports when it is ready
+(idle or polling): after a wave of queued attempts the budget logs how long it took until
+all of them had settled. Providers limit per account, per IP and per login rate (Gmail 15
+connections per account, Dovecot ``mail_max_userip_connections``, Courier ``MAXPERIP``;
+EmailEngine spreads connections over local addresses the same way): see docs/providers.md.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from zope.interface import implementer
 
 from . import metrics
 
-__all__ = ["GatedEndpoint", "HostBudget", "Slot"]
+__all__ = ["GatedEndpoint", "HostBudget", "Slot", "host_key"]
 
 log = Logger(namespace="rebreak_idle.budget")
 
@@ -38,6 +42,21 @@ log = Logger(namespace="rebreak_idle.budget")
 _ONE = 1.0 - 1e-9
 #: A wave of at least this many queued attempts is logged when it has settled.
 WAVE_LOGGED = 10
+#: The host table is swept of unused hosts once it holds this many (then at twice the
+#: size left after each sweep).
+SWEEP_AT = 64
+
+
+def host_key(host: str) -> str:
+    """The budget's name of ``host``: lower case, without a trailing dot, internationalised
+    names in their ASCII (IDNA) form; IP literals unchanged but for case."""
+    name = host.strip().rstrip(".").lower()
+    if name.isascii():
+        return name
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return name
 
 
 class Slot:
@@ -67,6 +86,7 @@ class Slot:
         self._state = 2
         self._host.open[self.source] -= 1
         self._budget._admit(self._host)
+        self._budget._forget_if_unused(self._host)
 
 
 class _Host:
@@ -109,6 +129,7 @@ class HostBudget:
         self.max_connections = max_connections
         self.sources: tuple[str | None, ...] = tuple(sources) or (None,)
         self._hosts: dict[str, _Host] = {}
+        self._sweep_at = SWEEP_AT
         self._rr = 0
 
     @property
@@ -120,20 +141,27 @@ class HostBudget:
     def queued(self, host: str | None = None) -> int:
         """Attempts waiting (for ``host``, or in all)."""
         if host is not None:
-            h = self._hosts.get(host)
+            h = self._hosts.get(host_key(host))
             return len(h.queue) if h else 0
         return sum(len(h.queue) for h in self._hosts.values())
 
     def open_connections(self, host: str) -> int:
-        h = self._hosts.get(host)
+        h = self._hosts.get(host_key(host))
         return sum(h.open.values()) if h else 0
+
+    def hosts(self) -> list[str]:
+        """The hosts this budget keeps state for (in use, or whose bucket is refilling)."""
+        return list(self._hosts)
 
     def acquire(self, host: str) -> Deferred:
         """Fire with a :class:`Slot` when an attempt to ``host`` may start (cancel the
         Deferred to leave the queue)."""
-        h = self._hosts.get(host)
+        key = host_key(host)
+        h = self._hosts.get(key)
         if h is None:
-            h = self._hosts[host] = _Host(host, self.burst, self.clock.seconds(), self.sources)
+            if len(self._hosts) >= self._sweep_at:
+                self._sweep()
+            h = self._hosts[key] = _Host(key, self.burst, self.clock.seconds(), self.sources)
         if not h.queue:
             self._refill(h)
             source = self._free_source(h)
@@ -201,6 +229,24 @@ class HostBudget:
     def _tick(self, h: _Host) -> None:
         h.timer = None
         self._admit(h)
+
+    def _forget_if_unused(self, h: _Host) -> None:
+        """Drop ``h`` when nothing holds or waits for it and its bucket is full again (a
+        new entry would be the same)."""
+        if h.queue or any(h.open.values()) or (h.timer is not None and h.timer.active()):
+            return
+        self._refill(h)
+        if self.rate is None or h.tokens >= self.burst - 1e-9:
+            if self._hosts.get(h.name) is h:
+                del self._hosts[h.name]
+
+    def _sweep(self) -> None:
+        """Forget every unused host whose release did not (its bucket was still filling).
+        Runs when a new host appears and the table has doubled since the last sweep, so
+        its cost per new host stays constant."""
+        for h in list(self._hosts.values()):
+            self._forget_if_unused(h)
+        self._sweep_at = max(SWEEP_AT, 2 * len(self._hosts))
 
 
 @implementer(IStreamClientEndpoint)

@@ -19,6 +19,11 @@ from urllib.parse import urlsplit
 __all__ = ["OPTIONS", "ConfigError", "Option", "Settings", "load_settings"]
 
 
+#: The per-host login budget's defaults (docs/providers.md, "Login budget": why these).
+DEFAULT_HOST_LOGIN_RATE = 10.0
+DEFAULT_HOST_LOGIN_BURST = 20
+
+
 class ConfigError(ValueError):
     """A setting is missing or invalid. ``str()`` is one line fit for an operator."""
 
@@ -78,8 +83,9 @@ OPTIONS: tuple[Option, ...] = (
            16, "int"),
     Option("scan_timeout", "REBREAK_SCAN_TIMEOUT", "seconds one scan request may take", 30.0,
            "seconds"),
-    Option("scan_attempts", "REBREAK_SCAN_ATTEMPTS", "attempts of one scan trigger before it is "
-           "given up (connection errors, timeouts, 5xx)", 6, "int"),
+    Option("scan_attempts", "REBREAK_SCAN_ATTEMPTS", "accepted for compatibility and not used: "
+           "a scan is never given up, it stays owed until the backend acknowledges it", 6,
+           "int"),
     Option("write_flush_interval", "REBREAK_WRITE_FLUSH_INTERVAL", "seconds between batched "
            "heartbeat writes", 5.0, "seconds"),
     Option("shutdown_timeout", "REBREAK_SHUTDOWN_TIMEOUT", "seconds a graceful stop may take "
@@ -106,10 +112,11 @@ OPTIONS: tuple[Option, ...] = (
            "of one account at least (the first after a quiet spell goes out at once)", 5.0,
            "seconds"),
     Option("host_login_rate", "REBREAK_HOST_LOGIN_RATE", "connection attempts per second to "
-           "one IMAP host at most, all sessions together, at start-up and on every reconnect "
-           "(unset: no limit)", kind="number"),
+           "one IMAP host at most, all sessions together, at start-up, takeover and on every "
+           "reconnect (off: no limit; docs/providers.md)", DEFAULT_HOST_LOGIN_RATE,
+           "rate"),
     Option("host_login_burst", "REBREAK_HOST_LOGIN_BURST", "attempts to one host allowed at "
-           "once before REBREAK_HOST_LOGIN_RATE paces them", 10, "int"),
+           "once before REBREAK_HOST_LOGIN_RATE paces them", DEFAULT_HOST_LOGIN_BURST, "int"),
     Option("host_max_connections", "REBREAK_HOST_MAX_CONNECTIONS", "open connections to one "
            "IMAP host at most, per source address (unset: no limit); sessions beyond wait, "
            "queued", kind="int"),
@@ -159,8 +166,8 @@ class Settings:
     lease_renew: float = 10.0
     allow_private_hosts: tuple[str, ...] = ()
     scan_min_interval: float = 5.0
-    host_login_rate: float | None = None
-    host_login_burst: int = 10
+    host_login_rate: float | None = DEFAULT_HOST_LOGIN_RATE
+    host_login_burst: int = DEFAULT_HOST_LOGIN_BURST
     host_max_connections: int | None = None
     source_addresses: tuple[str, ...] = ()
     extra_folders: tuple[str, ...] = ()
@@ -233,6 +240,8 @@ def _addresses(opt: Option, raw: str) -> tuple[str, ...]:
 def _convert(opt: Option, raw: str) -> Any:
     if opt.kind in ("seconds", "number"):
         return _positive(opt, raw)
+    if opt.kind == "rate":  # a positive number, or off
+        return None if raw.strip().lower() == "off" else _positive(opt, raw)
     if opt.kind == "int":
         return _int(opt, raw)
     if opt.kind == "url":
@@ -404,6 +413,8 @@ class ScanSettings:
     admin_secret: str = field(repr=False)
     scan_concurrency: int = 16
     scan_timeout: float = 30.0
+    #: REBREAK_SCAN_ATTEMPTS: accepted for compatibility, not used (scans are owed until
+    #: acknowledged: rebreak_idle.scan)
     scan_attempts: int = 6
     shutdown_timeout: float = 10.0
     #: every configured secret value (:meth:`Settings.secret_values`), masked in log texts

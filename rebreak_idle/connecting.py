@@ -80,12 +80,14 @@ def enable_keepalive(transport: Any) -> None:
 def server_endpoint(reactor: Any, account: Account, timeout: float,
                     tls_options: Callable[[], Any],
                     policy: DestinationPolicy | None = None,
-                    bind: str | None = None) -> IStreamClientEndpoint:
+                    bind: str | None = None, *,
+                    resolver: Any = None) -> IStreamClientEndpoint:
     """The endpoint of ``account``'s server: IP literals without the resolver (no thread
     hop per connect), names through HostnameEndpoint, implicit TLS around either; with
     ``policy``, the address each TCP connection reached is checked before TLS or IMAP
     sees a byte (:class:`CheckedEndpoint`); ``bind``: the local source address
-    (REBREAK_SOURCE_ADDRESSES)."""
+    (REBREAK_SOURCE_ADDRESSES); ``resolver``: an ``IHostnameResolver`` for names checked
+    by ``policy`` (default the reactor's; ``rebreak-idle probe``'s tests)."""
     host, seconds = account.host, max(1, int(timeout))
     local = None if bind is None else (bind, 0)
     endpoint: IStreamClientEndpoint
@@ -97,7 +99,7 @@ def server_endpoint(reactor: Any, account: Account, timeout: float,
                                       bindAddress=local)
     elif policy is not None:
         endpoint = CheckedHostnameEndpoint(reactor, host, account.port, seconds, policy,
-                                           bind_address=local)
+                                           resolver=resolver, bind_address=local)
     else:
         endpoint = HostnameEndpoint(reactor, host, account.port, timeout=seconds,
                                     bindAddress=local)

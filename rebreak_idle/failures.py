@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from .tls import CertificateVerifyError
 
 __all__ = ["MASK", "MIN_MASKED", "SECRET_WORDS", "account_secrets", "describe",
-           "is_secret_name", "maskable", "scrub"]
+           "is_secret_name", "maskable", "printable", "scrub"]
 
 MASK = "***"
 #: Secrets shorter than this are not masked: replacing every "a" of the log would only
@@ -38,6 +38,17 @@ def scrub(text: str, secrets: Sequence[str]) -> str:
         if secret in text:
             text = text.replace(secret, MASK)
     return text
+
+
+def printable(text: str) -> str:
+    """``text`` for one line of an error: printable characters as they are, each other
+    one as its escape (``\\x00``, ``\\u2028``). Applied to a server's line *and* to the
+    secrets :func:`account_secrets` lists, so that a secret in an escaped line is still
+    found by :func:`scrub` (escaping a line first, then scrubbing it with the raw secret,
+    would miss a secret with a control character)."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def maskable(secrets: Iterable[str]) -> tuple[str, ...]:
@@ -59,7 +70,7 @@ def account_secrets(username: str, secret: str) -> tuple[str, ...]:
     payloads = (raw, b"\x00" + user + b"\x00" + raw,
                 b"user=" + user + b"\x01auth=Bearer " + raw + b"\x01\x01")
     forms = [secret, quoted, *(base64.b64encode(p).decode("ascii") for p in payloads)]
-    return maskable(forms)
+    return maskable([*forms, printable(secret), printable(quoted)])
 
 
 def is_secret_name(name: object) -> bool:

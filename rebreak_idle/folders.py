@@ -68,9 +68,12 @@ def _wanted(specs: Iterable[str]) -> tuple[list[str], dict[bytes, str]]:
     return attributes, names
 
 
-async def resolve(client: Any, specs: tuple[str, ...]) -> list[ListEntry]:
+async def resolve(client: Any, specs: tuple[str, ...],
+                  refused: list[ListEntry] | None = None) -> list[ListEntry]:
     """The listed folders matching ``specs``, in the order of ``specs``, each once (INBOX
-    and unselectable folders left out); missing ones are skipped."""
+    and unselectable folders left out); missing ones are skipped. A matching folder
+    whose name has a control character is not watched: it goes to ``refused`` (for the
+    session's log line)."""
     attributes, names = _wanted(specs)
     found: dict[str, ListEntry] = {}
 
@@ -81,6 +84,10 @@ async def resolve(client: Any, specs: tuple[str, ...]) -> list[ListEntry]:
         hit = [a for a in attributes if entry.has(a)]
         if entry.raw in names:
             hit.append(names[entry.raw])
+        if hit and entry.control_characters:
+            if refused is not None and entry not in refused:
+                refused.append(entry)
+            return False
         for spec in hit:
             found.setdefault(spec, entry)
         return bool(hit)
@@ -113,28 +120,54 @@ def mark_of(answer: dict[str, int]) -> MailboxMark:
                        answer.get("MESSAGES", 0))
 
 
-class FolderWatch:
-    """One connection's extra folders: the entries, their marks (last STATUS), the marks
-    whose scan was asked for and is not answered yet."""
+def _uidvalidity_only(mark: MailboxMark, stored: MailboxMark | None) -> bool:
+    """Whether ``mark`` differs from ``stored`` in UIDVALIDITY alone (same UIDNEXT and
+    count)."""
+    return (stored is not None and mark.uidnext is not None
+            and mark.uidvalidity != stored.uidvalidity
+            and mark.uidnext == stored.uidnext and mark.exists == stored.exists)
 
-    __slots__ = ("entries", "marks", "names", "pending")
+
+class FolderWatch:
+    """One connection's extra folders: the entries, their marks (last STATUS) and the
+    ones before (``before``), the marks whose scan was asked for and is not answered yet.
+
+    Two rules keep a folder from asking for scans it does not need:
+
+    * an empty folder (MESSAGES 0) has nothing to scan;
+    * a change of UIDVALIDITY alone (same UIDNEXT and count) counts only once two STATUS
+      answers in a row agree on the new value. Courier-IMAP answers a new UIDVALIDITY to
+      every STATUS of a folder no client has opened yet (every heartbeat sent a scan per
+      account); a real change (a folder made anew) is seen one STATUS later. After a
+      connect, such a change is asked about a second time at once."""
+
+    __slots__ = ("before", "entries", "marks", "names", "pending")
 
     def __init__(self, entries: list[ListEntry]) -> None:
         self.entries = entries
         self.names = [e.name for e in entries]
         self.marks: dict[str, MailboxMark] = {}
+        self.before: dict[str, MailboxMark] = {}
         self.pending: dict[str, MailboxMark] = {}
 
-    async def check(self, client: Any) -> None:
-        """STATUS of every folder now (after a connect); a refused one is left out."""
+    async def check(self, client: Any, memory: MailboxMemory | None = None,
+                    account_id: str = "") -> None:
+        """STATUS of every folder now (after a connect); a refused one is left out. A
+        folder whose answer differs from its acknowledged mark (in ``memory``) in
+        UIDVALIDITY alone is asked a second time (see the class docstring)."""
         for entry, name in zip(self.entries, self.names, strict=True):
             try:
-                answer = await client.status(entry.raw, STATUS_ITEMS)
+                mark = mark_of(await client.status(entry.raw, STATUS_ITEMS))
+                stored = memory.get(account_id, name) if memory is not None else None
+                if _uidvalidity_only(mark, stored):
+                    self._answered(await client.status(entry.raw, STATUS_ITEMS), name)
+                    self.before[name] = mark
+                    continue
             except Exception as e:
                 if not _refused(e):
                     raise
                 continue
-            self.marks[name] = mark_of(answer)
+            self.marks[name] = mark
 
     def status_commands(self, client: Any, timeout: float,
                         checked: Callable[[], None]) -> tuple[Command, ...]:
@@ -154,19 +187,27 @@ class FolderWatch:
         return tuple(commands)
 
     def _answered(self, answer: dict[str, int], name: str) -> None:
+        previous = self.marks.get(name)
+        if previous is not None:
+            self.before[name] = previous
         self.marks[name] = mark_of(answer)
 
     def changes(self, memory: MailboxMemory, account_id: str, connecting: bool
                 ) -> list[tuple[str, MailboxMark]]:
         """Folders to scan: after a connect those whose mark needs a scan against the
         acknowledged one (as INBOX, CONTRACT §5), at a heartbeat those whose numbers
-        changed; never one whose scan of the same mark is still unanswered."""
+        changed; never one whose scan of the same mark is still unanswered, never an
+        empty one, never for a UIDVALIDITY that two answers in a row do not agree on."""
         out = []
         for name in self.names:
             mark = self.marks.get(name)
-            if mark is None or self.pending.get(name) == mark:
+            if mark is None or mark.exists == 0 or self.pending.get(name) == mark:
                 continue
             stored = memory.get(account_id, name)
+            if _uidvalidity_only(mark, stored):
+                before = self.before.get(name)
+                if before is None or before.uidvalidity != mark.uidvalidity:
+                    continue  # not confirmed (yet): Courier's unopened folder
             if mark.needs_scan(stored) if connecting else mark.changed_since(stored):
                 self.pending[name] = mark
                 out.append((name, mark))

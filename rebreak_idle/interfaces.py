@@ -1,9 +1,9 @@
-"""The seams between the rooms (DESIGN.md): small interfaces, nothing more."""
+"""The seams between the rooms (docs/design.md): small interfaces, nothing more."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from twisted.application.service import IService
 from zope.interface import Attribute, Interface
@@ -59,6 +59,10 @@ class ISession(IService):
     account = Attribute("The Account the session watches (its connection_key tells "
                         "whether a changed row needs a new session).")
     last_heartbeat_at = Attribute("Reactor time of the last heartbeat, or None.")
+    state = Attribute("The session's State (session_state.py); each change moves the "
+                      "daemon's StateTally, which the status page and /metrics count.")
+    last_exists_at = Attribute("Reactor time of the last EXISTS seen, or None.")
+    last_error = Attribute("The last error shown for the account (no secret), or None.")
 
     def snapshot() -> dict:
         """JSON-able state for /status: id, email, state, last error, last heartbeat,
@@ -67,11 +71,15 @@ class ISession(IService):
 
 class Holdoff(NamedTuple):
     """One account's credential hold-off: ``strikes`` rejections in a row, the next login
-    not before ``until`` (epoch seconds), for the secret whose keyed tag is ``tag``."""
+    not before ``until`` (epoch seconds), for the login whose keyed tag is ``tag``;
+    ``error`` / ``error_at``: the account's stored ``last_connect_error`` and its time, as
+    read with the hold-off (None when saved)."""
 
     strikes: int
     until: float  # epoch seconds
     tag: str
+    error: str | None = None
+    error_at: float | None = None  # epoch seconds
 
 
 class IHoldoffRecorder(Interface):
@@ -88,5 +96,6 @@ class IHoldoffRecorder(Interface):
     def clear(account_id: str) -> None:
         """Forget the account's hold-off (a successful login)."""
 
-    def tag(secret: str) -> str:
-        """A keyed tag of ``secret`` that tells "same secret" without revealing it."""
+    def tag(account: Any) -> str:
+        """A keyed tag of what a login of ``account`` uses (host, port, security, username,
+        method, secret) that tells "same login" without revealing the secret."""

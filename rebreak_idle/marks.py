@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["INBOX", "MailboxMark", "MailboxMemory", "MarkWriter", "status_uidnext"]
+__all__ = ["INBOX", "MailboxMark", "MailboxMemory", "MarkWriter", "status_mark"]
 
 #: The mailbox every session watches (issue: other folders get rows of their own).
 INBOX = "INBOX"
@@ -88,18 +88,25 @@ class MailboxMark:
         return MailboxMark(self.uidvalidity, self.uidnext, exists)
 
 
-async def status_uidnext(client: Any, mailbox: str = INBOX) -> int | None:
-    """UIDNEXT by ``STATUS mailbox (UIDNEXT)``, for a server whose SELECT told none
-    (Courier; RFC 3501 §6.3.10 allows STATUS on the selected mailbox). None when the server
-    refuses STATUS or leaves UIDNEXT out: the mark stays count-only (every connect scans).
-    Other failures (timeout, connection lost) propagate: the connection is failing."""
+async def status_mark(client: Any, mark: MailboxMark, mailbox: str = INBOX) -> MailboxMark:
+    """``mark`` (a SELECT's, without UIDNEXT) with UIDNEXT *and* the count taken from one
+    ``STATUS mailbox (UIDNEXT MESSAGES)`` answer, for a server whose SELECT told no
+    UIDNEXT (Courier; RFC 3501 §6.3.10 allows STATUS on the selected mailbox). Both from
+    one answer: a message delivered between the SELECT and the STATUS is in both numbers
+    (a count from SELECT beside a UIDNEXT from STATUS made the mark one ahead once its
+    EXISTS came, and the next delivery while disconnected looked like no change).
+    The mark stays count-only when the server refuses STATUS or leaves UIDNEXT out (every
+    connect scans). Other failures (timeout, connection lost) propagate."""
     from .imap import CommandFailed
 
     try:
-        answer = await client.status(mailbox, ("UIDNEXT",))
+        answer = await client.status(mailbox, ("UIDNEXT", "MESSAGES"))
     except CommandFailed:
-        return None
-    return answer.get("UIDNEXT") or None
+        return mark
+    uidnext = answer.get("UIDNEXT") or None
+    if uidnext is None:
+        return mark
+    return MailboxMark(mark.uidvalidity, uidnext, answer.get("MESSAGES", mark.exists))
 
 
 class MailboxMemory:

@@ -35,7 +35,8 @@ RECONNECTS = _metric(Counter, "rebreak_idle_reconnects", "Reconnects scheduled, 
 SCANS = _metric(Counter, "rebreak_idle_scan_triggers", "Scan triggers by reason and outcome",
                 "reason", "outcome")
 SCAN_RETRIES = _metric(Counter, "rebreak_idle_scan_retries",
-                       "Scan trigger attempts that were retried")
+                       "Scan trigger attempts that failed (no answer, 5xx, 408, 429): the "
+                       "scan stays owed and is sent again")
 SCANS_IN_FLIGHT = _metric(Gauge, "rebreak_idle_scans_in_flight", "Scan requests in flight")
 SCAN_QUEUE = _metric(Gauge, "rebreak_idle_scan_queue_length",
                      "Scan requests waiting for a concurrency slot")
@@ -65,3 +66,10 @@ CONNECTION_ENDS = _metric(Counter, "rebreak_idle_connection_ends",
 LOGIN_QUEUE = _metric(Gauge, "rebreak_idle_login_queue",
                       "Connection attempts waiting for a host's login budget or connection "
                       "limit")
+SESSION_CAPACITY = _metric(Gauge, "rebreak_idle_session_capacity",
+                           "Sessions this process may run at once: the soft file descriptor "
+                           "limit minus a reserve (NaN: no limit)")
+DESCRIPTOR_LIMIT = _metric(Gauge, "rebreak_idle_descriptor_limit",
+                           "The process's soft RLIMIT_NOFILE after start-up (NaN: unlimited)")
+BUILD_INFO = _metric(Gauge, "rebreak_idle_build_info",
+                     "Always 1; the version label is the daemon's version", "version")

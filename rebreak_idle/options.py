@@ -27,6 +27,18 @@ class Options(usage.Options):
     ]
     optParameters = [[opt.flag, None, None, describe(opt)] for opt in OPTIONS]
 
+    def opt_version(self) -> None:
+        """Print the daemon's version (and Twisted's) and exit."""
+        import sys
+
+        from twisted import copyright
+
+        from . import __version__
+
+        sys.stdout.write(f"rebreak-idle {__version__} (Twisted {copyright.version})\n")
+        sys.stdout.flush()
+        raise SystemExit(0)
+
     def flag_values(self) -> dict[str, str | None]:
         """Attribute name → raw flag value (None when the flag was not given)."""
         return {opt.attr: self[opt.flag] for opt in OPTIONS}

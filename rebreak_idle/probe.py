@@ -2,32 +2,36 @@
 row, without the daemon.
 
 It reads the row with the store's query, decodes it as the supervisor does
-(:func:`rebreak_idle.service.row_decoder`), then walks the steps a session takes, each
-timed: DNS, TCP, TLS (certificate subject, issuer, expiry, verification result), greeting,
-capabilities, STARTTLS, login (its outcome classified by :func:`rebreak_idle.reconnect.
-classify`), SELECT counts, IDLE entered and left, a NOOP round trip, LOGOUT. The
-connection is the daemon's own: :func:`rebreak_idle.connecting.server_endpoint`, its TLS
-creators and :class:`rebreak_idle.imap.IdleClient`.
+(:func:`rebreak_idle.service.row_decoder`, with ``REBREAK_ALLOW_PRIVATE_HOSTS``), then
+walks the steps a session takes, each timed: DNS (each address checked by the destination
+policy), TCP, TLS (certificate subject, issuer, expiry, verification result), then the
+session's own login sequence (:mod:`rebreak_idle.login_sequence`: greeting, STARTTLS,
+capabilities, login (its outcome classified by :func:`rebreak_idle.reconnect.classify`),
+ID, SELECT counts, Courier's STATUS for UIDNEXT), IDLE entered and left, a NOOP round
+trip, LOGOUT. The connection is the daemon's own: :func:`rebreak_idle.connecting.
+server_endpoint` with the destination policy (a name that resolves to a refused address
+gets no connection), its TLS creators and :class:`rebreak_idle.imap.IdleClient`. A
+certificate that fails to verify is shown from that same handshake; there is never a
+second connection.
 
-No secret is ever printed: every text is scrubbed of the configured secrets and the
-account's own, and the report holds no field with a secret's name.
+No secret is ever printed: every text is scrubbed (:mod:`rebreak_idle.failures`) of the
+configured secrets and of the account's own in every form a server may echo it (the
+secret, base64 of it, the AUTHENTICATE PLAIN and XOAUTH2 payloads), and the report holds
+no field with a secret's name.
 """
 
 from __future__ import annotations
 
 import json
-import socket
-import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from twisted.internet import threads
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.interfaces import IHandshakeListener, IResolutionReceiver
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -37,8 +41,10 @@ from .account import Account
 from .config import Settings
 from .connecting import server_endpoint, shared_tls_creator
 from .db.store import AccountStore
-from .failures import describe, maskable, scrub
+from .destinations import DestinationPolicy, policy_for
+from .failures import account_secrets, describe, maskable, scrub
 from .imap.client import ConnectionState
+from .login_sequence import LoggedIn, LoginSequence, Phase
 from .reconnect import classify, credentials_rejected
 from .service import row_decoder
 from .supervisor import InvalidRow
@@ -51,9 +57,10 @@ _MAX_TEXT = 300
 
 
 def _clean(value: str, secrets: tuple[str, ...]) -> str:
-    """Server- or row-supplied text made printable, bounded and secret-free."""
-    text = "".join(c if c.isprintable() else "?" for c in value)[:_MAX_TEXT]
-    return scrub(text, secrets)
+    """Server- or row-supplied text made secret-free (first: escaping or cutting could
+    split a secret), printable and bounded."""
+    text = scrub(value, secrets)
+    return "".join(c if c.isprintable() else "?" for c in text)[:_MAX_TEXT]
 
 
 @dataclass
@@ -83,11 +90,6 @@ class ProbeReport:
                 "summary": self.summary, "steps": self.steps}
 
 
-def _name_text(name: Any) -> str:
-    return ", ".join(f"{k.decode('ascii', 'replace')}={v.decode('utf-8', 'replace')}"
-                     for k, v in name.get_components())
-
-
 def certificate_facts(cert: Any) -> dict[str, Any]:
     """Subject, issuer and expiry of a pyOpenSSL X509 (or a ``cryptography`` one)."""
     if hasattr(cert, "to_cryptography"):
@@ -98,21 +100,27 @@ def certificate_facts(cert: Any) -> dict[str, Any]:
             "expires_in_days": int((expires - datetime.now(UTC)).total_seconds() // 86400)}
 
 
-def _unverified_certificate(host: str, port: int, timeout: float) -> dict[str, Any]:
-    """The server's certificate fetched without verification (implicit TLS), to show what
-    failed to verify. Runs in a thread."""
-    from cryptography import x509
-
-    pem = ssl.get_server_certificate((host, port), timeout=timeout)
-    return certificate_facts(x509.load_pem_x509_certificate(pem.encode("ascii")))
+def _failed_certificate(reason: Failure | None) -> dict[str, Any] | None:
+    """The certificate that failed verification, as the failed handshake itself gave it
+    (:class:`~rebreak_idle.tls.CertificateVerifyError`), or None."""
+    cert = getattr(getattr(reason, "value", None), "certificate", None)
+    if cert is None:
+        return None
+    facts = certificate_facts(cert)
+    depth = getattr(reason.value, "depth", None) if reason is not None else None
+    if depth:
+        facts["depth"] = depth  # an issuer's certificate, not the server's own
+    return facts
 
 
 @implementer(IHandshakeListener)
 class _ProbeClient(imap.IdleClient):
-    """The daemon's client, noting when TCP connected and when a TLS handshake ended."""
+    """The daemon's client, noting when TCP connected, when a TLS handshake ended and why
+    the connection was lost."""
 
     connected_at: float | None = None
     handshake_at: float | None = None
+    lost_reason: Failure | None = None
 
     def connectionMade(self) -> None:
         self.connected_at = time.perf_counter()
@@ -121,21 +129,23 @@ class _ProbeClient(imap.IdleClient):
     def handshakeCompleted(self) -> None:
         self.handshake_at = time.perf_counter()
 
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.lost_reason = reason
+        super().connectionLost(reason)
+
 
 class _Factory(Factory):
     noisy = False
 
-    def __init__(self, settings: Settings, account: Account) -> None:
-        self.client = _ProbeClient(clock=_reactor(), command_timeout=settings.command_timeout,
-                                   noop_timeout=settings.noop_timeout,
-                                   allow_plaintext_auth=account.security == "plain")
+    def __init__(self, client: _ProbeClient) -> None:
+        self.client = client
 
     def buildProtocol(self, addr: Any) -> _ProbeClient:
         self.client.factory = self
         return self.client
 
 
-def _reactor() -> Any:
+def _global_reactor() -> Any:
     from twisted.internet import reactor
 
     return reactor
@@ -147,6 +157,30 @@ class _Timer:
 
     def ms(self, since: float | None = None) -> float:
         return (time.perf_counter() - (self.start if since is None else since)) * 1000
+
+
+class _StepFailed(Exception):
+    """A step failed and is in the report: the run stops (LOGOUT still follows)."""
+
+
+@implementer(IResolutionReceiver)
+class _Addresses:
+    """Collects what a name resolution gives (IHostnameResolver)."""
+
+    def __init__(self) -> None:
+        self.addresses: list[str] = []
+        self.done: Deferred[list[str]] = Deferred()
+
+    def resolutionBegan(self, resolution: Any) -> None:
+        pass
+
+    def addressResolved(self, address: Any) -> None:
+        host = str(getattr(address, "host", ""))
+        if host not in self.addresses:
+            self.addresses.append(host)
+
+    def resolutionComplete(self) -> None:
+        self.done.callback(self.addresses)
 
 
 async def _lookup(store: AccountStore, account_id: str | None, email: str | None,
@@ -168,100 +202,10 @@ async def _lookup(store: AccountStore, account_id: str | None, email: str | None
         return None
     row = rows[0]
     report.add("row", True, t.ms(), active=bool(row.get("is_active")),
-               last_connect_error=_clean(str(row["last_connect_error"]), ())
+               last_connect_error=_clean(str(row["last_connect_error"]), secrets)
                if row.get("last_connect_error") else None,
                heartbeat_age_s=row.get("heartbeat_age"))
     return row
-
-
-async def _dns(account: Account, report: ProbeReport) -> bool:
-    if isIPAddress(account.host) or isIPv6Address(account.host):
-        report.add("dns", True, 0.0, addresses=[account.host], note="IP literal")
-        return True
-    t = _Timer()
-    try:
-        infos = await threads.deferToThread(socket.getaddrinfo, account.host, account.port,
-                                            0, socket.SOCK_STREAM)
-    except OSError as e:
-        report.add("dns", False, t.ms(), error=describe(e))
-        report.fail("dns", describe(e))
-        return False
-    addresses = sorted({info[4][0] for info in infos})
-    report.add("dns", True, t.ms(), addresses=addresses)
-    return True
-
-
-async def _connect(settings: Settings, account: Account, report: ProbeReport,
-                   secrets: tuple[str, ...]) -> _ProbeClient | None:
-    reactor = _reactor()
-    factory = _Factory(settings, account)
-    client = factory.client
-
-    def tls_options() -> Any:
-        return shared_tls_creator(account.host, settings.tls_ca_file)
-
-    t = _Timer()
-    try:
-        endpoint = server_endpoint(reactor, account, settings.command_timeout, tls_options)
-        await endpoint.connect(factory)
-        if account.security == "tls":
-            await client.greeted
-    except Exception as e:
-        failure = Failure(e)
-        outcome = classify(failure)
-        text = _clean(outcome.text, secrets)
-        if client.connected_at is None:
-            report.add("tcp", False, t.ms(), error=text, **{"class": outcome.cause})
-            report.fail("tcp", text)
-        else:
-            report.add("tcp", True, (client.connected_at - t.start) * 1000,
-                       address=f"{account.host}:{account.port}")
-            step = "tls" if account.security == "tls" else "greeting"
-            detail: dict[str, Any] = {"verified": False} if step == "tls" else {}
-            if step == "tls" and outcome.cause == "tls":
-                try:
-                    detail["certificate"] = await threads.deferToThread(
-                        _unverified_certificate, account.host, account.port,
-                        settings.command_timeout)
-                except Exception as e:  # only an illustration of the failure: say so
-                    detail["certificate"] = {"unavailable": _clean(describe(e), secrets)}
-            report.add(step, False, t.ms(client.connected_at), error=text,
-                       **{"class": outcome.cause}, **detail)
-            report.fail(step, text)
-        if client.transport is not None and not client.closed:
-            client.transport.abortConnection()
-        return None
-    connected = client.connected_at or time.perf_counter()
-    report.add("tcp", True, (connected - t.start) * 1000,
-               address=f"{account.host}:{account.port}")
-    if account.security == "tls":
-        _tls_step(client, report, connected)
-    return client
-
-
-def _tls_step(client: _ProbeClient, report: ProbeReport, since: float) -> None:
-    cert = client.transport.getPeerCertificate() if client.transport is not None else None
-    ms = ((client.handshake_at or time.perf_counter()) - since) * 1000
-    facts = certificate_facts(cert) if cert is not None else {}
-    report.add("tls", True, ms, verified=True, certificate=facts)
-
-
-async def _step(report: ProbeReport, name: str, run: Callable[[], Deferred],
-                secrets: tuple[str, ...]) -> tuple[bool, Any]:
-    t = _Timer()
-    try:
-        result = await run()
-    except Exception as e:
-        outcome = classify(Failure(e))
-        text = _clean(outcome.text, secrets)
-        extra: dict[str, Any] = {"class": outcome.cause}
-        if name == "login":
-            extra["credentials_rejected"] = credentials_rejected(outcome)
-        report.add(name, False, t.ms(), error=text, **extra)
-        report.fail(name, f"{text} ({outcome.cause})")
-        return False, None
-    report.steps.append({"step": name, "ok": True, "ms": round(t.ms(), 1)})
-    return True, result
 
 
 def _words(caps: dict[bytes, Any]) -> list[str]:
@@ -275,65 +219,213 @@ def _words(caps: dict[bytes, Any]) -> list[str]:
     return sorted(out)[:100]
 
 
-async def _session(settings: Settings, account: Account, client: _ProbeClient,
-                   report: ProbeReport, secrets: tuple[str, ...]) -> None:
-    started = client.handshake_at or client.connected_at or time.perf_counter()
-    ok, _ = await _step(report, "greeting", lambda: client.greeted, secrets)
-    report.steps[-1]["ms"] = round((time.perf_counter() - started) * 1000, 1)
-    if not ok:
-        return
-    report.steps[-1]["preauth"] = client.state == ConnectionState.AUTH
-    if account.security == "starttls":
-        if not client.has_starttls:
-            report.add("starttls", False, error="server does not offer STARTTLS")
-            report.fail("starttls", "server does not offer STARTTLS")
+class _Run:
+    """One probe of one decoded account: the steps after the row, in order."""
+
+    def __init__(self, settings: Settings, account: Account, report: ProbeReport,
+                 secrets: tuple[str, ...], reactor: Any, resolver: Any) -> None:
+        self.settings = settings
+        self.account = account
+        self.report = report
+        self.secrets = secrets
+        self.reactor = reactor
+        self.resolver = resolver
+        self.policy: DestinationPolicy = policy_for(settings.allow_private_hosts)
+        self.client = _ProbeClient(clock=reactor, command_timeout=settings.command_timeout,
+                                   noop_timeout=settings.noop_timeout,
+                                   allow_plaintext_auth=account.security == "plain")
+        self._starttls_at: float | None = None
+        self._select: dict[str, Any] = {}
+
+    def clean(self, text: str) -> str:
+        return _clean(text, self.secrets)
+
+    def tls_options(self) -> Any:
+        self._starttls_at = time.perf_counter()
+        return shared_tls_creator(self.account.host, self.settings.tls_ca_file)
+
+    async def run(self) -> None:
+        if not await self.dns() or not await self.connect():
             return
-        since = time.perf_counter()
-        tls = shared_tls_creator(account.host, settings.tls_ca_file)
-        ok, _ = await _step(report, "starttls", lambda: client.startTLS(tls), secrets)
-        if not ok:
+        try:
+            await self.session()
+        except _StepFailed:
+            pass
+        finally:
+            await self.logout()
+
+    # -- before IMAP ------------------------------------------------------------------------
+
+    async def dns(self) -> bool:
+        """The row's name resolved as the daemon resolves it, each address checked by the
+        destination policy; every address refused: the probe stops here, unconnected."""
+        account, report = self.account, self.report
+        if isIPAddress(account.host) or isIPv6Address(account.host):
+            report.add("dns", True, 0.0, addresses=[account.host], note="IP literal")
+            return True
+        t = _Timer()
+        resolver = self.resolver or self.reactor.nameResolver
+        receiver = _Addresses()
+        try:
+            resolver.resolveHostName(receiver, account.host, account.port)
+            addresses = await receiver.done.addTimeout(self.settings.command_timeout,
+                                                       self.reactor)
+        except Exception as e:
+            text = self.clean(describe(e))
+            report.add("dns", False, t.ms(), error=text)
+            report.fail("dns", text)
+            return False
+        if not addresses:
+            text = f"DNS lookup failed: no address for {account.host}"
+            report.add("dns", False, t.ms(), error=text)
+            report.fail("dns", text)
+            return False
+        problems = {a: self.policy.problem(a, account.host) for a in addresses}
+        refused = [a for a, problem in problems.items() if problem is not None]
+        if len(refused) == len(addresses):
+            text = str(problems[addresses[0]])
+            report.add("dns", False, t.ms(), addresses=addresses, error=text,
+                       **{"class": "destination"})
+            report.fail("dns", text)
+            return False
+        detail = {"refused": refused} if refused else {}
+        report.add("dns", True, t.ms(), addresses=addresses, **detail)
+        return True
+
+    async def connect(self) -> bool:
+        """TCP (and implicit TLS) through the daemon's endpoint and destination policy."""
+        account, report, client = self.account, self.report, self.client
+        t = _Timer()
+        try:
+            endpoint = server_endpoint(self.reactor, account, self.settings.command_timeout,
+                                       self.tls_options, self.policy, resolver=self.resolver)
+            await endpoint.connect(_Factory(client))
+            if account.security == "tls":
+                await client.greeted
+        except Exception as e:
+            outcome = classify(Failure(e))
+            text = self.clean(outcome.text)
+            if client.connected_at is None:
+                report.add("tcp", False, t.ms(), error=text, **{"class": outcome.cause})
+                report.fail("tcp", text)
+            else:
+                report.add("tcp", True, (client.connected_at - t.start) * 1000,
+                           address=f"{account.host}:{account.port}")
+                step = "tls" if account.security == "tls" else "greeting"
+                detail: dict[str, Any] = {"verified": False} if step == "tls" else {}
+                certificate = _failed_certificate(client.lost_reason)
+                if step == "tls" and certificate is not None:
+                    detail["certificate"] = certificate
+                report.add(step, False, t.ms(client.connected_at), error=text,
+                           **{"class": outcome.cause}, **detail)
+                report.fail(step, text)
+            if client.transport is not None and not client.closed:
+                client.transport.abortConnection()
+            return False
+        connected = client.connected_at or time.perf_counter()
+        peer = getattr(client.transport.getPeer(), "host", account.host) \
+            if client.transport is not None else account.host
+        report.add("tcp", True, (connected - t.start) * 1000,
+                   address=f"{account.host}:{account.port}", peer=str(peer))
+        if account.security == "tls":
+            self.tls_step(connected)
+        return True
+
+    def tls_step(self, since: float) -> None:
+        client = self.client
+        cert = client.transport.getPeerCertificate() if client.transport is not None else None
+        ms = ((client.handshake_at or time.perf_counter()) - since) * 1000
+        facts = certificate_facts(cert) if cert is not None else {}
+        self.report.add("tls", True, ms, verified=True, certificate=facts)
+
+    # -- the session's login sequence, then IDLE and NOOP -------------------------------------
+
+    async def step(self, name: str, action: Callable[[], Awaitable[Any]]) -> Any:
+        """Run one step: timed, reported; a failure is reported and stops the run."""
+        report, client = self.report, self.client
+        t = _Timer()
+        if name == "greeting":  # the server's greeting came after TCP / the handshake
+            t.start = client.handshake_at or client.connected_at or t.start
+        try:
+            result = await action()
+        except Exception as e:
+            outcome = classify(Failure(e))
+            text = self.clean(outcome.text)
+            extra: dict[str, Any] = {"class": outcome.cause}
+            if name == "login":
+                extra["credentials_rejected"] = credentials_rejected(outcome)
+            if name == "starttls":
+                certificate = _failed_certificate(client.lost_reason)
+                if certificate is not None:
+                    extra["certificate"] = certificate
+            report.add(name, False, t.ms(), error=text, **extra)
+            report.fail(name, f"{text} ({outcome.cause})")
+            raise _StepFailed(name) from None
+        report.add(name, True, t.ms())
+        return result
+
+    def phase(self, phase: Phase, done: LoggedIn) -> None:
+        """What the shared sequence tells: details added to the steps it ran."""
+        report, client = self.report, self.client
+        if phase is Phase.GREETED:
+            greeting = next(s for s in report.steps if s["step"] == "greeting")
+            greeting["preauth"] = client.state == ConnectionState.AUTH
+            if self.account.security == "starttls" and self._starttls_at is not None:
+                # the handshake is done once CAPABILITY answered
+                self.tls_step(self._starttls_at)
+            report.add("capabilities", True, 0.0, capabilities=_words(client.capabilities))
+        elif phase is Phase.LOGGED_IN:
+            # the capabilities that count: after login (Cyrus tells IDLE only then)
+            report.steps[-1].update(method=done.account.auth_method,
+                                    capabilities=_words(client.capabilities),
+                                    idle=client.has_idle)
+        elif phase is Phase.SELECTED and done.selected is not None:
+            self._select = report.steps[-1]
+            self._select.update({k.lower().replace("-", "_"): done.selected.get(k) for k in
+                                 ("EXISTS", "RECENT", "UNSEEN", "UIDVALIDITY", "UIDNEXT",
+                                  "READ-WRITE")})
+
+    async def session(self) -> None:
+        client, report = self.client, self.report
+        sequence = LoginSequence(client, self.account, self.tls_options,
+                                 on_phase=self.phase, step=self.step)
+        done = await sequence.run()
+        if done.mark is not None and done.mark.uidnext is None:  # STATUS asked (Courier)
+            report.steps[-1]["uidnext"] = done.uidnext
+            self._select.update(uidnext=done.uidnext, uidnext_from="STATUS")
+        if client.has_idle:
+            await self.step("idle", client.idle)
+            await self.step("done", client.done)
+        else:
+            report.add("idle", None, note="IDLE not offered: the daemon polls this mailbox")
+        await self.step("noop", client.noop)
+
+    async def logout(self) -> None:
+        client, report = self.client, self.report
+        if client.closed or client.transport is None:
             return
-    ok, caps = await _step(report, "capabilities", client.getCapabilities, secrets)
-    if not ok:
-        return
-    if account.security == "starttls":  # the handshake is done once CAPABILITY answered
-        _tls_step(client, report, since)
-        report.steps.insert(-1, report.steps.pop())
-    report.steps[-1].update(capabilities=_words(caps), idle=client.has_idle)
-    if account.auth_method == "xoauth2":
-        ok, _ = await _step(report, "login",
-                            lambda: client.login_xoauth2(account.username, account.secret),
-                            secrets)
-    else:
-        ok, _ = await _step(report, "login",
-                            lambda: client.login(account.username, account.secret), secrets)
-    if not ok:
-        return
-    report.steps[-1].update(method=account.auth_method)
-    ok, info = await _step(report, "select", client.select, secrets)
-    if not ok:
-        return
-    report.steps[-1].update({k.lower().replace("-", "_"): info.get(k) for k in
-                             ("EXISTS", "RECENT", "UNSEEN", "UIDVALIDITY", "UIDNEXT",
-                              "READ-WRITE")})
-    if client.has_idle:
-        ok, _ = await _step(report, "idle", client.idle, secrets)
-        if not ok:
-            return
-        ok, _ = await _step(report, "done", client.done, secrets)
-        if not ok:
-            return
-    else:
-        report.add("idle", None, note="IDLE not offered: the daemon polls this mailbox")
-    ok, _ = await _step(report, "noop", client.noop, secrets)
+        t = _Timer()
+        try:
+            await client.logout()
+            report.add("logout", True, t.ms())
+        except Exception as e:
+            text = self.clean(describe(e))
+            report.add("logout", False, t.ms(), error=text)
+            report.fail("logout", text)
+        if client.transport is not None and not client.closed:
+            client.transport.abortConnection()
 
 
 async def probe(settings: Settings, *, account_id: str | None = None,
-                email: str | None = None) -> ProbeReport:
-    """Run the probe for one row (by ``account_id`` or ``email``) and return the report."""
+                email: str | None = None, reactor: Any = None, resolver: Any = None
+                ) -> ProbeReport:
+    """Run the probe for one row (by ``account_id`` or ``email``) and return the report.
+    ``reactor`` (default the global one) and ``resolver`` (an ``IHostnameResolver``,
+    default the reactor's): the seams for tests."""
     report = ProbeReport(target=account_id or email or "")
     secrets = maskable(settings.secret_values())
-    store = AccountStore(settings.database_url, _reactor(),
+    reactor = _global_reactor() if reactor is None else reactor
+    store = AccountStore(settings.database_url, _global_reactor(),
                          connect_timeout=settings.command_timeout)
     try:
         row = await _lookup(store, account_id, email, report, secrets)
@@ -341,7 +433,7 @@ async def probe(settings: Settings, *, account_id: str | None = None,
         store.pool.close()
     if row is None:
         return report
-    decoded = row_decoder(settings.key_bytes)(row)
+    decoded = row_decoder(settings.key_bytes, settings.allow_private_hosts)(row)
     if isinstance(decoded, InvalidRow):
         text = _clean(decoded.reason, secrets)
         report.account = {"id": decoded.id, "email": decoded.email}
@@ -349,37 +441,13 @@ async def probe(settings: Settings, *, account_id: str | None = None,
         report.fail("decode", text, NO_ROW)
         return report
     account = decoded
-    secrets = maskable((*secrets, account.secret))
+    # every form in which a server may echo the account's secret (failures.py)
+    secrets = maskable((*secrets, *account_secrets(account.username, account.secret)))
     report.account = {"id": account.id, "email": account.email, "host": account.host,
                       "port": account.port, "security": account.security,
                       "username": account.username, "auth_method": account.auth_method}
-    if not await _dns(account, report):
-        return report
-    client = await _connect(settings, account, report, secrets)
-    if client is None:
-        return report
-    try:
-        await _session(settings, account, client, report, secrets)
-    finally:
-        await _logout(client, report, secrets)
+    await _Run(settings, account, report, secrets, reactor, resolver).run()
     return report
-
-
-async def _logout(client: _ProbeClient, report: ProbeReport, secrets: tuple[str, ...]
-                  ) -> None:
-    if client.closed or client.transport is None:
-        return
-    if report.status != OK:  # whatever failed, still say goodbye
-        t = _Timer()
-        try:
-            await client.logout()
-            report.add("logout", True, t.ms())
-        except Exception as e:
-            report.add("logout", False, t.ms(), error=_clean(describe(e), secrets))
-        if client.transport is not None and not client.closed:
-            client.transport.abortConnection()
-        return
-    await _step(report, "logout", client.logout, secrets)
 
 
 def format_report(report: ProbeReport) -> str:

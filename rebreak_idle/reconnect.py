@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 
 from . import imap, providers
 from .backoff import Backoff
+from .descriptors import is_out_of_descriptors
 from .failures import describe
 from .providers import CAPACITY, CREDENTIALS, NETWORK, RECYCLE, THROTTLED, TRANSIENT
 from .session_errors import SessionError
@@ -31,7 +32,8 @@ __all__ = ["CAUSES", "FLOOD_MIN_DELAY", "HEALTHY_AFTER", "MAX_HOLDOFF", "TRANSIE
            "Outcome", "Reaction", "SessionError", "classify", "credentials_rejected",
            "holdoff_for", "reaction", "settle"]
 
-CAUSES = ("network", "tls", "auth", "bye", "timeout", "protocol", "destination", "flood")
+CAUSES = ("network", "tls", "auth", "bye", "timeout", "protocol", "destination", "flood",
+          "descriptors")
 
 #: Least wait after a connection was closed for flooding (issue 17): a capacity-style
 #: wait of minutes, growing with the attempts like any backoff.
@@ -60,7 +62,8 @@ THROTTLE_WAIT = 60.0
 
 _DEFAULT_KIND = {"network": NETWORK, "timeout": NETWORK, "tls": providers.TLS,
                  "protocol": providers.PROTOCOL, "bye": TRANSIENT, "auth": CREDENTIALS,
-                 "flood": CAPACITY, "destination": providers.PROTOCOL}
+                 "flood": CAPACITY, "destination": providers.PROTOCOL,
+                 "descriptors": NETWORK}
 
 _TLS_TEXTS = ("certificate verify failed", "TLS error")
 
@@ -128,6 +131,8 @@ def classify(failure: Failure) -> Outcome:
         return Outcome("timeout", text)
     if isinstance(exc, ierror.ConnectionDone | ierror.ConnectionLost):
         return Outcome("network", text, weak=True)
+    if is_out_of_descriptors(exc):  # the process's limit, not the account's trouble
+        return Outcome("descriptors", "this process has no file descriptor left (EMFILE)")
     if isinstance(exc, ierror.ConnectError | ierror.DNSLookupError | OSError):
         return Outcome("network", text)
     return Outcome("protocol", text)

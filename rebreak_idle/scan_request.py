@@ -23,15 +23,16 @@ from twisted.web.client import (
     ResponseFailed,
     ResponseNeverReceived,
 )
-from twisted.web.http import PotentialDataLoss
+from twisted.web.http import PotentialDataLoss, stringToDatetime
 
 from .failures import describe, scrub
 
 if TYPE_CHECKING:
     from .account import Account
 
-__all__ = ["BODY_LOG_LIMIT", "BODY_READ_LIMIT", "Job", "Retryable", "answer_counts",
-           "attempt_error", "coalesce", "read_body", "snippet", "timed_out"]
+__all__ = ["BACKEND_REFUSALS", "BODY_LOG_LIMIT", "BODY_READ_LIMIT", "RETRYABLE_4XX", "Job",
+           "answer_counts", "attempt_error", "read_body", "retry_after", "snippet",
+           "timed_out"]
 
 #: Characters of a response body (or of an error text) that reach a log line.
 BODY_LOG_LIMIT = 200
@@ -39,13 +40,12 @@ BODY_LOG_LIMIT = 200
 BODY_READ_LIMIT = 64 * 1024
 
 
-class Retryable(Exception):
-    """An attempt failed in a way worth retrying (5xx answer); ``text`` is secret-free."""
-
-    def __init__(self, status: int, text: str) -> None:
-        super().__init__(text)
-        self.status = status
-        self.text = text
+#: 4xx answers that say "later", not "never": retried like a 5xx (RFC 9110 §15.5.9,
+#: RFC 6585 §4)
+RETRYABLE_4XX = frozenset({408, 429})
+#: 4xx answers that say the daemon's configuration is wrong for every account: 401/403 a
+#: wrong ADMIN_SECRET, 404 a wrong BACKEND_URL
+BACKEND_REFUSALS = frozenset({401, 403, 404})
 
 
 @dataclass
@@ -55,9 +55,9 @@ class Job:
     account: Account
     exists: int
     reason: str
-    #: who waits for this scan's outcome: fired True on a 2xx answer, False otherwise
-    #: (a coalesced follow-up inherits the waiters of the requests it replaced: it goes
-    #: out after them, so it covers them)
+    #: who waits for this scan's outcome: fired True on a 2xx answer, False when it is
+    #: dropped (shutdown, the account discarded) or replaced by a later request of the
+    #: same mailbox before it went out (whose answer covers it: :mod:`rebreak_idle.owed_scans`)
     acks: list[Deferred[bool]] = field(default_factory=list)
     #: an extra folder's name (REBREAK_EXTRA_FOLDERS); None for INBOX
     mailbox: str | None = None
@@ -80,21 +80,6 @@ class Job:
         if self.mailbox is not None:
             body["mailbox"] = self.mailbox
         return json.dumps(body).encode("utf-8")
-
-
-def coalesce(pending: Job, job: Job) -> Job:
-    """The job to keep pending when ``job`` arrives behind ``pending``: the newer one of
-    the same mailbox (inheriting the waiters, it covers them); of two mailboxes INBOX's
-    (a folder's scan ends not acknowledged: its mark stays, the next heartbeat asks
-    again), else the newer folder's."""
-    if pending.mailbox == job.mailbox:
-        job.acks[:0], pending.acks = pending.acks, []
-        return job
-    if pending.mailbox is None:
-        job.settle(False)
-        return pending
-    pending.settle(False)
-    return job
 
 
 class _BodyReader(Protocol):
@@ -164,6 +149,22 @@ def attempt_error(failure: Failure, timeout: float, secrets: Sequence[str]) -> s
     else:
         text = describe(failure)
     return scrub(text, secrets)[:BODY_LOG_LIMIT]
+
+
+def retry_after(values: Sequence[bytes] | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (RFC 9110 §10.2.3): delay-seconds or an
+    HTTP-date (``now`` is the epoch time it is measured from); None when absent or not
+    readable. Not bounded here (:class:`~rebreak_idle.backend_health.BackendHealth` is)."""
+    if not values:
+        return None
+    text = values[-1].strip()
+    if text.isdigit():
+        return float(int(text[:12]))
+    try:
+        moment = stringToDatetime(text)
+    except (ValueError, IndexError, KeyError, OverflowError):
+        return None
+    return max(0.0, moment - now)
 
 
 def answer_counts(body: bytes) -> tuple[int | None, int | None, str]:

@@ -16,13 +16,14 @@ phase gets what remains, at least a small floor.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 
-from . import gc_tuning, memory
+from . import __version__, descriptors, gc_tuning, memory, metrics
 from .account import Account, InvalidAccount, account_from_row
 from .budget import HostBudget
 from .config import (
@@ -43,6 +44,8 @@ from .scan import ScanTrigger
 from .secrets import SecretError, decrypt_secret
 from .session import MailboxSession, timer_resolution
 from .status import StatusService, make_status_resource
+from .status_query import PageQuery, Selection
+from .status_rows import StatusRows
 from .stop_budget import StopBudget
 from .supervisor import Decode, InvalidRow, Supervisor
 from .wheel import TimerWheel
@@ -64,6 +67,11 @@ class Daemon(MultiService):
         self.settings = settings
         self.reactor = reactor
         self.owns_process = owns_process
+        #: the descriptor limit: raised to the hard limit when the daemon owns the process
+        #: (as Node.js does); the sessions it allows (rebreak_idle.descriptors)
+        self.descriptors = descriptors.raise_soft_limit() if owns_process else None
+        self.capacity = None if self.descriptors is None else \
+            descriptors.session_capacity(self.descriptors)
         #: the sessions' heartbeat timers and command deadlines, on one reactor timer
         self.timers = TimerWheel(reactor, timer_resolution(settings))
         self._session_settings = session_settings(settings)
@@ -74,7 +82,8 @@ class Daemon(MultiService):
                                  sources=settings.source_addresses)
         self.store = AccountStore(settings.database_url, reactor,
                                   flush_interval=settings.write_flush_interval,
-                                  shutdown_timeout=settings.shutdown_timeout)
+                                  shutdown_timeout=settings.shutdown_timeout,
+                                  prune_interval=settings.refresh_interval)
         #: the last acknowledged mark of each mailbox (rebreak_idle.mailbox_state): outlives
         #: a restarted session, the process and a replica takeover
         self.marks = MailboxMemory(writer=self.store.record_mark)
@@ -86,7 +95,7 @@ class Daemon(MultiService):
         self.store.setServiceParent(self)
 
         self.leases: Any = None
-        account_filter = None
+        account_filter = owned = None
         if settings.leases_enabled:
             from .db.leases import LeaseKeeper
 
@@ -94,26 +103,33 @@ class Daemon(MultiService):
                                       on_change=self._owned_changed,
                                       on_lost_ownership=self._ownership_lost)
             self.leases.setServiceParent(self)
-            account_filter = self.leases.filter
-        # before sessions start: the stored marks of the accounts not loaded yet
-        account_filter = MarkLoader(self.marks, self.store.load_marks, then=account_filter)
+            account_filter, owned = self.leases.filter, self.leases.owned
+        # before sessions start: the stored marks of the accounts not loaded yet (and,
+        # with leases, only the accounts still owned once they are read)
+        account_filter = MarkLoader(self.marks, self.store.load_marks, then=account_filter,
+                                    owned=owned)
 
         self.supervisor = Supervisor(self.store, self._new_session,
                                      row_decoder(settings.key_bytes,
                                                  settings.allow_private_hosts),
                                      supervisor_settings(settings), reactor,
                                      account_filter=account_filter,
-                                     on_session_removed=self._session_removed)
+                                     on_session_removed=self._session_removed,
+                                     after_refresh=self.store.prune,
+                                     capacity=self.capacity)
         self.supervisor.setServiceParent(self)
         if settings.notify_channel:
             self.store.listen(settings.notify_channel, self.supervisor.request_refresh,
                               refresh_interval=settings.refresh_interval)
 
+        self._rows = StatusRows(self.supervisor,
+                                lambda entry: self._with_scan(self.supervisor.snapshot_of(entry)))
         self.status: StatusService | None = None
         status = status_settings(settings)
         if status is not None:
             resource = make_status_resource(status, ready=lambda: self.supervisor.ready,
-                                            snapshot=self.snapshot)
+                                            snapshot=self.snapshot,
+                                            counts=self.supervisor.counts, page=self.page)
             self.status = StatusService(status, resource, reactor)
             self.status.setServiceParent(self)
 
@@ -121,7 +137,7 @@ class Daemon(MultiService):
         return MailboxSession(account, self._session_settings, self.store, self.scans.submit,
                               self.reactor, memory=self.marks, timers=self.timers,
                               reread=self._reread, budget=self.budget,
-                              holdoffs=self.holdoffs)
+                              holdoffs=self.holdoffs, tally=self.supervisor.tally)
 
     def _reread(self, account_id: str) -> Deferred:
         """One account's row read again and decoded (a refused OAuth token)."""
@@ -151,30 +167,57 @@ class Daemon(MultiService):
         self.supervisor.stop_all_sessions()
 
     def snapshot(self) -> list[dict]:
-        """One object per account for /status: the session's view plus its last scan."""
-        out = []
-        sessions = self.supervisor.sessions
-        for entry in self.supervisor.snapshot():
-            entry = dict(entry)
-            entry["last_scan"] = self.scans.last_outcome(entry["id"])
-            session = sessions.get(entry["id"])
-            entry["imap_host"] = None if session is None else session.account.host
-            out.append(entry)
-        return out
+        """One object per account for /status: the session's view plus its last scan and
+        since when it owes a scan (``scan_owed_since``, ISO 8601; null when it owes none)."""
+        return [self._with_scan(entry) for entry in self.supervisor.snapshot()]
+
+    def page(self, query: PageQuery) -> Selection[dict]:
+        """The status page's rows for ``query`` (:mod:`rebreak_idle.status_rows`: no
+        snapshot of every account, only of the page's rows)."""
+        return self._rows.page(query)
+
+    def _with_scan(self, entry: dict) -> dict:
+        entry["last_scan"] = self.scans.last_outcome(entry["id"])
+        owed = self.scans.owed_since(entry["id"])
+        entry["scan_owed_since"] = (None if owed is None
+                                    else datetime.fromtimestamp(owed, UTC).isoformat())
+        session = self.supervisor.sessions.get(entry["id"])
+        entry["imap_host"] = None if session is None else session.account.host
+        return entry
 
     def startService(self) -> None:
         s = self.settings
         log.info(
-            "rebreak-idle starting: backend {backend}, refresh {refresh:g}s, heartbeat "
-            "{heartbeat:g}s, IDLE renewal {renew:g}s, status server {status}, leases {leases}",
-            backend=s.backend_url, refresh=s.refresh_interval, heartbeat=s.heartbeat_interval,
-            renew=s.idle_renew, status=s.status_endpoint or "off", leases=s.leases,
+            "rebreak-idle {version} starting: backend {backend}, refresh {refresh:g}s, "
+            "heartbeat {heartbeat:g}s, IDLE renewal {renew:g}s, status server {status}, "
+            "leases {leases}, host login budget {budget}",
+            version=__version__, backend=s.backend_url, refresh=s.refresh_interval,
+            heartbeat=s.heartbeat_interval, renew=s.idle_renew,
+            status=s.status_endpoint or "off", leases=s.leases,
+            budget="off" if s.host_login_rate is None else
+            f"{s.host_login_rate:g}/s, burst {s.host_login_burst}",
         )
+        metrics.BUILD_INFO.labels(version=__version__).set(1)
+        self._log_descriptors()
         super().startService()
         if self.owns_process:
             gc_tuning.tune_for_many_sessions()
             self.reactor.callWhenRunning(self._install_signal_handlers)
             self.supervisor.ramp.on_settled = memory.release_free_heap
+
+    def _log_descriptors(self) -> None:
+        limit = self.descriptors
+        if limit is None:
+            return
+        nan = float("nan")
+        metrics.DESCRIPTOR_LIMIT.set(nan if limit.soft is None else limit.soft)
+        metrics.SESSION_CAPACITY.set(nan if self.capacity is None else self.capacity)
+        raised = "" if limit.was == limit.soft else f", raised from {limit.was}"
+        log.info("[idle/db] file descriptor limit {soft}{raised} (hard {hard}): up to "
+                 "{capacity} sessions ({reserve} descriptors kept for the database, backend "
+                 "and status connections)", soft=limit.soft or "unlimited", raised=raised,
+                 hard=limit.hard or "unlimited", capacity=self.capacity or "unlimited",
+                 reserve=descriptors.DESCRIPTOR_RESERVE)
 
     def _install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: a graceful stop (LOGOUT, flush, scans) and exit status 0.

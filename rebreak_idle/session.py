@@ -45,12 +45,13 @@ from .connecting import (
 from .failures import account_secrets, describe, scrub
 from .folding import EventFold, exists_fold
 from .interfaces import IHoldoffRecorder, IRecorder, ISession, OnNewMail
-from .marks import MailboxMark, MailboxMemory, status_uidnext
-from .providers import CLIENT_ID, CREDENTIALS
+from .login_sequence import LoggedIn, LoginSequence, Phase
+from .marks import MailboxMark, MailboxMemory
+from .providers import CREDENTIALS
 from .reconnect import CLOSED, HEALTHY_AFTER, Outcome, SessionError, classify, reaction
 from .session_heartbeat import HeartbeatLoop, timer_resolution
 from .session_providers import ProviderLimits
-from .session_state import State, check_transition, state_gauge
+from .session_state import State, StateTally, check_transition, state_gauge
 from .tokens import Reread
 from .wheel import TimerWheel
 
@@ -78,7 +79,8 @@ class MailboxSession(HeartbeatLoop, ProviderLimits, Service):
     (default: one of its own). ``tls_creator(hostname)``: the TLS connection creator
     (default: shared per host). For tests and embedding: ``endpoint`` (instead of TCP and
     implicit TLS), ``jitter`` (callable in [0, 1)), ``timers`` (the TimerWheel the
-    daemon's sessions share; default one of its own)."""
+    daemon's sessions share; default one of its own), ``tally`` (the daemon's count of
+    sessions by state, :class:`~rebreak_idle.session_state.StateTally`)."""
 
     def __init__(
         self,
@@ -96,6 +98,7 @@ class MailboxSession(HeartbeatLoop, ProviderLimits, Service):
         reread: Reread | None = None,
         budget: HostBudget | None = None,
         holdoffs: IHoldoffRecorder | None = None,
+        tally: StateTally | None = None,
     ) -> None:
         self.account = account
         self._init_limits(reread, budget, holdoffs)
@@ -115,6 +118,7 @@ class MailboxSession(HeartbeatLoop, ProviderLimits, Service):
         self._service: QuietClientService | None = None
 
         self.state = State.STOPPED
+        self._tally = StateTally() if tally is None else tally
         self._since = reactor.seconds()
         # the current connection
         self._client: imap.IdleClient | None = None
@@ -211,6 +215,11 @@ class MailboxSession(HeartbeatLoop, ProviderLimits, Service):
         return self._last_heartbeat
 
     @property
+    def last_error(self) -> str | None:
+        """The last error shown for this account (scrubbed), or None since a login."""
+        return self._last_error
+
+    @property
     def last_exists_at(self) -> float | None:
         """Reactor time of the last EXISTS seen (the scrape-time gauges); None before."""
         return None if self._last_exists is None else self._last_exists[0]
@@ -245,6 +254,7 @@ class MailboxSession(HeartbeatLoop, ProviderLimits, Service):
             return
         check_transition(old, state)
         self.state = state
+        self._tally.moved(old, state, self.account.host)
         self._since = self._reactor.seconds()
         if old is not State.STOPPED:
             state_gauge(old).dec()
@@ -320,32 +330,15 @@ class MailboxSession(HeartbeatLoop, ProviderLimits, Service):
         return protocol
 
     async def _login(self, client: imap.IdleClient) -> None:
-        account = self.account
-        await client.greeted  # the client's greeting deadline applies
-        if account.security == "starttls":
-            if not client.has_starttls:
-                raise SessionError("protocol", "server does not offer STARTTLS")
-            await client.startTLS(self._tls_options())
-        self._set_state(State.AUTHENTICATING)
-        if account.auth_method == "xoauth2":
-            account = await self._login_xoauth2(client, account)
-        else:
-            await client.login(account.username, account.secret)
-        self._recorder.clear_error(account.id)
-        self._last_error = self._last_error_at = None
-        self._logged_in()
-        if client.has_id:  # RFC 2971; some servers (163.com) refuse SELECT without it
-            await client.id(CLIENT_ID).addErrback(_ignore)
-        self._set_state(State.SELECTING)
-        mark = MailboxMark.from_select(await client.select())
-        self._exists = mark.exists
-        self._mark = mark  # a candidate: remembered once a scan covering it is acknowledged
-        # the SELECT result carried the count: from now on EXISTS/EXPUNGE move it
-        client.on_exists = self._on_exists
-        client.on_expunge = self._on_expunge
-        if mark.uidnext is None:  # Courier: ask STATUS (never a bare count if avoidable)
-            uidnext = await status_uidnext(client)
-            self._mark = self._mark.with_uidnext(uidnext).with_count(self._exists)
+        done = await LoginSequence(
+            client, self.account, self._tls_options, xoauth2=self._login_xoauth2,
+            on_phase=lambda phase, done: self._login_phase(phase, done, client)).run()
+        account, mark = done.account, done.mark
+        if mark is None or self._mark is None:  # pragma: no cover - run() selected
+            raise SessionError("protocol", "no SELECT answer")
+        if done.status is not None:  # Courier: count and UIDNEXT from one STATUS answer
+            self._mark = done.status
+            self._exists = done.status.exists
         changed = self._mark.needs_scan(self._memory.get(account.id))
         await self._watch_folders(client)  # REBREAK_EXTRA_FOLDERS: LIST, STATUS
         if client.has_idle:
@@ -366,6 +359,24 @@ class MailboxSession(HeartbeatLoop, ProviderLimits, Service):
             self._new_mail(self._exists, "connected")
         self._folders_checked(connecting=True)
 
+    def _login_phase(self, phase: Phase, done: LoggedIn, client: imap.IdleClient) -> None:
+        """What the session does at each step of the shared login sequence."""
+        if phase is Phase.AUTHENTICATING:
+            self._set_state(State.AUTHENTICATING)
+        elif phase is Phase.LOGGED_IN:
+            self._recorder.clear_error(done.account.id)
+            self._last_error = self._last_error_at = None
+            self._logged_in()
+        elif phase is Phase.SELECTING:
+            self._set_state(State.SELECTING)
+        elif phase is Phase.SELECTED and done.mark is not None:
+            self._exists = done.mark.exists
+            self._mark = done.mark  # a candidate: remembered once a scan covering it is
+            # acknowledged. The SELECT result carried the count: from now on EXISTS/EXPUNGE
+            # move it
+            client.on_exists = self._on_exists
+            client.on_expunge = self._on_expunge
+
     def _step_failed(self, failure: Failure, client: imap.IdleClient) -> None:
         """A login, IDLE, heartbeat or poll step failed: note why and close the connection
         (ClientService then schedules the retry; :meth:`_connection_ended` picks the delay
@@ -385,8 +396,10 @@ class MailboxSession(HeartbeatLoop, ProviderLimits, Service):
 
     def _acknowledged(self, ok: object, mark: MailboxMark) -> None:
         """The scan asked for with ``mark`` as the candidate ended: a 2xx answer covers
-        it (the request went out after the session saw it), so it is the mark now."""
-        if ok is True:
+        it (the request went out after the session saw it), so it is the mark now. Not
+        once the session has stopped: the account may be forgotten (its row deleted) or
+        watched by a newer session (never a miss: at worst one more scan)."""
+        if ok is True and self.running:
             self._memory.remember(self.account.id, mark)
 
     def _new_mail(self, exists: int, reason: str) -> None:

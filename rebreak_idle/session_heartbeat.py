@@ -13,6 +13,7 @@ from twisted.logger import Logger
 
 from . import imap
 from .folders import FolderWatch, resolve
+from .imap.listing import ListEntry
 from .marks import MailboxMark
 from .session_state import State
 
@@ -64,8 +65,13 @@ class HeartbeatLoop:
         specs = self._settings.extra_folders
         if not specs:
             return
-        watch = FolderWatch(await resolve(client, specs))
-        await watch.check(client)
+        refused: list[ListEntry] = []
+        watch = FolderWatch(await resolve(client, specs, refused))
+        for entry in refused:
+            log.info("{label} folder {folder} not watched: its name has control "
+                     "characters", label=self.account.label,
+                     folder=repr(entry.name), account_id=self.account.id)
+        await watch.check(client, self._memory, self.account.id)
         if client is self._client:
             self._folders = watch
             log.debug("{label} watching folders {names}", label=self.account.label,
@@ -95,7 +101,7 @@ class HeartbeatLoop:
 
         def answered(ok: object) -> None:
             watch.settled(name, mark)
-            if ok is True:
+            if ok is True and self.running:  # not after stop (see _acknowledged)
                 self._memory.remember(account.id, mark, name)
 
         if isinstance(acked, Deferred):

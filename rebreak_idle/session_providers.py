@@ -49,6 +49,7 @@ class ProviderLimits:
     _recorder: Any
     _last_error: str | None
     _last_error_at: float | None
+    _last_class: str | None
     _set_state: Callable[[State], None]
     _start_client: Callable[[], None]
     _tls_options: Callable[[], Any]
@@ -98,20 +99,27 @@ class ProviderLimits:
             self._holdoffs.get(self.account.id).addCallback(self._resume)
 
     def _resume(self, held: Holdoff | None) -> None:
-        """Start, or first wait out a credential hold-off saved by an earlier run (unless
-        the secret changed since)."""
+        """Start, or first wait out a credential hold-off saved by an earlier session of
+        the account (this process before a restart, or another replica before a takeover)
+        unless the login (username, host, port, security, method, secret) changed since.
+        The strikes go on counting from the saved ones."""
         if not self.running or self._service is not None:
             return
         now, holdoffs = self._reactor.seconds(), self._holdoffs
-        if held is None or held.until <= now or holdoffs is None or \
-                held.tag != holdoffs.tag(self.account.secret):
+        if held is None or holdoffs is None or held.tag != holdoffs.tag(self.account):
             self._start_client()
             return
         self._strikes = held.strikes
+        self._last_class = CREDENTIALS
+        self._last_error = held.error
+        self._last_error_at = held.error_at
+        if held.until <= now:
+            self._start_client()
+            return
         self._delay = held.until - now
         self._set_state(State.AUTH_FAILED)
-        log.info("[idle/{email}] credentials were rejected before the restart; reconnecting "
-                 "in {delay}s (attempt {attempt})", email=self.account.email,
+        log.info("[idle/{email}] credentials were rejected before a restart or takeover; "
+                 "reconnecting in {delay}s (attempt {attempt})", email=self.account.email,
                  delay=format_delay(self._delay), attempt=held.strikes,
                  account_id=self.account.id)
         self._timer = self._timers.callLater(self._delay, self._start_client)
@@ -128,6 +136,11 @@ class ProviderLimits:
         """Record and log why the connection ended; a recycle is routine: the mailbox is
         fine, nothing is recorded and no ``connect failed`` line is logged."""
         account = self.account
+        if outcome.cause == "descriptors":  # the process's limit: not the account's error
+            log.warn("[idle/{email}] connect postponed: {reason}; not the account's error "
+                     "(docs/operations.md, \"File descriptors\")", email=account.email,
+                     reason=outcome.text, account_id=account.id)
+            return
         if outcome.kind == RECYCLE:
             log.info("[idle/{email}] connection recycled by the server: {reason}",
                      email=account.email, reason=outcome.text, account_id=account.id)
@@ -143,7 +156,7 @@ class ProviderLimits:
         self._strikes += 1
         if self._holdoffs is not None:
             self._holdoffs.save(self.account.id, Holdoff(
-                self._strikes, until, self._holdoffs.tag(self.account.secret)))
+                self._strikes, until, self._holdoffs.tag(self.account)))
 
     def _logged_in(self) -> None:
         self._strikes = self._early_closes = 0

@@ -18,7 +18,8 @@ from typing import Any
 
 from . import metrics
 
-__all__ = ["TRANSITIONS", "ForbiddenTransition", "State", "check_transition", "state_gauge"]
+__all__ = ["TRANSITIONS", "ForbiddenTransition", "State", "StateTally", "check_transition",
+           "state_gauge"]
 
 
 class State(enum.StrEnum):
@@ -80,3 +81,41 @@ def state_gauge(state: State) -> Any:
     if gauge is None:
         gauge = _STATE_GAUGES[state] = metrics.SESSIONS.labels(state=state.value)
     return gauge
+
+
+class StateTally:
+    """How many sessions are in each state other than ``stopped``, and how many are ready
+    (idle or polling) per IMAP host, kept up to date by the sessions themselves (each
+    :meth:`moved` is O(1)): the status page and ``/metrics`` read their counts here
+    instead of walking every session. One per daemon, passed to each session it makes."""
+
+    __slots__ = ("_counts", "_ready")
+
+    def __init__(self) -> None:
+        self._counts: dict[State, int] = dict.fromkeys(State, 0)
+        self._ready: dict[str, int] = {}
+
+    def moved(self, old: State, new: State, host: str = "") -> None:
+        """A session of ``host`` changed from ``old`` to ``new``."""
+        counts = self._counts
+        if old is not State.STOPPED:
+            counts[old] -= 1
+        if new is not State.STOPPED:
+            counts[new] += 1
+        ready = self._ready
+        if old in _READY:
+            left = ready[host] - 1
+            if left:
+                ready[host] = left
+            else:
+                del ready[host]
+        if new in _READY:
+            ready[host] = ready.get(host, 0) + 1
+
+    def counts(self) -> dict[State, int]:
+        """A copy: state → sessions in it (``stopped`` not counted: always 0)."""
+        return dict(self._counts)
+
+    def ready_by_host(self) -> dict[str, int]:
+        """A copy: IMAP host → its sessions that are idle or polling."""
+        return dict(self._ready)

@@ -13,9 +13,13 @@ Routes (GET; HEAD works too, other methods get 405):
 ``/status``
     JSON list, one object per account, as ``snapshot()`` gives them. Requires the header
     ``x-admin-secret`` (compared in constant time); without it or with a wrong one: 401.
+    With any of the page's GET parameters (``limit``, ``offset``, ``q``, ``state``,
+    ``host``): only that page, in the page's order, as cheap as the page; the header
+    ``x-total-count`` says how many match.
 ``/``
     A small HTML page for an operator (:mod:`rebreak_idle.status_page`). Without the header
-    it shows only the number of accounts by state (no e-mail address, no error text). With
+    it shows only the number of accounts by state (no e-mail address, no error text), from
+    counts kept up to date (``counts()``: no walk of the accounts per request). With
     a correct ``x-admin-secret`` header it also shows the account table (e-mail, state,
     since, last error, last heartbeat, last event), the accounts by IMAP host, a search
     field, filters, paging and an optional reload (GET parameters ``q``, ``state``,
@@ -34,11 +38,13 @@ never a request header.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import weakref
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -54,11 +60,12 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
+from . import live_metrics  # noqa: F401  (registers the scrape-time gauges of /metrics)
 from .deferreds import Waiters
 from .failures import is_secret_name
 from .metrics import REGISTRY
 from .status_page import render_page
-from .status_query import PageQuery
+from .status_query import PageQuery, Selection, choose
 
 if TYPE_CHECKING:
     from .config import StatusSettings
@@ -68,6 +75,12 @@ __all__ = ["StatusService", "make_site", "make_status_resource"]
 log = Logger()
 
 Snapshot = Callable[[], Sequence[Mapping[str, Any]]]
+#: accounts by state (``{"idle": 9, "backoff": 1}``), kept up to date: no walk of the accounts
+Counts = Callable[[], Mapping[str, int]]
+#: GET parameters that ask /status for one page instead of every account
+_PAGE_ARGS = (b"limit", b"offset", b"q", b"state", b"host")
+#: the page's rows for a query (snapshot mappings of that page only)
+Page = Callable[[PageQuery], Selection[Mapping[str, Any]]]
 
 ADMIN_HEADER = b"x-admin-secret"
 QUIET_PATHS = frozenset({b"/healthz", b"/readyz", b"/metrics"})
@@ -130,6 +143,16 @@ def _public_accounts(snapshot: Snapshot) -> list[dict[str, Any]] | None:
         return None
 
 
+def _chosen_from(snapshot: Snapshot, query: PageQuery) -> Selection[Mapping[str, Any]]:
+    """The page of ``query`` chosen from a whole snapshot (for callers without page())."""
+    return choose(snapshot(), query)
+
+
+def _counted(snapshot: Snapshot) -> Counter[str]:
+    """Accounts by state, counted from a whole snapshot (for callers without counts)."""
+    return Counter(str(a.get("state", "unknown")) for a in snapshot())
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, datetime | date):
         return value.isoformat()
@@ -175,28 +198,50 @@ class _Metrics(Resource):
 class _Status(Resource):
     isLeaf = True
 
-    def __init__(self, snapshot: Snapshot, secret: _Secret) -> None:
+    def __init__(self, snapshot: Snapshot, page: Page, secret: _Secret) -> None:
         super().__init__()
         self._snapshot = snapshot
+        self._page = page
         self._secret = secret
 
     def render_GET(self, request: Request) -> bytes:
         if not self._secret.check(request):
             return _plain(request, 401, "unauthorized\n")
-        accounts = _public_accounts(self._snapshot)
-        if accounts is None:
-            return _plain(request, 500, "internal error\n")
+        args = request.args or {}
+        if any(name in args for name in _PAGE_ARGS):  # one page, as the HTML page picks it
+            chosen = _chosen(self._page, PageQuery.from_args(args))
+            if chosen is None:
+                return _plain(request, 500, "internal error\n")
+            accounts: list[dict[str, Any]] | None = chosen.page
+            request.setHeader(b"x-total-count", str(chosen.matching).encode("ascii"))
+        else:
+            accounts = _public_accounts(self._snapshot)
+            if accounts is None:
+                return _plain(request, 500, "internal error\n")
         _set_headers(request, b"application/json")
         return json.dumps(accounts, default=_json_default, ensure_ascii=False).encode("utf-8")
+
+
+def _chosen(page: Page, query: PageQuery) -> Selection[dict[str, Any]] | None:
+    """The page of ``query`` with public fields only; None (the failure logged) when
+    ``page()`` raises."""
+    try:
+        chosen = page(query)
+    except Exception:
+        log.failure("status server: choosing the page's accounts failed")
+        return None
+    return replace(chosen, page=[_public_fields(a) for a in chosen.page])
 
 
 class _Page(Resource):
     isLeaf = True
 
-    def __init__(self, ready: Callable[[], bool], snapshot: Snapshot, secret: _Secret) -> None:
+    def __init__(self, ready: Callable[[], bool], counts: Counts, page: Page,
+                 secret: _Secret) -> None:
         super().__init__()
         self._ready = ready
-        self._snapshot = snapshot
+        self._counts = counts
+        self._page = page
         self._secret = secret
 
     def render_GET(self, request: Request) -> bytes:
@@ -205,13 +250,19 @@ class _Page(Resource):
         allowed = self._secret.check(request)
         if allowed is False:
             return _plain(request, 401, "unauthorized\n")
-        accounts = _public_accounts(self._snapshot)
-        if accounts is None:
+        try:  # kept up to date by the sessions: an anonymous request walks nothing
+            counts = self._counts()
+        except Exception:
+            log.failure("status server: counting the accounts failed")
             return _plain(request, 500, "internal error\n")
-        counts = Counter(str(a.get("state", "unknown")) for a in accounts)
         # GET parameters pick the rows (status_query); the secret is only ever the header
         query = PageQuery.from_args(request.args or {})
-        page = render_page(accounts if allowed else None, counts, bool(self._ready()), query)
+        selection = None
+        if allowed:  # only the page's rows are snapshotted (with the daemon's page())
+            selection = _chosen(self._page, query)
+            if selection is None:
+                return _plain(request, 500, "internal error\n")
+        page = render_page(None, counts, bool(self._ready()), query, selection)
         _set_headers(request, b"text/html; charset=utf-8", _HTML_HEADERS)
         return page.encode("utf-8")
 
@@ -221,6 +272,8 @@ def make_status_resource(
     *,
     ready: Callable[[], bool],
     snapshot: Snapshot,
+    counts: Counts | None = None,
+    page: Page | None = None,
     registry: CollectorRegistry = REGISTRY,
 ) -> IResource:
     """The root resource of the status server (routes in the module docstring).
@@ -229,15 +282,24 @@ def make_status_resource(
     ``ready()`` — whether the first account refresh has succeeded; ``snapshot()`` — one
     mapping per account (``id``, ``email``, ``state``, ``since``, ``last_error``,
     ``last_heartbeat``, ``last_event``; times as epoch seconds or datetimes; more keys are
-    passed through to /status).
+    passed through to /status); ``counts()`` — the accounts by state, cheap (the daemon's
+    :meth:`~rebreak_idle.supervisor.Supervisor.counts`; default: counted from
+    ``snapshot()``), all that the page shows a caller without the secret; ``page(query)``
+    — the page's rows for a caller with the secret, without a snapshot of every account
+    (the daemon's :meth:`~rebreak_idle.service.Daemon.page`; default: chosen from
+    ``snapshot()``).
     """
     secret = _Secret(settings.admin_secret)
+    if counts is None:
+        counts = functools.partial(_counted, snapshot)
+    if page is None:
+        page = functools.partial(_chosen_from, snapshot)
     root = Resource()
-    root.putChild(b"", _Page(ready, snapshot, secret))
+    root.putChild(b"", _Page(ready, counts, page, secret))
     root.putChild(b"healthz", _Health())
     root.putChild(b"readyz", _Ready(ready))
     root.putChild(b"metrics", _Metrics(registry))
-    root.putChild(b"status", _Status(snapshot, secret))
+    root.putChild(b"status", _Status(snapshot, page, secret))
     return root
 
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from .status_query import ATTENTION, PageQuery, by_host, select
+from .status_query import ATTENTION, PageQuery, Selection, choose
 
 __all__ = ["render_page"]
 
@@ -84,7 +84,8 @@ def _state_cell(a: Mapping[str, Any]) -> str:
 
 
 def _event_cell(a: Mapping[str, Any]) -> str:
-    """``last_event`` when the snapshot has one, else the last EXISTS and the last scan."""
+    """``last_event`` when the snapshot has one, else the last EXISTS, the last scan and
+    since when a scan is owed (``scan_owed_since``)."""
     if "last_event" in a:
         return _shown(a.get("last_event"))
     lines = []
@@ -98,6 +99,9 @@ def _event_cell(a: Mapping[str, Any]) -> str:
             text += (f" (scanned={_shown(scan.get('scanned'))}"
                      f" blocked={_shown(scan.get('blocked'))})")
         lines.append(text + _muted(_when(scan.get("time"))))
+    owed = a.get("scan_owed_since")
+    if owed:  # the backend has not acknowledged a scan of new mail since then
+        lines.append(f"<strong>scan owed since {_when(owed)}</strong>")
     return "<br>".join(lines) if lines else "—"
 
 
@@ -120,8 +124,8 @@ def _esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _hosts_table(accounts: Sequence[Mapping[str, Any]], query: PageQuery) -> str:
-    hosts, n = by_host(accounts)
+def _hosts_table(selection: Selection, query: PageQuery) -> str:
+    hosts, n = selection.hosts, selection.host_count
     rows = "".join(
         f"<tr><td><a href=\"{_esc(query.link(host=h if h != '—' else '', offset=0))}\">"
         f"{_esc(h)}</a></td><td>{total}</td><td>{bad}</td></tr>"
@@ -167,10 +171,15 @@ def _nav(query: PageQuery, matching: int, shown: int, total: int) -> str:
 
 
 def render_page(accounts: Sequence[Mapping[str, Any]] | None, counts: Mapping[str, int],
-                ready: bool, query: PageQuery | None = None) -> str:
-    """The operator page; ``accounts`` None means the table is withheld (no secret);
-    ``query`` (from the GET parameters) picks the rows shown and the automatic reload."""
+                ready: bool, query: PageQuery | None = None,
+                selection: Selection[Mapping[str, Any]] | None = None) -> str:
+    """The operator page; ``accounts`` and ``selection`` None mean the table is withheld
+    (no secret); ``query`` (from the GET parameters) picks the rows shown and the automatic
+    reload. ``selection``: the page already chosen (:func:`~rebreak_idle.status_query.
+    choose`), its rows as snapshot mappings; else it is chosen from ``accounts``."""
     query = query or PageQuery()
+    if selection is None and accounts is not None:
+        selection = choose(accounts, query)
     total = sum(counts.values())
     rows = "".join(
         f"<tr><td>{html.escape(state, quote=True)}</td><td>{n}</td></tr>"
@@ -186,16 +195,16 @@ def render_page(accounts: Sequence[Mapping[str, Any]] | None, counts: Mapping[st
         f" — {total} account{'' if total == 1 else 's'}</p>",
         f"<table id=states><tr><th>State</th><th>Accounts</th></tr>{rows}</table>",
     ]
-    if accounts is None:
+    if selection is None:
         parts.append(
             "<p class=muted>Send the header <code>x-admin-secret</code> to see the accounts, "
             "e.g. <code>curl -H \"x-admin-secret: $ADMIN_SECRET\" …</code></p>")
     else:
         head = "".join(f"<th>{title}</th>" for title in _COLUMNS)
-        matching, page = select(accounts, query)
+        page = selection.page
         body = "".join(_row(a) for a in page)
-        parts += [_hosts_table(accounts, query), "<h2>Accounts</h2>", _form(counts, query),
-                  _nav(query, matching, len(page), len(accounts)),
+        parts += [_hosts_table(selection, query), "<h2>Accounts</h2>", _form(counts, query),
+                  _nav(query, selection.matching, len(page), selection.total),
                   f"<table id=accounts><tr>{head}</tr>{body}</table>"]
     parts.append("</body></html>\n")
     return "".join(parts)

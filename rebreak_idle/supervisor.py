@@ -12,7 +12,10 @@ with the injected ``decode(row)`` (which decrypts and validates), and reconciles
 * a row that cannot be decrypted or is invalid gets ``last_connect_error`` (only when the
   text changed) and no session; the other rows are not affected.
 
-New sessions are started at most ``connect_rate`` per second (the start-up ramp). A failed
+New sessions are started at most ``connect_rate`` per second (the start-up ramp), and no
+more than ``capacity`` run at once (what the process's descriptor limit allows,
+:mod:`rebreak_idle.descriptors`): the accounts beyond wait in the queue, state
+``waiting-for-descriptors``, said once in the log, and start when sessions end. A failed
 refresh (database unreachable) logs one line and changes nothing. Refreshes never overlap:
 a refresh asked for while one runs is coalesced into one more run after it.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 from twisted.application.internet import TimerService
@@ -38,6 +42,7 @@ from .failures import describe, maskable, scrub
 from .interfaces import IAccountSource
 from .live_metrics import LIVE
 from .ramp_progress import RampProgress
+from .session_state import State, StateTally
 from .tokens import token_only_change
 
 __all__ = ["Decode", "InvalidRow", "Supervisor"]
@@ -54,6 +59,8 @@ def _no(account: Account) -> bool:
 NOTIFY_DEBOUNCE = 1.0
 #: The ramp starts sessions in small batches this many seconds apart (at most).
 RAMP_TICK = 0.1
+#: The state shown for an account that waits because the descriptor limit is reached.
+WAITING_FOR_DESCRIPTORS = "waiting-for-descriptors"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +84,25 @@ class Supervisor(MultiService):
     an unstarted ``IService`` with ``.account`` and ``snapshot()``; ``account_filter(rows)``
     (replica leases) may narrow the active rows before reconciling;
     ``on_session_removed(account_id)`` is called once an account has no session left
-    (stopped, none replacing it)."""
+    (stopped, none replacing it); ``after_refresh()`` runs after each successful refresh,
+    as its last step (the store's pruning of rows of deleted accounts); ``capacity``:
+    sessions running (or logging out) at most (None: no limit)."""
 
     def __init__(self, store: IAccountSource, session_factory: Callable[[Account], IService],
                  decode: Decode, settings: SupervisorSettings, clock: Any, *,
                  account_filter: Callable[[list[dict]], Deferred] | None = None,
-                 on_session_removed: Callable[[str], None] | None = None) -> None:
+                 on_session_removed: Callable[[str], None] | None = None,
+                 after_refresh: Callable[[], Deferred] | None = None,
+                 tally: StateTally | None = None,
+                 capacity: int | None = None) -> None:
         super().__init__()
+        self.after_refresh = after_refresh
+        #: the sessions' count by state (each session made by ``session_factory`` moves
+        #: it): :meth:`counts` reads it, never walking the sessions
+        self.tally = StateTally() if tally is None else tally
+        self.capacity = capacity
+        #: accounts waiting for descriptors at the last count (the log line is said once)
+        self._over_capacity = 0
         self.on_session_removed = on_session_removed
         self.store = store
         self.session_factory = session_factory
@@ -100,6 +119,8 @@ class Supervisor(MultiService):
         #: account id -> the stop (LOGOUT) of its session, still running. One per account:
         #: a replacement session starts only after its predecessor's stop has fired.
         self._leaving: dict[str, Deferred] = {}
+        self._stopping: dict[str, IService] = {}  # those sessions (shown nowhere)
+        self._version = 0  # see version
         #: accounts whose new session waits for that stop (not started, not in the ramp)
         self._successors: set[str] = set()
         self._refresh = Coalesced(lambda: Deferred.fromCoroutine(self._refresh_once()),
@@ -127,20 +148,67 @@ class Supervisor(MultiService):
 
     def snapshot(self) -> list[dict]:
         """One dict per session (its ``snapshot()``; state ``queued`` while it waits for the
-        start-up ramp or for its predecessor's LOGOUT) plus one per invalid row (state
-        ``invalid``, ``last_error`` saying why)."""
-        out = []
-        for account_id, session in self.sessions.items():
-            snap = dict(session.snapshot())
-            if self._is_queued(account_id):
-                snap["state"] = "queued"
-            out.append(snap)
-        for invalid in self._invalid.values():
-            out.append({"id": invalid.id, "email": invalid.email, "state": "invalid",
-                        "since": None, "attempt": 0, "next_attempt_in": None,
-                        "last_error": invalid.reason, "last_error_at": None,
-                        "last_heartbeat": None, "last_exists": None,
-                        "last_scan_reason": None})
+        start-up ramp or for its predecessor's LOGOUT, ``waiting-for-descriptors`` while
+        the descriptor limit holds it back) plus one per invalid row (state ``invalid``,
+        ``last_error`` saying why)."""
+        waiting = self._waiting_for_descriptors()
+        return [self.snapshot_of(entry, waiting) for entry in
+                (*self.sessions.values(), *self._invalid.values())]
+
+    def snapshot_of(self, entry: IService | InvalidRow,
+                    waiting: set[str] | None = None) -> dict:
+        """The :meth:`snapshot` dict of one session or invalid row (``waiting``: the
+        accounts held back by the descriptor limit, when the caller has them already)."""
+        if isinstance(entry, InvalidRow):
+            return {"id": entry.id, "email": entry.email, "state": "invalid",
+                    "since": None, "attempt": 0, "next_attempt_in": None,
+                    "last_error": entry.reason, "last_error_at": None,
+                    "last_heartbeat": None, "last_exists": None,
+                    "last_scan_reason": None}
+        snap = dict(entry.snapshot())
+        account_id = entry.account.id
+        if self._is_queued(account_id):
+            if waiting is None:
+                waiting = self._waiting_for_descriptors()
+            snap["state"] = WAITING_FOR_DESCRIPTORS if account_id in waiting else "queued"
+        return snap
+
+    @property
+    def version(self) -> int:
+        """Changes whenever the set of sessions or invalid rows changes (a refresh, a
+        stop): what the status page may keep derived from that set until then."""
+        return self._version
+
+    def invalid_rows(self) -> list[InvalidRow]:
+        return list(self._invalid.values())
+
+    def stopping(self) -> list[IService]:
+        """Sessions being stopped (logging out): no longer in :attr:`sessions`."""
+        return list(self._stopping.values())
+
+    def is_queued(self, account_id: str) -> bool:
+        """Waiting for the start-up ramp, or for its predecessor's LOGOUT."""
+        return self._is_queued(account_id)
+
+    def counts(self) -> dict[str, int]:
+        """The accounts by state as :meth:`snapshot` shows them (``queued``,
+        ``waiting-for-descriptors``, ``invalid`` and the session states), from
+        :attr:`tally` and the supervisor's own sets: O(sessions being stopped), not
+        O(sessions)."""
+        tally = self.tally.counts()
+        for session in self._stopping.values():  # still moving the tally, shown nowhere
+            state = getattr(session, "state", State.STOPPED)
+            if state is not State.STOPPED:
+                tally[state] -= 1
+        queued = len(self._queue) + len(self._successors)
+        waiting = self._waiting_count()
+        out = {str(state): n for state, n in tally.items() if n}
+        stopped = len(self.sessions) - queued - sum(tally.values())
+        for name, n in (("stopped", stopped), ("queued", queued - waiting),
+                        (WAITING_FOR_DESCRIPTORS, waiting),
+                        ("invalid", len(self._invalid))):
+            if n:
+                out[name] = n
         return out
 
     def refresh(self) -> Deferred:
@@ -238,6 +306,11 @@ class Supervisor(MultiService):
         metrics.REFRESH_DURATION.observe(max(0.0, self.clock.seconds() - started))
         log.info("[idle/db] refreshed — {active} active connections, {sessions} sessions",
                  active=count, sessions=len(self.sessions))
+        if self.after_refresh is not None:
+            try:
+                await self.after_refresh()
+            except Exception:
+                log.failure("[idle/db] after the refresh")
         return True
 
     # -- reconcile ----------------------------------------------------------------------
@@ -281,21 +354,26 @@ class Supervisor(MultiService):
                 else:  # one connection per mailbox: start after the old one's LOGOUT
                     self._successors.add(account_id)
                     leaving.addBoth(self._predecessor_gone, account_id, session)
+        self._version += 1
         self._ramp_step()
         self._update_gauge()
 
     def _stop_session(self, account_id: str) -> None:
         session = self.sessions.pop(account_id)
+        self._version += 1
         self._successors.discard(account_id)
         if self._queue.pop(account_id, None) is not None or not session.running:
             self._removed(account_id)
             return
         d = defer.maybeDeferred(session.stopService)
         self._leaving[account_id] = d
+        self._stopping[account_id] = session
 
         def gone(result: Any) -> None:
             del self._leaving[account_id]
+            self._stopping.pop(account_id, None)
             self._removed(account_id)
+            self._ramp_step()  # its descriptor is free: a waiting account may start
             self._update_gauge()
 
         d.addErrback(lambda f: log.failure("[idle/db] stopping session {account_id} failed", f,
@@ -330,9 +408,13 @@ class Supervisor(MultiService):
         """Start the next batch of queued sessions and schedule the one after."""
         if self._ramp is not None or not self._queue or not self.running:
             return
+        room = self._room()
+        if room == 0:
+            return  # the descriptor limit: a session that ends starts the next
         rate = self.settings.connect_rate
         batch = max(1, int(rate * RAMP_TICK))
-        for _ in range(min(batch, len(self._queue))):
+        for _ in range(min(batch, len(self._queue), len(self._queue) if room is None
+                           else room)):
             account_id, session = self._queue.popitem(last=False)
             try:
                 session.startService()
@@ -340,7 +422,7 @@ class Supervisor(MultiService):
                 log.failure("[idle/db] starting session {account_id} failed",
                             account_id=account_id)
             self._progress.started(session)
-        if self._queue:
+        if self._queue and self._room() != 0:
             self._ramp = self.clock.callLater(batch / rate, self._ramp_next)
         self._update_gauge()
 
@@ -352,6 +434,40 @@ class Supervisor(MultiService):
         """Waiting for the start-up ramp, or for its predecessor's LOGOUT."""
         return account_id in self._queue or account_id in self._successors
 
+    def _room(self) -> int | None:
+        """Sessions that may still start under ``capacity`` (None: no limit): running and
+        logging-out sessions each hold a descriptor."""
+        if self.capacity is None:
+            return None
+        started = len(self.sessions) - len(self._queue) - len(self._successors)
+        return max(0, self.capacity - started - len(self._leaving))
+
+    def _waiting_for_descriptors(self) -> set[str]:
+        """The queued accounts that the descriptor limit holds back (the queue's tail)."""
+        room = self._room()
+        if room is None or room >= len(self._queue):
+            return set()
+        return set(islice(self._queue, room, None))
+
+    def waiting_for_descriptors(self) -> set[str]:
+        """The accounts the descriptor limit holds back (state ``waiting-for-descriptors``)."""
+        return self._waiting_for_descriptors()
+
+    def _waiting_count(self) -> int:
+        """How many accounts :meth:`_waiting_for_descriptors` holds back, in O(1)."""
+        room = self._room()
+        return 0 if room is None else max(0, len(self._queue) - room)
+
     def _update_gauge(self) -> None:
-        metrics.SESSIONS.labels(state="queued").set(len(self._queue) + len(self._successors))
+        waiting = self._waiting_count()
+        if waiting and not self._over_capacity:
+            log.warn("[idle/db] the file descriptor limit is reached: it allows {capacity} "
+                     "sessions, {waiting} accounts wait (state waiting-for-descriptors) until "
+                     "sessions end or the daemon restarts with a higher limit "
+                     "(docs/operations.md, \"File descriptors\")",
+                     capacity=self.capacity, waiting=waiting)
+        self._over_capacity = waiting
+        metrics.SESSIONS.labels(state=WAITING_FOR_DESCRIPTORS).set(waiting)
+        metrics.SESSIONS.labels(state="queued").set(
+            len(self._queue) - waiting + len(self._successors))
         metrics.SESSIONS.labels(state="invalid").set(len(self._invalid))

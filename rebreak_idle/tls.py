@@ -46,8 +46,13 @@ __all__ = ["CertificateVerifyError", "TLSClientEndpoint", "client_tls_options",
 class CertificateVerifyError(Exception):
     """The server's certificate did not verify; ``str()`` is ``certificate verify failed: ...``."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, certificate: crypto.X509 | None = None,
+                 depth: int | None = None) -> None:
         self.reason = reason
+        #: the certificate that failed (``depth`` 0: the server's own), from the handshake
+        #: itself: ``rebreak-idle probe`` shows it without a second connection
+        self.certificate = certificate
+        self.depth = depth
         super().__init__(f"certificate verify failed: {reason}")
 
     @property
@@ -163,7 +168,8 @@ class _VerifyingCreator:
         if reason is None:
             return True
         self._failed.add(conn)
-        conn.get_app_data().failVerification(Failure(CertificateVerifyError(reason)))
+        conn.get_app_data().failVerification(
+            Failure(CertificateVerifyError(reason, cert, depth)))
         return False
 
 

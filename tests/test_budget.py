@@ -10,7 +10,8 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from rebreak_idle import metrics
-from rebreak_idle.budget import HostBudget, Slot
+from rebreak_idle.budget import HostBudget, Slot, host_key
+from rebreak_idle.config import DEFAULT_HOST_LOGIN_BURST, DEFAULT_HOST_LOGIN_RATE, Settings
 from rebreak_idle.session_state import State
 from tests.test_provider_days import Sim, account
 
@@ -118,3 +119,119 @@ class SessionBudgetTests(SynchronousTestCase):
         self.assertGreaterEqual(logins[-1] - logins[0], (n - 10) / 5.0 - 1)
         self.assertTrue(any("queued connection attempts settled in" in e for e in events),
                         events)
+
+
+def default_budget(clock: Clock) -> HostBudget:
+    """The budget as the daemon builds it from the default settings (service.py)."""
+    s = Settings(database_url="postgresql://x", admin_secret="s" * 8, encryption_key="k" * 32)
+    return HostBudget(clock, rate=s.host_login_rate, burst=s.host_login_burst,
+                      max_connections=s.host_max_connections, sources=s.source_addresses)
+
+
+def assert_paced(case: SynchronousTestCase, times: list[float], start: float,
+                 rate: float, burst: float) -> None:
+    """Within every t seconds from ``start``: at most burst + rate * t logins."""
+    times = sorted(t for t in times if t >= start)
+    for n, t in enumerate(times, 1):
+        case.assertLessEqual(n, burst + rate * (t - start) + 1e-6,
+                             f"{n} logins within {t - start:.2f}s")
+
+
+class DefaultBudgetTests(SynchronousTestCase):
+    """The budget is on by default and paces every connection attempt of one host."""
+
+    def test_default_is_on(self) -> None:
+        budget = default_budget(Clock())
+        self.assertTrue(budget.limited)
+        self.assertEqual((budget.rate, budget.burst),
+                         (DEFAULT_HOST_LOGIN_RATE, DEFAULT_HOST_LOGIN_BURST))
+
+    def test_300_sessions_dropped_at_once_come_back_paced(self) -> None:
+        """A provider restart drops 300 sessions of one host at once: within t seconds
+        at most burst + rate * t logins go to it (unpaced: 300 within about a second)."""
+        n = 300
+        sim = Sim(self, "gmx", [account(i) for i in range(n)])
+        budget = default_budget(sim.clock)
+        for session in sim.sessions:
+            session._init_limits(None, budget, None)
+        sim.start()
+        sim.run(n / budget.rate + 30)
+        self.assertTrue(all(s.state is State.IDLE for s in sim.sessions))
+        assert_paced(self, sim.server.login_times, 0.0, budget.rate, budget.burst)
+        drop = sim.clock.seconds()
+        for conn in list(sim.server.connections):
+            conn.close()
+        sim.run(n / budget.rate + 30)
+        self.assertTrue(all(s.state is State.IDLE for s in sim.sessions))
+        after = [t for t in sim.server.login_times if t >= drop]
+        self.assertEqual(len(after), n)
+        assert_paced(self, after, drop, budget.rate, budget.burst)
+        self.assertEqual(budget.queued(), 0)
+
+    def test_takeover_and_reconnects_share_the_budget(self) -> None:
+        """Sessions taken over from a dead replica start while this replica's own sessions
+        of the same host reconnect: together they stay within the one budget."""
+        sim = Sim(self, "gmx", [account(i) for i in range(200)])
+        budget = default_budget(sim.clock)
+        for session in sim.sessions:
+            session._init_limits(None, budget, None)
+        own, taken = sim.sessions[:100], sim.sessions[100:]
+        for session in own:
+            session.startService()
+        sim.run(60)
+        self.assertTrue(all(s.state is State.IDLE for s in own))
+        start = sim.clock.seconds()
+        for conn in list(sim.server.connections):
+            conn.close()  # the host drops this replica's sessions ...
+        for session in taken:
+            session.startService()  # ... as the takeover starts the others
+        sim.run(60)
+        self.assertTrue(all(s.state is State.IDLE for s in sim.sessions))
+        self.assertEqual(sum(1 for t in sim.server.login_times if t >= start), 200)
+        assert_paced(self, sim.server.login_times, start, budget.rate, budget.burst)
+
+    def test_every_session_of_the_daemon_gets_its_budget(self) -> None:
+        """Start-up, takeover and reconnect all start sessions through the daemon's one
+        factory, which hands every session the daemon's one budget."""
+        from rebreak_idle.service import build_daemon
+
+        s = Settings(database_url="postgresql://x", admin_secret="s" * 8,
+                     encryption_key="k" * 32)
+        daemon = build_daemon(s, Clock())
+        session = daemon._new_session(account(1))
+        self.assertIs(session._budget, daemon.budget)
+        self.assertEqual(daemon.budget.rate, DEFAULT_HOST_LOGIN_RATE)
+
+
+class HostNameTests(SynchronousTestCase):
+    def test_one_budget_per_host_whatever_its_spelling(self) -> None:
+        self.assertEqual(host_key("Imap.Example.COM."), "imap.example.com")
+        self.assertEqual(host_key("IMAP.bücher.example"), "imap.xn--bcher-kva.example")
+        self.assertEqual(host_key("192.0.2.1"), "192.0.2.1")
+        budget = HostBudget(Clock(), rate=1.0, burst=2)
+        boxes = [grants(budget, host, 1)[0] for host in
+                 ("imap.example.com", "Imap.Example.com.", "IMAP.EXAMPLE.COM")]
+        self.assertEqual([bool(b) for b in boxes], [True, True, False])
+        self.assertEqual(budget.hosts(), ["imap.example.com"])
+        self.assertEqual(budget.queued("Imap.Example.com."), 1)
+
+    def test_a_host_no_session_uses_is_forgotten(self) -> None:
+        clock = Clock()
+        budget = HostBudget(clock, rate=1.0, burst=2)
+        slot = grants(budget, "gone.example", 1)[0][0]
+        self.assertEqual(budget.hosts(), ["gone.example"])
+        slot.release()
+        self.assertEqual(budget.hosts(), ["gone.example"])  # its bucket is still refilling
+        clock.advance(1)
+        for n in range(200):  # new hosts sweep the table now and then
+            for s in grants(budget, f"h{n}.example", 1):
+                s[0].release()
+            clock.advance(1)
+        self.assertLess(len(budget.hosts()), 200)
+        self.assertNotIn("gone.example", budget.hosts())
+
+    def test_a_full_bucket_is_forgotten_at_release(self) -> None:
+        budget = HostBudget(Clock(), max_connections=5)
+        slot = grants(budget, "h.example", 1)[0][0]
+        slot.release()
+        self.assertEqual(budget.hosts(), [])

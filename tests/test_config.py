@@ -47,6 +47,15 @@ class LoadSettingsTests(SynchronousTestCase):
         self.assertIsNone(s.status_endpoint)
         self.assertEqual(s.key_bytes, KEY.encode()[:32])
 
+    def test_host_login_budget_is_on_by_default_and_can_be_switched_off(self) -> None:
+        s = load_settings(env())
+        self.assertEqual((s.host_login_rate, s.host_login_burst), (10.0, 20))
+        self.assertIsNone(load_settings(env(REBREAK_HOST_LOGIN_RATE="off")).host_login_rate)
+        self.assertEqual(load_settings(env(REBREAK_HOST_LOGIN_RATE="2.5")).host_login_rate,
+                         2.5)
+        with self.assertRaises(ConfigError):
+            load_settings(env(REBREAK_HOST_LOGIN_RATE="0"))
+
     def test_production_switches_backend_port(self) -> None:
         self.assertEqual(load_settings(env(NODE_ENV="production")).backend_url,
                          "http://127.0.0.1:3015")

@@ -1,6 +1,7 @@
 """Extra folders (REBREAK_EXTRA_FOLDERS): names and LIST lines, the setting, the scan
-trigger's mailbox field and coalescing, and sessions against the in-process server (a
-``\\Junk`` folder, one named Unbekannt) with the heartbeat's one write checked."""
+trigger's mailbox field and its owed entry per folder, and sessions against the
+in-process server (a ``\\Junk`` folder, one named Unbekannt) with the heartbeat's one write
+checked."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 from typing import Any
 
 from twisted.internet import defer, reactor
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from rebreak_idle.account import Account
 from rebreak_idle.config import ConfigError, load_settings, session_settings
@@ -21,11 +22,16 @@ from rebreak_idle.imap.listing import (
     quote_mailbox,
 )
 from rebreak_idle.marks import MailboxMark, MailboxMemory
-from rebreak_idle.scan_request import Job, coalesce
+from rebreak_idle.owed_scans import OwedScans
+from rebreak_idle.scan_request import Job
 from rebreak_idle.session import MailboxSession
 from rebreak_idle.testing.imapserver import InProcessIMAPServer
 from tests.support.dovecot import DovecotServer, skip_without_dovecot
+from tests.support.profiles import PROFILES
+from tests.support.scripted_imap import Folder
 from tests.support.wait import until
+from tests.test_session import Harness as ScriptedHarness
+from tests.test_session import make_settings
 from tests.test_session_servers import PASSWORD, USER, Events, Recorder, account, settings
 
 ENV = {"DATABASE_URL": "postgresql://x", "ADMIN_SECRET": "s" * 8,
@@ -106,34 +112,22 @@ class TriggerTests(TestCase):
         self.assertEqual(body, {"connectionId": "a1", "userId": "u1", "reason": "exists",
                                 "exists": 2, "mailbox": "Unbekannt"})
 
-    def jobs(self, *mailboxes: str | None) -> tuple[list[Job], list[list[bool]]]:
-        jobs, results = [], []
-        for m in mailboxes:
-            job, got = Job(ACCOUNT, 1, "exists", mailbox=m), []
+    def test_same_mailbox_coalesces_and_inbox_never_replaces_a_folder(self) -> None:
+        owed = OwedScans()
+        got: list[tuple[str | None, bool]] = []
+        jobs = []
+        for mailbox in ("Spam", None, "Spam", None, "Unbekannt"):
+            job = Job(ACCOUNT, 1, "exists", mailbox=mailbox)
             d: defer.Deferred[bool] = defer.Deferred()
-            d.addCallback(got.append)
+            d.addCallback(lambda ok, m=mailbox: got.append((m, ok)))
             job.acks.append(d)
             jobs.append(job)
-            results.append(got)
-        return jobs, results
-
-    def test_same_mailbox_coalesces(self) -> None:
-        (a, b), (ra, rb) = self.jobs("Spam", "Spam")
-        self.assertIs(coalesce(a, b), b)
-        self.assertEqual(len(b.acks), 2)
-        b.settle(True)
-        self.assertEqual((ra, rb), ([True], [True]))
-
-    def test_inbox_is_kept_and_a_folder_asks_again(self) -> None:
-        (inbox, spam), (ri, rs) = self.jobs(None, "Spam")
-        self.assertIs(coalesce(inbox, spam), inbox)
-        self.assertEqual((ri, rs), ([], [False]))
-        (spam, inbox), (rs, ri) = self.jobs("Spam", None)
-        self.assertIs(coalesce(spam, inbox), inbox)
-        self.assertEqual((ri, rs), ([], [False]))
-        (spam, other), (rs, ro) = self.jobs("Spam", "Unbekannt")
-        self.assertIs(coalesce(spam, other), other)
-        self.assertEqual((rs, ro), ([False], []))
+            owed.owe(job, float(len(jobs)))
+        self.assertEqual(len(owed), 3)  # one entry per mailbox
+        self.assertEqual(got, [("Spam", False), (None, False)])  # the replaced ones
+        self.assertIs(owed.take("a1"), jobs[2])  # the folder waited longest
+        self.assertIs(owed.take("a1"), jobs[3])
+        self.assertIs(owed.take("a1"), jobs[4])
 
 
 class WatchTests(TestCase):
@@ -192,7 +186,7 @@ class InProcessFolderTests(TestCase):
                          heartbeat_interval=0.5)
         await self.wait_mail("connected", 0, "INBOX")
         await self.wait_mail("connected", 1, "Spam")
-        await self.wait_mail("connected", 0, "Unbekannt")
+        # Unbekannt is empty: nothing to scan (Missing and \Drafts are not there)
         self.assertEqual(s._folders.names, ["Spam", "Unbekannt"])  # type: ignore[union-attr]
         client = s._client
         assert client is not None
@@ -285,10 +279,10 @@ class DovecotFolderTests(TestCase):
             extra_folders=("\\Junk", "Unbekannt"), heartbeat_interval=0.5,
             tls_ca_file=dovecot.ca_file)), Recorder(events), on_new_mail, reactor,
             memory=memory)
+        dovecot.deliver(user, subject="Old junk", folder="Junk")  # an empty one asks nothing
         s.startService()
         self.addCleanup(s.stopService)
         junk = await events.wait(lambda i: i[:2] == ("mail", "connected") and i[3] == "Junk")
-        await events.wait(lambda i: i[:2] == ("mail", "connected") and i[3] == "Unbekannt")
         self.assertIn(b"SPECIAL-USE", s._client.capabilities)  # type: ignore[union-attr]
         self.assertEqual(s._folders.names, ["Junk", "Unbekannt"])  # type: ignore[union-attr]
         await until(lambda: memory.get(acct.id, "Junk") is not None)
@@ -298,3 +292,98 @@ class DovecotFolderTests(TestCase):
 
     def test_junk_and_unbekannt(self) -> defer.Deferred:
         return defer.Deferred.fromCoroutine(self._junk_and_unbekannt())
+
+
+class ScriptedFolderTests(SynchronousTestCase):
+    """Sessions on the scripted server's folders, in memory on a Clock (its provider
+    profiles: Courier, Cyrus)."""
+
+    def harness(self, folders: tuple[str, ...], profile: str | None = None,
+                **listed: Folder) -> ScriptedHarness:
+        mails: list[tuple[int, str, str]] = []
+
+        def on_new_mail(acc: Account, n: int, reason: str, mailbox: str = "INBOX"
+                        ) -> defer.Deferred:
+            mails.append((n, reason, mailbox))
+            return defer.succeed(True)
+
+        h = ScriptedHarness(self, settings=make_settings(extra_folders=folders,
+                                                         heartbeat_interval=60.0),
+                            on_new_mail=on_new_mail)
+        if profile is not None:
+            h.server.profile = PROFILES[profile]
+            h.server.capabilities = PROFILES[profile].capabilities
+            h.server.select_uidnext = PROFILES[profile].select_uidnext
+        h.server.folders.update(listed)
+        h.folder_mails = mails  # type: ignore[attr-defined]
+        return h
+
+    def test_control_character_name_is_not_watched(self) -> None:
+        """``* LIST (\\Junk) "/" "&AAA-"`` (a NUL once decoded): not watched, one log
+        line says so; the other folder is watched as usual."""
+        h = self.harness(("\\Junk",), profile="cyrus",
+                         **{"&AAA-": Folder(("\\Junk",), exists=1),
+                            "INBOX.Junk": Folder(("\\junk",), exists=2, uidnext=3)})
+        h.start()
+        self.assertEqual(h.session.state, "idle")
+        self.assertEqual(h.folder_mails, [(3, "connected", "INBOX"),  # type: ignore
+                                          (2, "connected", "INBOX.Junk")])
+        self.assertEqual(h.lines("not watched"),
+                         ["[idle/ann@example.test] folder '\\x00' not watched: its name "
+                          "has control characters"])
+        self.assertIsNone(h.memory.get("acc-1", "\x00"))
+        self.assertEqual(h.memory.get("acc-1", "INBOX.Junk"), MailboxMark(2000, 3, 2))
+
+    def beats(self, h: ScriptedHarness, n: int) -> None:
+        for _ in range(n):
+            h.run(h.settings.heartbeat_interval)
+
+    def test_courier_empty_unopened_folder_asks_for_nothing(self) -> None:
+        """Courier answers a new UIDVALIDITY to each STATUS of a folder no client has
+        opened: with no mail in it, no heartbeat asks for a scan (each one did)."""
+        junk = Folder(exists=0)
+        h = self.harness(("INBOX.Junk",), profile="courier", **{"INBOX.Junk": junk})
+        h.start()
+        self.beats(h, 5)
+        self.assertGreaterEqual(junk.uidvalidity, 2006)  # asked at least 6 times
+        self.assertEqual(h.folder_mails, [(3, "connected", "INBOX")])  # type: ignore
+
+    def test_courier_unstable_uidvalidity_with_mail(self) -> None:
+        """The same folder with mail in it: one scan after the first connect, one per
+        delivery, none per heartbeat, none after a reconnect that finds nothing new."""
+        junk = Folder(exists=1, uidnext=2)
+        h = self.harness(("INBOX.Junk",), profile="courier", **{"INBOX.Junk": junk})
+        h.start()
+        self.beats(h, 4)
+        mails = h.folder_mails  # type: ignore[attr-defined]
+        self.assertEqual(mails, [(3, "connected", "INBOX"), (1, "connected", "INBOX.Junk")])
+        junk.deliver()
+        self.beats(h, 4)
+        self.assertEqual(mails[2:], [(2, "exists", "INBOX.Junk")])
+        h.server.current.close()
+        h.run(h.settings.reconnect_delay * 4)
+        self.beats(h, 2)
+        self.assertEqual((h.session.state, len(h.server.connections)), ("idle", 2))
+        self.assertEqual(mails[3:], [])
+
+    def test_real_uidvalidity_change_still_scans(self) -> None:
+        """A server whose UIDVALIDITY is stable: a new one (the folder made anew, same
+        numbers) asks for a scan once two answers agree — one heartbeat later, or at once
+        after a connect (a second STATUS)."""
+        junk = Folder(("\\Junk",), exists=1, uidnext=2, opened=True)
+        h = self.harness(("\\Junk",), **{"Junk": junk})
+        h.start()
+        mails = h.folder_mails  # type: ignore[attr-defined]
+        self.assertEqual(mails, [(3, "connected", "INBOX"), (1, "connected", "Junk")])
+        junk.uidvalidity += 1
+        self.beats(h, 1)
+        self.assertEqual(len(mails), 2)
+        self.beats(h, 1)
+        self.assertEqual(mails[2:], [(1, "exists", "Junk")])
+        self.assertEqual(h.memory.get("acc-1", "Junk"), MailboxMark(2001, 2, 1))
+        h.server.current.close()
+        h.pump()
+        junk.uidvalidity += 1
+        h.run(h.settings.reconnect_delay * 4)
+        self.assertEqual(mails[3:], [(1, "connected", "Junk")])
+        self.assertEqual(h.memory.get("acc-1", "Junk"), MailboxMark(2002, 2, 1))

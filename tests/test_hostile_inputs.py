@@ -14,6 +14,7 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http_headers import Headers
 
 from rebreak_idle.account import InvalidAccount, account_from_row
 from rebreak_idle.config import ConfigError, load_settings, scan_settings
@@ -212,6 +213,7 @@ class _Answering:
 
 class _Response:
     code = 200
+    headers = Headers()
 
     def deliverBody(self, protocol: Any) -> None:
         from twisted.python.failure import Failure

@@ -286,6 +286,20 @@ class IdleTests(ClientTestCase):
         self.assertFalse(self.transport.disconnecting)
         self.assertTrue(self.client.idling)
 
+    def test_capabilities_during_idle_are_not_taken(self) -> None:
+        """A CAPABILITY list pushed during IDLE (a flood of 16 KiB ``A= A= ...`` lines
+        cost 25 ms each to parse) is skipped unread: the capabilities stay those learnt
+        before, and the connection stays up."""
+        self.start_idle()
+        before = dict(self.client.capabilities)
+        flood = b"* CAPABILITY " + b"A= " * 5000 + b"\r\n"
+        self.server(flood + b"* OK [CAPABILITY IMAP4rev1 AUTH=XOAUTH2] hi\r\n")
+        self.assertEqual(self.client.capabilities, before)
+        self.assertTrue(self.client.has_idle)
+        self.assertFalse(self.client.has_xoauth2)
+        self.assertFalse(self.transport.disconnecting)
+        self.assertTrue(self.client.idling)
+
     def test_done(self) -> None:
         self.start_idle()
         d = result_of(self.client.done())

@@ -170,8 +170,18 @@ class HandWrittenTests(SynchronousTestCase):
     def test_malformed_untagged(self) -> None:
         for line in (b"* 5 EXISTS now\r\n", b"* 1 FETCH (FLAGS\r\n", b"* 1 FETCH FLAGS\r\n",
                      b"* 1 FETCH (FLAGS \\Seen)\r\n", b"* x\x00y\r\n",
-                     b'* LIST (\\Noselect "/" foo\r\n', b"* 7 WHAT\r\n"):
+                     b"* 7 WHAT\r\n"):
             self.closes(line, "malformed")
+
+    def test_unsolicited_data_is_not_parsed(self) -> None:
+        """The data of a response no command asked for (an unknown keyword, a LIST
+        outside LIST) is skipped unread: a server cannot make the client parse it."""
+        h = Harness()
+        h.feed(GREETING)
+        for line in (b'* LIST (\\Noselect "/" foo\r\n', b"* X (a a a (((\r\n",
+                     b'* XYZZY "unterminated\r\n'):
+            h.feed(line)
+            self.assertFalse(h.client.closed, line)
 
     def test_tagged_status_unknown(self) -> None:
         self.closes(b"0001 MAYBE\r\n", "malformed tagged", actions=("noop",))

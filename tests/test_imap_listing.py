@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred
 from rebreak_idle.folders import STATUS_ITEMS, resolve
 from rebreak_idle.imap import CommandFailed
 from rebreak_idle.imap.listing import ListEntry
-from tests.test_imap import ClientTestCase, result_of
+from tests.test_imap import GREETING, ClientTestCase, result_of
 
 
 class ListTests(ClientTestCase):
@@ -26,6 +26,22 @@ class ListTests(ClientTestCase):
         self.assertEqual(d, [[ListEntry(("\\HasNoChildren", "\\Junk"), "/", b"Spam"),
                               ListEntry(("\\Junk",), "/", b"Junk 2")]])
         self.assertFalse(self.client.closed)
+
+    def test_long_list_in_literals_is_not_a_flood(self) -> None:
+        """A LIST answered in literals, many in one read: each byte counts once against
+        the input budget (the rest of a read after each literal used to be counted
+        again, 200 literals in one 8 KiB read cost ~800 KiB of budget)."""
+        self.connect(greeting=b"")
+        self.client.input_burst_bytes = 64 * 1024  # the budget starts at the greeting
+        self.client.input_bytes_per_second = 1.0
+        self.server(GREETING)
+        d = result_of(self.client.list_mailboxes(limit=500))
+        chunk = b"".join(b'* LIST () "/" {9}\r\nFolder%03d\r\n' % i for i in range(200))
+        self.assertLess(len(chunk), 8 * 1024)
+        self.server(chunk + b"0001 OK LIST done\r\n")
+        self.assertFalse(self.client.closed)
+        self.assertEqual(len(d[0]), 200)
+        self.assertEqual(d[0][-1].raw, b"Folder199")
 
     def test_special_use_selection(self) -> None:
         self.connect()
@@ -117,6 +133,30 @@ class ResolveTests(ClientTestCase):
         self.server(b'* LIST (\\Noselect \\Junk) "/" A\r\n* LIST (\\Junk) "/" "Junk"\r\n'
                     b'* LIST (\\Junk) "/" "B"\r\n0001 OK\r\n')
         self.assertEqual([e.name for e in found[0]], ["Junk"])
+
+    def test_names_with_control_characters_are_refused(self) -> None:
+        """``&AAA-`` decodes to NUL (C0), ``&AH8-`` to DEL, ``&AIU-`` to NEL (C1): such a
+        folder is not watched but reported as refused; the next match is taken."""
+        self.connect(greeting=b"* OK [CAPABILITY IMAP4rev1 SPECIAL-USE] hi\r\n")
+        refused: list[Any] = []
+        found = result_of(Deferred.fromCoroutine(resolve(self.client, ("\\Junk",),
+                                                         refused)))
+        self.server(b'* LIST (\\Junk) "/" "&AAA-"\r\n* LIST (\\Junk) "/" "a&AH8-"\r\n'
+                    b'* LIST (\\Junk) "/" "&AIU-b"\r\n* LIST (\\Junk) "/" Spam\r\n'
+                    b"0001 OK\r\n")
+        self.assertEqual([e.name for e in found[0]], ["Spam"])
+        self.assertEqual([e.name for e in refused], ["\x00", "a\x7f", "\x85b"])
+
+    def test_cyrus_lower_case_attribute_and_inbox_junk(self) -> None:
+        """Cyrus lists ``\\junk`` (attributes are case-insensitive, RFC 3501 §9) and
+        Courier's folders live under ``INBOX.`` (a name given as such is found)."""
+        found = self.run_resolve(("\\Junk",), b"SPECIAL-USE")
+        self.server(b'* LIST (\\HasNoChildren \\junk) "." INBOX.Junk\r\n0001 OK\r\n')
+        self.assertEqual([e.name for e in found[0]], ["INBOX.Junk"])
+        found = self.run_resolve(("INBOX.Junk",), b"IDLE")
+        self.assertEqual(self.sent(), b'0001 LIST "" INBOX.Junk\r\n')
+        self.server(b'* LIST (\\HasNoChildren) "." "INBOX.Junk"\r\n0001 OK\r\n')
+        self.assertEqual([e.name for e in found[0]], ["INBOX.Junk"])
 
     def test_status_answered_before_the_noop(self) -> None:
         """Dovecot runs the STATUS commands beside the NOOP (RFC 3501 §5.5) and answers

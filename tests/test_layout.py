@@ -170,7 +170,7 @@ class ImportCycleTests(SynchronousTestCase):
         self.assertIsNone(import_cycle({"a": {"b"}, "b": set()}))
 
 
-# -- the rooms of DESIGN.md ------------------------------------------------------------------
+# -- the rooms of docs/design.md ------------------------------------------------------------
 
 _SQL = ("rebreak_idle.db", "psycopg2", "txpostgres")
 _IMAP = ("rebreak_idle.imap", "twisted.mail")
@@ -182,7 +182,7 @@ _SOCKETS = ("socket", "ssl", "twisted.internet.tcp", "twisted.internet.endpoints
 _ENTRIES = ("rebreak_idle.options", "rebreak_idle.startup", "rebreak_idle.tap",
             "rebreak_idle.db.migrate.migrate_or_exit", "rebreak_idle.probe.run_probe")
 
-#: DESIGN.md's room table, "must not know about" as imports: (rooms (a module, or a
+#: docs/design.md's room table, "must not know about" as imports: (rooms (a module, or a
 #: package with all its modules), what they must not import, what they may nonetheless).
 ROOM_RULES: tuple[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], ...] = (
     (("rebreak_idle.config",), ("twisted.application",), ()),            # Twisted services
@@ -256,7 +256,7 @@ def crossings(sources: dict[str, Path], rules: tuple = ROOM_RULES) -> dict[tuple
 
 
 class RoomTests(SynchronousTestCase):
-    """The "must not know about" column of DESIGN.md's room table, as forbidden imports."""
+    """The "must not know about" column of docs/design.md's room table, as forbidden imports."""
 
     def test_no_room_imports_what_it_must_not_know(self) -> None:
         new = {key: where for key, where in crossings(room_sources()).items()

@@ -12,13 +12,18 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import psycopg2
+from twisted.application.service import Service
 from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from rebreak_idle.config import LeaseSettings, Settings, lease_settings
+from rebreak_idle.account import Account
+from rebreak_idle.config import LeaseSettings, Settings, lease_settings, supervisor_settings
 from rebreak_idle.db.leases import LEASES_SQL, LeaseKeeper, fair_share
+from rebreak_idle.db.marks import MarkLoader
+from rebreak_idle.marks import MailboxMemory
+from rebreak_idle.supervisor import Supervisor
 from rebreak_idle.testing.pg import PostgresServer, fresh_database
 
 TTL = 30.0
@@ -336,6 +341,73 @@ class ReplicaTests(_KeeperCase):
         self.assertGreater(low.total_seconds(), TTL - 5)
         self.assertLessEqual(high.total_seconds(), TTL)
         await k.stopService()
+
+
+class _Rows:
+    """The supervisor's account source: fixed rows."""
+
+    def __init__(self, rows: list[dict]) -> None:
+        self.rows = rows
+
+    def active(self) -> Deferred:
+        return succeed([dict(r) for r in self.rows])
+
+    def record_error(self, account_id: str, text: str) -> None:
+        raise AssertionError(text)
+
+
+class _Session(Service):
+    def __init__(self, account: Account, started: list[str]) -> None:
+        self.account = account
+        self.started = started
+
+    def startService(self) -> None:
+        super().startService()
+        self.started.append(self.account.id)
+
+    def snapshot(self) -> dict:
+        return {"id": self.account.id}
+
+
+def _decode(row: dict) -> Account:
+    return Account(row["id"], "u", row["email"], "imap.example.test", 993, "tls", "u",
+                   "password", "pw")
+
+
+class StaleRefreshTests(_KeeperCase):
+    @inline
+    async def test_ownership_lost_during_the_marks_query_starts_nothing(self) -> None:
+        """A refresh filtered its rows by the leases, then waited for the marks of the new
+        accounts; meanwhile the leases ran out (no renewal for a TTL). The refresh must
+        not start sessions from its stale list (before: it started all 12)."""
+        rows = make_rows(12)
+        keeper = self.keeper("a")
+        marks: Deferred = Deferred()
+        loads: list[list[str]] = []
+
+        def load(ids: list[str]) -> Deferred:
+            loads.append(ids)
+            return marks
+
+        loader = MarkLoader(MailboxMemory(), load, then=keeper.filter, owned=keeper.owned)
+        started: list[str] = []
+        sup = Supervisor(_Rows(rows), lambda a: _Session(a, started), _decode,
+                         supervisor_settings(Settings(database_url=self.dsn,
+                                                      admin_secret="s" * 8,
+                                                      encryption_key="k" * 32)),
+                         self.clock, account_filter=loader)
+        sup.startService()  # the first refresh runs at once
+        self.addCleanup(sup.stopService)
+        while not loads:  # the lease round is real I/O
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(len(keeper.owned()), 12)
+        self.clock.advance(TTL)  # no renewal for a whole TTL: the proof is gone
+        self.assertEqual(keeper.owned(), frozenset())
+        marks.callback({})  # the refresh goes on from here without waiting
+        self.assertTrue(sup.ready)
+        self.clock.advance(1)  # the ramp
+        self.assertEqual(started, [])
+        self.assertEqual(sup.sessions, {})
 
 
 class LostDatabaseTests(_KeeperCase):

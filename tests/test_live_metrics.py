@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from prometheus_client import generate_latest
@@ -11,23 +12,30 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from rebreak_idle import metrics
 from rebreak_idle.account import Account
-from rebreak_idle.live_metrics import LIVE
+from rebreak_idle.live_metrics import LIVE, SCANS_LIVE
+from rebreak_idle.session_state import State, StateTally
 from rebreak_idle.supervisor import Supervisor
 from tests.test_supervisor import DECODE, MemoryStore, row, settings
 
 
 class StateSession(Service):
-    """A session with the attributes the collector reads."""
+    """A session with the attributes the collector reads; it moves the daemon's tally of
+    states as a MailboxSession does."""
 
-    def __init__(self, account: Account) -> None:
+    def __init__(self, account: Account, tally: StateTally | None = None) -> None:
         self.account = account
-        self.state = "stopped"
+        self.tally = StateTally() if tally is None else tally
+        self.state = State.STOPPED
         self.last_heartbeat_at: float | None = None
         self.last_exists_at: float | None = None
 
+    def move(self, state: State) -> None:
+        self.tally.moved(self.state, state)
+        self.state = state
+
     def startService(self) -> None:
         super().startService()
-        self.state = "connecting"
+        self.move(State.CONNECTING)
 
     def snapshot(self) -> dict[str, Any]:
         return {"id": self.account.id, "state": self.state}
@@ -42,8 +50,9 @@ class LiveGaugeTests(SynchronousTestCase):
         self.clock = Clock()
         self.clock.advance(1000)
         rows = [row(n) for n in range(5)] + [row(9, encrypted_secret="broken")]
-        self.sup = Supervisor(MemoryStore(rows), StateSession, DECODE,
-                              settings(connect_rate=10), self.clock)
+        tally = StateTally()
+        self.sup = Supervisor(MemoryStore(rows), lambda a: StateSession(a, tally), DECODE,
+                              settings(connect_rate=10), self.clock, tally=tally)
         self.addCleanup(lambda: self.sup.running and self.sup.stopService())
 
     def sessions(self) -> list[StateSession]:
@@ -58,9 +67,11 @@ class LiveGaugeTests(SynchronousTestCase):
             self.clock.advance(0.1)
         now = self.clock.seconds()
         a, b, c, d, e = self.sessions()
-        for s, state, age in ((a, "idle", 11), (b, "idle", 301), (c, "polling", 41),
-                              (d, "auth-failed", 999), (e, "backoff", 998)):
-            s.state, s.last_heartbeat_at = state, now - age
+        for s, state, age in ((a, State.IDLE, 11), (b, State.IDLE, 301),
+                              (c, State.POLLING, 41), (d, State.AUTH_FAILED, 999),
+                              (e, State.BACKOFF, 998)):
+            s.move(state)
+            s.last_heartbeat_at = now - age
         c.last_exists_at, b.last_exists_at = now - 5, now - 100
         self.assertAlmostEqual(sample("rebreak_idle_oldest_heartbeat_age_seconds"), 301.0)
         self.assertEqual(sample("rebreak_idle_heartbeat_age_seconds_count"), 3.0)
@@ -89,3 +100,23 @@ class LiveGaugeTests(SynchronousTestCase):
         value = sample("rebreak_idle_last_exists_age_seconds")
         self.assertNotEqual(value, value)  # NaN
         self.assertIs(LIVE._source, self.sup)
+
+
+class LiveScanGaugeTests(SynchronousTestCase):
+    """The scan trigger's gauges: the backend's state, the owed scans, the oldest's age."""
+
+    def test_read_from_the_attached_trigger_only(self) -> None:
+        trigger = SimpleNamespace(health=SimpleNamespace(state="refusing"),
+                                  owed=lambda: (7, 42.5))
+        SCANS_LIVE.attach(trigger)
+        self.addCleanup(SCANS_LIVE.detach, trigger)
+        self.assertEqual([sample("rebreak_idle_backend_state", state=s)
+                          for s in ("up", "down", "refusing")], [0, 0, 1])
+        self.assertEqual(sample("rebreak_idle_scans_owed"), 7)
+        self.assertEqual(sample("rebreak_idle_oldest_owed_scan_age_seconds"), 42.5)
+        SCANS_LIVE.detach(object())  # another one: still attached
+        self.assertEqual(sample("rebreak_idle_scans_owed"), 7)
+        SCANS_LIVE.detach(trigger)
+        self.assertIsNone(sample("rebreak_idle_scans_owed"))
+        self.assertIn("# TYPE rebreak_idle_scans_owed gauge",
+                      generate_latest(metrics.REGISTRY).decode())

@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from rebreak_idle.db.marks import MarkLoader, decode_rows
@@ -80,6 +81,44 @@ class WriteTests(StoreTestCase):
         self.assertEqual(await store.load_marks([account_id]),
                          {(account_id, "INBOX"): MailboxMark(1, 2, 3)})
         self.flushLoggedErrors()
+
+
+    def logs(self) -> list[str]:
+        lines: list[str] = []
+        observer = lambda e: lines.append(formatEvent(e))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        return lines
+
+    @inline
+    async def test_a_refused_folder_name_is_dropped_alone(self) -> None:
+        """A folder named "\\x00" (``&AAA-`` decoded) cannot be stored: its mark is dropped
+        with one line, the 5 good marks of the same batch are written, and later flushes
+        keep working (before: the whole batch was put back, every flush failed)."""
+        dsn = fresh_database()
+        store = self.make_store(dsn)
+        lines = self.logs()
+        ids = [str(uuid.uuid4()) for _ in range(5)]
+        for n, account_id in enumerate(ids[:3]):
+            store.record_mark(account_id, "INBOX", MailboxMark(7, n + 1, n))
+        store.record_mark(ids[0], "\x00", MailboxMark(1, 2, 3))
+        for n, account_id in enumerate(ids[3:]):
+            store.record_mark(account_id, "INBOX", MailboxMark(8, n + 1, n))
+        await store.flush()
+        self.assertEqual(store.pending, 0)
+        stored = sql(dsn, "SELECT connection_id::text, mailbox FROM rebreak_idle.mailbox_state")
+        self.assertEqual(sorted(stored), sorted((i, "INBOX") for i in ids))
+        refused = [line for line in lines if "refused" in line]
+        self.assertEqual(len(refused), 1, lines)
+        self.assertIn(ids[0], refused[0])
+        self.assertIn("'\\x00'", refused[0])  # the name, escaped
+        self.assertIn("NUL", refused[0])
+        self.assertNotIn("keeping them", " ".join(lines))
+        store.record_mark(ids[1], "INBOX", MailboxMark(9, 9, 9))  # later flushes work
+        await store.flush()
+        self.assertEqual(await store.load_marks([ids[1]]),
+                         {(ids[1], "INBOX"): MailboxMark(9, 9, 9)})
+        self.assertEqual(len([line for line in lines if "refused" in line]), 1)
 
 
 class DecodeTests(SynchronousTestCase):

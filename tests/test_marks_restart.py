@@ -11,7 +11,6 @@ from twisted.trial.unittest import TestCase
 
 from rebreak_idle.marks import MailboxMark
 from rebreak_idle.service import build_daemon
-from rebreak_idle.testing.backend import Answer
 from tests.support.faults import FaultCase, until
 from tests.support.leaks import IMAP_PASSWORDS
 
@@ -80,17 +79,21 @@ class RestartTests(FaultCase, TestCase):
         await until(lambda: self.connected_scans(ids[USERS[0]]) == 2, what="catch-up scan")
         self.assertEqual([self.connected_scans(ids[u]) for u in USERS], [2, 1, 1])
 
-    async def test_scan_given_up_then_restart_scans_again(self) -> None:
+    async def test_scans_owed_at_stop_then_restart_scans_again(self) -> None:
         ids = await self.watch()
-        self.backend.script(*[Answer(status=503)] * 6)  # the first connect's scans fail
-        daemon = self.start_daemon(scan_attempts=2)
-        await self.wait_log("scan-trigger gave up", 3, deadline=20)
-        await until(lambda: not daemon.scans.busy())
-        await self.stop_daemon(daemon)
+        gate = self.backend.hold()  # the backend never answers: every scan stays owed
+        self.addCleanup(gate.release)
+        daemon = self.start_daemon(scan_timeout=0.3)
+        await self.wait_log(r"\[idle/db\] backend down: no answer within 0.3s", deadline=20)
+        await until(lambda: daemon.scans.owed()[0] == 3, what="three scans owed")
+        await self.stop_daemon(daemon)  # the owed scans are dropped, never stored
         self.assertEqual(self.stored(), {})  # no acknowledged scan: no mark
+        before = len(self.backend.requests)
+        gate.release()
         await self.restart(ids)
-        await until(lambda: all(r.status == 200 for r in self.backend.requests[-3:])
-                    and len(self.backend.requests) == 9, what="the scans again")
+        await until(lambda: len(self.backend.requests) == before + 3
+                    and all(r.status == 200 for r in self.backend.requests[-3:]),
+                    what="the scans again")
         await until(lambda: len(self.stored()) == 3, what="marks stored")
 
     async def test_server_without_uidnext_delete_one_deliver_one(self) -> None:

@@ -5,12 +5,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, succeed
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from rebreak_idle.config import session_settings
 from rebreak_idle.marks import MailboxMark, MailboxMemory
+from rebreak_idle.session import MailboxSession
+from rebreak_idle.testing.imapserver import InProcessIMAPServer
+from tests.support.profiles import PROFILES
+from tests.support.wait import until
 from tests.test_scan import Harness as ScanHarness
 from tests.test_scan import account
 from tests.test_session import Harness
+from tests.test_session_servers import PASSWORD, USER, Events, Recorder, settings
+from tests.test_session_servers import account as server_account
 
 
 class LostCatchUpTests(SynchronousTestCase):
@@ -80,11 +89,32 @@ class NoUidnextTests(SynchronousTestCase):
         h = Harness(self)
         h.server.select_uidnext = False
         h.start()
-        self.assertIn("STATUS INBOX (UIDNEXT)", h.sent())
+        self.assertIn("STATUS INBOX (UIDNEXT MESSAGES)", h.sent())
         self.assertEqual(h.memory.get("acc-1"), MailboxMark(1000, 4, 3))
         h.server.current.close()
         h.run(h.settings.reconnect_delay * 4)
         self.assertEqual(h.mails, [(3, "connected")])  # unchanged: no scan
+
+    def test_courier_delivery_between_select_and_status(self) -> None:
+        """Courier (UIDNEXT only through STATUS): a message delivered after the SELECT
+        and before the STATUS is in the count and UIDNEXT of the one STATUS answer, so
+        the mark is never ahead of the server and the next delivery while disconnected
+        is still seen (with the count from SELECT the mark ended one ahead)."""
+        h = Harness(self)
+        h.server.profile = PROFILES["courier"]
+        h.server.select_uidnext = PROFILES["courier"].select_uidnext
+        h.server.after_select.append(h.server.deliver)  # in between
+        h.start()
+        self.assertEqual(h.mails, [(4, "connected")])
+        h.run(h.settings.heartbeat_interval + 1)  # the NOOP hears "* 4 EXISTS"
+        self.assertEqual(h.memory.get("acc-1"), MailboxMark(1000, 5, 4))
+        h.server.current.close()
+        h.pump()
+        h.server.deliver()  # while disconnected
+        h.run(h.settings.reconnect_delay * 4)
+        self.assertEqual(h.session.state, "idle")
+        self.assertEqual(h.mails, [(4, "connected"), (5, "connected")])
+        self.assertEqual(h.memory.get("acc-1"), MailboxMark(1000, 6, 5))
 
     def test_delete_one_deliver_one_while_disconnected(self) -> None:
         h = Harness(self)
@@ -136,37 +166,50 @@ class TriggerAcknowledgementTests(SynchronousTestCase):
         h.answer(0, 200, {"scanned": 0, "blocked": 0})
         self.assertEqual(acked, [True])
 
-    def test_4xx_and_given_up_do_not(self) -> None:
+    def test_4xx_and_5xx_keep_it_owed_until_a_2xx(self) -> None:
         h = ScanHarness(self, scan_attempts=2)
         refused = self.outcomes(h.trigger.submit(account(1), 3, "connected"))
         h.answer(0, 400)
-        self.assertEqual(refused, [False])
-        given_up = self.outcomes(h.trigger.submit(account(1), 3, "connected"))
+        self.assertEqual(refused, [])  # owed: tried again later
+        h.advance(180)
+        h.answer(0, 200)
+        self.assertEqual(refused, [True])
+        failing = self.outcomes(h.trigger.submit(account(2), 3, "connected"))
         h.answer(0, 503)
         h.advance(1)
-        h.answer(0, 503)
-        self.assertEqual(given_up, [False])
+        h.answer(0, 503)  # more than scan_attempts: never given up
+        h.advance(2)
+        self.assertEqual(failing, [])
+        h.answer(0, 200)
+        self.assertEqual(failing, [True])
 
     def test_coalesced_requests_are_covered_by_the_follow_up(self) -> None:
         h = ScanHarness(self)
         first = self.outcomes(h.trigger.submit(account(1), 3, "connected"))
         second = self.outcomes(h.trigger.submit(account(1), 4, "exists"))
         third = self.outcomes(h.trigger.submit(account(1), 5, "exists"))
+        # the second was replaced by the third before it went out: False at once (the
+        # session remembers the third's later mark when it is acknowledged)
+        self.assertEqual((first, second, third), ([], [False], []))
         h.answer(0, 200)
-        self.assertEqual((first, second, third), ([True], [], []))
+        self.assertEqual((first, second, third), ([True], [False], []))
         self.assertEqual(len(h.requests), 2)  # one follow-up, sent after both
         self.assertEqual(h.requests[1].parsed["exists"], 5)
         h.answer(0, 200)
-        self.assertEqual((second, third), ([True], [True]))
+        self.assertEqual(third, [True])
 
-    def test_follow_up_given_up_leaves_both_unacknowledged(self) -> None:
+    def test_follow_up_failing_stays_owed(self) -> None:
         h = ScanHarness(self, scan_attempts=1)
         first = self.outcomes(h.trigger.submit(account(1), 3, "connected"))
         second = self.outcomes(h.trigger.submit(account(1), 4, "exists"))
         third = self.outcomes(h.trigger.submit(account(1), 5, "exists"))
         h.answer(0, 200)
         h.answer(0, 500)
-        self.assertEqual((first, second, third), ([True], [False], [False]))
+        self.assertEqual((first, second, third), ([True], [False], []))
+        h.advance(1)  # the probe
+        self.assertEqual(h.requests[-1].parsed["exists"], 5)
+        h.answer(0, 200)
+        self.assertEqual(third, [True])
 
     def test_dropped_by_discard_and_stop(self) -> None:
         h = ScanHarness(self)
@@ -190,3 +233,57 @@ class TriggerAcknowledgementTests(SynchronousTestCase):
         self.assertIsNone(memory.get("acc-1"))
         h.answer(0, 200)
         self.assertEqual(memory.get("acc-1"), MailboxMark(1000, 4, 3))
+
+    def test_acknowledged_after_the_account_was_forgotten_puts_no_mark_back(self) -> None:
+        """The account's row was deleted while its connect scan ran: the session stopped,
+        the daemon forgot its marks and its scans (the running one is left to finish).
+        Its 2xx must not put the mark back (in memory and in rebreak_idle.mailbox_state)
+        for an account nobody watches."""
+        h = ScanHarness(self)
+        written: list[tuple] = []
+        memory = MailboxMemory(writer=lambda *mark: written.append(mark))
+        s = Harness(self, memory=memory, on_new_mail=h.trigger.submit)
+        s.start()
+        self.assertEqual(len(h.requests), 1)
+        s.session.stopService()
+        s.pump()
+        memory.forget("acc-1")  # what the daemon does once the session is gone
+        h.trigger.discard("acc-1")
+        h.answer(0, 200)
+        self.assertIsNone(memory.get("acc-1"))
+        self.assertEqual((written, len(memory)), ([], 0))
+
+
+class FolderAfterStopTests(TestCase):
+    """The extra folders' marks the same way: a folder scan acknowledged after the
+    session stopped and the account was forgotten puts no folder mark back."""
+
+    timeout = 30
+
+    async def test_folder_scan_acknowledged_after_forget(self) -> None:
+        server = InProcessIMAPServer(reactor)
+        server.add_user(USER, PASSWORD)
+        server.add_folder(USER, "Spam", ("\\HasNoChildren", "\\Junk"))
+        server.deliver(USER, "old junk", folder="Spam")
+        self.addCleanup(server.stop)
+        port = server.listen().getHost().port
+        memory = MailboxMemory()
+        held: dict[str, Deferred] = {}
+
+        def on_new_mail(a: Any, n: int, reason: str, mailbox: str = "INBOX") -> Deferred:
+            if mailbox == "INBOX":
+                return succeed(True)
+            held[mailbox] = Deferred()
+            return held[mailbox]
+
+        session = MailboxSession(server_account(port), session_settings(settings(
+            extra_folders=("\\Junk",))), Recorder(Events()), on_new_mail, reactor,
+            memory=memory)
+        session.startService()
+        self.addCleanup(session.stopService)
+        await until(lambda: "Spam" in held, deadline=10, what="the Spam scan asked for")
+        await session.stopService()
+        memory.forget(session.account.id)  # the account's row is gone
+        held["Spam"].callback(True)
+        self.assertIsNone(memory.get(session.account.id, "Spam"))
+        self.assertEqual(len(memory), 0)

@@ -9,9 +9,11 @@ Needs ``npm`` (``.ci/run`` installs it); without it the test is skipped, unless
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from tests.support.faults import (
     FaultCase,
     child_env,
     free_port,
+    http_get,
     save_daemon_log,
     until,
 )
@@ -37,6 +40,19 @@ SHUTDOWN_TIMEOUT = 3.0
 
 def _npm() -> str:
     return tool("npm", package="npm")
+
+
+def _two_free_ports() -> int:
+    """A loopback port p with p + 1 also free (at the time of asking)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two consecutive free ports")
 
 
 def _settings_env(**overrides: Any) -> dict[str, str]:
@@ -124,6 +140,67 @@ class PM2Tests(FaultCase, TestCase):
         self.assertTrue(any(graceful in x for x in lines), lines)
         self.assertTrue(any("rebreak-idle stopped" in x for x in lines), lines)
         self.assertFalse(any("Traceback" in x for x in lines), lines)
+
+    async def test_two_instances_with_leases(self) -> None:
+        """``REBREAK_IDLE_INSTANCES=2``: two replicas on this host, each account watched
+        exactly once (one selected IDLE session per account on the IMAP server, one lease
+        each, both replicas holding some), and ``pm2 stop rebreak-idle`` stops both and
+        releases every lease."""
+        n = 40
+        pm2 = await self.pm2_binary()
+        await self.start_parts()
+        users = [f"u{i:02d}@pm2.test" for i in range(n)]
+        for user in users:
+            self.add_account(user, PASSWORDS["ann"])
+        home = tempfile.mkdtemp(prefix="rebreak-pm2-home-")
+        self.addCleanup(shutil.rmtree, home, True)
+        port = _two_free_ports()  # the second instance listens on port + 1
+        env = {**child_env(self.dsn, self.backend.url),
+               **_settings_env(shutdown_timeout=SHUTDOWN_TIMEOUT, lease_ttl=6, lease_renew=2,
+                               status_endpoint=f"tcp:{port}:interface=127.0.0.1"),
+               "PM2_HOME": home, "REBREAK_IDLE_VENV": str(Path(TWIST).parent.parent),
+               "REBREAK_IDLE_INSTANCES": "2"}
+        self.addCleanup(self.command, [pm2, "kill"], env)
+
+        code, output = await self.command([pm2, "start", str(ECOSYSTEM)], env)
+        self.assertEqual(code, 0, output)
+        apps = await self.jlist(pm2, env)
+        self.assertEqual(sorted(a["name"] for a in apps), ["rebreak-idle-0", "rebreak-idle-1"])
+        for a in apps:
+            out_log = Path(a["pm2_env"]["pm_out_log_path"])
+            self.addCleanup(lambda p=out_log, name=a["name"]: save_daemon_log(
+                f"{self.id()}.{name}", self.log_lines(p)))
+
+        def leases() -> dict[str, str]:
+            return dict(self.sql("SELECT connection_id::text, replica_id FROM "
+                                 "rebreak_idle.leases WHERE replica_id IS NOT NULL "
+                                 "AND expires_at > now()"))
+
+        def settled() -> bool:
+            held = leases()
+            return (len(held) == n and len(set(held.values())) == 2
+                    and self.imap.idling_connections() == n
+                    and all(self.imap.idling_connections(u) == 1 for u in users))
+
+        await until(settled, deadline=60, what="every account watched once by two replicas")
+        held = leases()
+        self.assertEqual(sorted(set(held.values())),
+                         [f"{socket.gethostname()}-0", f"{socket.gethostname()}-1"])
+        self.assertEqual(sorted(collections.Counter(held.values()).values()), [n // 2] * 2)
+        # each instance answers on its own status port
+        for p in (port, port + 1):
+            code, _ = await http_get(self.reactor, f"http://127.0.0.1:{p}/readyz")
+            self.assertEqual(code, 200)
+
+        code, output = await self.command([pm2, "stop", "rebreak-idle"], env,
+                                          deadline=2 * SHUTDOWN_TIMEOUT + 30)
+        self.assertEqual(code, 0, output)
+        apps = await self.jlist(pm2, env)
+        self.assertEqual([a["pm2_env"]["status"] for a in apps], ["stopped", "stopped"])
+        self.assertEqual([a["pm2_env"]["exit_code"] for a in apps], [0, 0])
+        self.assertEqual(self.sql("SELECT count(*) FROM rebreak_idle.leases "
+                                  "WHERE replica_id IS NOT NULL"), [(0,)])
+        self.assertEqual(self.imap.idling_connections(), 0)
 
     async def jlist(self, pm2: str, env: dict[str, str]) -> list[dict[str, Any]]:
         code, output = await self.command([pm2, "jlist"], env)

@@ -7,15 +7,23 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
 from twisted.internet import defer, utils
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import IHostnameResolver, IHostResolution
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
 from rebreak_idle import probe
+from rebreak_idle.failures import account_secrets
 from rebreak_idle.testing.certs import make_test_certs
 from tests.support.dovecot import DovecotServer, skip_without_dovecot
-from tests.support.faults import FaultCase, child_env
-from tests.support.leaks import IMAP_PASSWORDS, text_has_secret
+from tests.support.faults import FaultCase, ScriptedIMAPServer, child_env
+from tests.support.leaks import IMAP_PASSWORDS, XOAUTH2_TOKEN, text_has_secret
+from tests.support.profiles import PROFILES
 
 
 def steps(report: probe.ProbeReport) -> dict[str, dict]:
@@ -115,6 +123,33 @@ class ProbeTests(FaultCase, TestCase):
         self.assertGreater(tls["certificate"]["expires_in_days"], 0)
         self.assertTrue({"127.0.0.1", "::1"} & set(steps(report)["dns"]["addresses"]))
 
+    async def test_starttls_steps_in_order(self) -> None:
+        port = self.imap.listen(starttls=True).getHost().port
+        account_id = self.add_account("ann@rebreak.test", IMAP_PASSWORDS[0], port=port,
+                                      security="starttls", host="localhost")
+        report = await self.run_probe(account_id=account_id)
+        self.assertEqual(report.status, probe.OK, probe.format_report(report))
+        self.assertEqual([s["step"] for s in report.steps][:8],
+                         ["row", "dns", "tcp", "greeting", "starttls", "tls", "capabilities",
+                          "login"])
+        found = steps(report)
+        self.assertTrue(found["tls"]["verified"])
+        self.assertIn("CN=", found["tls"]["certificate"]["subject"])
+        self.assertIn("AUTH=PLAIN", found["login"]["capabilities"])
+        self.assertNoSecret(report)
+
+    async def test_bad_certificate_after_starttls(self) -> None:
+        port = self.imap.listen(starttls=True, cert=make_test_certs().expired).getHost().port
+        account_id = self.add_account("ann@rebreak.test", IMAP_PASSWORDS[0], port=port,
+                                      security="starttls", host="localhost")
+        report = await self.run_probe(account_id=account_id)
+        starttls = steps(report)["starttls"]
+        self.assertFalse(starttls["ok"])
+        self.assertEqual(starttls["class"], "tls")
+        self.assertLess(starttls["certificate"]["expires_in_days"], 0)  # from the handshake
+        self.assertEqual(self.imap.connections_made, 1)
+        self.assertNotIn("login", steps(report))
+
     async def test_bad_certificate(self) -> None:
         port = self.imap.listen(tls=True, cert=make_test_certs().expired).getHost().port
         account_id = self.add_account("ann@rebreak.test", IMAP_PASSWORDS[0], port=port,
@@ -129,6 +164,8 @@ class ProbeTests(FaultCase, TestCase):
         self.assertLess(tls["certificate"]["expires_in_days"], 0)
         self.assertNotIn("login", steps(report))
         self.assertEqual(self.imap.login_attempts["ann@rebreak.test"], 0)
+        # the certificate came from the failed handshake: no second, unchecked connection
+        self.assertEqual(self.imap.connections_made, 1)
 
     async def test_refused_port(self) -> None:
         from tests.support.faults import free_port
@@ -157,6 +194,177 @@ class ProbeTests(FaultCase, TestCase):
         self.assertIn(b"result: failed at row: no such row", out)
         for text in (out, err):
             self.assertIsNone(text_has_secret(text.decode()))
+
+
+@implementer(IHostResolution)
+class _Resolution:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def cancel(self) -> None:
+        pass
+
+
+@implementer(IHostnameResolver)
+class _Resolver:
+    """Answers each lookup with the next list of addresses (the last one repeated)."""
+
+    def __init__(self, *answers: list[str]) -> None:
+        self.answers = list(answers)
+        self.asked: list[str] = []
+
+    def resolveHostName(self, receiver: Any, hostName: str, portNumber: int = 0,
+                        addressTypes: Any = None, transportSemantics: str = "TCP") -> Any:
+        addresses = self.answers[min(len(self.asked), len(self.answers) - 1)]
+        self.asked.append(hostName)
+        resolution = _Resolution(hostName)
+        receiver.resolutionBegan(resolution)
+        for address in addresses:
+            receiver.addressResolved(IPv4Address("TCP", address, portNumber))
+        receiver.resolutionComplete()
+        return resolution
+
+
+class _NoTrafficReactor:
+    """The real reactor, except that each TCP connect to an address other than loopback
+    is noted and refused right here: no packet leaves for the addresses these tests
+    name."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self.connects: list[tuple[str, int]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def connectTCP(self, host: str, port: int, factory: Any, timeout: float = 30,
+                   bindAddress: Any = None) -> Any:
+        if host in ("127.0.0.1", "::1"):
+            return self._reactor.connectTCP(host, port, factory, timeout, bindAddress)
+        self.connects.append((host, port))
+        self._reactor.callLater(0, factory.clientConnectionFailed, None,
+                                Failure(ConnectionRefusedError()))
+
+
+class ProbeReachTests(FaultCase, TestCase):
+    """The probe goes only where the daemon would go, through the daemon's own connecting,
+    destination policy, login sequence and scrubbing (issue 24, items 3 and 8)."""
+
+    async def _setUp(self) -> None:
+        await self.start_parts()
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.no_traffic = _NoTrafficReactor(self.reactor)
+        return defer.ensureDeferred(self._setUp())
+
+    def run_probe(self, resolver: Any = None, **kwargs: Any) -> defer.Deferred:
+        allow = kwargs.pop("allow_private_hosts", ())
+        settings = self.settings(tls_ca_file=make_test_certs().ca, allow_private_hosts=allow)
+        return defer.ensureDeferred(probe.probe(settings, reactor=self.no_traffic,
+                                                resolver=resolver, **kwargs))
+
+    def scripted(self, **kwargs: Any) -> tuple[ScriptedIMAPServer, int]:
+        server = ScriptedIMAPServer(self.reactor, **kwargs)
+        port = server.listen()
+        self.addCleanup(server.stop)
+        return server, port
+
+    async def test_names_resolving_to_refused_addresses_get_no_connection(self) -> None:
+        account_id = self.add_account("ann@rebreak.test", IMAP_PASSWORDS[0], port=993,
+                                      security="tls", host="imap.rebreak.test")
+        for address, kind, allow in (("10.0.0.5", "private", ()),
+                                     ("169.254.169.254", "cloud metadata", ()),
+                                     ("169.254.169.254", "cloud metadata",
+                                      ("169.254.0.0/16",))):
+            report = await self.run_probe(_Resolver([address]), account_id=account_id,
+                                          allow_private_hosts=allow)
+            self.assertEqual(report.status, probe.FAILED)
+            self.assertEqual(report.summary,
+                             f"failed at dns: destination refused: imap.rebreak.test "
+                             f"resolves to a {kind} address (allowed only through "
+                             "REBREAK_ALLOW_PRIVATE_HOSTS)")
+            self.assertEqual(steps(report)["dns"]["class"], "destination")
+            self.assertNotIn("tcp", steps(report))
+        self.assertEqual(self.no_traffic.connects, [])
+
+    async def test_a_name_that_rebinds_is_refused_at_connect(self) -> None:
+        """Public at the probe's lookup, private at the connect's: the connect's own
+        lookup is checked too (the daemon's CheckedHostnameEndpoint), nothing is sent."""
+        account_id = self.add_account("ann@rebreak.test", IMAP_PASSWORDS[0], port=993,
+                                      security="tls", host="imap.rebreak.test")
+        report = await self.run_probe(_Resolver(["93.184.216.34"], ["10.0.0.5"]),
+                                      account_id=account_id)
+        self.assertTrue(steps(report)["dns"]["ok"])
+        tcp = steps(report)["tcp"]
+        self.assertFalse(tcp["ok"])
+        self.assertEqual(tcp["class"], "destination")
+        self.assertIn("destination refused: imap.rebreak.test resolves to a private",
+                      tcp["error"])
+        self.assertEqual(self.no_traffic.connects, [])
+
+    async def test_allow_private_hosts_is_honoured(self) -> None:
+        literal = self.add_account("ann@rebreak.test", IMAP_PASSWORDS[0], port=993,
+                                   security="tls", host="10.0.0.5")
+        name = self.add_account("bob@rebreak.test", IMAP_PASSWORDS[1], port=993,
+                                security="tls", host="imap.rebreak.test")
+        refused = await self.run_probe(account_id=literal)
+        self.assertEqual(refused.status, probe.NO_ROW)
+        self.assertIn("destination refused", steps(refused)["decode"]["error"])
+        for account_id in (literal, name):
+            report = await self.run_probe(_Resolver(["10.0.0.5"]), account_id=account_id,
+                                          allow_private_hosts=("10.0.0.0/8",))
+            self.assertNotIn("decode", steps(report))
+            self.assertTrue(steps(report)["dns"]["ok"])
+            self.assertEqual(steps(report)["tcp"]["error"], "connection refused")
+        # the two allowed attempts reached the (stand-in) network; the refused row none
+        self.assertEqual(self.no_traffic.connects, [("10.0.0.5", 993)] * 2)
+
+    async def test_a_server_that_echoes_the_login_gets_it_masked(self) -> None:
+        server, port = self.scripted()
+        server.echo_login = True
+        oauth = self.add_account("ann@rebreak.test", XOAUTH2_TOKEN, port=port,
+                                 auth="xoauth2", server=server)
+        password = self.add_account("bob@rebreak.test", IMAP_PASSWORDS[1], port=port,
+                                    server=server)
+        for account_id, email, secret in ((oauth, "ann@rebreak.test", XOAUTH2_TOKEN),
+                                          (password, "bob@rebreak.test", IMAP_PASSWORDS[1])):
+            report = await self.run_probe(account_id=account_id)
+            login = steps(report)["login"]
+            self.assertFalse(login["ok"])
+            self.assertIn("***", login["error"])
+            text = json.dumps(report.as_dict(), default=str) + probe.format_report(report)
+            for form in account_secrets(email, secret):  # raw, quoted, base64 payloads
+                self.assertNotIn(form, text)
+            self.assertIsNone(text_has_secret(text))
+        self.assertEqual(len(server.connections), 2)
+
+    async def test_courier_uidnext_from_status(self) -> None:
+        server, port = self.scripted(profile=PROFILES["courier"])
+        server.deliver(2)
+        account_id = self.add_account("ann@rebreak.test", IMAP_PASSWORDS[0], port=port,
+                                      server=server)
+        report = await self.run_probe(account_id=account_id)
+        self.assertEqual(report.status, probe.OK, probe.format_report(report))
+        found = steps(report)
+        self.assertEqual(found["select"]["uidnext"], server.uidnext)
+        self.assertEqual(found["select"]["uidnext_from"], "STATUS")
+        self.assertEqual(found["status"]["uidnext"], server.uidnext)
+        self.assertIn(f"uidnext={server.uidnext}", probe.format_report(report))
+
+    async def test_cyrus_idle_after_login(self) -> None:
+        server, port = self.scripted(profile=PROFILES["cyrus"])
+        account_id = self.add_account("ann@rebreak.test", IMAP_PASSWORDS[0], port=port,
+                                      server=server)
+        report = await self.run_probe(account_id=account_id)
+        self.assertEqual(report.status, probe.OK, probe.format_report(report))
+        found = steps(report)
+        self.assertNotIn("IDLE", found["capabilities"]["capabilities"])  # before login
+        self.assertTrue(found["login"]["idle"])
+        self.assertIn("IDLE", found["login"]["capabilities"])
+        self.assertTrue(found["idle"]["ok"] and found["done"]["ok"])
+        self.assertTrue(found["id"]["ok"])  # the session's sequence: ID after login
+        self.assertEqual(server.ids and len(server.ids), 1)
 
 
 class DovecotProbeTests(FaultCase, TestCase):

@@ -194,6 +194,9 @@ class ReplicaProcessTests(TestCase):
             "REBREAK_LEASE_TTL": str(TTL),
             "REBREAK_LEASE_RENEW": str(RENEW),
             "REBREAK_CONNECT_RATE": "2000",
+            # one loopback host: the timings below are the leases', not the login budget's
+            "REBREAK_HOST_LOGIN_RATE": "2000",
+            "REBREAK_HOST_LOGIN_BURST": "2000",
             "REBREAK_STATUS_ENDPOINT": f"tcp:{port}:interface=127.0.0.1",
             "REBREAK_SHUTDOWN_TIMEOUT": "5",
         })

@@ -10,6 +10,7 @@ import treq
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
+from rebreak_idle import __version__
 from rebreak_idle.config import Settings
 from rebreak_idle.db.migrate import apply
 from rebreak_idle.secrets import encrypt_secret
@@ -99,6 +100,7 @@ class WiringTests(DaemonCase):
             self.assertIsNone(account["last_error"])
         metrics = await (await treq.get(f"{base}/metrics", persistent=False)).text()
         self.assertIn('rebreak_idle_sessions{state="idle"} 2.0', metrics)
+        self.assertIn(f'rebreak_idle_build_info{{version="{__version__}"}} 1.0', metrics)
         text = json.dumps(accounts) + metrics
         for secret in (ADMIN, KEY, *USERS.values()):
             self.assertNotIn(secret, text)
@@ -121,6 +123,62 @@ class WiringTests(DaemonCase):
         self.assertNotIn(ann, daemon.supervisor.sessions)
         self.assertEqual(daemon.scans.last_outcome(bob)["outcome"], "ok")
         await daemon.stopService()
+
+    async def test_a_deleted_account_leaves_no_rows_behind(self) -> None:
+        """The marks and the hold-off of an account whose row was deleted are pruned with
+        the refresh (they used to stay forever)."""
+        await self.start_parts(fresh_database())
+        daemon = self.start_daemon()
+        await self.all_idle(daemon)
+        ann, bob = self.ids["ann@svc.test"], self.ids["bob@svc.test"]
+
+        def stored(table: str) -> set[str]:
+            return {i for (i,) in sql(self.dsn, "SELECT connection_id::text "  # noqa: S608
+                                                f"FROM rebreak_idle.{table}")}
+
+        await until(lambda: stored("mailbox_state") == {ann, bob}, deadline=15,
+                    what="both marks stored")
+        sql(self.dsn, "INSERT INTO rebreak_idle.account_holdoff VALUES (%s, 1, now(), 't')",
+            (ann,))
+        sql(self.dsn, "DELETE FROM rebreak.mail_connections WHERE id = %s", (ann,))
+        await until(lambda: stored("mailbox_state") == {bob}
+                    and stored("account_holdoff") == set(), deadline=15,
+                    what="ann's rows pruned")
+        self.assertNotIn(ann, daemon.supervisor.sessions)
+        await daemon.stopService()
+        self.assertEqual(stored("mailbox_state"), {bob})  # no late mark put back
+
+    async def test_after_a_restart_a_held_off_account_shows_its_error(self) -> None:
+        """A restarted daemon shows an account held off for a wrong password as
+        auth-failed with the stored error and its class (they used to be empty)."""
+        await self.start_parts(fresh_database())
+        ann = self.ids["ann@svc.test"]
+        sql(self.dsn, "UPDATE rebreak.mail_connections SET encrypted_secret = %s WHERE id = %s",
+            (encrypt_secret("not-ann-pass", KEY.encode()[:32]), ann))
+
+        def ann_entry(daemon) -> dict:  # type: ignore[no-untyped-def]
+            return next((e for e in daemon.snapshot() if e["id"] == ann), {})
+
+        def held() -> list:
+            return sql(self.dsn, "SELECT strikes FROM rebreak_idle.account_holdoff "
+                                 "WHERE connection_id = %s", (ann,))
+
+        first = self.start_daemon()
+        await until(lambda: ann_entry(first).get("state") == "auth-failed" and held(),
+                    deadline=15, what="ann held off")
+        await first.stopService()
+        (stored,), = sql(self.dsn, "SELECT last_connect_error FROM rebreak.mail_connections "
+                                   "WHERE id = %s", (ann,))
+        self.assertTrue(stored)
+        second = self.start_daemon()
+        await until(lambda: ann_entry(second).get("state") == "auth-failed", deadline=15,
+                    what="ann held off after the restart")
+        entry = ann_entry(second)
+        self.assertEqual((entry["last_error"], entry["last_end_class"]),
+                         (stored, "credentials"))
+        self.assertIsNotNone(entry["last_error_at"])
+        self.assertEqual(held(), [(1,)])  # no new strike: no login tried
+        await second.stopService()
 
     async def test_stop_sends_logout_and_flushes(self) -> None:
         await self.start_parts(fresh_database())

@@ -5,11 +5,12 @@ hold-off, polling, stop in each state) without sockets or sleeps."""
 
 from __future__ import annotations
 
+import errno
 import json
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectBindError, ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
@@ -28,6 +29,7 @@ from rebreak_idle.session import MailboxSession, timer_resolution
 from rebreak_idle.session_state import TRANSITIONS, ForbiddenTransition, State
 from rebreak_idle.tls import TLSClientEndpoint
 from rebreak_idle.wheel import TimerWheel
+from tests.support.profiles import PROFILES
 from tests.support.scripted_imap import ScriptedConnection, ScriptedIMAPServer
 
 SECRET = "s3cret-Pa55word"
@@ -176,6 +178,14 @@ class Harness:
         return [line for line in self.logs if fragment in line]
 
 
+def _head(line: str) -> str:
+    """A sent command without its secret-bearing or variable arguments."""
+    for head in ("LOGIN", "AUTHENTICATE PLAIN", "ID"):
+        if line.startswith(head + " "):
+            return head
+    return line
+
+
 def gauge(state: str) -> float:
     return metrics.REGISTRY.get_sample_value("rebreak_idle_sessions", {"state": state}) or 0.0
 
@@ -218,6 +228,21 @@ class ConnectTests(SynchronousTestCase):
                          ["[idle/ann@example.test] connected (127.0.0.1:143)"])
         self.assertEqual(h.memory.get("acc-1"), MailboxMark(1000, 4, 3))
 
+    def test_the_login_sequence_on_cyrus_and_courier(self) -> None:
+        """The sequence the probe shares (login_sequence.py): Cyrus tells IDLE only after
+        login, Courier tells UIDNEXT only to STATUS (asked with the count: one answer)."""
+        for name, commands in (
+                ("cyrus", ["AUTHENTICATE PLAIN", "ID", "SELECT INBOX", "IDLE"]),
+                ("courier", ["LOGIN", "SELECT INBOX", "STATUS INBOX (UIDNEXT MESSAGES)", "IDLE"])):
+            h = Harness(self)
+            h.server.profile = profile = PROFILES[name]
+            h.server.capabilities = profile.capabilities
+            h.server.select_uidnext = profile.select_uidnext
+            h.start()
+            self.assertEqual(h.session.state, "idle", name)
+            self.assertEqual([_head(c) for c in h.sent()], commands, name)
+            self.assertEqual(h.memory.get("acc-1"), MailboxMark(1000, 4, 3), name)
+
     def test_secret_not_logged_or_recorded(self) -> None:
         h = Harness(self)
         h.server.password = "other"
@@ -227,6 +252,25 @@ class ConnectTests(SynchronousTestCase):
         self.assertNotIn(SECRET, repr(h.recorder.errors))
         self.assertNotIn(SECRET, json.dumps(h.session.snapshot()))
         self.assertNotIn(SECRET, repr(h.session.account))
+
+    def test_echoed_secret_masked_in_protocol_errors(self) -> None:
+        """A server that echoes the password in a line the client refuses ("unknown
+        tag", "malformed"): the error text shows ``***``, not the password in any
+        escaped form (a password with a backslash and both quotes)."""
+        for secret, line in [("pa\\ss'wo\"rd", "Z999 NO bad password {}"),
+                             ("pa\\ss'wo\"rd", "* 3 EXISTS {}"),
+                             ("pa\\ss'wo\"rd\x01", "Z999 NO bad password {}")]:
+            h = Harness(self, account=Account(**{**ACCOUNT.__dict__, "secret": secret}))
+            h.server.password = None
+            h.start()
+            h.server.current.send(line.format(secret).encode())
+            h.pump()
+            self.assertEqual(h.session.state, "backoff")
+            text = h.recorder.errors[-1][2]
+            self.assertIn("***", text)
+            for shown in (secret, repr(secret)[1:-1], "pa", "rd"):
+                self.assertNotIn(shown, text.replace("password", ""))
+            h.stop_for_good()
 
     def test_starttls_missing_is_a_protocol_error(self) -> None:
         account = Account(**{**ACCOUNT.__dict__, "security": "starttls"})
@@ -550,6 +594,23 @@ class FailureTests(SynchronousTestCase):
                          "[idle/ann@example.test] connect failed: connection refused")
         self.assertEqual(counter("rebreak_idle_reconnects", cause="network"), network + 8)
         self.assertEqual(h.session.snapshot()["attempt"], 8)
+
+    def test_out_of_descriptors_is_not_the_accounts_error(self) -> None:
+        """EMFILE when the socket is made: the process's limit, so nothing is written as
+        the account's last_connect_error and no "connect failed" line blames it; the
+        session retries with its backoff."""
+        h = Harness(self)
+        h.endpoint.refuse = ConnectBindError(errno.EMFILE, "Too many open files")
+        h.start()
+        self.assertEqual(h.session.state, "backoff")
+        self.assertEqual(h.recorder.errors, [])
+        self.assertEqual(h.lines("connect failed"), [])
+        (line,) = h.lines("connect postponed")
+        self.assertIn("no file descriptor left", line)
+        self.assertEqual(h.session.snapshot()["last_error"], None)
+        h.endpoint.refuse = None
+        h.run(10)
+        self.assertEqual(h.session.state, "idle")
 
     def test_jitter_stretches_delays(self) -> None:
         h = Harness(self, jitter=0.5)

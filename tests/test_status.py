@@ -140,6 +140,24 @@ class StatusServerTests(TestCase):
         self.assertNotIn("password", answer[0])
         self.assertNoSecretAnywhere()
 
+    async def test_status_one_page(self) -> None:
+        """With the page's parameters, /status answers one page in the page's order
+        (attention first, then by e-mail) and says how many match."""
+        code, headers, body = await self.request("/status?limit=1&offset=1",
+                                                 headers={"x-admin-secret": SECRET})
+        self.assertEqual(code, 200)
+        self.assertEqual(headers.getRawHeaders("x-total-count"), ["3"])
+        answer = json.loads(body)
+        self.assertEqual([a["email"] for a in answer], ["ok@example.com"])
+        self.assertNotIn("password", answer[0])
+        code, headers, body = await self.request("/status?state=backoff",
+                                                 headers={"x-admin-secret": SECRET})
+        self.assertEqual([a["id"] for a in json.loads(body)], ["0c1d"])
+        self.assertEqual(headers.getRawHeaders("x-total-count"), ["1"])
+        code, _, _ = await self.request("/status?limit=1")
+        self.assertEqual(code, 401)
+        self.assertNoSecretAnywhere()
+
     async def test_status_accepts_only_get(self) -> None:
         code, _, _ = await self.request("/status", method="POST",
                                         headers={"x-admin-secret": SECRET})
@@ -156,6 +174,32 @@ class StatusServerTests(TestCase):
         for private in ("ok@example.com", "evil.example", "AUTHENTICATIONFAILED"):
             self.assertNotIn(private, body)
         self.assertNotIn("<script", body)
+
+    async def test_page_without_secret_takes_no_snapshot(self) -> None:
+        """An anonymous ``GET /`` reads the counts kept up to date, never the per-account
+        snapshot (at 50,000 accounts that took over a second, on the reactor)."""
+        taken: list[int] = []
+
+        def snapshot() -> list[dict[str, Any]]:
+            taken.append(1)
+            return self.accounts
+
+        service = StatusService(view(), make_status_resource(
+            view(), ready=lambda: True, snapshot=snapshot,
+            counts=lambda: {"idle": 49_000, "backoff": 1_000}), reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        port = await service.when_listening()
+        url = f"http://127.0.0.1:{port.getHost().port}/"
+        response = await self.http.get(url)
+        body = await response.text()
+        self.assertEqual(response.code, 200)
+        self.assertIn("<td>idle</td><td>49000</td>", body)
+        self.assertIn("50000 accounts", body)
+        self.assertEqual(taken, [])
+        response = await self.http.get(url, headers={"x-admin-secret": SECRET})
+        self.assertIn("ok@example.com", await response.text())
+        self.assertEqual(taken, [1])  # the account table needs it
 
     async def test_page_with_secret_escapes_every_value(self) -> None:
         self.ready = True
@@ -266,3 +310,16 @@ class RenderPageTests(SynchronousTestCase):
         self.assertIn("EXISTS 12 <span class=muted>2026-01-02 03:00:00Z</span><br>"
                       "scan ok (scanned=2 blocked=1) <span class=muted>2026-01-02 03:00:00Z",
                       page)
+        self.assertNotIn("scan owed", page)
+
+    def test_scan_owed_since(self) -> None:
+        account = {"id": "0a1b", "email": "a@example.com", "state": "idle",
+                   "last_scan": {"time": 1_767_322_800.0, "outcome": "failed",
+                                 "scanned": None, "blocked": None, "status": 503},
+                   "scan_owed_since": "2026-01-02T03:00:00+00:00"}
+        page = render_page([account], {"idle": 1}, ready=True)
+        self.assertIn("scan failed <span class=muted>2026-01-02 03:00:00Z</span><br>"
+                      "<strong>scan owed since 2026-01-02 03:00:00Z</strong>", page)
+        account["scan_owed_since"] = "<script>"
+        self.assertIn("scan owed since &lt;script&gt;",
+                      render_page([account], {"idle": 1}, ready=True))

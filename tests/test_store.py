@@ -19,8 +19,9 @@ from zope.interface.verify import verifyObject
 from rebreak_idle import metrics
 from rebreak_idle.account import COLUMNS
 from rebreak_idle.config import Settings
+from rebreak_idle.db.connect import PoolClosed, StatementTimeout
 from rebreak_idle.db.store import AccountStore
-from rebreak_idle.db.writes import WriteBuffer
+from rebreak_idle.db.writes import WriteBuffer, refused, write_isolating
 from rebreak_idle.failures import describe
 from rebreak_idle.interfaces import IAccountSource, IRecorder
 from rebreak_idle.service import Daemon
@@ -180,6 +181,59 @@ class WriteTests(StoreTestCase):
         hb = status(dsn, a)[2]
         self.assertEqual(hb.timestamp(), 1_700_000_000)
 
+    def logs(self) -> list[str]:
+        lines: list[str] = []
+        observer = lambda e: lines.append(formatEvent(e))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        return lines
+
+    @inline
+    async def test_a_refused_error_text_is_dropped_alone(self) -> None:
+        """A server's error text with a NUL cannot be stored: that one update is dropped
+        with one line, the 5 others of the batch are written, later writes work."""
+        dsn = fresh_database()
+        ids = [add_row(dsn) for _ in range(6)]
+        store = self.make_store(dsn)
+        lines = self.logs()
+        for n, row_id in enumerate(ids[:5]):
+            store.record_error(row_id, f"error {n}")
+        store.record_error(ids[5], "NO [AUTHENTICATIONFAILED] bad\x00byte")
+        await store.flush()
+        self.assertEqual(store.pending, 0)
+        self.assertEqual([status(dsn, i)[0] for i in ids],
+                         ["error 0", "error 1", "error 2", "error 3", "error 4", None])
+        refused = [line for line in lines if "refused" in line]
+        self.assertEqual(len(refused), 1, lines)
+        self.assertIn(f"error update of account {ids[5]}", refused[0])
+        store.clear_error(ids[0])
+        store.record_error(ids[5], "later")
+        await store.flush()
+        self.assertEqual((status(dsn, ids[0])[0], status(dsn, ids[5])[0]), (None, "later"))
+        self.assertEqual(len([line for line in lines if "refused" in line]), 1)
+
+    @inline
+    async def test_a_refused_heartbeat_is_dropped_alone(self) -> None:
+        """An id that Python reads as a UUID but PostgreSQL refuses (``urn:uuid:…``): the
+        heartbeat is dropped with one line, the 5 others are written."""
+        dsn = fresh_database()
+        ids = [add_row(dsn) for _ in range(5)]
+        store = self.make_store(dsn)
+        lines = self.logs()
+        odd = f"urn:uuid:{uuid.uuid4()}"
+        for row_id in ids[:2]:
+            store.record_heartbeat(row_id)
+        store.record_heartbeat(odd)
+        for row_id in ids[2:]:
+            store.record_heartbeat(row_id)
+        await store.flush()
+        self.assertEqual(store.pending, 0)
+        self.assertTrue(all(status(dsn, i)[2] is not None for i in ids))
+        refused = [line for line in lines if "refused" in line]
+        self.assertEqual(len(refused), 1, lines)
+        self.assertIn(f"heartbeat update of account {odd}", refused[0])
+        self.assertIn("invalid input syntax for type uuid", refused[0])
+
     def test_malformed_ids_are_ignored(self) -> None:
         store = AccountStore("postgresql://127.0.0.1:1/none", reactor)
         store.record_heartbeat("not-a-uuid")
@@ -254,6 +308,71 @@ class BufferTests(SynchronousTestCase):
         buf.put("a", 2)
         buf.put("c", 1)  # drops b, the oldest
         self.assertEqual(buf.take(), {"a": 2, "c": 1})
+
+
+class IsolatingTests(SynchronousTestCase):
+    """write_isolating: a refused row alone is dropped; a lost connection keeps the rest."""
+
+    def run_write(self, entries: dict, fail: Callable[[dict], Exception | None]
+                  ) -> tuple[list[dict], list, dict, Exception | None]:
+        written: list[dict] = []
+        dropped: list = []
+
+        def write(part: dict) -> Deferred:
+            error = fail(part)
+            if error is not None:
+                return defer.fail(error)
+            written.append(part)
+            return succeed(None)
+
+        box: list = []
+        Deferred.fromCoroutine(write_isolating(
+            write, entries, lambda k, v, e: dropped.append((k, v)))).addBoth(box.append)
+        ((left, error),) = box
+        return written, dropped, left, error
+
+    def test_one_refused_row_among_many(self) -> None:
+        entries = {n: n for n in range(1000)}
+        statements = []
+
+        def fail(part: dict) -> Exception | None:
+            statements.append(len(part))
+            return psycopg2.DataError("bad") if 617 in part else None
+
+        written, dropped, left, error = self.run_write(entries, fail)
+        self.assertEqual(dropped, [(617, 617)])
+        self.assertEqual(sorted(k for part in written for k in part),
+                         [n for n in range(1000) if n != 617])
+        self.assertEqual((left, error), ({}, None))
+        self.assertLessEqual(len(statements), 2 * 10 + 1)  # about 2·log2(n)
+
+    def test_a_lost_connection_keeps_what_is_not_written(self) -> None:
+        entries = {n: n for n in range(8)}
+        calls: list[int] = []
+
+        def fail(part: dict) -> Exception | None:
+            calls.append(len(part))
+            if len(calls) == 1:
+                return ValueError("A string literal cannot contain NUL (0x00) characters.")
+            if len(calls) == 2:
+                return None  # the first half went out
+            return psycopg2.OperationalError("server closed the connection unexpectedly")
+
+        written, dropped, left, error = self.run_write(entries, fail)
+        self.assertEqual(written, [{0: 0, 1: 1, 2: 2, 3: 3}])
+        self.assertEqual(dropped, [])
+        self.assertEqual(left, {4: 4, 5: 5, 6: 6, 7: 7})
+        self.assertIsInstance(error, psycopg2.OperationalError)
+
+    def test_what_counts_as_refused(self) -> None:
+        self.assertTrue(refused(ValueError("NUL")))
+        self.assertTrue(refused(psycopg2.errors.InvalidTextRepresentation("uuid")))
+        self.assertTrue(refused(psycopg2.errors.NumericValueOutOfRange("bigint")))
+        self.assertTrue(refused(psycopg2.errors.NotNullViolation("null")))
+        self.assertFalse(refused(psycopg2.OperationalError("server closed")))
+        self.assertFalse(refused(psycopg2.extensions.QueryCanceledError("timeout")))
+        self.assertFalse(refused(StatementTimeout("statement took longer than 30s")))
+        self.assertFalse(refused(PoolClosed("closed")))
 
 
 class FlushCoalescingTests(SynchronousTestCase):

@@ -3,27 +3,34 @@ the outage and NOTIFY cases."""
 
 from __future__ import annotations
 
+import re
 import uuid
+from collections import Counter
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from rebreak_idle import metrics
 from rebreak_idle.account import Account
-from rebreak_idle.config import Settings, SupervisorSettings, supervisor_settings
+from rebreak_idle.config import Settings, StatusSettings, SupervisorSettings, supervisor_settings
 from rebreak_idle.db.store import AccountStore
 from rebreak_idle.interfaces import IAccountSource
 from rebreak_idle.secrets import encrypt_secret
 from rebreak_idle.service import row_decoder
+from rebreak_idle.session_state import State
+from rebreak_idle.status import make_status_resource
 from rebreak_idle.supervisor import Supervisor
 from rebreak_idle.testing.pg import PostgresServer, fresh_database
+from tests.support.scripted_imap import ScriptedIMAPServer
 from tests.test_store import add_row, inline, sql, status
 
 KEY = "k" * 32
@@ -315,6 +322,29 @@ class ReconcileTests(SynchronousTestCase):
         self.assertEqual(seen, [2])
         self.assertEqual(list(sup.sessions), [row(0)["id"]])
 
+    def test_after_refresh_runs_after_each_successful_refresh(self) -> None:
+        """The store's pruning runs as the refresh's last step; a failed read skips it, a
+        failing step is logged and the refresh still counts."""
+        calls: list[int] = []
+
+        def after() -> Deferred:
+            calls.append(len(sup.sessions))
+            if len(calls) == 2:
+                return defer.fail(RuntimeError("prune broke"))
+            return succeed(None)
+
+        sup = Supervisor(self.store, lambda a: TestSession(a, self.events), DECODE,
+                         settings(), self.clock, after_refresh=after)
+        sup.startService()
+        self.addCleanup(sup.stopService)
+        self.assertEqual(calls, [2])  # after the reconcile
+        results: list = []
+        sup.refresh().addCallback(results.append)
+        self.store.fail = True
+        sup.refresh().addCallback(results.append)
+        self.assertEqual((calls, results), ([2, 2], [True, False]))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
     def test_heartbeat_age_gauge(self) -> None:
         """Computed at scrape time from the idle sessions (tests/test_live_metrics.py), no
         longer from the table's column: these sessions are not idle, so it is 0."""
@@ -521,3 +551,191 @@ class DatabaseTests(TestCase):
         self.assertEqual(await arrived.addTimeout(10, reactor), new_id)
         self.assertTrue(await sup.refresh())
         self.assertEqual(list(sup.sessions), [new_id])
+
+
+@implementer(IStreamClientEndpoint)
+class _InMemory:
+    """Joins each connection to the scripted IMAP server in memory (iosim)."""
+
+    def __init__(self, server: ScriptedIMAPServer) -> None:
+        self.server = server
+        self.pumps: list[Any] = []
+
+    def connect(self, factory: Any) -> Deferred:
+        client = factory.buildProtocol(None)
+        self.pumps.append(self.server.connect(client))
+        return succeed(client)
+
+    def pump(self, clock: Clock) -> None:
+        clock.advance(0)
+        while any([p.flush() for p in list(self.pumps)]):
+            clock.advance(0)
+
+
+class _NoRecords:
+    """A recorder that keeps nothing (IRecorder)."""
+
+    def record_error(self, account_id: str, text: str) -> None:
+        pass
+
+    def clear_error(self, account_id: str) -> None:
+        pass
+
+    def record_heartbeat(self, account_id: str) -> None:
+        pass
+
+
+class StateCountTests(SynchronousTestCase):
+    """The status page's counts come from the sessions' tally, kept up to date on each
+    move (no walk of the sessions): through connects, a refused password, a dropped
+    connection, a stop (during and after its LOGOUT), a restart and an invalid row, the
+    page shows what the snapshot says."""
+
+    def setUp(self) -> None:
+        from rebreak_idle.config import session_settings
+        from rebreak_idle.session import MailboxSession
+
+        self.clock = Clock()
+        self.server = ScriptedIMAPServer(self.clock, password="pw")
+        self.server.passwords["u3@example.org"] = "not-pw"
+        self.endpoint = _InMemory(self.server)
+        self.store = MemoryStore([row(n) for n in range(5)])
+        config = Settings(database_url="postgresql://x", admin_secret="s" * 8,
+                          encryption_key=KEY, connect_rate=2.0, reconnect_delay=5.0)
+        self.sup = Supervisor(self.store, self.session, DECODE, supervisor_settings(config),
+                              self.clock)
+        self._settings = session_settings(config)
+        self._make = MailboxSession
+        self.snapshots = 0
+        page = make_status_resource(
+            StatusSettings(status_endpoint="tcp:0", admin_secret="s" * 8),
+            ready=lambda: True, snapshot=self.snapshot, counts=self.sup.counts)
+        self.page = page.getChildWithDefault(b"", DummyRequest([b""]))
+        self.addCleanup(self.stop)
+
+    def session(self, account: Account) -> Any:
+        return self._make(account, self._settings, _NoRecords(), lambda *a: None,
+                          self.clock, endpoint=self.endpoint, jitter=lambda: 0.0,
+                          tally=self.sup.tally)
+
+    def snapshot(self) -> list[dict]:
+        self.snapshots += 1
+        return self.sup.snapshot()
+
+    def stop(self) -> None:
+        if self.sup.running:
+            self.sup.stopService()
+            for _ in range(20):
+                self.endpoint.pump(self.clock)
+                self.clock.advance(1)
+
+    def shown(self) -> dict[str, int]:
+        """The states table of ``GET /`` without the admin header."""
+        request = DummyRequest([b""])
+        body = self.page.render(request).decode()
+        table = body.split("<table id=states>", 1)[1].split("</table>", 1)[0]
+        return {state: int(n) for state, n in
+                re.findall(r"<tr><td>([^<]+)</td><td>(\d+)</td></tr>", table)}
+
+    def assertPageIsTrue(self) -> None:
+        snapshots = self.snapshots
+        expected = Counter(str(s["state"]) for s in self.sup.snapshot())
+        self.assertEqual(self.shown(), dict(expected))
+        self.assertEqual(self.snapshots, snapshots)  # the page took no snapshot
+
+    def advance(self, seconds: float) -> None:
+        end = self.clock.seconds() + seconds
+        while self.clock.seconds() < end:
+            self.endpoint.pump(self.clock)
+            self.clock.advance(0.5)
+        self.endpoint.pump(self.clock)
+
+    def test_counts_follow_every_move(self) -> None:
+        self.sup.startService()  # 2 per second: one started, four queued
+        self.endpoint.pump(self.clock)
+        self.assertEqual(self.shown(), {"idle": 1, "queued": 4})
+        self.assertPageIsTrue()
+        self.advance(3)
+        self.assertEqual(self.shown(), {"idle": 4, "auth-failed": 1})
+        self.assertPageIsTrue()
+        self.server.connections[0].close()  # a dropped connection: backoff
+        self.endpoint.pump(self.clock)
+        self.assertEqual(self.shown(), {"idle": 3, "backoff": 1, "auth-failed": 1})
+        self.assertPageIsTrue()
+        self.advance(10)  # reconnected
+        self.assertPageIsTrue()
+        # a stop whose LOGOUT hangs (shown nowhere while it logs out), a restart (new
+        # secret: the new session waits for the old one's LOGOUT) and an invalid row
+        for conn in self.server.connections:
+            conn.responsive = False
+        self.store.rows[1:3] = [row(1, password="pw2"), row(2, encrypted_secret="broken")]
+        del self.store.rows[0]
+        self.server.passwords["u1@example.org"] = "pw2"
+        self.sup.refresh()
+        self.endpoint.pump(self.clock)
+        self.assertEqual(self.shown(), {"idle": 1, "queued": 1, "invalid": 1,
+                                        "auth-failed": 1})
+        self.assertPageIsTrue()
+        self.advance(15)  # the LOGOUT deadlines pass; the successor starts
+        self.assertEqual(self.shown(), {"idle": 2, "invalid": 1, "auth-failed": 1})
+        self.assertPageIsTrue()
+        self.stop()
+        self.assertEqual(self.shown(), {"invalid": 1})
+        self.assertEqual(self.sup.tally.counts(), dict.fromkeys(State, 0))
+
+
+class DescriptorCapacityTests(SynchronousTestCase):
+    """More active accounts than the descriptor limit allows: the accounts beyond wait,
+    shown as waiting-for-descriptors, said once, and start when sessions end."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.events: list = []
+        self.store = MemoryStore([row(n) for n in range(10)])
+        self.logs = capture_logs(self)
+
+    def supervisor(self, capacity: int | None) -> Supervisor:
+        sup = Supervisor(self.store, lambda a: TestSession(a, self.events), DECODE,
+                         settings(refresh_interval=5, connect_rate=1000), self.clock,
+                         capacity=capacity)
+        self.addCleanup(sup.stopService)
+        return sup
+
+    def states(self, sup: Supervisor) -> list[str]:
+        return sorted(s["state"] for s in sup.snapshot())
+
+    def test_accounts_beyond_the_capacity_wait_and_say_so_once(self) -> None:
+        sup = self.supervisor(capacity=6)
+        sup.startService()
+        self.clock.advance(1)
+        self.assertEqual(sum(1 for e in self.events if e[0] == "start"), 6)
+        self.assertEqual(self.states(sup), ["running"] * 6 + ["waiting-for-descriptors"] * 4)
+        self.assertEqual(sample("rebreak_idle_sessions", state="waiting-for-descriptors"), 4)
+        self.assertEqual(sample("rebreak_idle_sessions", state="queued"), 0)
+        for _ in range(5):  # later refreshes: nothing started, nothing said again
+            self.clock.advance(5)
+        self.assertEqual(sum(1 for e in self.events if e[0] == "start"), 6)
+        warned = [line for line in self.logs if "file descriptor limit is reached" in line]
+        self.assertEqual(len(warned), 1, self.logs)
+        self.assertIn("it allows 6 sessions, 4 accounts wait (state waiting-for-descriptors)",
+                      warned[0])
+
+    def test_a_session_that_ends_lets_a_waiting_account_start(self) -> None:
+        sup = self.supervisor(capacity=6)
+        sup.startService()
+        self.clock.advance(1)
+        started = [e[1] for e in self.events if e[0] == "start"]
+        self.store.rows = [r for r in self.store.rows if r["id"] not in started[:2]]
+        self.clock.advance(5)
+        self.assertEqual(sum(1 for e in self.events if e[0] == "start"), 8)
+        self.assertEqual(self.states(sup), ["running"] * 6 + ["waiting-for-descriptors"] * 2)
+        self.store.rows = self.store.rows[:6]
+        self.clock.advance(5)
+        self.assertEqual(self.states(sup), ["running"] * 6)
+        self.assertEqual(sample("rebreak_idle_sessions", state="waiting-for-descriptors"), 0)
+
+    def test_without_a_limit_everything_starts(self) -> None:
+        sup = self.supervisor(capacity=None)
+        sup.startService()
+        self.clock.advance(1)
+        self.assertEqual(self.states(sup), ["running"] * 10)

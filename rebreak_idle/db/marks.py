@@ -4,7 +4,8 @@ table, created by the migration; nothing is added to the backend's tables).
 
 - :class:`MarkWrites`: the bounded buffer of marks to write; the store's flush writes them
   every ``flush_interval`` seconds as one ``INSERT ... ON CONFLICT DO UPDATE`` over
-  ``unnest`` (like the heartbeats). A failed write keeps them for the next flush. A crash
+  ``unnest`` (like the heartbeats). A failed write keeps them for the next flush; a mark
+  the database refuses (a NUL in a folder name) is dropped alone, with one log line. A crash
   (SIGKILL) loses at most the marks of the last interval: one statement is atomic, and a
   lost mark is an older mark, so the next connect repeats a scan rather than skipping one.
 - :func:`decode_rows`: rows read back, treated as hostile (a row that is not a sane mark
@@ -16,7 +17,7 @@ table, created by the migration; nothing is added to the backend's tables).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -26,7 +27,7 @@ from twisted.logger import Logger
 from .. import metrics
 from ..failures import describe
 from ..marks import MailboxMark, MailboxMemory
-from .writes import WriteBuffer
+from .writes import WriteBuffer, write_isolating
 
 __all__ = ["LOAD_SQL", "UPSERT_SQL", "MarkLoader", "MarkWrites", "decode_rows"]
 
@@ -97,44 +98,63 @@ class MarkWrites:
         self.buffer.put((account_id, mailbox), (mark, at))
 
     async def flush(self, run_operation: Callable[[str, tuple], Deferred]) -> None:
-        """Write everything buffered in one statement; on failure keep it buffered."""
+        """Write everything buffered in one statement; on a lost connection keep it
+        buffered; a mark the database refuses is dropped alone (:func:`write_isolating`)."""
         taken = self.buffer.take()
         if not taken:
             return
-        keys, values = list(taken), list(taken.values())
-        params = ([k[0] for k in keys], [k[1] for k in keys],
-                  [m.uidvalidity for m, _ in values], [m.uidnext for m, _ in values],
-                  [m.exists for m, _ in values], [at for _, at in values])
         self.in_flight = len(taken)
         try:
-            await run_operation(UPSERT_SQL, params)
-        except Exception as e:
-            self.buffer.restore(taken)
+            left, error = await write_isolating(
+                lambda part: run_operation(UPSERT_SQL, _params(part)), taken, _refused)
+        finally:
+            self.in_flight = 0
+        if error is not None:
+            self.buffer.restore(left)
             metrics.DB_WRITE_FAILURES.inc()
             if not self._failing:
                 log.warn("[idle/db] writing {n} mailbox mark(s) failed, keeping them for the "
-                         "next attempt: {error}", n=len(taken), error=describe(e))
+                         "next attempt: {error}", n=len(left), error=describe(error))
             self._failing = True
             return
-        finally:
-            self.in_flight = 0
         if self._failing:
             log.info("[idle/db] mailbox mark writes work again")
             self._failing = False
+
+
+def _params(part: dict) -> tuple[list, ...]:
+    keys, values = list(part), list(part.values())
+    return ([k[0] for k in keys], [k[1] for k in keys],
+            [m.uidvalidity for m, _ in values], [m.uidnext for m, _ in values],
+            [m.exists for m, _ in values], [at for _, at in values])
+
+
+def _refused(key: Any, value: Any, error: BaseException) -> None:
+    account_id, mailbox = key
+    metrics.DB_WRITE_FAILURES.inc()
+    log.warn("[idle/db] the database refused the mark of mailbox {mailbox} of account "
+             "{account_id}; dropped it (that mailbox gets a catch-up scan after a "
+             "reconnect): {error}", mailbox=ascii(mailbox)[:200], account_id=account_id,
+             error=describe(error))
 
 
 class MarkLoader:
     """``await loader(rows)`` → ``rows``, once the marks of their accounts not loaded yet
     are in ``memory`` (one query). ``then`` (the lease filter) narrows the rows first, so
     that only the accounts this replica watches are read. When the read fails the rows
-    pass anyway: those sessions start without a mark and scan once (never a miss)."""
+    pass anyway: those sessions start without a mark and scan once (never a miss).
+    ``owned()`` (the lease keeper's owned set) narrows them again once the marks are
+    read: ownership lost or given away while the query ran starts no session from the
+    stale list."""
 
     def __init__(self, memory: MailboxMemory,
                  load: Callable[[list[str]], Deferred],
-                 then: Callable[[list[dict]], Deferred] | None = None) -> None:
+                 then: Callable[[list[dict]], Deferred] | None = None,
+                 owned: Callable[[], Collection[str]] | None = None) -> None:
         self._memory = memory
         self._load = load
         self._then = then
+        self._owned = owned
 
     def __call__(self, rows: list[dict]) -> Deferred:
         return Deferred.fromCoroutine(self._filter(rows))
@@ -152,4 +172,7 @@ class MarkLoader:
                          error=describe(e))
             else:
                 self._memory.load(ids, marks)
+        if self._owned is not None:
+            owned = self._owned()
+            rows = [row for row in rows if str(row["id"]) in owned]
         return rows

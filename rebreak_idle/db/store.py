@@ -73,7 +73,8 @@ from ..marks import MailboxMark
 from .listener import Listener
 from .marks import LOAD_SQL, MarkWrites, decode_rows
 from .pool import Pool
-from .writes import WriteBuffer
+from .prune import prune_gone
+from .writes import WriteBuffer, write_isolating
 
 __all__ = ["ACTIVE_SQL", "AccountStore"]
 
@@ -136,8 +137,10 @@ class AccountStore(Service):
     def __init__(self, dsn: str, reactor: Any, *, clock: Any = None,
                  flush_interval: float = 5.0, max_buffer: int = 100_000, pool_size: int = 2,
                  connect_timeout: float = 10.0, statement_timeout: float = 30.0,
-                 shutdown_timeout: float = 10.0) -> None:
+                 shutdown_timeout: float = 10.0, prune_interval: float = 300.0) -> None:
         self._dsn = dsn
+        self._prune_interval = prune_interval
+        self._pruned_at: float | None = None
         self._reactor = reactor
         self._clock = clock if clock is not None else reactor
         self._flush_interval = flush_interval
@@ -224,6 +227,18 @@ class AccountStore(Service):
         """Fire with the stored marks of these accounts: ``{(id, mailbox): mark}``."""
         ids = [a for a in account_ids if _valid_id(a)]
         return self.pool.run_query(LOAD_SQL, (ids,)).addCallback(decode_rows)
+
+    def prune(self) -> Deferred:
+        """Delete marks and hold-offs of accounts gone from the table, in batches
+        (:mod:`rebreak_idle.db.prune`), at most once per ``prune_interval`` seconds (a
+        refresh after every NOTIFY does not scan the tables each time); fires with the
+        counts per table (empty when skipped), never fails."""
+        now = self._clock.seconds()
+        if self.pool.closed or (self._pruned_at is not None
+                                and now - self._pruned_at < self._prune_interval):
+            return succeed({})
+        self._pruned_at = now
+        return Deferred.fromCoroutine(prune_gone(self.pool.run_query))
 
     @property
     def pending(self) -> int:
@@ -327,37 +342,51 @@ class AccountStore(Service):
             self._reported_drops = dropped
 
     async def _flush_once(self) -> None:
-        errors = self._errors.take()
-        if errors:
-            params = (list(errors), [e[0] for e in errors.values()],
-                      [e[1] for e in errors.values()])
-            if not await self._write(ERRORS_SQL, params, len(errors), "error"):
-                self._errors.restore(errors)
-        heartbeats = self._heartbeats.take()
-        if heartbeats:
-            params = (list(heartbeats), list(heartbeats.values()))
-            if not await self._write(HEARTBEATS_SQL, params, len(heartbeats), "heartbeat"):
-                self._heartbeats.restore(heartbeats)
+        await self._write(self._errors, ERRORS_SQL, _error_params, "error")
+        await self._write(self._heartbeats, HEARTBEATS_SQL, _heartbeat_params, "heartbeat")
         if not self.pool.closed:
             await self._marks.flush(self.pool.run_operation)
         self._update_gauge()
 
-    async def _write(self, sql: str, params: tuple, n: int, kind: str) -> bool:
+    async def _write(self, buffer: WriteBuffer, sql: str,
+                     params: Callable[[dict], tuple], kind: str) -> None:
+        """Write ``buffer``'s entries in one statement. A lost connection keeps them
+        buffered; an entry the database refuses is dropped alone, the rest is written
+        (:func:`~rebreak_idle.db.writes.write_isolating`)."""
         if self.pool.closed:
-            return False
-        self._in_flight = n
+            return
+        taken = buffer.take()
+        if not taken:
+            return
+        self._in_flight = len(taken)
+
+        def refused(account_id: Any, _value: Any, error: BaseException) -> None:
+            metrics.DB_WRITE_FAILURES.inc()
+            log.warn("[idle/db] the database refused the {kind} update of account "
+                     "{account_id}; dropped it: {error}", kind=kind, account_id=account_id,
+                     error=describe(error))
+
         try:
-            await self.pool.run_operation(sql, params)
-        except Exception as e:  # every failure keeps the entries buffered
+            left, error = await write_isolating(
+                lambda part: self.pool.run_operation(sql, params(part)), taken, refused)
+        finally:
+            self._in_flight = 0
+        if error is not None:  # every other failure keeps the entries buffered
+            buffer.restore(left)
             metrics.DB_WRITE_FAILURES.inc()
             if not self._writes_failing:
                 log.warn("[idle/db] writing {n} {kind} update(s) failed, keeping them for the "
-                         "next attempt: {error}", n=n, kind=kind, error=describe(e))
+                         "next attempt: {error}", n=len(left), kind=kind, error=describe(error))
             self._writes_failing = True
-            return False
-        finally:
-            self._in_flight = 0
+            return
         if self._writes_failing:
             log.info("[idle/db] status writes work again")
             self._writes_failing = False
-        return True
+
+
+def _error_params(errors: dict) -> tuple[list, ...]:
+    return (list(errors), [e[0] for e in errors.values()], [e[1] for e in errors.values()])
+
+
+def _heartbeat_params(heartbeats: dict) -> tuple[list, ...]:
+    return (list(heartbeats), list(heartbeats.values()))

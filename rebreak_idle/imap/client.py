@@ -50,6 +50,7 @@ from .errors import (
     ProtocolError,
     ServerBye,
 )
+from .idle import OFF as IDLE_OFF
 from .idle import IdleExchange
 from .inherited import Unsupported
 from .listing import Listing
@@ -205,7 +206,9 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
                     transport.loseConnection()
 
     def _protocol_error(self, text: str) -> None:
-        log.debug("closing IMAP connection: {text}", text=text)
+        # no server text here: it may echo a secret, which only the session can mask
+        # (the session logs the masked text as its "connect failed" line)
+        log.debug("closing IMAP connection: protocol error")
         self._close(ProtocolError(text))
 
     def _fail_all(self, error: IMAPError) -> None:
@@ -301,15 +304,24 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
             self._bye(data)
             return
         if keyword == b"CAPABILITY":
-            self._set_caps(data)
+            if self._learning_capabilities():
+                self._set_caps(data)
         elif keyword in _CONDITIONS:
             code, _ = split_code(data)
-            if not self._capabilities_in(code) and keyword != b"OK":
+            if not (code is not None and self._learning_capabilities()
+                    and self._capabilities_in(code)) and keyword != b"OK":
                 log.debug("IMAP server says {status}: {text}", status=keyword.decode(),
                           text=text(data))
         if cmd is not None and cmd.on_untagged is not None and cmd.on_untagged(keyword, rest):
             return
         self._untagged_ahead(keyword, rest)  # a STATUS written ahead (listing.py)
+
+    def _learning_capabilities(self) -> bool:
+        """Whether an untagged CAPABILITY list (or code) is taken: before a mailbox is
+        selected (greeting, login, the CAPABILITY command), outside IDLE. Once selected or
+        idling, an unsolicited list (a flood of 16 KiB CAPABILITY lines during IDLE) is not
+        parsed at all."""
+        return self.state is not SELECTED and self._idle_state is IDLE_OFF
 
     def _bye(self, data: bytes) -> None:
         message = text(data)

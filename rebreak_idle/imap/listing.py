@@ -19,19 +19,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
-from twisted.mail import imap4
 from twisted.python.failure import Failure
 
 from .commands import Command
 from .errors import CommandFailed, ProtocolError
-from .parser import is_atom, split_code, status_items
+from .parser import is_atom, parse_parens, split_code, status_items
 
 __all__ = ["ListEntry", "Listing", "decode_mutf7", "encode_mutf7", "parse_list",
            "quote_mailbox"]
 
 _B64_RUN = re.compile(rb"&([A-Za-z0-9+,]*)-")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 #: the longest mailbox name kept (RFC 3501 sets none; servers use a few hundred bytes)
 MAX_NAME = 1000
+#: the longest LIST line parsed (a name of MAX_NAME bytes, quoted, and its attributes)
+MAX_LIST = 4 * MAX_NAME
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +51,17 @@ class ListEntry:
         return decode_mutf7(self.raw)
 
     def has(self, attribute: str) -> bool:
+        """Whether the server listed ``attribute``, in any case (RFC 3501 §9: flags
+        and attributes are case-insensitive; Cyrus writes ``\\junk``)."""
         wanted = attribute.lower()
         return any(a.lower() == wanted for a in self.attributes)
+
+    @property
+    def control_characters(self) -> bool:
+        """Whether the name, decoded, holds a control character (C0, DEL, C1): ``&AAA-``
+        decodes to NUL, which no database text column takes. Such a folder is not
+        watched: its name would be a scan trigger's field and a mark's key."""
+        return _CONTROL.search(self.name) is not None
 
 
 def decode_mutf7(raw: bytes) -> str:
@@ -112,10 +123,13 @@ def quote_mailbox(raw: bytes) -> bytes | None:
 
 def parse_list(data: bytes) -> ListEntry | None:
     """The data of an untagged LIST response (after ``LIST``):
-    ``(\\HasNoChildren \\Junk) "/" Spam`` → ListEntry; None when malformed."""
+    ``(\\HasNoChildren \\Junk) "/" Spam`` → ListEntry; None when malformed or longer
+    than :data:`MAX_LIST` (not parsed: a name of at most 1,000 bytes and its attributes)."""
+    if len(data) > MAX_LIST:
+        return None
     try:
-        parsed = imap4.parseNestedParens(data)
-    except Exception:
+        parsed = parse_parens(data)
+    except ValueError:
         return None
     if len(parsed) != 3 or not isinstance(parsed[0], list):
         return None

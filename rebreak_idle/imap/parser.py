@@ -9,8 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from twisted.mail import imap4
-
+from ..failures import printable
 from .errors import ProtocolError
 
 __all__ = [
@@ -29,6 +28,7 @@ __all__ = [
     "literal_size",
     "number",
     "parse_capabilities",
+    "parse_parens",
     "parse_status",
     "parse_untagged",
     "split_code",
@@ -55,15 +55,20 @@ Capabilities = dict[bytes, list[bytes] | None]
 
 
 def text(data: bytes) -> str:
-    """Printable, bounded text of server bytes."""
-    s = data.decode("utf-8", "replace")
+    """Printable, bounded text of server bytes (only the first few hundred bytes are
+    looked at: the cost does not grow with the line)."""
+    s = data[: 4 * TEXT_LIMIT].decode("utf-8", "replace")
     s = "".join(ch if ch.isprintable() else "?" for ch in s).strip()
     return s if len(s) <= TEXT_LIMIT else s[: TEXT_LIMIT - 3] + "..."
 
 
 def excerpt(line: bytes) -> str:
-    """The start of a server line, for an error text."""
-    return repr(line[:80])[1:] + ("..." if len(line) > 80 else "")
+    """The start of a server line, for an error text: printable characters as they are
+    (a password the server echoes stays whole, so that the session's scrubber masks it),
+    the others escaped by :func:`~rebreak_idle.failures.printable`, which the scrubber
+    also applies to the secrets it masks."""
+    shown = printable(line[:80].decode("utf-8", "replace"))
+    return shown + ("..." if len(line) > 80 else "")
 
 
 def split_code(data: bytes) -> tuple[bytes | None, bytes]:
@@ -109,7 +114,10 @@ def parse_capabilities(words: bytes) -> Capabilities:
         name, eq, value = word.upper().partition(b"=")
         if eq:
             current = caps.get(name)
-            caps[name] = [*current, value] if current else [value]
+            if current is None:
+                caps[name] = [value]
+            else:  # appended in place: linear in the number of words
+                current.append(value)
         else:
             caps.setdefault(name, None)
     return caps
@@ -142,9 +150,17 @@ def is_atom(name: bytes) -> bool:
     return _ATOM.fullmatch(name) is not None
 
 
+#: the longest literal marker (``~{`` 20 digits ``+}``): only a line's tail is searched
+_LITERAL_TAIL = 24
+
+
 def literal_size(line: bytes) -> int | None:
-    """The size of the literal announced at the end of ``line`` (``{n}``), else None."""
-    match = LITERAL.search(line)
+    """The size of the literal announced at the end of ``line`` (``{n}``), else None.
+    Only the line's last bytes are looked at (a search of the whole line cost more than
+    everything else done with an unsolicited 16 KiB line)."""
+    if not line.endswith(b"}"):
+        return None
+    match = LITERAL.search(line, max(0, len(line) - _LITERAL_TAIL))
     return int(match.group(1)) if match is not None else None
 
 
@@ -155,6 +171,68 @@ def is_fetch(line: bytes) -> bool:
             and parts[2].upper() == b"FETCH")
 
 
+#: one token of parenthesised data (RFC 3501 §4): blanks, an opening or closing bracket,
+#: a quoted string (the unrolled form: linear, no backtracking), a literal's marker, an
+#: atom (anything else up to a delimiter)
+_TOKEN = re.compile(rb'(\s+)|([(\[])|([)\]])|"([^"\\]*(?:\\.[^"\\]*)*)"'
+                    rb'|\{([0-9]{1,20})\}\r\n|([^\s()\[\]"{]+|\{)')
+_ESCAPED = re.compile(rb"\\(.)")
+#: deeper nesting than any server sends; refused rather than followed
+MAX_DEPTH = 64
+#: the longest STATUS answer parsed: a name (at most 1,000 bytes kept anywhere) and a few
+#: numbers; a longer one is a protocol error, never a long parse
+MAX_STATUS = 2048
+
+
+def parse_parens(data: bytes) -> list[Any]:
+    """Parenthesised data → nested lists of bytes: ``(\\Seen) "a b" NIL {2}\\r\\nxy`` →
+    [[b"\\Seen"], b"a b", None, b"xy"]. ``[...]`` nests like ``(...)`` (``BODY[...]``);
+    quoted strings are unescaped; NIL is None. ValueError for unbalanced brackets, an
+    unterminated quote, a short literal or nesting deeper than :data:`MAX_DEPTH`.
+
+    One pass, each byte looked at once: the cost is linear in ``data`` (Twisted's
+    ``parseNestedParens`` is not, and a server decides how long its lines are)."""
+    top: list[Any] = []
+    stack: list[tuple[list[Any], bytes]] = []
+    current = top
+    pos, end = 0, len(data)
+    match = _TOKEN.match
+    while pos < end:
+        m = match(data, pos)
+        if m is None:
+            raise ValueError(f"unparseable data at byte {pos}")
+        pos = m.end()
+        kind = m.lastindex
+        if kind == 1:
+            continue
+        if kind == 2:
+            if len(stack) >= MAX_DEPTH:
+                raise ValueError("nesting too deep")
+            inner: list[Any] = []
+            current.append(inner)
+            stack.append((current, b")" if m.group(2) == b"(" else b"]"))
+            current = inner
+        elif kind == 3:
+            if not stack or stack[-1][1] != m.group(3):
+                raise ValueError("unbalanced brackets")
+            current = stack.pop()[0]
+        elif kind == 4:
+            value = m.group(4)
+            current.append(_ESCAPED.sub(rb"\1", value) if b"\\" in value else value)
+        elif kind == 5:
+            size = int(m.group(5))
+            if pos + size > end:
+                raise ValueError("literal shorter than announced")
+            current.append(data[pos:pos + size])
+            pos += size
+        else:
+            atom = m.group(6)
+            current.append(None if atom.upper() == b"NIL" else atom)
+    if stack:
+        raise ValueError("unbalanced brackets")
+    return top
+
+
 def _flags(items: list[Any]) -> list[str]:
     return [f.decode("utf-8", "replace") for f in items if isinstance(f, bytes)]
 
@@ -162,37 +240,45 @@ def _flags(items: list[Any]) -> list[str]:
 def flag_list(data: bytes) -> list[str]:
     """``(\\Seen \\Answered) ...`` → ["\\Seen", "\\Answered"]; [] when unparseable."""
     try:
-        parsed = imap4.parseNestedParens(data)
-    except Exception:
+        parsed = parse_parens(data)
+    except ValueError:
         return []
     if parsed and isinstance(parsed[0], list):
         return _flags(parsed[0])
     return []
 
 
+#: a FETCH item's name (RFC 3501 §7.4.2) where an item may start
+_FETCH_FLAGS = re.compile(rb"[(\s]FLAGS ", re.IGNORECASE)
+_FETCH_UID = re.compile(rb"[(\s]UID ([^\s()]*)", re.IGNORECASE)
+#: a flag list: atoms between parentheses, no nesting, no strings
+_FLAG_LIST = re.compile(rb"\(([^()\"{}\r\n]*)\)")
+
+
+def _fetch_flag_bytes(data: bytes) -> Any:
+    """The FLAGS list of a FETCH response's data as the bytes between its parentheses,
+    None when absent, :data:`MALFORMED` when the data is not parenthesised, its FLAGS is
+    not a flag list, or its UID is not an IMAP number. Regular expressions only: C speed
+    and linear, whatever the server sends (a FETCH may come at any time, during IDLE)."""
+    if len(data) < 2 or data[:1] != b"(" or data[-1:] != b")":
+        return MALFORMED
+    uid = _FETCH_UID.search(data)
+    if uid is not None and not is_number(uid.group(1)):
+        return MALFORMED  # a UID above 2^32-1 (or not a number)
+    item = _FETCH_FLAGS.search(data)
+    if item is None:
+        return None
+    flags = _FLAG_LIST.match(data, item.end())
+    return MALFORMED if flags is None else flags.group(1)
+
+
 def fetch_flags(data: bytes) -> Any:
-    """FLAGS of a FETCH response's data, None when absent, :data:`MALFORMED` when
-    unparseable."""
-    try:
-        parsed = imap4.parseNestedParens(data)
-    except Exception:
-        return MALFORMED
-    if len(parsed) != 1 or not isinstance(parsed[0], list):
-        return MALFORMED
-    items = parsed[0]
-    flags = None
-    for i in range(0, len(items) - 1, 2):
-        name, value = items[i], items[i + 1]
-        if not isinstance(name, bytes):
-            continue
-        name = name.upper()
-        if name == b"UID" and not (isinstance(value, bytes) and is_number(value)):
-            return MALFORMED  # a UID above 2^32-1 (or not a number)
-        if name == b"FLAGS" and flags is None:
-            if not isinstance(value, list):
-                return MALFORMED
-            flags = _flags(value)
-    return flags
+    """FLAGS of a FETCH response's data (``(UID 5 FLAGS (\\Seen))`` → ["\\Seen"]), None
+    when absent, :data:`MALFORMED` when unparseable (see :func:`_fetch_flag_bytes`)."""
+    raw = _fetch_flag_bytes(data)
+    if raw is None or raw is MALFORMED:
+        return raw
+    return [f.decode("utf-8", "replace") for f in raw.split()]
 
 
 def parse_status(rest: bytes, allowed: tuple[bytes, ...]) -> tuple[bytes, bytes] | None:
@@ -220,7 +306,7 @@ def parse_untagged(rest: bytes) -> tuple[bytes, int | None, bytes]:
         keyword, _, data = after.partition(b" ")
         keyword = keyword.upper()
         if keyword == b"FETCH":
-            if fetch_flags(data) is MALFORMED:
+            if _fetch_flag_bytes(data) is MALFORMED:
                 raise _malformed(rest, "FETCH response")
         elif keyword not in _COUNTS or data:
             raise _malformed(rest)
@@ -230,10 +316,8 @@ def parse_untagged(rest: bytes) -> tuple[bytes, int | None, bytes]:
         return upper, None, after
     if not _TAG.fullmatch(first):
         raise _malformed(rest)
-    try:
-        imap4.parseNestedParens(after)
-    except Exception:
-        raise _malformed(rest) from None
+    # the data of other responses (LIST, STATUS, FLAGS, ID, SEARCH, unknown ones) is
+    # parsed only by the command that asked for it: an unsolicited one costs nothing
     return upper, None, after
 
 
@@ -241,10 +325,13 @@ def status_items(data: bytes) -> tuple[str, dict[str, int]]:
     """The data of an untagged STATUS response (RFC 3501 §7.2.4, after ``STATUS``):
     ``INBOX (UIDNEXT 5 MESSAGES 3)`` → ("INBOX", {"UIDNEXT": 5, "MESSAGES": 3}); item names
     upper case, values IMAP numbers (items with other values are left out).
-    ProtocolError when the data is not a mailbox and a parenthesised list of pairs."""
+    ProtocolError when the data is not a mailbox and a parenthesised list of pairs, or is
+    longer than :data:`MAX_STATUS` (a real answer is a name and a few numbers)."""
+    if len(data) > MAX_STATUS:
+        raise _malformed(b"STATUS " + data, "STATUS response")
     try:
-        parsed = imap4.parseNestedParens(data)
-    except Exception:
+        parsed = parse_parens(data)
+    except ValueError:
         raise _malformed(b"STATUS " + data, "STATUS response") from None
     if len(parsed) != 2 or not isinstance(parsed[0], bytes) or not isinstance(parsed[1], list) \
             or len(parsed[1]) % 2:

@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 
 from .errors import InputFlood
-from .parser import LITERAL, excerpt, is_fetch
+from .parser import excerpt, is_fetch, literal_size
 
 __all__ = ["BoundedReader"]
 
@@ -107,7 +107,13 @@ class BoundedReader(LineReceiver):
             assert self._response_parts is not None
             self._response_parts.append(bytes(self._literal))
             self._literal = None
-            self.setLineMode(data[len(take):])
+            # back to lines with the rest of this read, which dataReceived has already
+            # counted against the budget: handed to the line splitter directly
+            # (setLineMode(rest) would go through dataReceived and count it again)
+            self.line_mode = 1
+            rest = data[len(take):]
+            if rest:
+                LineReceiver.dataReceived(self, rest)
 
     def lineReceived(self, line: bytes) -> None:
         if self.closed:
@@ -132,9 +138,9 @@ class BoundedReader(LineReceiver):
                 self._protocol_error(f"server response larger than {self._response_cap} "
                                      "bytes")
                 return
-        match = LITERAL.search(line)
-        if match is not None:
-            self._literal_started(line, int(match.group(1)))
+        size = literal_size(line)
+        if size is not None:
+            self._literal_started(line, size)
             return
         if self._response_parts is not None:
             self._response_parts.append(line)

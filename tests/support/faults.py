@@ -64,7 +64,7 @@ FAST: dict[str, Any] = dict(
     refresh_interval=1.0, heartbeat_interval=1.0, noop_timeout=1.0, reconnect_delay=0.2,
     reconnect_max_delay=2.0, command_timeout=2.0, poll_interval=1.0,
     write_flush_interval=0.2, shutdown_timeout=3.0, scan_timeout=2.0, connect_rate=1000.0,
-    scan_min_interval=0.5,
+    scan_min_interval=0.5, host_login_rate=1000.0, host_login_burst=1000,
 )
 
 KEY = ENCRYPTION_KEY.encode("utf-8")[:32]

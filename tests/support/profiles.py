@@ -26,6 +26,14 @@ class Profile:
     drop_after: float | None = None  # close silently this long after a login
     require_id: bool = False
     id_refusal: str = "NO SELECT Unsafe Login. Please contact kefu@188.com for help"
+    #: what the greeting and a CAPABILITY before login tell, when it differs from
+    #: ``capabilities`` (told after login): Cyrus adds IDLE only after login
+    pre_login_capabilities: str | None = None
+    #: SELECT tells no UIDNEXT (Courier: only STATUS does)
+    select_uidnext: bool = True
+    #: STATUS of a folder no client has opened yet answers a new UIDVALIDITY each time
+    #: (Courier-IMAP 5.0.13: the folder's UIDVALIDITY is made when it is first opened)
+    unstable_status_uidvalidity: bool = False
 
 
 PROFILES = {p.name: p for p in (
@@ -56,6 +64,22 @@ PROFILES = {p.name: p for p in (
             "LITERAL+ AUTH=PLAIN", max_connections=10,
             cap_reply="NO [UNAVAILABLE] Maximum number of connections from user+IP exceeded "
                       "(mail_max_userip_connections=10)", cap_closes=True),
+    # Courier-IMAP 5.0.13 (Debian): no SPECIAL-USE, folders under INBOX. ("INBOX.Junk"),
+    # UIDNEXT only through STATUS, a new UIDVALIDITY per STATUS of an unopened folder;
+    # the capabilities of /etc/courier/imapd's IMAP_CAPABILITY (LOGIN, no AUTH= before TLS)
+    Profile("courier", "Courier-IMAP ready. Copyright 1998-2018 Double Precision, Inc.  "
+            "See COPYING for distribution information.",
+            "IMAP4rev1 UIDPLUS CHILDREN NAMESPACE THREAD=ORDEREDSUBJECT "
+            "THREAD=REFERENCES SORT QUOTA IDLE",
+            select_uidnext=False, unstable_status_uidvalidity=True),
+    # Cyrus IMAP 3.6.1 (Debian): folders under INBOX., special use written in lower case;
+    # IDLE, SPECIAL-USE and the rest only after login
+    Profile("cyrus", "localhost Cyrus IMAP 3.6.1-Debian-3.6.1-4 server ready",
+            "IMAP4rev1 LITERAL+ ID ENABLE ACL RIGHTS=kxten QUOTA MAILBOX-REFERRALS "
+            "NAMESPACE UIDPLUS NO_ATOMIC_RENAME UNSELECT CHILDREN MULTIAPPEND BINARY "
+            "CATENATE CONDSTORE ESEARCH SORT THREAD=ORDEREDSUBJECT IDLE LIST-EXTENDED "
+            "SPECIAL-USE AUTH=PLAIN SASL-IR",
+            pre_login_capabilities="IMAP4rev1 LITERAL+ ID ENABLE AUTH=PLAIN SASL-IR"),
     Profile("163", "Coremail System IMap Server Ready", "IMAP4rev1 XLIST SPECIAL-USE ID "
             "LITERAL+ STARTTLS XAPPLEPUSHSERVICE UIDPLUS IDLE AUTH=PLAIN SASL-IR",
             require_id=True),

@@ -37,14 +37,22 @@ from twisted.test import iosim
 
 from .profiles import PROFILES, Profile
 
-__all__ = ["FAULTS", "PROFILES", "Profile", "ScriptedConnection", "ScriptedIMAPServer"]
+__all__ = ["CAPABILITY_FLOOD_LINE", "FAULTS", "PARENS_FLOOD_LINE", "PROFILES", "Folder",
+           "Profile", "ScriptedConnection", "ScriptedIMAPServer"]
 
 #: Faults of a connection, one per connection of the plan: what it does, and when.
 FAULTS = ("bye-greeting", "bye-login", "bye-idle", "garbage-idle", "long-line-idle",
           "huge-literal-idle", "unknown-tag-idle", "normal",
           # hostile servers (issue 17)
           "banner-greeting", "challenge-flood-login", "fetch-60mb-idle", "exists-flood-idle",
-          "big-exists-idle")
+          "big-exists-idle",
+          # CPU floods (issue 24): full-length lines that were costly to parse
+          "capability-flood-idle", "parens-flood-idle")
+
+#: a 16,369-byte untagged CAPABILITY line of ``A=`` words (25 ms each in a quadratic parse)
+CAPABILITY_FLOOD_LINE = b"* CAPABILITY " + b"A= " * 5452 + b"\r\n"
+#: a 16,369-byte unknown untagged response of one long list (``parseNestedParens``: 23 ms)
+PARENS_FLOOD_LINE = b"* X (" + b"a " * 8180 + b")\r\n"
 
 
 class _ClientTransport(iosim.FakeTransport):
@@ -95,7 +103,14 @@ class ScriptedConnection(LineOnlyReceiver):
             self.send("SSH-2.0-OpenSSH_9.2p1 internal-db-01.corp.local")
             return
         greeting = s.profile.greeting if s.profile else "scripted server ready"
-        self.send(f"* OK [CAPABILITY {s.capabilities}] {greeting}")
+        self.send(f"* OK [CAPABILITY {self.capabilities()}] {greeting}")
+
+    def capabilities(self) -> str:
+        """What this connection advertises now (some servers tell more after login)."""
+        profile = self.server.profile
+        if self.user is None and profile is not None and profile.pre_login_capabilities:
+            return profile.pre_login_capabilities
+        return self.server.capabilities
 
     def connectionLost(self, reason: Any = None) -> None:
         self.lost = True
@@ -158,15 +173,26 @@ class ScriptedConnection(LineOnlyReceiver):
             handler(tag, args)
 
     def _do_capability(self, tag: str, args: str) -> None:
-        self.send(f"* CAPABILITY {self.server.capabilities}")
+        self.send(f"* CAPABILITY {self.capabilities()}")
         self.send(f"{tag} OK done")
 
     def _do_login(self, tag: str, args: str) -> None:
+        if self.server.echo_login:
+            self.send(f"{tag} NO [AUTHENTICATIONFAILED] cannot log in with {args}")
+            return
         user, _, password = args.partition(" ")
         self._logged_in(tag, password.strip('"'), user.strip('"'))
 
     def _do_authenticate(self, tag: str, args: str) -> None:
         mechanism, _, initial = args.partition(" ")
+        if self.server.echo_login:  # what it got, as given and decoded
+            try:
+                decoded = base64.b64decode(initial).decode("utf-8", "replace")
+            except ValueError:
+                decoded = ""
+            self.send(f"{tag} NO [AUTHENTICATIONFAILED] bad payload {initial} "
+                      f"({decoded.replace(chr(0), ' ').replace(chr(1), ' ')})")
+            return
         if self.fault == "challenge-flood-login":  # continuations, as fast as read
             challenge = b"+ " + base64.b64encode(b'{"status":"401"}' + b" " * 3000) + b"\r\n"
             self._stream(challenge * 16)
@@ -278,18 +304,41 @@ class ScriptedConnection(LineOnlyReceiver):
         if s.select_uidnext:
             self.send(f"* OK [UIDNEXT {s.uidnext}] Predicted next UID")
         self.send(f"{tag} OK [READ-WRITE] Select completed")
+        while s.after_select:
+            s.after_select.pop(0)()
 
     def _do_status(self, tag: str, args: str) -> None:
         s = self.server
         if not s.status_enabled:
             self.send(f"{tag} BAD unknown command")
             return
-        mailbox, _, items = args.partition(" ")
-        values = {"UIDNEXT": s.uidnext, "UIDVALIDITY": s.uidvalidity, "MESSAGES": s.exists}
+        mailbox, _, items = args.rpartition(" (")
+        folder = s.folders.get(mailbox.strip('"'))
+        if folder is not None:
+            values = folder.status(s)
+        elif mailbox.strip('"').upper() == "INBOX":
+            values = {"UIDNEXT": s.uidnext, "UIDVALIDITY": s.uidvalidity,
+                      "MESSAGES": s.exists}
+        else:
+            self.send(f"{tag} NO [NONEXISTENT] Mailbox does not exist")
+            return
         wanted = items.strip("()").upper().split()
         answer = " ".join(f"{k} {values[k]}" for k in wanted if k in values)
         self.send(f"* STATUS {mailbox} ({answer})")
         self.send(f"{tag} OK STATUS completed")
+
+    def _do_list(self, tag: str, args: str) -> None:
+        """``LIST [(SPECIAL-USE)] "" pattern``: ``*`` lists every folder, another
+        pattern the folder of that name (as listed: modified UTF-7)."""
+        s = self.server
+        special = args.upper().startswith("(SPECIAL-USE)")
+        pattern = args.rpartition(" ")[2].strip('"')
+        for raw, folder in s.folders.items():
+            if pattern not in ("*", raw) or (special and not folder.attributes):
+                continue
+            quoted = raw if raw.isalnum() else '"' + raw + '"'
+            self.send(f"* LIST ({' '.join(folder.attributes)}) \".\" {quoted}")
+        self.send(f"{tag} OK LIST completed")
 
     _do_examine = _do_select
 
@@ -347,6 +396,10 @@ class ScriptedConnection(LineOnlyReceiver):
             self._stream(self._rising_exists)
         elif fault == "big-exists-idle":
             self.send("* 4294967296 EXISTS")
+        elif fault == "capability-flood-idle":
+            self._stream(CAPABILITY_FLOOD_LINE * 4)
+        elif fault == "parens-flood-idle":
+            self._stream(PARENS_FLOOD_LINE * 4)
 
     def _rising_exists(self) -> bytes:
         """The next 1,000 lines of an EXISTS flood (``* N EXISTS``, N rising)."""
@@ -373,6 +426,31 @@ class ScriptedConnection(LineOnlyReceiver):
                 pass
 
         self.transport.registerProducer(Producer(), False)
+
+
+class Folder:
+    """A folder besides INBOX: its LIST attributes and numbers. ``opened``: whether a
+    client has opened it (a server with ``unstable_status_uidvalidity`` answers a new
+    UIDVALIDITY to each STATUS until then)."""
+
+    def __init__(self, attributes: tuple[str, ...] = (), exists: int = 0,
+                 uidvalidity: int = 2000, uidnext: int = 1, opened: bool = False) -> None:
+        self.attributes = attributes
+        self.exists = exists
+        self.uidvalidity = uidvalidity
+        self.uidnext = uidnext
+        self.opened = opened
+
+    def deliver(self, count: int = 1) -> None:
+        self.exists += count
+        self.uidnext += count
+
+    def status(self, server: ScriptedIMAPServer) -> dict[str, int]:
+        profile = server.profile
+        if profile is not None and profile.unstable_status_uidvalidity and not self.opened:
+            self.uidvalidity += 1
+        return {"UIDNEXT": self.uidnext, "UIDVALIDITY": self.uidvalidity,
+                "MESSAGES": self.exists}
 
 
 class ScriptedIMAPServer(Factory):
@@ -402,8 +480,15 @@ class ScriptedIMAPServer(Factory):
         self.uidnext = 4
         self.end_idle_after_continuation = False
         #: SELECT tells UIDNEXT; STATUS is answered; the next n IDLE commands get NO
-        self.select_uidnext = True
+        self.select_uidnext = profile.select_uidnext if profile is not None else True
+        #: folders besides INBOX, by name as listed (LIST, STATUS)
+        self.folders: dict[str, Folder] = {}
+        #: called once after each SELECT was answered (a delivery "in between")
+        self.after_select: list[Any] = []
         self.status_enabled = True
+        #: a login answered NO with what the client sent, as given and decoded (a server
+        #: that echoes: the secret must still be masked)
+        self.echo_login = False
         self.refuse_idle = 0
         self.logins = 0
         self.logouts = 0
