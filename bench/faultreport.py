@@ -2,7 +2,7 @@
 which delivered message is covered by which scan, delays, unwatched seconds, logins.
 
 Pure functions on plain records (no processes, no clock), so that they can be checked on
-their own (``tests/test_bench_faults.py``).
+their own (``tests/bench/test_faults.py``).
 
 A message is **covered** by the first scan of its account and mailbox that the backend
 answered with a 2xx and that *started* (reached the backend) at or after the message's
