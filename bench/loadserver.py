@@ -14,7 +14,9 @@ Control: a line protocol on a TCP port of 127.0.0.1:
     deliver <username>  → ok <username> <exists>   (a new message, connected or not: the
                           next SELECT shows it; a selected connection hears "* N+1 EXISTS")
                           err <username> not-selected
-    stats               → one JSON object (connections, idling, logins, commands by kind...)
+    stats               → one JSON object (connections, idling, logins, commands by kind,
+                          the most connections one account ever had selected at once...)
+    logins <since>      → JSON object {unix second: logins in it} for seconds ≥ since
     injections          → JSON list of [username, exists, unix time]
     kick <username>     → ok|err   (drops that user's connection)
     quit                → bye, and the server stops
@@ -135,8 +137,7 @@ class ImapConnection(asyncio.Protocol):
             s.idling -= 1
             self.idle_tag = None
         if self.selected:
-            s.selected -= 1
-            self.selected = False
+            s.unselected(self)
         if self.user is not None and s.by_user.get(self.user) is self:
             del s.by_user[self.user]
         self.transport = None
@@ -223,6 +224,7 @@ class ImapConnection(asyncio.Protocol):
     def logged_in(self, user: str) -> None:
         s = self.server
         s.logins += 1
+        s.login_seconds[int(time.time())] += 1
         self.user = user
         s.by_user[user] = self
         s.exists.setdefault(user, s.initial_exists)
@@ -276,8 +278,7 @@ class ImapConnection(asyncio.Protocol):
         s = self.server
         n = s.exists[self.user]
         if not self.selected:
-            self.selected = True
-            s.selected += 1
+            s.now_selected(self)
         s.by_user[self.user] = self
         mode = b"[READ-ONLY]" if readonly else b"[READ-WRITE]"
         self.write(
@@ -292,8 +293,7 @@ class ImapConnection(asyncio.Protocol):
 
     def do_unselect(self, tag: bytes, args: list[bytes]) -> None:
         if self.selected:
-            self.selected = False
-            self.server.selected -= 1
+            self.server.unselected(self)
         self.write(tag + b" OK done\r\n")
 
     def do_idle(self, tag: bytes, args: list[bytes]) -> None:
@@ -394,6 +394,34 @@ class LoadServer:
         self.idling = self.selected = self.peak = 0
         self.inject_misses = 0
         self.started = time.time()
+        #: selected connections per account now, the most one account ever had at once,
+        #: and how often an account got a second one (a double watch)
+        self.selected_by_user: Counter[str] = Counter()
+        self.max_selected_per_user = 0
+        self.double_selected = 0
+        #: logins per wall-clock second (the login rate one host sees)
+        self.login_seconds: Counter[int] = Counter()
+
+    def now_selected(self, conn: ImapConnection) -> None:
+        conn.selected = True
+        self.selected += 1
+        count = self.selected_by_user[conn.user] + 1  # type: ignore[index]
+        self.selected_by_user[conn.user] = count  # type: ignore[index]
+        if count > 1:
+            self.double_selected += 1
+        self.max_selected_per_user = max(self.max_selected_per_user, count)
+
+    def unselected(self, conn: ImapConnection) -> None:
+        conn.selected = False
+        self.selected -= 1
+        left = self.selected_by_user[conn.user] - 1  # type: ignore[index]
+        if left > 0:
+            self.selected_by_user[conn.user] = left  # type: ignore[index]
+        else:
+            del self.selected_by_user[conn.user]  # type: ignore[arg-type]
+
+    def logins_since(self, since: int) -> dict[int, int]:
+        return {t: c for t, c in sorted(self.login_seconds.items()) if t >= since}
 
     def caps(self, tls: bool, authenticated: bool = False) -> bytes:
         if self.ssl_context is not None and not tls and not authenticated:
@@ -448,6 +476,8 @@ class LoadServer:
             "commands": dict(self.commands),
             "injections": len(self.injections),
             "inject_misses": self.inject_misses,
+            "max_selected_per_user": self.max_selected_per_user,
+            "double_selected": self.double_selected,
             "uptime": round(time.time() - self.started, 3),
         }
 
@@ -471,6 +501,8 @@ async def _control(server: LoadServer, stop: asyncio.Event, reader: asyncio.Stre
                     reply = f"ok {words[1]} {got[0]} {got[1]:.6f}\n"
             elif verb == "deliver" and len(words) == 2:
                 reply = f"ok {words[1]} {server.deliver(words[1])}\n"
+            elif verb == "logins" and len(words) == 2 and words[1].isdigit():
+                reply = json.dumps(server.logins_since(int(words[1]))) + "\n"
             elif verb == "stats":
                 reply = json.dumps(server.stats()) + "\n"
             elif verb == "injections":
