@@ -405,6 +405,9 @@ class ReplicaBench:
             "takeover_logins_per_s_median": sorted(active)[len(active) // 2] if active else 0,
             "takeover_logins_per_s": {str(t - since): c for t, c in busy.items()},
             "takeover_goal_s": round(cfg.lease_ttl + accounts / cfg.connect_rate, 1),
+            # docs/replicas.md: a dead replica's leases are claimed within TTL + one renewal
+            "takeover_bound_s": round(cfg.lease_ttl + cfg.lease_renew
+                                      + accounts / cfg.connect_rate, 1),
             "leases_after_takeover": self.owned(dsn),
         }
 
@@ -478,6 +481,8 @@ def summary(r: dict) -> str:
          f"{_f(r.get('takeover_s'), ' s')} for {_f(r.get('takeover_accounts'))} accounts",
          f"≤ TTL + accounts/rate = {_f(r.get('takeover_goal_s'), ' s')}",
          mark[g.get("takeover")]),
+        ("  (lease bound TTL + renew + accounts/rate)", _f(r.get("takeover_bound_s"), " s"),
+         "", ""),
         ("takeover logins/s to the host (max / median)",
          f"{_f(r.get('takeover_logins_per_s_max'))} / "
          f"{_f(r.get('takeover_logins_per_s_median'))}", "", ""),
