@@ -7,7 +7,8 @@ Phases, each with a deadline:
 1. **ramp**: all replicas start at once; seconds until the load servers count N sessions in
    IDLE (``all_idle_s``), at ``REBREAK_CONNECT_RATE`` per replica and
    ``REBREAK_HOST_LOGIN_RATE`` per replica towards the one host (127.0.0.1).
-2. **idle window** (after the ``connected`` scans and ``--settle``): CPU of all replicas
+2. **idle window** (after the ``connected`` scans, once the load servers saw no login for
+   ``--settle`` seconds with N sessions idling): CPU of all replicas
    together, RSS of each (per session: (Σ RSS - R·RSS₀) / N), SQL statements of all
    replicas (``pg_stat_statements``, lease rounds included), and the same for the load
    servers (the other side of every TLS session).
@@ -269,6 +270,7 @@ class ReplicaBench:
             result["ramp_cpu_s"] = {n: round(cpu_seconds(p.pid), 2)
                                     for n, p in self.daemons.items()}
             result["ramp_logins"] = stats["logins"]
+            result["double_selected_by_phase"] = {"ramp": stats["double_selected"]}
             result["load_server_ramp_cpu_s"] = round(
                 sum(cpu_seconds(p.pid) for p in self.servers[:-1]) - ls_cpu0, 2)
             if took is None:
@@ -276,7 +278,8 @@ class ReplicaBench:
                                    f"{cfg.deadline():.0f}s")
 
             # 2. settle, idle window
-            self.settle(sink_url, cfg.n)
+            result.update(self.settle(ls, sink_url, names))
+            result["double_selected_by_phase"]["settle"] = ls.stats()["double_selected"]
             result.update(self.idle_window(ls, dsn, own_role, rss0, ls_rss0, names))
             result["leases_held"] = self.owned(dsn)
 
@@ -286,6 +289,8 @@ class ReplicaBench:
             # 4. takeover
             if cfg.takeover:
                 result.update(self.takeover(ls, dsn, names))
+
+            result["double_selected_by_phase"]["takeover"] = ls.stats()["double_selected"]
 
             # 5. stop
             survivors = self.alive()
@@ -317,17 +322,29 @@ class ReplicaBench:
         result["goals"] = goals(result)
         return result
 
-    def settle(self, sink_url: str, n: int) -> None:
-        """Until the ``connected`` scans of the ramp have arrived (60 s at most), then
-        ``settle`` seconds."""
-        deadline = time.monotonic() + 60
-        for _ in range(1200):
+    def settle(self, ls: LoadServers, sink_url: str, names: list[str]) -> dict[str, Any]:
+        """Until the ``connected`` scans of the ramp have arrived and the load servers saw
+        no login for ``settle`` seconds with all N sessions idling (leases moved during the
+        ramp make sessions move between replicas); 180 s at most."""
+        cfg = self.cfg
+        t0 = time.monotonic()
+        deadline = t0 + 180
+        last, quiet_since = -1, time.monotonic()
+        stats = ls.stats()
+        for _ in range(1900):
             if time.monotonic() >= deadline:
                 break
-            if http_get_json(sink_url + "/_bench/stats")["by_reason"].get("connected", 0) >= n:
+            self.check_alive(names)
+            stats = ls.stats()
+            if stats["logins"] != last or stats["idling"] < cfg.n:
+                last, quiet_since = stats["logins"], time.monotonic()
+            scans = http_get_json(sink_url + "/_bench/stats")["by_reason"].get("connected", 0)
+            if scans >= cfg.n and time.monotonic() - quiet_since >= cfg.settle:
                 break
-            time.sleep(0.05)
-        time.sleep(self.cfg.settle)
+            time.sleep(0.1)
+        return {"settled_after_s": round(time.monotonic() - t0, 2),
+                "logins_until_settled": stats["logins"],
+                "idling_settled": stats["idling"]}
 
     def idle_window(self, ls: LoadServers, dsn: str, own_role: bool, rss0: int, ls_rss0: int,
                     names: list[str]) -> dict[str, Any]:
