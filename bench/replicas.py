@@ -319,8 +319,29 @@ class ReplicaBench:
                 bench.children.stop(proc, 5.0)
             for proc in self.servers:
                 bench.children.stop(proc, 5.0)
+        result["daemon_log_counts"] = self.log_counts()
+        result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
         result["goals"] = goals(result)
         return result
+
+    #: daemon log lines counted per replica (CONTRACT-independent: diagnostics only)
+    LOG_MARKS = {"lease_round_failed": "lease renewal failed",
+                 "ownership_lost": "lease ownership lost",
+                 "refresh_failed": "refresh failed",
+                 "too_many_open_files": "Too many open files"}
+
+    def log_counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for name in self.daemons:
+            log = self.run_dir / name / "daemon.log"
+            counts = dict.fromkeys(self.LOG_MARKS, 0)
+            with contextlib.suppress(OSError), log.open(errors="replace") as f:
+                for line in f:
+                    for key, text in self.LOG_MARKS.items():
+                        if text in line:
+                            counts[key] += 1
+            out[name] = counts
+        return out
 
     def settle(self, ls: LoadServers, sink_url: str, names: list[str]) -> dict[str, Any]:
         """Until the ``connected`` scans of the ramp have arrived and the load servers saw
@@ -504,11 +525,82 @@ def summary(r: dict) -> str:
          f"{_f(r.get('takeover_logins_per_s_max'))} / "
          f"{_f(r.get('takeover_logins_per_s_median'))}", "", ""),
         ("stop (SIGTERM → all exited)", _f(r.get("stop_s"), " s"), "", ""),
-        ("most connections of one account at once", _f(r.get("max_selected_per_user")), "1",
+        ("most connections of one account at once",
+         f"{_f(r.get('max_selected_per_user'))} ({_f(r.get('double_selected'))} double "
+         f"watches; by phase {r.get('double_selected_by_phase')})", "1",
          mark[g.get("one_connection")]),
     ]
     head = (f"N={r['n']:,} {r['mode']}, {r['replicas']} replicas, {r['load_servers']} load "
             f"servers, connect rate {r['config']['connect_rate']:g}/s per replica")
-    lines = [head] + [f"  {a:<46} {b:<28} {c:<26} {d}" for a, b, c, d in rows]
+    lines = [head] + [f"  {a:<46} {b:<28} {c:<26} {d}".rstrip() for a, b, c, d in rows]
     lines += [f"  error: {e.splitlines()[0]}" for e in r.get("errors", [])]
     return "\n".join(lines)
+
+
+def render_table(results: list[dict]) -> str:
+    """The runs (columns) figure by figure (rows), with the goals: markdown."""
+    if not results:
+        return ""
+    mark = {True: " ✓", False: " ✗", None: ""}
+
+    def row(name: str, goal: str, cell: Any) -> str:
+        return f"| {name} | " + " | ".join(cell(r) for r in results) + f" | {goal} |"
+
+    def lat(r: dict) -> str:
+        lt = r.get("latency_ms") or {}
+        return f"{_f(lt.get('p50'))} / {_f(lt.get('p99'))}{mark[r['goals'].get('p99')]}"
+
+    head = "| figure | " + " | ".join(
+        f"N = {r['n']:,}, R = {r['replicas']} ({r['date'][11:16]} UTC)" for r in results
+    ) + " | goal |"
+    lines = [head, "|---|" + "---:|" * len(results) + "---|",
+             row("load servers (processes)", "", lambda r: str(r["load_servers"])),
+             row("all idle after s", "≤ 150", lambda r: _f(r.get("all_idle_s"))
+                 + mark[r["goals"].get("all_idle")]),
+             row("logins until settled (N at best)", "", lambda r: _f(r.get(
+                 "logins_until_settled"))),
+             row("RSS total of the replicas MiB", "", lambda r: _f(
+                 (r.get("rss_total_kb") or 0) / 1024, "")),
+             row("RSS per session, replicas KiB", "", lambda r: _f(r.get("rss_per_session_kb"))),
+             row("RSS per session, load servers KiB", "", lambda r: _f(
+                 r.get("load_server_rss_per_session_kb"))),
+             row("idle CPU of all replicas, % of a core", "< 10", lambda r: _f(r.get("cpu_pct"))
+                 + mark[r["goals"].get("cpu")]),
+             row("idle CPU of the load servers, % of a core", "", lambda r: _f(
+                 r.get("load_server_cpu_pct"))),
+             row("ramp CPU s: replicas / load servers", "", lambda r: (
+                 f"{_f(sum((r.get('ramp_cpu_s') or {}).values()) or None)} / "
+                 f"{_f(r.get('load_server_ramp_cpu_s'))}")),
+             row("EXISTS→POST p50 / p99 ms", "p99 < 50", lat),
+             row("lost events", "0", lambda r: _f(r.get("lost")) + mark[r["goals"].get("lost")]),
+             row("SQL statements/min, all replicas", "", lambda r: _f(r.get("sql_per_min"))),
+             row("takeover s (accounts of the killed replica)", "TTL + accounts/rate",
+                 lambda r: f"{_f(r.get('takeover_s'))}{mark[r['goals'].get('takeover')]} "
+                           f"({_f(r.get('takeover_accounts'))})"),
+             row("goal / lease bound (TTL + renew + accounts/rate) s", "", lambda r: (
+                 f"{_f(r.get('takeover_goal_s'))} / {_f(r.get('takeover_bound_s'))}")),
+             row("first takeover login after the kill s", "", lambda r: _f(
+                 r.get("takeover_first_login_s"))),
+             row("takeover logins/s to the host, max / median", "", lambda r: (
+                 f"{_f(r.get('takeover_logins_per_s_max'))} / "
+                 f"{_f(r.get('takeover_logins_per_s_median'))}")),
+             row("stop s (SIGTERM → all survivors exited)", "", lambda r: _f(r.get("stop_s"))),
+             row("most connections of one account at once (double watches)", "1",
+                 lambda r: f"{_f(r.get('max_selected_per_user'))}"
+                           f"{mark[r['goals'].get('one_connection')]} "
+                           f"({_f(r.get('double_selected'))})"),
+             ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m bench.replicas [FILE]``: the table of the recorded runs."""
+    argv = sys.argv[1:] if argv is None else argv
+    path = Path(argv[0]) if argv else RESULTS
+    runs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+    sys.stdout.write(render_table(runs))
+
+
+if __name__ == "__main__":
+    main()
