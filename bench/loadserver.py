@@ -140,7 +140,12 @@ class ImapConnection(asyncio.Protocol):
         if self.selected:
             s.unselected(self)
         if self.user is not None and s.by_user.get(self.user) is self:
-            del s.by_user[self.user]
+            # another selected connection of the account (a double watch) takes its place
+            other = next(iter(s.selected_of.get(self.user, ())), None)
+            if other is None:
+                del s.by_user[self.user]
+            else:
+                s.by_user[self.user] = other
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
@@ -397,7 +402,7 @@ class LoadServer:
         self.started = time.time()
         #: selected connections per account now, the most one account ever had at once,
         #: and how often an account got a second one (a double watch)
-        self.selected_by_user: Counter[str] = Counter()
+        self.selected_of: dict[str, set[ImapConnection]] = {}
         self.max_selected_per_user = 0
         self.double_selected = 0
         #: logins per wall-clock second (the login rate one host sees)
@@ -406,8 +411,9 @@ class LoadServer:
     def now_selected(self, conn: ImapConnection) -> None:
         conn.selected = True
         self.selected += 1
-        count = self.selected_by_user[conn.user] + 1  # type: ignore[index]
-        self.selected_by_user[conn.user] = count  # type: ignore[index]
+        conns = self.selected_of.setdefault(conn.user, set())  # type: ignore[arg-type]
+        conns.add(conn)
+        count = len(conns)
         if count > 1:
             self.double_selected += 1
         self.max_selected_per_user = max(self.max_selected_per_user, count)
@@ -415,11 +421,11 @@ class LoadServer:
     def unselected(self, conn: ImapConnection) -> None:
         conn.selected = False
         self.selected -= 1
-        left = self.selected_by_user[conn.user] - 1  # type: ignore[index]
-        if left > 0:
-            self.selected_by_user[conn.user] = left  # type: ignore[index]
-        else:
-            del self.selected_by_user[conn.user]  # type: ignore[arg-type]
+        conns = self.selected_of.get(conn.user)  # type: ignore[arg-type]
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self.selected_of[conn.user]  # type: ignore[arg-type]
 
     def logins_since(self, since: int) -> dict[int, int]:
         return {t: c for t, c in sorted(self.login_seconds.items()) if t >= since}
