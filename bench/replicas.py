@@ -554,13 +554,17 @@ def render_table(results: list[dict]) -> str:
         f"N = {r['n']:,}, R = {r['replicas']} ({r['date'][11:16]} UTC)" for r in results
     ) + " | goal |"
     lines = [head, "|---|" + "---:|" * len(results) + "---|",
+             row("connect rate and host login rate per replica /s", "", lambda r: (
+                 f"{r['config']['connect_rate']:g} / {r['config']['host_login_rate']}")),
              row("load servers (processes)", "", lambda r: str(r["load_servers"])),
+             row("load average (1 min) before / in the idle window", "", lambda r: (
+                 f"{r['loadavg_before'][0]} / {(r.get('loadavg_window') or ['—'])[0]}")),
              row("all idle after s", "≤ 150", lambda r: _f(r.get("all_idle_s"))
                  + mark[r["goals"].get("all_idle")]),
              row("logins until settled (N at best)", "", lambda r: _f(r.get(
                  "logins_until_settled"))),
              row("RSS total of the replicas MiB", "", lambda r: _f(
-                 (r.get("rss_total_kb") or 0) / 1024, "")),
+                 None if r.get("rss_total_kb") is None else round(r["rss_total_kb"] / 1024))),
              row("RSS per session, replicas KiB", "", lambda r: _f(r.get("rss_per_session_kb"))),
              row("RSS per session, load servers KiB", "", lambda r: _f(
                  r.get("load_server_rss_per_session_kb"))),
