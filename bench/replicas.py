@@ -537,6 +537,10 @@ def summary(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _rate(value: float | None) -> str:
+    return "daemon default" if value is None else f"{value:g}"
+
+
 def render_table(results: list[dict]) -> str:
     """The runs (columns) figure by figure (rows), with the goals: markdown."""
     if not results:
@@ -555,7 +559,8 @@ def render_table(results: list[dict]) -> str:
     ) + " | goal |"
     lines = [head, "|---|" + "---:|" * len(results) + "---|",
              row("connect rate and host login rate per replica /s", "", lambda r: (
-                 f"{r['config']['connect_rate']:g} / {r['config']['host_login_rate']}")),
+                 f"{r['config']['connect_rate']:g} / "
+                 f"{_rate(r['config']['host_login_rate'])}")),
              row("load servers (processes)", "", lambda r: str(r["load_servers"])),
              row("load average (1 min) before / in the idle window", "", lambda r: (
                  f"{r['loadavg_before'][0]} / {(r.get('loadavg_window') or ['—'])[0]}")),
