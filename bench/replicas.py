@@ -437,6 +437,7 @@ class ReplicaBench:
         return {
             "takeover_victim": victim, "takeover_accounts": accounts,
             "takeover_s": None if done is None else round(done, 2),
+            "takeover_idling": stats["idling"],
             "takeover_first_login_s": None if first is None else round(first - t_kill, 1),
             "takeover_logins": stats["logins"] - logins0,
             "takeover_logins_per_s_max": max(active, default=0),
@@ -480,8 +481,9 @@ def goals(r: dict) -> dict[str, bool | None]:
         "cpu": le(r.get("cpu_pct"), GOALS["cpu_pct"]),
         "p99": le(lat.get("p99"), GOALS["p99_ms"]),
         "lost": None if "lost" not in r else r["lost"] == 0,
-        "takeover": (None if r.get("takeover_s") is None
-                     else r["takeover_s"] <= r["takeover_goal_s"]),
+        "takeover": (None if "takeover_accounts" not in r
+                     else r.get("takeover_s") is not None
+                     and r["takeover_s"] <= r["takeover_goal_s"]),
         "one_connection": le(r.get("max_selected_per_user"), GOALS["max_selected_per_user"]),
     }
 
@@ -545,6 +547,7 @@ def render_table(results: list[dict]) -> str:
     """The runs (columns) figure by figure (rows), with the goals: markdown."""
     if not results:
         return ""
+    results = [{**r, "goals": goals(r)} for r in results]
     mark = {True: " ✓", False: " ✗", None: ""}
 
     def row(name: str, goal: str, cell: Any) -> str:
@@ -588,6 +591,8 @@ def render_table(results: list[dict]) -> str:
                            f"({_f(r.get('takeover_accounts'))})"),
              row("goal / lease bound (TTL + renew + accounts/rate) s", "", lambda r: (
                  f"{_f(r.get('takeover_goal_s'))} / {_f(r.get('takeover_bound_s'))}")),
+             row("sessions idling at the end of the takeover", "N", lambda r: _f(
+                 r.get("takeover_idling"))),
              row("first takeover login after the kill s", "", lambda r: _f(
                  r.get("takeover_first_login_s"))),
              row("takeover logins/s to the host, max / median", "", lambda r: (
