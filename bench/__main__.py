@@ -8,6 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
+from .replicas import RESULTS as REPLICA_RESULTS
+from .replicas import ReplicaBench, ReplicaConfig, summary
 from .report import RESULTS, render_docs
 from .runner import Bench, RunConfig
 
@@ -61,7 +63,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extra-folders", action="store_true",
                    help="watch the load server's Junk and Unbekannt folders as well "
                    "(REBREAK_EXTRA_FOLDERS; such runs stay out of the docs table)")
-    p.add_argument("--results", type=Path, default=RESULTS, help="JSON lines file to append to")
+    p.add_argument("--replicas", type=int, default=None, metavar="R",
+                   help="run R daemon replicas with leases against several load servers "
+                        "(bench/replicas.py); results in bench/results-replicas.jsonl")
+    p.add_argument("--load-servers", type=int, default=None,
+                   help="with --replicas: load-server processes (default N/12,500 rounded up)")
+    p.add_argument("--host-login-rate", default="500",
+                   help="with --replicas: REBREAK_HOST_LOGIN_RATE of each replica ('default': "
+                        "leave the daemon's default)")
+    p.add_argument("--host-login-burst", type=int, default=None,
+                   help="with --replicas: REBREAK_HOST_LOGIN_BURST of each replica")
+    p.add_argument("--lease-ttl", type=float, default=30.0, help="with --replicas")
+    p.add_argument("--lease-renew", type=float, default=10.0, help="with --replicas")
+    p.add_argument("--no-takeover", action="store_true",
+                   help="with --replicas: skip the SIGKILL of one replica")
+    p.add_argument("--results", type=Path, default=None, help="JSON lines file to append to")
     p.add_argument("--no-docs", action="store_true", help="do not re-render docs/benchmarks.md")
     p.add_argument("--workdir", type=Path, default=None, help="keep logs here (default tmp)")
     args = p.parse_args(argv)
@@ -73,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     bench = Bench(args.daemon_cmd, args.workdir)
     bench.log(f"work directory {bench.workdir}; RLIMIT_NOFILE {bench.nofile}")
+    if args.replicas is not None:
+        return _replicas(args, bench, modes, extra)
+    args.results = args.results or RESULTS
     failed = False
     try:
         for n in args.n:
@@ -100,6 +119,41 @@ def main(argv: list[str] | None = None) -> int:
         bench.close()
     if not args.no_docs:
         render_docs(args.results)
+    return 1 if failed else 0
+
+
+def _replicas(args: argparse.Namespace, bench: Bench, modes: list[bool],
+              extra: dict[str, str]) -> int:
+    results = args.results or REPLICA_RESULTS
+    rate = None if args.host_login_rate == "default" else float(args.host_login_rate)
+    failed = False
+    try:
+        for n in args.n:
+            for tls in modes:
+                cfg = ReplicaConfig(
+                    n=n, replicas=args.replicas, tls=tls, load_servers=args.load_servers,
+                    connect_rate=args.connect_rate, host_login_rate=rate,
+                    host_login_burst=args.host_login_burst, lease_ttl=args.lease_ttl,
+                    lease_renew=args.lease_renew, heartbeat=args.heartbeat,
+                    cpu_window=args.cpu_window or max(60.0, args.heartbeat),
+                    inject_rate=args.inject_rate, inject_seconds=args.inject_seconds,
+                    lost_after=args.lost_after, settle=args.settle,
+                    ramp_deadline=args.idle_deadline, takeover=not args.no_takeover,
+                    extra_env=extra)
+                result = ReplicaBench(bench, cfg).run()
+                failed = failed or bool(result["errors"])
+                line = json.dumps(result, sort_keys=True)
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+                sys.stderr.write(summary(result) + "\n")
+                results.parent.mkdir(parents=True, exist_ok=True)
+                with results.open("a", encoding="utf-8") as f:
+                    f.write(line + "\n")
+    except KeyboardInterrupt:
+        bench.log("interrupted; stopping the children")
+        return 130
+    finally:
+        bench.close()
     return 1 if failed else 0
 
 

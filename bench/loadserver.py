@@ -15,7 +15,9 @@ Control: a line protocol on a TCP port of 127.0.0.1:
     deliver <username>  → ok <username> <exists> <unix time>   (a new message, connected or
                           not: the next SELECT shows it; a selected connection hears
                           "* N+1 EXISTS")
-    stats               → one JSON object (connections, idling, logins, commands by kind...)
+    stats               → one JSON object (connections, idling, logins, commands by kind,
+                          the most connections one account ever had selected at once...)
+    logins <since>      → JSON object {unix second: logins in it} for seconds ≥ since
     injections          → JSON list of [username, exists, unix time]
     kick <username>     → ok|err   (drops that user's connection)
     bye <username>      → ok|err   (``* BYE`` to that user's connection, then closes it)
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import asyncio.sslproto
 import base64
 import binascii
 import json
@@ -154,10 +157,14 @@ class ImapConnection(asyncio.Protocol):
             s.idling -= 1
             self.idle_tag = None
         if self.selected:
-            s.selected -= 1
-            self.selected = False
+            s.unselected(self)
         if self.user is not None and s.by_user.get(self.user) is self:
-            del s.by_user[self.user]
+            # another selected connection of the account (a double watch) takes its place
+            other = next(iter(s.selected_of.get(self.user, ())), None)
+            if other is None:
+                del s.by_user[self.user]
+            else:
+                s.by_user[self.user] = other
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
@@ -244,6 +251,7 @@ class ImapConnection(asyncio.Protocol):
     def logged_in(self, user: str) -> None:
         s = self.server
         s.logins += 1
+        s.login_seconds[int(time.time())] += 1
         self.user = user
         times = s.login_times.setdefault(user, [])
         if len(times) < MAX_LOGIN_TIMES:
@@ -304,8 +312,7 @@ class ImapConnection(asyncio.Protocol):
         s = self.server
         n = s.exists[self.user]
         if not self.selected:
-            self.selected = True
-            s.selected += 1
+            s.now_selected(self)
         s.by_user[self.user] = self
         mode = b"[READ-ONLY]" if readonly else b"[READ-WRITE]"
         self.write(
@@ -320,8 +327,7 @@ class ImapConnection(asyncio.Protocol):
 
     def do_unselect(self, tag: bytes, args: list[bytes]) -> None:
         if self.selected:
-            self.selected = False
-            self.server.selected -= 1
+            self.server.unselected(self)
         self.write(tag + b" OK done\r\n")
 
     def do_idle(self, tag: bytes, args: list[bytes]) -> None:
@@ -423,6 +429,35 @@ class LoadServer:
         self.idling = self.selected = self.peak = 0
         self.inject_misses = 0
         self.started = time.time()
+        #: selected connections per account now, the most one account ever had at once,
+        #: and how often an account got a second one (a double watch)
+        self.selected_of: dict[str, set[ImapConnection]] = {}
+        self.max_selected_per_user = 0
+        self.double_selected = 0
+        #: logins per wall-clock second (the login rate one host sees)
+        self.login_seconds: Counter[int] = Counter()
+
+    def now_selected(self, conn: ImapConnection) -> None:
+        conn.selected = True
+        self.selected += 1
+        conns = self.selected_of.setdefault(conn.user, set())  # type: ignore[arg-type]
+        conns.add(conn)
+        count = len(conns)
+        if count > 1:
+            self.double_selected += 1
+        self.max_selected_per_user = max(self.max_selected_per_user, count)
+
+    def unselected(self, conn: ImapConnection) -> None:
+        conn.selected = False
+        self.selected -= 1
+        conns = self.selected_of.get(conn.user)  # type: ignore[arg-type]
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self.selected_of[conn.user]  # type: ignore[arg-type]
+
+    def logins_since(self, since: int) -> dict[int, int]:
+        return {t: c for t, c in sorted(self.login_seconds.items()) if t >= since}
 
     def caps(self, tls: bool, authenticated: bool = False) -> bytes:
         if self.ssl_context is not None and not tls and not authenticated:
@@ -497,6 +532,8 @@ class LoadServer:
             "commands": dict(self.commands),
             "injections": len(self.injections),
             "inject_misses": self.inject_misses,
+            "max_selected_per_user": self.max_selected_per_user,
+            "double_selected": self.double_selected,
             "uptime": round(time.time() - self.started, 3),
         }
 
@@ -521,6 +558,8 @@ async def _control(server: LoadServer, stop: asyncio.Event, reader: asyncio.Stre
             elif verb == "deliver" and len(words) == 2:
                 n, at = server.deliver(words[1])
                 reply = f"ok {words[1]} {n} {at:.6f}\n"
+            elif verb == "logins" and len(words) == 2 and words[1].isdigit():
+                reply = json.dumps(server.logins_since(int(words[1]))) + "\n"
             elif verb == "stats":
                 reply = json.dumps(server.stats()) + "\n"
             elif verb == "injections":
@@ -558,8 +597,15 @@ def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
     return ctx
 
 
+#: asyncio gives every TLS connection a read buffer of ``SSLProtocol.max_size`` bytes
+#: (256 KiB, zero-filled, so resident): 12 GiB for 50,000 sessions. One TLS record is at
+#: most 16 KiB; a smaller buffer only means more reads of a long burst.
+TLS_READ_BUFFER = 16 * 1024
+
+
 async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
+    asyncio.sslproto.SSLProtocol.max_size = args.tls_read_buffer
     ctx = server_ssl_context(args.cert, args.key) if args.cert else None
     log = open(args.injection_log, "a", encoding="utf-8") if args.injection_log else None
     server = LoadServer(ctx, args.initial_exists, log)
@@ -615,6 +661,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--backlog", type=int, default=4096)
     p.add_argument("--listeners", type=int, default=1,
                    help="plain and TLS ports each (ready: 'ports', 'tls_ports')")
+    p.add_argument("--tls-read-buffer", type=int, default=TLS_READ_BUFFER,
+                   help="bytes of asyncio's read buffer per TLS connection (asyncio: 256 KiB)")
     p.add_argument("--injection-log", help="append '<unix time> <user> <exists>' per injection")
     run(p, argv, "load server", serve)
 
