@@ -21,7 +21,7 @@ from twisted.trial.unittest import TestCase
 
 from bench.runner import Control, ready_line
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 10.0
 
 
