@@ -85,16 +85,41 @@ class ConnectionState(enum.StrEnum):
     UNAUTH = "unauth"
     AUTH = "auth"
     SELECTED = "selected"
+    BYE = "bye"            # LOGOUT runs and the server said BYE: only its answer may follow
     CLOSED = "closed"      # closing or closed: nothing more is sent or read
 
 
-GREETING, UNAUTH, AUTH, SELECTED, CLOSED = ConnectionState  # fast to read (see idle.py)
-#: state → the states it may move to (a server may accept a login or SELECT again)
+GREETING, UNAUTH, AUTH, SELECTED, BYE, CLOSED = ConnectionState  # fast to read (idle.py)
+#: state → the states it may move to, with the event of each move (a server may accept
+#: a login or SELECT again). "closing" is any of: connection lost, a protocol error, a
+#: deadline passed, an input flood, ``* BYE`` outside LOGOUT.
 CONNECTION_TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
-    GREETING: frozenset({UNAUTH, AUTH, CLOSED}),
-    UNAUTH: frozenset({AUTH, SELECTED, CLOSED}),
-    AUTH: frozenset({AUTH, SELECTED, CLOSED}),
-    SELECTED: frozenset({AUTH, SELECTED, CLOSED}),
+    GREETING: frozenset({
+        UNAUTH,    # greeting "* OK"
+        AUTH,      # greeting "* PREAUTH"
+        CLOSED,    # greeting "* BYE", no greeting in time, not an IMAP greeting; closing
+    }),
+    UNAUTH: frozenset({
+        AUTH,      # LOGIN / AUTHENTICATE answered OK
+        SELECTED,  # SELECT answered OK (a server that needs no login)
+        BYE,       # "* BYE" while LOGOUT runs
+        CLOSED,    # closing
+    }),
+    AUTH: frozenset({
+        AUTH,      # a login answered OK again
+        SELECTED,  # SELECT answered OK
+        BYE,       # "* BYE" while LOGOUT runs
+        CLOSED,    # LOGOUT answered OK; closing
+    }),
+    SELECTED: frozenset({
+        AUTH,      # a login answered OK again
+        SELECTED,  # SELECT answered OK again
+        BYE,       # "* BYE" while LOGOUT runs
+        CLOSED,    # LOGOUT answered OK; closing
+    }),
+    BYE: frozenset({
+        CLOSED,    # LOGOUT answered OK; any other line ("data after BYE"); closing
+    }),
     CLOSED: frozenset(),
 }
 
@@ -133,7 +158,6 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
     on_bye = on_idle_ended = on_connection_lost = staticmethod(ignore)
     state = GREETING
     _greeting_timer: IDelayedCall | None = None
-    _bye_text: str | None = None
     _tag = _parts = _lastCmd = None
 
     def __init__(self, *, clock: IReactorTime, command_timeout: float = 60.0,
@@ -159,6 +183,17 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
         self.capabilities: Capabilities = {}
         self._queue: list[Command] = []
 
+    @property
+    def closed(self) -> bool:
+        """Closing or closed (state CLOSED): nothing more is sent, what arrives is
+        dropped."""
+        return self.state is CLOSED
+
+    @property
+    def close_error(self) -> IMAPError | None:
+        """Why the client closed the connection itself (None: it did not, or not yet)."""
+        return self._close_error
+
     def _enter(self, to: ConnectionState) -> None:
         if to not in CONNECTION_TRANSITIONS[self.state]:
             raise RuntimeError(f"IMAP connection state {self.state} cannot move to {to}")
@@ -174,7 +209,6 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
                                                     self._greeting_expired)
 
     def connectionLost(self, reason: Failure = None) -> None:
-        self.closed = True
         if self.state is not CLOSED:
             self._enter(CLOSED)
         if self._close_error is not None:
@@ -193,8 +227,7 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
         if self._close_error is None:
             self._close_error = error
         self._fail_all(error)
-        if not self.closed:
-            self.closed = True
+        if self.state is not CLOSED:
             self._enter(CLOSED)
             self.clearLineBuffer()
             transport = self.transport
@@ -237,7 +270,7 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
         if self.state is GREETING:
             self._greeting(tag, rest, line)
             return
-        if self._bye_text is not None and not (
+        if self.state is BYE and not (
                 self._logout_running() and tag == self._current.tag):  # type: ignore
             self._protocol_error(f"data after BYE: {excerpt(line)}")
             return
@@ -325,11 +358,8 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
 
     def _bye(self, data: bytes) -> None:
         message = text(data)
-        if self._bye_text is not None:
-            self._protocol_error(f"data after BYE: * BYE {message}")
-            return
-        self._bye_text = message
         if self._logout_running():
+            self._enter(BYE)  # a second BYE is "data after BYE" (_dispatch)
             return
         self._notify(self.on_bye, message)
         self._close(ServerBye(message))
@@ -374,7 +404,7 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
                 cmd.deferred.callback(result)
         else:
             cmd.deferred.errback(Failure(self._command_failed(cmd, status, code, data)))
-        if not self.closed:
+        if self.state is not CLOSED:
             self._send_next()
             if self._current is None and self._deadline_cmd is None:
                 self._disarm()
@@ -493,7 +523,6 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
         return self._send(cmd)
 
     def _logged_out(self, result: Any) -> None:
-        if not self.closed and self.transport is not None:
-            self.closed = True
+        if self.state is not CLOSED and self.transport is not None:
             self._enter(CLOSED)
             self.transport.loseConnection()

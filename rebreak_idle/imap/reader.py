@@ -17,7 +17,7 @@ or hostile server cannot grow memory.
 
 A mixin of the client (no object of its own per connection): it joins each response
 with its literals into one line and hands it to ``_dispatch``; on anything out of bounds
-it calls ``_protocol_error``. Once ``closed`` is set, whatever arrives is dropped.
+it calls ``_protocol_error``. Once the client is ``closed``, whatever arrives is dropped.
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ class BoundedReader(LineReceiver):
     input_lines_per_second = 2_000.0
     input_burst_bytes = 32 * 1024 * 1024
     input_bytes_per_second = 1024 * 1024.0
-    closed = False
     #: the budget's buckets and when they were last refilled (None: not yet started)
     _budget_at: float | None = None
     _lines_left = 0.0
@@ -61,6 +60,7 @@ class BoundedReader(LineReceiver):
     _response_cap = 0
 
     # provided by the client
+    closed: bool  # the connection state is CLOSED
     clock: Any
     _dispatch: Callable[[bytes], None]
     _protocol_error: Callable[[str], None]
