@@ -7,12 +7,18 @@ so it never reports ``* 5 EXISTS`` during IDLE. ``IdleClient`` replaces its line
 every untagged EXISTS / EXPUNGE / BYE reaches the owner's callbacks the moment the line
 arrives, during IDLE, during any command and between commands.
 
-Its parts, mixins of the one object per connection: :mod:`.reader` (the bounded
-line/literal reader), :mod:`.parser` (pure functions over the server's bytes, no state),
-:mod:`.commands` (the command queue and its one deadline timer), :mod:`.capabilities`,
-:mod:`.auth` (STARTTLS and login), :mod:`.idle` (the IDLE exchange, a state machine) and
-:mod:`.inherited` (the ``IMAP4Client`` methods it does not support, each failing with a
-clear error). This module reads the responses and holds the connection state.
+Its parts: :mod:`.parser` (pure functions over the server's bytes, no state) and
+:mod:`.capabilities` (a composed object, ``_caps``) are objects of their own; the mixins
+of the one object per connection are :mod:`.reader` (the bounded line/literal reader: it
+*is* the protocol's ``dataReceived``), :mod:`.commands` (the command queue and its one
+deadline timer), :mod:`.auth` (STARTTLS and login), :mod:`.idle` (the IDLE exchange, a
+state machine), :mod:`.listing` (LIST and STATUS) and :mod:`.inherited` (the
+``IMAP4Client`` methods it does not support, each failing with a clear error). They stay
+mixins because they are the protocol's own methods and share its per-line state (the
+running command, the queue, the IDLE state), read on every line of 10,000 connections:
+as objects they would add an object and an attribute hop per line and a back-reference
+per connection, for an interface as wide as the client's. This module reads the
+responses and holds the connection state.
 
 * a greeting that is not OK/PREAUTH/BYE, an unknown tag, an unexpected continuation,
   an unparseable response or data after BYE close the connection (:class:`ProtocolError`);
@@ -39,7 +45,7 @@ from twisted.python.failure import Failure
 
 from ..failures import describe
 from .auth import Authentication
-from .capabilities import CapabilityCache
+from .capabilities import CapabilityCache, announced
 from .commands import Command, CommandQueue, ignore
 from .errors import (
     AuthenticationFailed,
@@ -124,8 +130,8 @@ CONNECTION_TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
 }
 
 
-class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
-                 BoundedReader, Listing, Unsupported, imap4.IMAP4Client):
+class IdleClient(IdleExchange, Authentication, CommandQueue, BoundedReader, Listing,
+                 Unsupported, imap4.IMAP4Client):
     """IMAP4 client for long-lived IDLE sessions (see the module docstring).
 
     The owner sets the ``on_*`` callbacks (plain attributes, no-ops by default), waits
@@ -180,8 +186,36 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
         if allow_plaintext_auth:
             self.allow_plaintext_auth = True
         self.greeted: defer.Deferred = defer.Deferred()
-        self.capabilities: Capabilities = {}
+        self._caps = CapabilityCache()
         self._queue: list[Command] = []
+
+    # ------------------------------------------------------------------ capabilities
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """The capabilities as last learnt (bytes names, upper case → None or a list of
+        bytes values)."""
+        return self._caps.words
+
+    def getCapabilities(self) -> defer.Deferred:
+        """The capabilities, from the greeting or the last login response when known,
+        else via CAPABILITY."""
+        if self._caps.known:
+            return defer.succeed(self._caps.words)
+        return self._refresh_caps()
+
+    def _refresh_caps(self) -> defer.Deferred:
+        d = self._command(b"CAPABILITY")
+        d.addCallback(lambda _: self._caps.words)
+        return d
+
+    has_idle = announced(b"IDLE")
+    has_starttls = announced(b"STARTTLS")
+    has_auth_plain = announced(b"AUTH", b"PLAIN")
+    has_xoauth2 = announced(b"AUTH", b"XOAUTH2")
+    has_id = announced(b"ID", doc="RFC 2971 ID.")
+    has_sasl_ir = announced(b"SASL-IR")
+    login_disabled = announced(b"LOGINDISABLED")
 
     @property
     def closed(self) -> bool:
@@ -295,8 +329,9 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
             self._close(ServerBye(text(data)))
             return
         self._enter(AUTH if status == b"PREAUTH" else UNAUTH)
-        self._capabilities_in(split_code(data)[0])
-        if self._caps_known:
+        caps = self._caps
+        caps.take_code(split_code(data)[0])
+        if caps.known:
             self._greeted()
             return
         d = self._send(Command(b"CAPABILITY", [b"CAPABILITY"], self.command_timeout))
@@ -338,11 +373,11 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
             return
         if keyword == b"CAPABILITY":
             if self._learning_capabilities():
-                self._set_caps(data)
+                self._caps.take(data)
         elif keyword in _CONDITIONS:
             code, _ = split_code(data)
             if not (code is not None and self._learning_capabilities()
-                    and self._capabilities_in(code)) and keyword != b"OK":
+                    and self._caps.take_code(code)) and keyword != b"OK":
                 log.debug("IMAP server says {status}: {text}", status=keyword.decode(),
                           text=text(data))
         if cmd is not None and cmd.on_untagged is not None and cmd.on_untagged(keyword, rest):
@@ -392,7 +427,7 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
         self._current = None
         code, _ = split_code(data)
         if code is not None:
-            self._capabilities_in(code)
+            self._caps.take_code(code)
         if cmd.name == b"IDLE":
             self._idle_answered(cmd, status, code, data)
         elif status == b"OK":

@@ -142,7 +142,8 @@ def parse_list(data: bytes) -> ListEntry | None:
 
 
 class Listing:
-    """LIST and STATUS commands of the client (a mixin: no state of its own)."""
+    """LIST and STATUS commands of the client (a mixin: no state of its own; it answers
+    STATUS commands written ahead out of the client's queue, read line by line)."""
 
     command_timeout: float
     _command: Callable[..., defer.Deferred]
