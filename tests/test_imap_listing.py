@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
-from rebreak_idle.folders import STATUS_ITEMS, resolve
 from rebreak_idle.imap import CommandFailed
 from rebreak_idle.imap.listing import ListEntry, decode_mutf7, encode_mutf7
+from rebreak_idle.session.folders import STATUS_ITEMS, resolve
 from tests.test_imap import GREETING, ClientTestCase, result_of
 
 
