@@ -33,7 +33,6 @@ Secrets (passwords, tokens) are never part of an exception text or a log event.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +46,16 @@ from ..failures import describe
 from .auth import Authentication
 from .capabilities import CapabilityCache, announced
 from .commands import Command, CommandQueue, ignore
+from .connection_state import (
+    AUTH,
+    BYE,
+    CLOSED,
+    CONNECTION_TRANSITIONS,
+    GREETING,
+    SELECTED,
+    UNAUTH,
+    ConnectionState,
+)
 from .errors import (
     AuthenticationFailed,
     CommandFailed,
@@ -82,52 +91,6 @@ _TAGGED = (b"OK", b"NO", b"BAD")
 _GREETINGS = (b"OK", b"PREAUTH", b"BYE")
 _CONDITIONS = (b"OK", b"NO", b"BAD", b"PREAUTH")
 _SELECT_NUMBERS = (b"UIDVALIDITY", b"UIDNEXT", b"UNSEEN")
-
-
-class ConnectionState(enum.StrEnum):
-    """The connection's IMAP state (RFC 3501 §3), ``IdleClient.state``."""
-
-    GREETING = "greeting"  # connected, the greeting not yet received
-    UNAUTH = "unauth"
-    AUTH = "auth"
-    SELECTED = "selected"
-    BYE = "bye"            # LOGOUT runs and the server said BYE: only its answer may follow
-    CLOSED = "closed"      # closing or closed: nothing more is sent or read
-
-
-GREETING, UNAUTH, AUTH, SELECTED, BYE, CLOSED = ConnectionState  # fast to read (idle.py)
-#: state → the states it may move to, with the event of each move (a server may accept
-#: a login or SELECT again). "closing" is any of: connection lost, a protocol error, a
-#: deadline passed, an input flood, ``* BYE`` outside LOGOUT.
-CONNECTION_TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
-    GREETING: frozenset({
-        UNAUTH,    # greeting "* OK"
-        AUTH,      # greeting "* PREAUTH"
-        CLOSED,    # greeting "* BYE", no greeting in time, not an IMAP greeting; closing
-    }),
-    UNAUTH: frozenset({
-        AUTH,      # LOGIN / AUTHENTICATE answered OK
-        SELECTED,  # SELECT answered OK (a server that needs no login)
-        BYE,       # "* BYE" while LOGOUT runs
-        CLOSED,    # closing
-    }),
-    AUTH: frozenset({
-        AUTH,      # a login answered OK again
-        SELECTED,  # SELECT answered OK
-        BYE,       # "* BYE" while LOGOUT runs
-        CLOSED,    # LOGOUT answered OK; closing
-    }),
-    SELECTED: frozenset({
-        AUTH,      # a login answered OK again
-        SELECTED,  # SELECT answered OK again
-        BYE,       # "* BYE" while LOGOUT runs
-        CLOSED,    # LOGOUT answered OK; closing
-    }),
-    BYE: frozenset({
-        CLOSED,    # LOGOUT answered OK; any other line ("data after BYE"); closing
-    }),
-    CLOSED: frozenset(),
-}
 
 
 class IdleClient(IdleExchange, Authentication, CommandQueue, BoundedReader, Listing,
