@@ -180,7 +180,7 @@ _SOCKETS = ("socket", "ssl", "twisted.internet.tcp", "twisted.internet.endpoints
             "rebreak_idle.net.connecting", "rebreak_idle.net.tls")
 #: What the thin entry points may call: the option parsers and the wiring's entries.
 _ENTRIES = ("rebreak_idle.options", "rebreak_idle.startup", "rebreak_idle.tap",
-            "rebreak_idle.db.migrate.migrate_or_exit", "rebreak_idle.ops.probe.run_probe")
+            "rebreak_idle.db.migrate.migrate_or_exit", "rebreak_idle.probe.run_probe")
 
 #: docs/design.md's room table, "must not know about" as imports: (rooms (a module, or a
 #: package with all its modules), what they must not import, what they may nonetheless).
