@@ -312,7 +312,7 @@ class Supervisor(MultiService):
     def counts(self) -> dict[str, int]:
         """The accounts by state as :meth:`snapshot` shows them (``queued``,
         ``waiting-for-descriptors``, ``invalid`` and the session states), from
-        :attr:`tally` and the supervisor's own sets: O(sessions being stopped), not
+        :attr:`tally` and the counts by slot state: O(sessions being stopped), not
         O(sessions)."""
         tally = self.tally.counts()
         for departure in self._departures.values():  # still moving the tally, shown nowhere
