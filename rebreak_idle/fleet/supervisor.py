@@ -59,7 +59,7 @@ from .ramp_progress import RampProgress
 __all__ = ["SLOT_ENTRIES", "SLOT_TRANSITIONS", "AccountSlot", "Decode", "Departure", "InvalidRow",
            "SlotState", "Supervisor"]
 
-log = Logger()
+log = Logger(namespace="rebreak_idle.supervisor")  # the namespace operators know
 
 
 def _no(account: Account) -> bool:

@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg2
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
@@ -264,19 +264,26 @@ class PostgresHoldoffTests(TestCase):
         row = add_row(dsn)
         store = AccountStore(dsn, reactor, shutdown_timeout=5)
         self.addCleanup(store.stopService)
-        first = HoldoffStore(store.pool.run_query, store.pool.run_operation, KEY)
+        writes: list[Deferred] = []
+
+        def run_operation(statement: str, params: Any = None) -> Deferred:
+            d = store.pool.run_operation(statement, params)
+            writes.append(d)
+            return d
+
+        first = HoldoffStore(store.pool.run_query, run_operation, KEY)
         self.assertIsNone(await first.get(row))  # creates the table, reads nothing
         until = reactor.seconds() + 3600
         first.save(row, Holdoff(2, until, first.tag(account(secret="pw"))))
         first.save(str(uuid.uuid4()),
                    Holdoff(1, reactor.seconds() - 10, first.tag(account(secret="x"))))
-        await store.pool.run_query("SELECT 1")  # after the writes
-        second = HoldoffStore(store.pool.run_query, store.pool.run_operation, KEY)
+        await gatherResults(writes)  # the writes themselves (the pool has several connections)
+        second = HoldoffStore(store.pool.run_query, run_operation, KEY)
         held = await second.get(row)
         self.assertEqual((held.strikes, held.tag), (2, first.tag(account(secret="pw"))))
         self.assertAlmostEqual(held.until, until, places=3)
         second.clear(row)
-        await store.pool.run_query("SELECT 1")
+        await gatherResults(writes)
         third = HoldoffStore(store.pool.run_query, store.pool.run_operation, KEY)
         self.assertIsNone(await third.get(row))
         fresh = await store.one(row)
@@ -303,12 +310,24 @@ class PostgresHoldoffTests(TestCase):
             queries.append(statement)
             return store.pool.run_query(statement, params)
 
-        replica_a = HoldoffStore(store.pool.run_query, store.pool.run_operation, KEY)
-        replica_b = HoldoffStore(run_query, store.pool.run_operation, KEY)
+        writes: list[Deferred] = []
+
+        def run_operation(statement: str, params: Any = None) -> Deferred:
+            d = store.pool.run_operation(statement, params)
+            writes.append(d)
+            return d
+
+        async def written() -> None:
+            """Wait for the writes themselves: the pool has several connections, so a
+            later query on another one may finish before them."""
+            await gatherResults(writes)
+
+        replica_a = HoldoffStore(store.pool.run_query, run_operation, KEY)
+        replica_b = HoldoffStore(run_query, run_operation, KEY)
         self.assertIsNone(await replica_b.get(other))  # B's start
         until = reactor.seconds() + 3600
         replica_a.save(row, Holdoff(3, until, replica_a.tag(account(secret="pw"))))
-        await store.pool.run_query("SELECT 1")  # after the write
+        await written()
         queries.clear()
         first, second, third = replica_b.get(row), replica_b.get(other), replica_b.get(row)
         held = await first
@@ -319,7 +338,7 @@ class PostgresHoldoffTests(TestCase):
         self.assertEqual(await third, held)
         self.assertLessEqual(len(queries), 2)  # the first alone, the others together
         replica_b.clear(row)  # B's login worked: the row is gone for everyone
-        await store.pool.run_query("SELECT 1")
+        await written()
         self.assertIsNone(await replica_a.get(row))
 
 class OAuthTests(SynchronousTestCase):
