@@ -73,7 +73,7 @@ from .request import (
     snippet,
     timed_out,
 )
-from .states import AccountScan, Phase, PhaseEvent, ScanEvent, ScanState, next_phase
+from .trigger_states import AccountScan, Phase, PhaseEvent, ScanEvent, ScanState, next_phase
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -190,7 +190,7 @@ class ScanTrigger(Service):
 
     @property
     def phase(self) -> Phase:
-        """The trigger's phase (:mod:`rebreak_idle.scan.states`)."""
+        """The trigger's phase (:mod:`rebreak_idle.scan.trigger_states`)."""
         return self._phase
 
     @property

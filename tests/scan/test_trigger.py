@@ -22,8 +22,8 @@ from twisted.web.resource import Resource
 from rebreak_idle import metrics
 from rebreak_idle.config import scan_settings
 from rebreak_idle.scan.backend_health import BackendHealth
-from rebreak_idle.scan.states import Phase
 from rebreak_idle.scan.trigger import SCAN_PATH, ScanTrigger
+from rebreak_idle.scan.trigger_states import Phase
 from rebreak_idle.testing.backend import Answer, BackendDouble, Gate
 from tests.support.scan_harness import SECRET, Harness, LogCapture, account, settings
 

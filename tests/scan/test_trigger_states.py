@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from rebreak_idle.scan.states import (
+from rebreak_idle.scan.trigger_states import (
     PHASE_TRANSITIONS,
     SCAN_TRANSITIONS,
     AccountScan,
