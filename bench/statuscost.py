@@ -72,18 +72,17 @@ def _build(n: int) -> tuple[Any, Any]:
             session._last_heartbeat = now - (k % 300)
             if k % 7 == 0:
                 session._last_exists = (now - (k % 3600), 10 + k % 50)
-            sup.sessions[account.id] = session
+            sup.adopt(session)
     for k in range(done, n):  # queued: made, not started yet
         account = Account(id=f"00000000-0000-4000-8000-{k:012d}", user_id="u",
                           email=f"user{k}@example.org", host=hosts[k % len(hosts)],
                           port=993, security="tls", username=f"user{k}",
                           auth_method="password", secret="x" * 12)
         session = daemon._new_session(account)
-        sup.sessions[account.id] = session
-        sup._queue[account.id] = session
+        sup.adopt(session, queued=True)
     for k in range(_INVALID):
-        sup._invalid[f"bad-{k}"] = InvalidRow(f"bad-{k}", f"bad{k}@example.org",
-                                              "encrypted_secret cannot be decrypted")
+        sup.adopt_invalid(InvalidRow(f"bad-{k}", f"bad{k}@example.org",
+                                     "encrypted_secret cannot be decrypted"))
     sup._ready = True
     LIVE.attach(sup)
     return daemon, reactor

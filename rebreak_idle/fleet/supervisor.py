@@ -18,12 +18,23 @@ more than ``capacity`` run at once (what the process's descriptor limit allows,
 ``waiting-for-descriptors``, said once in the log, and start when sessions end. A failed
 refresh (database unreachable) logs one line and changes nothing. Refreshes never overlap:
 a refresh asked for while one runs is coalesced into one more run after it.
+
+Each account the supervisor knows has one :class:`AccountSlot`: its session or its
+invalid row, in one :class:`SlotState` (the moves in :data:`SLOT_TRANSITIONS`, with the
+event of each, checked on every move). The counts by slot state are kept up to date on
+each move, so that :meth:`Supervisor.counts` reads them in O(1). A session that logs out
+(a :class:`Departure`, at most one per account) is no longer the account's: the account
+may already have a successor waiting for it (state ``SUCCESSOR``) or an invalid row.
+``waiting-for-descriptors`` is not a state of its own: it is the tail of the ramp's
+queue that the descriptor room does not reach, and moves with every other account's
+start and stop (:meth:`Supervisor.waiting_for_descriptors`).
 """
 
 from __future__ import annotations
 
+import enum
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -45,7 +56,8 @@ from ..session.states import State, StateTally
 from ..session.tokens import token_only_change
 from .ramp_progress import RampProgress
 
-__all__ = ["Decode", "InvalidRow", "Supervisor"]
+__all__ = ["SLOT_ENTRIES", "SLOT_TRANSITIONS", "AccountSlot", "Decode", "Departure", "InvalidRow",
+           "SlotState", "Supervisor"]
 
 log = Logger(namespace="rebreak_idle.supervisor")  # the namespace operators know
 
@@ -76,6 +88,86 @@ class InvalidRow:
 #: ``decode(row)``: the row's :class:`Account` (its secret decrypted), or an
 #: :class:`InvalidRow` saying why it cannot be watched.
 Decode = Callable[[Mapping[str, Any]], "Account | InvalidRow"]
+
+
+class SlotState(enum.Enum):
+    """What an account the supervisor knows is doing (``AccountSlot.state``)."""
+
+    QUEUED = "queued"        # its session is made and waits in the ramp's queue
+    SUCCESSOR = "successor"  # its session waits for the previous one's LOGOUT (shown queued)
+    RUNNING = "running"      # its session was started (the session's own states go on)
+    INVALID = "invalid"      # the row cannot be watched: no session
+
+    __hash__ = object.__hash__
+
+
+QUEUED, SUCCESSOR, RUNNING, INVALID = SlotState
+#: the states an account's slot enters with, and the event of each
+SLOT_ENTRIES: dict[SlotState, str] = {
+    QUEUED: "a valid row without a session logging out",
+    SUCCESSOR: "a valid row while its previous session logs out",
+    INVALID: "a row that cannot be watched",
+}
+#: state → the states it may move to, with the event of each move. Any slot may also be
+#: dropped: its row is gone, changed or now invalid (a RUNNING session then departs).
+SLOT_TRANSITIONS: dict[SlotState, frozenset[SlotState]] = {
+    QUEUED: frozenset({
+        RUNNING,    # the ramp starts it (room under the descriptor limit)
+    }),
+    SUCCESSOR: frozenset({
+        QUEUED,     # the previous session's stop fired
+    }),
+    RUNNING: frozenset(),  # it only departs: row gone, changed or invalid; stop
+    INVALID: frozenset({
+        INVALID,    # the row is still invalid, maybe for another reason
+    }),
+}
+
+
+class AccountSlot:
+    """One account the supervisor knows: its state and its session (None when INVALID)
+    or its invalid row (None otherwise)."""
+
+    __slots__ = ("invalid", "session", "state")
+
+    def __init__(self, state: SlotState, session: IService | None = None,
+                 invalid: InvalidRow | None = None) -> None:
+        self.state = state
+        self.session = session
+        self.invalid = invalid
+
+
+class Departure:
+    """A session logging out (no longer its account's): ``done`` fires once it stopped."""
+
+    __slots__ = ("done", "session")
+
+    def __init__(self, session: IService, done: Deferred) -> None:
+        self.session = session
+        self.done = done
+
+
+class _Sessions(Mapping[str, IService]):
+    """``Supervisor.sessions``: account id → its session (queued, waiting for its
+    predecessor or started), a read-only view of the slots; its length in O(1)."""
+
+    __slots__ = ("_sup",)
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._sup = supervisor
+
+    def __getitem__(self, account_id: str) -> IService:
+        slot = self._sup._slots[account_id]
+        if slot.session is None:
+            raise KeyError(account_id)
+        return slot.session
+
+    def __len__(self) -> int:
+        return self._sup._session_count()
+
+    def __iter__(self) -> Iterator[str]:
+        return (account_id for account_id, slot in list(self._sup._slots.items())
+                if slot.session is not None)
 
 
 class Supervisor(MultiService):
@@ -111,18 +203,20 @@ class Supervisor(MultiService):
         self.clock = clock
         self.account_filter = account_filter
         self._secrets = maskable(settings.secret_values)
-        self.sessions: dict[str, IService] = {}
-        self._invalid: dict[str, InvalidRow] = {}
-        self._queue: OrderedDict[str, IService] = OrderedDict()
+        #: one slot per account known (a session or an invalid row), and the counts by
+        #: slot state, kept up to date by _add, _move and _drop
+        self._slots: dict[str, AccountSlot] = {}
+        self._count: dict[SlotState, int] = dict.fromkeys(SlotState, 0)
+        #: the ramp's order: the QUEUED slots, oldest first (kept by _add, _move, _drop)
+        self._queue: OrderedDict[str, AccountSlot] = OrderedDict()
+        #: account id → its previous session logging out (shown nowhere). One per
+        #: account: a successor starts only after its predecessor's stop has fired.
+        self._departures: dict[str, Departure] = {}
+        #: account id → its session (a read-only view of the slots)
+        self.sessions: Mapping[str, IService] = _Sessions(self)
         self._ramp: Any = None
         self._progress = RampProgress(clock, lambda: len(self._queue))
-        #: account id -> the stop (LOGOUT) of its session, still running. One per account:
-        #: a replacement session starts only after its predecessor's stop has fired.
-        self._leaving: dict[str, Deferred] = {}
-        self._stopping: dict[str, IService] = {}  # those sessions (shown nowhere)
         self._version = 0  # see version
-        #: accounts whose new session waits for that stop (not started, not in the ramp)
-        self._successors: set[str] = set()
         self._refresh = Coalesced(lambda: Deferred.fromCoroutine(self._refresh_once()),
                                   self._refresh_crashed)
         self._debounce: Any = None
@@ -153,7 +247,7 @@ class Supervisor(MultiService):
         ``last_error`` saying why)."""
         waiting = self._waiting_for_descriptors()
         return [self.snapshot_of(entry, waiting) for entry in
-                (*self.sessions.values(), *self._invalid.values())]
+                (*self.sessions.values(), *self.invalid_rows())]
 
     def snapshot_of(self, entry: IService | InvalidRow,
                     waiting: set[str] | None = None) -> dict:
@@ -180,11 +274,36 @@ class Supervisor(MultiService):
         return self._version
 
     def invalid_rows(self) -> list[InvalidRow]:
-        return list(self._invalid.values())
+        return [slot.invalid for slot in list(self._slots.values())
+                if slot.invalid is not None]
 
     def stopping(self) -> list[IService]:
         """Sessions being stopped (logging out): no longer in :attr:`sessions`."""
-        return list(self._stopping.values())
+        return [departure.session for departure in self._departures.values()]
+
+    def slot(self, account_id: str) -> AccountSlot | None:
+        """The account's slot (None when the supervisor does not know it)."""
+        return self._slots.get(account_id)
+
+    def adopt(self, session: IService, *, queued: bool = False) -> None:
+        """Take a session made elsewhere as its account's (tests, benchmarks): QUEUED
+        (waits for the ramp's next step) or, by default, RUNNING as it is."""
+        account_id = session.account.id  # type: ignore[attr-defined]
+        self._add(account_id, AccountSlot(QUEUED, session))
+        if not queued:
+            self._move(account_id, self._slots[account_id], RUNNING)
+        self._version += 1
+
+    def adopt_invalid(self, row: InvalidRow) -> None:
+        """Take an invalid row as if a refresh had read it (tests, benchmarks)."""
+        self._add(row.id, AccountSlot(INVALID, invalid=row))
+        self._version += 1
+
+    def stop_session(self, account_id: str) -> None:
+        """Stop the account's session now (its row is not read again until the next
+        refresh, which starts a new one if the row is still active)."""
+        self._stop_session(account_id)
+        self._update_gauge()
 
     def is_queued(self, account_id: str) -> bool:
         """Waiting for the start-up ramp, or for its predecessor's LOGOUT."""
@@ -193,20 +312,20 @@ class Supervisor(MultiService):
     def counts(self) -> dict[str, int]:
         """The accounts by state as :meth:`snapshot` shows them (``queued``,
         ``waiting-for-descriptors``, ``invalid`` and the session states), from
-        :attr:`tally` and the supervisor's own sets: O(sessions being stopped), not
+        :attr:`tally` and the counts by slot state: O(sessions being stopped), not
         O(sessions)."""
         tally = self.tally.counts()
-        for session in self._stopping.values():  # still moving the tally, shown nowhere
-            state = getattr(session, "state", State.STOPPED)
+        for departure in self._departures.values():  # still moving the tally, shown nowhere
+            state = getattr(departure.session, "state", State.STOPPED)
             if state is not State.STOPPED:
                 tally[state] -= 1
-        queued = len(self._queue) + len(self._successors)
+        queued = self._count[QUEUED] + self._count[SUCCESSOR]
         waiting = self._waiting_count()
         out = {str(state): n for state, n in tally.items() if n}
-        stopped = len(self.sessions) - queued - sum(tally.values())
+        stopped = self._session_count() - queued - sum(tally.values())
         for name, n in (("stopped", stopped), ("queued", queued - waiting),
                         (WAITING_FOR_DESCRIPTORS, waiting),
-                        ("invalid", len(self._invalid))):
+                        ("invalid", self._count[INVALID])):
             if n:
                 out[name] = n
         return out
@@ -245,7 +364,6 @@ class Supervisor(MultiService):
         if self._ramp is not None and self._ramp.active():
             self._ramp.cancel()
         self._ramp = None
-        self._queue.clear()
         self._progress.stop()
         started, count = self.clock.seconds(), len(self.sessions)
         for account_id in list(self.sessions):
@@ -254,7 +372,7 @@ class Supervisor(MultiService):
             else self.stop_timeout
         if not await self._all_stopped(timeout):
             log.warn("[idle/db] {n} sessions did not stop within {timeout:g}s",
-                     n=len(self._leaving), timeout=timeout)
+                     n=len(self._departures), timeout=timeout)
         else:
             log.info("[idle/db] {n} sessions stopped in {seconds:.1f}s", n=count,
                      seconds=self.clock.seconds() - started)
@@ -267,7 +385,7 @@ class Supervisor(MultiService):
         deadline is on a Deferred of its own that the sessions' stops feed: a timeout must
         not cancel them (a DeferredList would)."""
         gone: Deferred = Deferred()
-        defer.DeferredList(list(self._leaving.values())).chainDeferred(gone)
+        defer.DeferredList([d.done for d in self._departures.values()]).chainDeferred(gone)
         gone.addCallback(lambda _: True)
         return gone.addTimeout(timeout, self.clock, onTimeoutCancel=lambda _r, _t: False)
 
@@ -323,7 +441,8 @@ class Supervisor(MultiService):
             decoded = self.decode(row)
             if isinstance(decoded, InvalidRow):
                 invalid[account_id] = decoded
-                known = self._invalid.get(account_id)
+                slot = self._slots.get(account_id)
+                known = slot.invalid if slot is not None else None
                 stored = row.get("last_connect_error")
                 if decoded.reason not in (known.reason if known else None, stored):
                     self.store.record_error(account_id, decoded.reason)
@@ -331,9 +450,14 @@ class Supervisor(MultiService):
                              error=decoded.reason, account_id=account_id)
                 continue
             wanted[account_id] = decoded
-        self._invalid = invalid
 
-        for account_id, session in list(self.sessions.items()):
+        for account_id, slot in list(self._slots.items()):
+            if slot.state is INVALID:
+                if account_id not in invalid:
+                    self._drop(account_id)  # valid again, or gone
+                continue
+            session = slot.session
+            assert session is not None
             account = wanted.get(account_id)
             if account is None:
                 self._stop_session(account_id)
@@ -344,34 +468,72 @@ class Supervisor(MultiService):
                 log.info("{label} settings changed; restarting the session",
                          label=account.label, account_id=account_id)
                 self._stop_session(account_id)
+        for account_id, row in invalid.items():
+            slot = self._slots.get(account_id)
+            if slot is None:
+                self._add(account_id, AccountSlot(INVALID, invalid=row))
+            else:
+                self._move(account_id, slot, INVALID)
+                slot.invalid = row
         for account_id, account in wanted.items():
-            if account_id not in self.sessions:
+            if account_id not in self._slots:
                 session = self.session_factory(account)
-                self.sessions[account_id] = session
-                leaving = self._leaving.get(account_id)
-                if leaving is None:
-                    self._queue[account_id] = session
+                departure = self._departures.get(account_id)
+                if departure is None:
+                    self._add(account_id, AccountSlot(QUEUED, session))
                 else:  # one connection per mailbox: start after the old one's LOGOUT
-                    self._successors.add(account_id)
-                    leaving.addBoth(self._predecessor_gone, account_id, session)
+                    self._add(account_id, AccountSlot(SUCCESSOR, session))
+                    departure.done.addBoth(self._predecessor_gone, account_id, session)
         self._version += 1
         self._ramp_step()
         self._update_gauge()
 
+    # -- the slots' moves (the only places that change _slots, _count and _queue) -------
+
+    def _add(self, account_id: str, slot: AccountSlot) -> None:
+        if account_id in self._slots or slot.state not in SLOT_ENTRIES:
+            raise RuntimeError(f"account {account_id} cannot enter as {slot.state.value}")
+        self._slots[account_id] = slot
+        self._count[slot.state] += 1
+        if slot.state is QUEUED:
+            self._queue[account_id] = slot
+
+    def _move(self, account_id: str, slot: AccountSlot, to: SlotState) -> None:
+        if to not in SLOT_TRANSITIONS[slot.state]:
+            raise RuntimeError(f"account {account_id}: {slot.state.value} cannot move to "
+                               f"{to.value}")
+        if slot.state is QUEUED:
+            self._queue.pop(account_id, None)
+        self._count[slot.state] -= 1
+        slot.state = to
+        self._count[to] += 1
+        if to is QUEUED:
+            self._queue[account_id] = slot
+
+    def _drop(self, account_id: str) -> AccountSlot:
+        slot = self._slots.pop(account_id)
+        self._count[slot.state] -= 1
+        if slot.state is QUEUED:
+            self._queue.pop(account_id, None)
+        return slot
+
+    def _session_count(self) -> int:
+        count = self._count
+        return count[QUEUED] + count[SUCCESSOR] + count[RUNNING]
+
     def _stop_session(self, account_id: str) -> None:
-        session = self.sessions.pop(account_id)
+        slot = self._drop(account_id)
+        session = slot.session
+        assert session is not None
         self._version += 1
-        self._successors.discard(account_id)
-        if self._queue.pop(account_id, None) is not None or not session.running:
+        if slot.state is not RUNNING or not session.running:
             self._removed(account_id)
             return
         d = defer.maybeDeferred(session.stopService)
-        self._leaving[account_id] = d
-        self._stopping[account_id] = session
+        self._departures[account_id] = Departure(session, d)
 
         def gone(result: Any) -> None:
-            del self._leaving[account_id]
-            self._stopping.pop(account_id, None)
+            del self._departures[account_id]
             self._removed(account_id)
             self._ramp_step()  # its descriptor is free: a waiting account may start
             self._update_gauge()
@@ -384,7 +546,7 @@ class Supervisor(MultiService):
         """Call ``on_session_removed`` when no session of the account is left (none
         running, stopping or replacing it)."""
         if (self.on_session_removed is not None and account_id not in self.sessions
-                and account_id not in self._leaving):
+                and account_id not in self._departures):
             try:
                 self.on_session_removed(account_id)
             except Exception:
@@ -394,10 +556,9 @@ class Supervisor(MultiService):
     def _predecessor_gone(self, result: Any, account_id: str, session: IService) -> Any:
         """The previous session of this account has stopped: queue its successor, unless
         that one was dropped meanwhile or the supervisor is stopping."""
-        if self.sessions.get(account_id) is session:
-            self._successors.discard(account_id)
-            if self.running:
-                self._queue[account_id] = session
+        slot = self._slots.get(account_id)
+        if slot is not None and slot.session is session and self.running:
+            self._move(account_id, slot, QUEUED)
             self._ramp_step()
             self._update_gauge()
         return result
@@ -415,7 +576,10 @@ class Supervisor(MultiService):
         batch = max(1, int(rate * RAMP_TICK))
         for _ in range(min(batch, len(self._queue), len(self._queue) if room is None
                            else room)):
-            account_id, session = self._queue.popitem(last=False)
+            account_id, slot = next(iter(self._queue.items()))
+            self._move(account_id, slot, RUNNING)
+            session = slot.session
+            assert session is not None
             try:
                 session.startService()
             except Exception:
@@ -432,15 +596,15 @@ class Supervisor(MultiService):
 
     def _is_queued(self, account_id: str) -> bool:
         """Waiting for the start-up ramp, or for its predecessor's LOGOUT."""
-        return account_id in self._queue or account_id in self._successors
+        slot = self._slots.get(account_id)
+        return slot is not None and (slot.state is QUEUED or slot.state is SUCCESSOR)
 
     def _room(self) -> int | None:
         """Sessions that may still start under ``capacity`` (None: no limit): running and
         logging-out sessions each hold a descriptor."""
         if self.capacity is None:
             return None
-        started = len(self.sessions) - len(self._queue) - len(self._successors)
-        return max(0, self.capacity - started - len(self._leaving))
+        return max(0, self.capacity - self._count[RUNNING] - len(self._departures))
 
     def _waiting_for_descriptors(self) -> set[str]:
         """The queued accounts that the descriptor limit holds back (the queue's tail)."""
@@ -469,5 +633,5 @@ class Supervisor(MultiService):
         self._over_capacity = waiting
         metrics.SESSIONS.labels(state=WAITING_FOR_DESCRIPTORS).set(waiting)
         metrics.SESSIONS.labels(state="queued").set(
-            len(self._queue) - waiting + len(self._successors))
-        metrics.SESSIONS.labels(state="invalid").set(len(self._invalid))
+            self._count[QUEUED] - waiting + self._count[SUCCESSOR])
+        metrics.SESSIONS.labels(state="invalid").set(self._count[INVALID])

@@ -1,6 +1,8 @@
 """STARTTLS and login (AUTH PLAIN, LOGIN, XOAUTH2) of ``IdleClient``: a mixin of the
-client. Credentials are only sent over TLS or to a loopback address (unless
-``allow_plaintext_auth``), and never appear in an error text or a log event."""
+client (``startTLS`` and ``login`` are the protocol's public methods the session calls;
+they swap the transport to TLS and change the connection state). Credentials are only
+sent over TLS or to a loopback address (unless ``allow_plaintext_auth``), and never
+appear in an error text or a log event."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from twisted.internet.interfaces import INegotiated, ISSLTransport, ITLSTranspor
 from twisted.python.failure import Failure
 
 from ..accounts.addresses import is_loopback
+from .capabilities import CapabilityCache
 from .commands import Command
 from .errors import (
     AuthenticationFailed,
@@ -21,7 +24,7 @@ from .errors import (
     InsecureConnection,
     ProtocolError,
 )
-from .parser import TEXT_LIMIT, Capabilities, astring, capability_words, join_pieces, text
+from .parser import TEXT_LIMIT, astring, capability_words, join_pieces, text
 
 __all__ = ["Authentication"]
 
@@ -34,8 +37,7 @@ class Authentication:
 
     # provided by the client
     transport: Any
-    capabilities: Capabilities
-    _caps_known: bool
+    _caps: CapabilityCache
     _buffer: bytes
     _close_error: IMAPError | None
     has_starttls: bool
@@ -88,8 +90,7 @@ class Authentication:
                 raise self._close_error or ProtocolError("data after STARTTLS response")
             self.transport.startTLS(contextFactory)
             self.startedTLS = True
-            self.capabilities = {}
-            self._caps_known = False
+            self._caps.forget()
 
         d = self._command(b"STARTTLS", on_ok=ok)
         d.addCallback(lambda _: self._refresh_caps())
@@ -146,7 +147,7 @@ class Authentication:
     def _after_login(self, code: bytes | None, data: bytes) -> None:
         self._authenticated()
         if capability_words(code) is None:
-            self._caps_known = False
+            self._caps.stale()
 
     def _login_done(self, d: defer.Deferred) -> defer.Deferred:
         d.addCallback(lambda _: self.getCapabilities())

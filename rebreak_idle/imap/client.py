@@ -7,12 +7,18 @@ so it never reports ``* 5 EXISTS`` during IDLE. ``IdleClient`` replaces its line
 every untagged EXISTS / EXPUNGE / BYE reaches the owner's callbacks the moment the line
 arrives, during IDLE, during any command and between commands.
 
-Its parts, mixins of the one object per connection: :mod:`.reader` (the bounded
-line/literal reader), :mod:`.parser` (pure functions over the server's bytes, no state),
-:mod:`.commands` (the command queue and its one deadline timer), :mod:`.capabilities`,
-:mod:`.auth` (STARTTLS and login), :mod:`.idle` (the IDLE exchange, a state machine) and
-:mod:`.inherited` (the ``IMAP4Client`` methods it does not support, each failing with a
-clear error). This module reads the responses and holds the connection state.
+Its parts: :mod:`.parser` (pure functions over the server's bytes, no state) and
+:mod:`.capabilities` (a composed object, ``_caps``) are objects of their own; the mixins
+of the one object per connection are :mod:`.reader` (the bounded line/literal reader: it
+*is* the protocol's ``dataReceived``), :mod:`.commands` (the command queue and its one
+deadline timer), :mod:`.auth` (STARTTLS and login), :mod:`.idle` (the IDLE exchange, a
+state machine), :mod:`.listing` (LIST and STATUS) and :mod:`.inherited` (the
+``IMAP4Client`` methods it does not support, each failing with a clear error). They stay
+mixins because they are the protocol's own methods and share its per-line state (the
+running command, the queue, the IDLE state), read on every line of 10,000 connections:
+as objects they would add an object and an attribute hop per line and a back-reference
+per connection, for an interface as wide as the client's. This module reads the
+responses and holds the connection state.
 
 * a greeting that is not OK/PREAUTH/BYE, an unknown tag, an unexpected continuation,
   an unparseable response or data after BYE close the connection (:class:`ProtocolError`);
@@ -27,7 +33,6 @@ Secrets (passwords, tokens) are never part of an exception text or a log event.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from typing import Any
 
@@ -39,8 +44,18 @@ from twisted.python.failure import Failure
 
 from ..failures import describe
 from .auth import Authentication
-from .capabilities import CapabilityCache
+from .capabilities import CapabilityCache, announced
 from .commands import Command, CommandQueue, ignore
+from .connection_state import (
+    AUTH,
+    BYE,
+    CLOSED,
+    CONNECTION_TRANSITIONS,
+    GREETING,
+    SELECTED,
+    UNAUTH,
+    ConnectionState,
+)
 from .errors import (
     AuthenticationFailed,
     CommandFailed,
@@ -78,29 +93,8 @@ _CONDITIONS = (b"OK", b"NO", b"BAD", b"PREAUTH")
 _SELECT_NUMBERS = (b"UIDVALIDITY", b"UIDNEXT", b"UNSEEN")
 
 
-class ConnectionState(enum.StrEnum):
-    """The connection's IMAP state (RFC 3501 §3), ``IdleClient.state``."""
-
-    GREETING = "greeting"  # connected, the greeting not yet received
-    UNAUTH = "unauth"
-    AUTH = "auth"
-    SELECTED = "selected"
-    CLOSED = "closed"      # closing or closed: nothing more is sent or read
-
-
-GREETING, UNAUTH, AUTH, SELECTED, CLOSED = ConnectionState  # fast to read (see idle.py)
-#: state → the states it may move to (a server may accept a login or SELECT again)
-CONNECTION_TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
-    GREETING: frozenset({UNAUTH, AUTH, CLOSED}),
-    UNAUTH: frozenset({AUTH, SELECTED, CLOSED}),
-    AUTH: frozenset({AUTH, SELECTED, CLOSED}),
-    SELECTED: frozenset({AUTH, SELECTED, CLOSED}),
-    CLOSED: frozenset(),
-}
-
-
-class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
-                 BoundedReader, Listing, Unsupported, imap4.IMAP4Client):
+class IdleClient(IdleExchange, Authentication, CommandQueue, BoundedReader, Listing,
+                 Unsupported, imap4.IMAP4Client):
     """IMAP4 client for long-lived IDLE sessions (see the module docstring).
 
     The owner sets the ``on_*`` callbacks (plain attributes, no-ops by default), waits
@@ -133,7 +127,6 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
     on_bye = on_idle_ended = on_connection_lost = staticmethod(ignore)
     state = GREETING
     _greeting_timer: IDelayedCall | None = None
-    _bye_text: str | None = None
     _tag = _parts = _lastCmd = None
 
     def __init__(self, *, clock: IReactorTime, command_timeout: float = 60.0,
@@ -156,8 +149,47 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
         if allow_plaintext_auth:
             self.allow_plaintext_auth = True
         self.greeted: defer.Deferred = defer.Deferred()
-        self.capabilities: Capabilities = {}
+        self._caps = CapabilityCache()
         self._queue: list[Command] = []
+
+    # ------------------------------------------------------------------ capabilities
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """The capabilities as last learnt (bytes names, upper case → None or a list of
+        bytes values)."""
+        return self._caps.words
+
+    def getCapabilities(self) -> defer.Deferred:
+        """The capabilities, from the greeting or the last login response when known,
+        else via CAPABILITY."""
+        if self._caps.known:
+            return defer.succeed(self._caps.words)
+        return self._refresh_caps()
+
+    def _refresh_caps(self) -> defer.Deferred:
+        d = self._command(b"CAPABILITY")
+        d.addCallback(lambda _: self._caps.words)
+        return d
+
+    has_idle = announced(b"IDLE")
+    has_starttls = announced(b"STARTTLS")
+    has_auth_plain = announced(b"AUTH", b"PLAIN")
+    has_xoauth2 = announced(b"AUTH", b"XOAUTH2")
+    has_id = announced(b"ID", doc="RFC 2971 ID.")
+    has_sasl_ir = announced(b"SASL-IR")
+    login_disabled = announced(b"LOGINDISABLED")
+
+    @property
+    def closed(self) -> bool:
+        """Closing or closed (state CLOSED): nothing more is sent, what arrives is
+        dropped."""
+        return self.state is CLOSED
+
+    @property
+    def close_error(self) -> IMAPError | None:
+        """Why the client closed the connection itself (None: it did not, or not yet)."""
+        return self._close_error
 
     def _enter(self, to: ConnectionState) -> None:
         if to not in CONNECTION_TRANSITIONS[self.state]:
@@ -174,7 +206,6 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
                                                     self._greeting_expired)
 
     def connectionLost(self, reason: Failure = None) -> None:
-        self.closed = True
         if self.state is not CLOSED:
             self._enter(CLOSED)
         if self._close_error is not None:
@@ -193,8 +224,7 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
         if self._close_error is None:
             self._close_error = error
         self._fail_all(error)
-        if not self.closed:
-            self.closed = True
+        if self.state is not CLOSED:
             self._enter(CLOSED)
             self.clearLineBuffer()
             transport = self.transport
@@ -237,7 +267,7 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
         if self.state is GREETING:
             self._greeting(tag, rest, line)
             return
-        if self._bye_text is not None and not (
+        if self.state is BYE and not (
                 self._logout_running() and tag == self._current.tag):  # type: ignore
             self._protocol_error(f"data after BYE: {excerpt(line)}")
             return
@@ -262,8 +292,9 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
             self._close(ServerBye(text(data)))
             return
         self._enter(AUTH if status == b"PREAUTH" else UNAUTH)
-        self._capabilities_in(split_code(data)[0])
-        if self._caps_known:
+        caps = self._caps
+        caps.take_code(split_code(data)[0])
+        if caps.known:
             self._greeted()
             return
         d = self._send(Command(b"CAPABILITY", [b"CAPABILITY"], self.command_timeout))
@@ -305,11 +336,11 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
             return
         if keyword == b"CAPABILITY":
             if self._learning_capabilities():
-                self._set_caps(data)
+                self._caps.take(data)
         elif keyword in _CONDITIONS:
             code, _ = split_code(data)
             if not (code is not None and self._learning_capabilities()
-                    and self._capabilities_in(code)) and keyword != b"OK":
+                    and self._caps.take_code(code)) and keyword != b"OK":
                 log.debug("IMAP server says {status}: {text}", status=keyword.decode(),
                           text=text(data))
         if cmd is not None and cmd.on_untagged is not None and cmd.on_untagged(keyword, rest):
@@ -325,11 +356,8 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
 
     def _bye(self, data: bytes) -> None:
         message = text(data)
-        if self._bye_text is not None:
-            self._protocol_error(f"data after BYE: * BYE {message}")
-            return
-        self._bye_text = message
         if self._logout_running():
+            self._enter(BYE)  # a second BYE is "data after BYE" (_dispatch)
             return
         self._notify(self.on_bye, message)
         self._close(ServerBye(message))
@@ -362,7 +390,7 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
         self._current = None
         code, _ = split_code(data)
         if code is not None:
-            self._capabilities_in(code)
+            self._caps.take_code(code)
         if cmd.name == b"IDLE":
             self._idle_answered(cmd, status, code, data)
         elif status == b"OK":
@@ -374,7 +402,7 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
                 cmd.deferred.callback(result)
         else:
             cmd.deferred.errback(Failure(self._command_failed(cmd, status, code, data)))
-        if not self.closed:
+        if self.state is not CLOSED:
             self._send_next()
             if self._current is None and self._deadline_cmd is None:
                 self._disarm()
@@ -493,7 +521,6 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
         return self._send(cmd)
 
     def _logged_out(self, result: Any) -> None:
-        if not self.closed and self.transport is not None:
-            self.closed = True
+        if self.state is not CLOSED and self.transport is not None:
             self._enter(CLOSED)
             self.transport.loseConnection()

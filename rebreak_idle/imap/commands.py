@@ -51,7 +51,10 @@ class Command:
 
 
 class CommandQueue:
-    """The command queue and its deadline: a mixin of the client."""
+    """The command queue and its deadline: a mixin of the client. It stays one: the
+    running command and the queue are read on every server line (the tagged answer, the
+    IDLE exchange, a STATUS written ahead), and the deadline closes the connection; as an
+    object it would need the client's transport, tag counter, clock and close back."""
 
     command_timeout = 60.0
     noop_timeout = 30.0

@@ -15,6 +15,9 @@ command waits behind an IDLE whose ``+`` has not arrived yet (``logout`` during
 
 A mixin of the client: no object of its own per connection; the waiters are the
 ``idle()`` caller's (for the next ``+``) and the ``done()`` caller's (for the IDLE's answer).
+It stays a mixin because the exchange is the heartbeat's hot path (a state check on every
+IDLE, DONE and ``+`` of 10,000 sessions) and writes into the command queue itself
+(DONE, NOOP and the next IDLE pipelined in one write).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """LIST (RFC 3501 §6.3.8, RFC 6154 SPECIAL-USE) and STATUS commands of other mailboxes, as
 a mixin of :class:`~rebreak_idle.imap.IdleClient`, and mailbox names: modified UTF-7
-(RFC 3501 §5.1.3) for display and for names typed by an operator, quoting for the wire.
+(RFC 3501 §5.1.3, Twisted's ``imap4-utf-7`` codec with this module's refusals on top)
+for display and for names typed by an operator, quoting for the wire.
 
 Names are kept as the server listed them (the raw bytes, modified UTF-7) and sent back
 so; only :func:`decode_mutf7` turns them into text for logs and scan triggers.
@@ -12,12 +13,12 @@ the lines' parsing time (and the connection's input budget), not memory.
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import twisted.mail.imap4  # noqa: F401  (registers the imap4-utf-7 codec)
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
@@ -30,6 +31,10 @@ __all__ = ["ListEntry", "Listing", "decode_mutf7", "encode_mutf7", "parse_list",
 
 _B64_RUN = re.compile(rb"&([A-Za-z0-9+,]*)-")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_C0 = re.compile("[\x00-\x1f\x7f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: Twisted's modified UTF-7 (RFC 3501 §5.1.3), registered when twisted.mail.imap4 loads
+_CODEC = "imap4-utf-7"
 #: the longest mailbox name kept (RFC 3501 sets none; servers use a few hundred bytes)
 MAX_NAME = 1000
 #: the longest LIST line parsed (a name of MAX_NAME bytes, quoted, and its attributes)
@@ -64,50 +69,42 @@ class ListEntry:
         return _CONTROL.search(self.name) is not None
 
 
+def _decode_run(run: bytes) -> str:
+    """One ``&...-`` run through Twisted's codec; as sent when the codec refuses it (an
+    odd number of bytes, non-zero padding bits) or it decodes to a lone surrogate (half
+    of a pair: no UTF-8 text, no database column takes it)."""
+    try:
+        decoded = run.decode(_CODEC)
+    except UnicodeDecodeError:
+        return run.decode("ascii")
+    if _SURROGATE.search(decoded) is not None:
+        return run.decode("ascii")
+    return decoded
+
+
 def decode_mutf7(raw: bytes) -> str:
     """Modified UTF-7 (``&AOQ-`` for ä, ``&-`` for &) → text; a malformed run is shown as
-    it was (never raises)."""
-
-    def run(match: re.Match[bytes]) -> str:
-        body = match.group(1)
-        if not body:
-            return "&"
-        data = body.replace(b",", b"/")
-        data += b"=" * (-len(data) % 4)
-        try:
-            return base64.b64decode(data, validate=True).decode("utf-16-be")
-        except (ValueError, UnicodeDecodeError):
-            return match.group(0).decode("ascii")
-
+    it was (never raises). Each well-formed run goes through Twisted's ``imap4-utf-7``
+    codec; the rest is ASCII (8-bit bytes shown as U+FFFD, a ``&`` that starts no run as
+    itself: the codec alone would raise on the one and turn the other into ``+``)."""
     out: list[str] = []
     pos = 0
     for match in _B64_RUN.finditer(raw):
         out.append(raw[pos:match.start()].decode("ascii", "replace"))
-        out.append(run(match))
+        out.append(_decode_run(match.group(0)))
         pos = match.end()
     out.append(raw[pos:].decode("ascii", "replace"))
     return "".join(out)
 
 
 def encode_mutf7(name: str) -> bytes:
-    """Text → modified UTF-7 (what a server lists for a name typed by the operator)."""
-    out = bytearray()
-    pending: list[str] = []
-
-    def flush() -> None:
-        if pending:
-            data = base64.b64encode("".join(pending).encode("utf-16-be"))
-            out.extend(b"&" + data.rstrip(b"=").replace(b"/", b",") + b"-")
-            pending.clear()
-
-    for ch in name:
-        if 0x20 <= ord(ch) < 0x7F:
-            flush()
-            out.extend(b"&-" if ch == "&" else ch.encode("ascii"))
-        else:
-            pending.append(ch)
-    flush()
-    return bytes(out)
+    """Text → modified UTF-7 (what a server lists for a name typed by the operator), by
+    Twisted's ``imap4-utf-7`` codec. ValueError for a name with a C0 control character or
+    DEL: the codec writes TAB, CR and LF as they are (CRLF inside a command), and no
+    folder name the daemon watches holds one (the folders setting refuses them)."""
+    if _C0.search(name) is not None:
+        raise ValueError("mailbox name holds a control character")
+    return name.encode(_CODEC)
 
 
 def quote_mailbox(raw: bytes) -> bytes | None:
@@ -145,7 +142,8 @@ def parse_list(data: bytes) -> ListEntry | None:
 
 
 class Listing:
-    """LIST and STATUS commands of the client (a mixin: no state of its own)."""
+    """LIST and STATUS commands of the client (a mixin: no state of its own; it answers
+    STATUS commands written ahead out of the client's queue, read line by line)."""
 
     command_timeout: float
     _command: Callable[..., defer.Deferred]

@@ -17,7 +17,8 @@ or hostile server cannot grow memory.
 
 A mixin of the client (no object of its own per connection): it joins each response
 with its literals into one line and hands it to ``_dispatch``; on anything out of bounds
-it calls ``_protocol_error``. Once ``closed`` is set, whatever arrives is dropped.
+it calls ``_protocol_error``. Once the connection state is CLOSED, whatever arrives is
+dropped.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 
+from .connection_state import CLOSED, GREETING, ConnectionState
 from .errors import InputFlood
 from .parser import excerpt, is_fetch, literal_size
 
@@ -47,7 +49,6 @@ class BoundedReader(LineReceiver):
     input_lines_per_second = 2_000.0
     input_burst_bytes = 32 * 1024 * 1024
     input_bytes_per_second = 1024 * 1024.0
-    closed = False
     #: the budget's buckets and when they were last refilled (None: not yet started)
     _budget_at: float | None = None
     _lines_left = 0.0
@@ -60,6 +61,7 @@ class BoundedReader(LineReceiver):
     _response_size = 0
     _response_cap = 0
 
+    state: ConnectionState = GREETING  # the client's; CLOSED: whatever arrives is dropped
     # provided by the client
     clock: Any
     _dispatch: Callable[[bytes], None]
@@ -67,7 +69,7 @@ class BoundedReader(LineReceiver):
     _close: Callable[[Any], None]
 
     def dataReceived(self, data: bytes) -> None:
-        if self.closed:
+        if self.state is CLOSED:
             return  # closing: whatever else arrives is dropped, never buffered
         self._refill()
         self._bytes_left -= len(data)
@@ -98,7 +100,7 @@ class BoundedReader(LineReceiver):
         self._protocol_error(f"server line longer than {self.MAX_LENGTH} bytes")
 
     def rawDataReceived(self, data: bytes) -> None:
-        if self.closed or self._literal is None:
+        if self.state is CLOSED or self._literal is None:
             return
         take = data[: self._literal_left]
         self._literal += take
@@ -116,7 +118,7 @@ class BoundedReader(LineReceiver):
                 LineReceiver.dataReceived(self, rest)
 
     def lineReceived(self, line: bytes) -> None:
-        if self.closed:
+        if self.state is CLOSED:
             return
         if self._budget_at is None:
             self._refill()

@@ -38,7 +38,6 @@ page see neither it nor any other secret of the settings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from treq.client import HTTPClient
@@ -74,6 +73,7 @@ from .request import (
     snippet,
     timed_out,
 )
+from .trigger_states import AccountScan, Phase, PhaseEvent, ScanEvent, ScanState, next_phase
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -100,17 +100,7 @@ OUTCOMES = ("ok", "client_error", "abandoned")
 log = Logger(namespace="rebreak_idle.scan")
 
 
-@dataclass
-class _AccountState:
-    """An account's scan in flight, its timer, and whether its outcomes are kept
-    (``keep`` is False once the account was discarded)."""
-
-    #: the request in flight (one at a time per account)
-    job: Job | None = None
-    running: Deferred[None] | None = None
-    #: the account waits: for its minimum interval, or after a 4xx of its own
-    waiting: IDelayedCall | None = None
-    keep: bool = True
+OWING, WAITING, SENDING, DISCARDED = ScanState
 
 
 class ScanTrigger(Service):
@@ -154,12 +144,12 @@ class ScanTrigger(Service):
         #: while the backend is not up: the next probe's timer, or the account probed now
         self._probe_timer: IDelayedCall | None = None
         self._probing: str | None = None
-        self._states: dict[str, _AccountState] = {}
+        #: one AccountScan per account that owes a scan or has one in flight
+        self._states: dict[str, AccountScan] = {}
         self._outcomes: dict[str, dict[str, Any]] = {}
         self._quiet = Waiters()
         self._quiet.settle()
-        self._stopping = False
-        self._abandoning = False
+        self._phase = Phase.OPEN
         self._secrets = maskable(settings.secrets)
         #: account id → reactor time its last scan started (for scan_min_interval)
         self._last_start: dict[str, float] = {}
@@ -198,6 +188,15 @@ class ScanTrigger(Service):
             return None
         return acked
 
+    @property
+    def phase(self) -> Phase:
+        """The trigger's phase (:mod:`rebreak_idle.scan.trigger_states`)."""
+        return self._phase
+
+    @property
+    def _stopping(self) -> bool:
+        return self._phase is not Phase.OPEN
+
     def _request(self, job: Job) -> None:
         if self._stopping:
             self._count(job, "abandoned")
@@ -207,19 +206,20 @@ class ScanTrigger(Service):
         account_id = job.account.id
         state = self._states.get(account_id)
         if state is None:
-            state = self._states[account_id] = _AccountState()
+            state = self._states[account_id] = AccountScan()
             self._quiet.unsettle()
-        state.keep = True
+        else:
+            state.move(ScanEvent.REQUEST)  # a discarded account is watched again
         # coalesced without a log event: a flood of EXISTS would make one each
         self._owed.owe(job, self._reactor.seconds())
         self._kick(account_id, state)
 
     # -- when to send -----------------------------------------------------------------------
 
-    def _kick(self, account_id: str, state: _AccountState) -> None:
+    def _kick(self, account_id: str, state: AccountScan) -> None:
         """Send the account's oldest owed scan now if it may go: nothing of the account in
         flight or waiting, the backend up, its minimum interval over (else wait for it)."""
-        if state.job is not None or state.waiting is not None:
+        if state.state is not OWING:
             return
         if not self._owed.owes(account_id):
             self._forget(account_id, state)
@@ -229,7 +229,8 @@ class ScanTrigger(Service):
             return
         wait = self._interval_left(account_id)
         if wait > 0:
-            state.waiting = self._reactor.callLater(wait, self._wait_over, account_id, state)
+            state.move(ScanEvent.WAIT)
+            state.timer = self._reactor.callLater(wait, self._wait_over, account_id, state)
             return
         self._start(account_id, state, probe=False)
 
@@ -239,17 +240,18 @@ class ScanTrigger(Service):
             return 0.0
         return last + self._settings.scan_min_interval - self._reactor.seconds()
 
-    def _wait_over(self, account_id: str, state: _AccountState) -> None:
-        state.waiting = None
+    def _wait_over(self, account_id: str, state: AccountScan) -> None:
+        state.move(ScanEvent.WAIT_OVER)
         if not self._stopping:
             self._kick(account_id, state)
 
-    def _start(self, account_id: str, state: _AccountState, *, probe: bool) -> None:
+    def _start(self, account_id: str, state: AccountScan, *, probe: bool) -> None:
         job = self._owed.take(account_id)
         assert job is not None
         if job.reason != "connected":  # a (re)connect's scan: its own pace (the backoff)
             self._last_start[account_id] = self._reactor.seconds()
-        state.job = job  # before it runs: an answer at once must not start another
+        state.move(ScanEvent.SEND)  # before it runs: an answer at once must not start another
+        state.job = job
         if probe:
             self._probing = account_id
         d = Deferred.fromCoroutine(self._run(job, probe))
@@ -260,21 +262,21 @@ class ScanTrigger(Service):
             account_id=account_id))
         d.addBoth(lambda _: self._finished(account_id, state, job, probe))
 
-    def _finished(self, account_id: str, state: _AccountState, job: Job,
+    def _finished(self, account_id: str, state: AccountScan, job: Job,
                   probe: bool) -> None:
-        if state.job is job:
-            state.job = state.running = None
+        if state.job is job:  # (not after a 4xx of its own: WAITING already)
+            state.move(ScanEvent.FINISHED)
         if probe and self._probing == account_id:
             self._probing = None
         if self._stopping:
-            if state.waiting is None and state.job is None:
+            if state.state is OWING:
                 self._forget(account_id, state)
             return
         self._kick(account_id, state)
         if probe and not self.health.up:
             self._arm_probe()
 
-    def _forget(self, account_id: str, state: _AccountState) -> None:
+    def _forget(self, account_id: str, state: AccountScan) -> None:
         """``state`` has nothing in flight, waiting or owed any more."""
         if self._states.get(account_id) is state:
             del self._states[account_id]
@@ -295,7 +297,7 @@ class ScanTrigger(Service):
             return
         for account_id in self._owed.waiting_accounts():
             state = self._states.get(account_id)
-            if (state is None or state.job is not None or state.waiting is not None
+            if (state is None or state.state is not OWING
                     or self._interval_left(account_id) > 0):
                 continue
             self._start(account_id, state, probe=True)
@@ -353,7 +355,7 @@ class ScanTrigger(Service):
             self._abandoned(job)
             return
         except Exception:
-            if self._abandoning:
+            if self._phase is Phase.ABANDONING:
                 self._abandoned(job)
                 return
             failure = Failure()
@@ -457,9 +459,10 @@ class ScanTrigger(Service):
             "{delay:g}s", email=job.account.email, account_id=job.account.id, error=text,
             delay=REJECTED_RETRY_DELAY, status=status, reason=job.reason, exists=job.exists)
         state = self._states.get(job.account.id)
-        if state is not None and state.waiting is None:
-            state.waiting = self._reactor.callLater(REJECTED_RETRY_DELAY, self._wait_over,
-                                                    job.account.id, state)
+        if state is not None and state.state is SENDING and state.job is job:
+            state.move(ScanEvent.REJECTED)
+            state.timer = self._reactor.callLater(REJECTED_RETRY_DELAY, self._wait_over,
+                                                  job.account.id, state)
         self._answered()
 
     def _left_up(self, old: BackendState) -> None:
@@ -477,7 +480,7 @@ class ScanTrigger(Service):
         ``abandoned``) is counted and tells the job's waiters; ``client_error`` is
         counted for each rejected attempt."""
         state = self._states.get(job.account.id)
-        if state is None or state.keep:
+        if state is None or state.keeps_outcomes:
             self._outcomes[job.account.id] = {
                 "time": self._reactor.seconds(),
                 "outcome": outcome,
@@ -526,15 +529,16 @@ class ScanTrigger(Service):
             self._count(job, "abandoned")
         state = self._states.get(account_id)
         if state is not None:
-            state.keep = False
+            if state.state is SENDING:
+                state.move(ScanEvent.DISCARD)
             self._stop_waiting(account_id, state)
 
-    def _stop_waiting(self, account_id: str, state: _AccountState) -> None:
+    def _stop_waiting(self, account_id: str, state: AccountScan) -> None:
         """Cancel the account's timer; forget it when nothing of it is in flight."""
-        waiting, state.waiting = state.waiting, None
-        if waiting is not None and waiting.active():
-            waiting.cancel()
-        if state.job is None:
+        timer = state.timer
+        if timer is not None and timer.active():
+            timer.cancel()
+        if state.state is OWING or state.state is WAITING:
             self._forget(account_id, state)
 
     def busy(self) -> bool:
@@ -548,8 +552,7 @@ class ScanTrigger(Service):
     # -- service --------------------------------------------------------------------------
 
     def startService(self) -> None:
-        self._stopping = False
-        self._abandoning = False
+        self._phase = next_phase(self._phase, PhaseEvent.START)
         super().startService()
         SCANS_LIVE.attach(self)
         if not self.health.up:  # stopped while down: the probe comes again
@@ -564,7 +567,7 @@ class ScanTrigger(Service):
         over) scans those mailboxes (reason ``connected``, CONTRACT §5)."""
         super().stopService()
         SCANS_LIVE.detach(self)
-        self._stopping = True
+        self._phase = next_phase(self._phase, PhaseEvent.STOP)
         timer, self._probe_timer = self._probe_timer, None
         if timer is not None and timer.active():
             timer.cancel()
@@ -588,7 +591,7 @@ class ScanTrigger(Service):
     def _abandon(self) -> None:
         """Cancel every scan: each fails at once (a cancelled Deferred always fires), is
         recorded as abandoned, and the last one makes ``when_quiet()`` fire."""
-        self._abandoning = True
+        self._phase = next_phase(self._phase, PhaseEvent.TIMEOUT)
         for state in list(self._states.values()):
             if state.running is not None:
                 state.running.cancel()

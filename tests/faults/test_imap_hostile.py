@@ -24,7 +24,7 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from rebreak_idle.imap import IdleClient, IMAPError, ProtocolError, ServerBye, parser
+from rebreak_idle.imap import IdleClient, IdleState, IMAPError, ProtocolError, ServerBye, parser
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "imap_server_lines.txt"
 GREETING = b"* OK [CAPABILITY IMAP4rev1 IDLE AUTH=PLAIN SASL-IR] ready\r\n"
@@ -210,8 +210,25 @@ class HandWrittenTests(SynchronousTestCase):
         h.finish(self)
 
     def test_response_after_close_is_ignored(self) -> None:
-        h = self.closes(b"A1 OK\r\n", "unknown tag")
-        h.feed(b"* 5 EXISTS\r\n" * 10)  # after the close: dropped, nothing raised
+        """What arrives after the client closed (in the same read as the line that
+        closed it, and later) reaches no callback, is not buffered, is not answered and
+        does not replace the reason of the close."""
+        h = Harness()
+        exists: list[int] = []
+        h.client.on_exists = exists.append
+        h.feed(GREETING)
+        h.feed(b"* 1 EXISTS\r\n")
+        written = h.transport.value()
+        h.feed(b"A1 OK\r\n" + b"* 5 EXISTS\r\n" * 10 + b"* 6 EXIS")
+        h.feed(b"TS\r\n* BYE late\r\n" + b"x" * 10 * MAX_LINE)
+        self.assertEqual(exists, [1])
+        self.assertTrue(h.client.closed)
+        self.assertTrue(h.transport.disconnecting)
+        self.assertIsInstance(h.client.close_error, ProtocolError)
+        self.assertIn("unknown tag", h.client.close_error.text)
+        self.assertEqual(h.client._buffer, b"")
+        self.assertEqual(h.transport.value(), written)
+        h.finish(self)
 
 
 def _piece() -> st.SearchStrategy[bytes]:
@@ -238,10 +255,36 @@ ACTIONS = st.sampled_from(["noop", "idle", "done", "select", "login", "logout", 
                            "xoauth2"])
 
 
+def check_outcome(test: SynchronousTestCase, h: Harness) -> None:
+    """After hostile input the client has either closed cleanly (the transport closing,
+    the reason recorded as an IMAPError unless LOGOUT ended it) or stays usable: the
+    transport open and a NOOP accepted (sent or queued), or refused with a clear
+    IMAPError only because an IDLE is in progress."""
+    c = h.client
+    if c.closed:
+        test.assertTrue(h.transport.disconnecting, "closed without closing the transport")
+        if c.close_error is not None:
+            test.assertIsInstance(c.close_error, IMAPError)
+        return
+    test.assertFalse(h.transport.disconnecting, "transport closing, client not closed")
+    test.assertIsNone(c.close_error)
+    d = c.noop()
+    h.deferreds.append(d)
+    outcome: list[Any] = []
+    d.addBoth(outcome.append)
+    if outcome:
+        test.assertIsInstance(outcome[0], Failure, "NOOP answered without the server")
+        test.assertIsInstance(outcome[0].value, IMAPError)
+        test.assertIsNot(c.idle_state, IdleState.OFF, outcome[0].value)
+        outcome.clear()
+    h.track(d)
+
+
 def run_script(test: SynchronousTestCase, script: list[bytes | str], split: int,
                advance: bool = True) -> None:
     """Run a script of server data (bytes) and client actions (str, see Harness.act),
-    then check the bounds, pass every deadline and lose the connection."""
+    then check the bounds and the outcome (closed cleanly or usable), pass every
+    deadline and lose the connection."""
     h = Harness()
     with CriticalLogs() as logs:
         for item in script:
@@ -251,8 +294,13 @@ def run_script(test: SynchronousTestCase, script: list[bytes | str], split: int,
             else:
                 h.feed(item, split)
             h.check_bounded(test)
+        check_outcome(test, h)
+        h.check_bounded(test)
         if advance:
             h.clock.advance(120)  # every deadline has passed: all must have fired
+            # every exchange but a running IDLE has a deadline, and a NOOP was sent
+            test.assertTrue(h.client.closed or h.client.idling,
+                            "a deadline passed and the client neither closed nor idles")
         h.finish(test)
     test.assertEqual(logs.events, [], "an exception escaped into the log")
 

@@ -23,7 +23,7 @@ from rebreak_idle.accounts.account import Account
 from rebreak_idle.accounts.secrets import encrypt_secret
 from rebreak_idle.config import Settings, StatusSettings, supervisor_settings
 from rebreak_idle.db.store import AccountStore
-from rebreak_idle.fleet.supervisor import Supervisor
+from rebreak_idle.fleet.supervisor import SLOT_ENTRIES, SLOT_TRANSITIONS, SlotState, Supervisor
 from rebreak_idle.interfaces import IAccountSource
 from rebreak_idle.session.states import State
 from rebreak_idle.status.server import make_status_resource
@@ -683,3 +683,68 @@ class DescriptorCapacityTests(SynchronousTestCase):
         sup.startService()
         self.clock.advance(1)
         self.assertEqual(self.states(sup), ["running"] * 10)
+
+
+class SlotStateTests(SynchronousTestCase):
+    """One slot per account, in one SlotState; the moves follow SLOT_TRANSITIONS and the
+    counts follow the moves."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.events: list = []
+        self.logging_out: Deferred = Deferred()
+        self.store = MemoryStore([row(0), row(1, encrypted_secret="garbage")])
+        stops = iter([self.logging_out])
+
+        def make(account: Account) -> TestSession:
+            return TestSession(account, self.events, next(stops, None))
+
+        self.sup = Supervisor(self.store, make, DECODE, settings(refresh_interval=300),
+                              self.clock)
+
+    def states(self) -> dict[str, str]:
+        out = {}
+        for n in range(2):
+            slot = self.sup.slot(row(n)["id"])
+            out[str(n)] = slot.state.value if slot is not None else "-"
+        return out
+
+    def test_table_names_every_state(self) -> None:
+        self.assertEqual(set(SLOT_TRANSITIONS), set(SlotState))
+        for targets in SLOT_TRANSITIONS.values():
+            self.assertLessEqual(targets, set(SlotState))
+        self.assertEqual(set(SLOT_ENTRIES), {SlotState.QUEUED, SlotState.SUCCESSOR,
+                                             SlotState.INVALID})
+
+    def test_moves_of_a_replaced_account_and_an_invalid_row(self) -> None:
+        seen = [self.states()]
+        self.sup.startService()
+        seen.append(self.states())
+        # (a TestSession moves no session tally: a started one counts as "stopped")
+        self.assertEqual(self.sup.counts(), {"stopped": 1, "invalid": 1})
+        # row 0's secret changes while its session logs out; row 1 becomes valid
+        self.store.rows = [row(0, password="new"), row(1)]
+        self.clock.advance(300)
+        seen.append(self.states())
+        self.assertEqual(self.sup.counts(), {"stopped": 1, "queued": 1})
+        self.assertEqual(len(self.sup.stopping()), 1)
+        self.logging_out.callback(None)  # the old session's LOGOUT is done
+        seen.append(self.states())
+        self.store.rows = [row(1, encrypted_secret="garbage")]
+        self.clock.advance(300)
+        seen.append(self.states())
+        self.assertEqual(seen, [{"0": "-", "1": "-"}, {"0": "running", "1": "invalid"},
+                                {"0": "successor", "1": "running"},
+                                {"0": "running", "1": "running"},
+                                {"0": "-", "1": "invalid"}])
+        self.assertEqual(self.sup.counts(), {"invalid": 1})
+        self.assertEqual(len(self.sup.sessions), 0)
+        self.assertEqual([r.id for r in self.sup.invalid_rows()], [row(1)["id"]])
+
+    def test_forbidden_move_raises(self) -> None:
+        self.sup.startService()
+        slot = self.sup.slot(row(0)["id"])
+        with self.assertRaises(RuntimeError):
+            self.sup._move(row(0)["id"], slot, SlotState.QUEUED)  # started: only departs
+        self.assertIs(slot.state, SlotState.RUNNING)
+        self.assertEqual(self.sup.counts(), {"stopped": 1, "invalid": 1})

@@ -525,7 +525,6 @@ class PipelinedHeartbeatTests(ClientTestCase):
 
     def test_logout_written_with_done_keeps_its_deadline(self) -> None:
         self.connect(noop_timeout=30, command_timeout=60)
-        self.client.capabilities = {b"IDLE": None}
         self.start_idle()
         d = result_of(self.client.logout())
         self.assertEqual(self.sent(), b"DONE\r\n0002 LOGOUT\r\n")

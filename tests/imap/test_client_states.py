@@ -102,6 +102,27 @@ class ConnectionStateTests(ClientTestCase):
         self.assertEqual(seen, ["greeting", "unauth", "auth", "selected", "closed"])
         self.assertEqual(out, [None])
 
+    def test_bye_during_logout_is_a_state(self) -> None:
+        """``* BYE`` while LOGOUT runs moves to BYE (only LOGOUT's answer may follow);
+        the answer closes; a second BYE is data after BYE and closes too."""
+        self.connect()
+        c = self.client
+        out = result_of(c.logout())
+        self.server(b"* BYE bye\r\n")
+        self.assertIs(c.state, ConnectionState.BYE)
+        self.assertFalse(c.closed)
+        self.server(b"0001 OK bye\r\n")
+        self.assertIs(c.state, ConnectionState.CLOSED)
+        self.assertTrue(c.closed)
+        self.assertIsNone(c.close_error)
+        self.assertEqual(out, [None])
+        self.connect()
+        c = self.client
+        result_of(c.logout())
+        self.server(b"* BYE bye\r\n* BYE again\r\n")
+        self.assertIs(c.state, ConnectionState.CLOSED)
+        self.assertIn("data after BYE", c.close_error.text)
+
     def test_forbidden_transition_raises(self) -> None:
         self.connect()
         self.lose()

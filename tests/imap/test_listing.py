@@ -6,10 +6,13 @@ from __future__ import annotations
 import tracemalloc
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
+from twisted.trial.unittest import TestCase
 
 from rebreak_idle.imap import CommandFailed
-from rebreak_idle.imap.listing import ListEntry
+from rebreak_idle.imap.listing import ListEntry, decode_mutf7, encode_mutf7
 from rebreak_idle.session.folders import STATUS_ITEMS, resolve
 from tests.support.imap_client import GREETING, ClientTestCase, result_of
 
@@ -186,3 +189,54 @@ class ResolveTests(ClientTestCase):
         # a tag nobody sent is still a protocol error
         self.server(b"0009 OK what\r\n")
         self.assertTrue(self.client.closed)
+
+
+class ModifiedUtf7Tests(TestCase):
+    """Names go through Twisted's ``imap4-utf-7`` codec; the refusals on top keep what
+    the codec alone would get wrong on a hostile name."""
+
+    NAMES = ["Entwürfe", "A&B", "&", "日本語", "Gelöschte Elemente", "😀 Spam", "a-b&-c",
+             "\x85b", "Ünïcödé/Ordner", "~user", ""]
+
+    def test_names_decode_as_twisted_decodes_them(self) -> None:
+        for name in self.NAMES:
+            wire = name.encode("imap4-utf-7")
+            self.assertEqual(encode_mutf7(name), wire, name)
+            self.assertEqual(decode_mutf7(wire), wire.decode("imap4-utf-7"), wire)
+            self.assertEqual(decode_mutf7(wire), name, wire)
+
+    @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",),
+                                          blacklist_characters="\t\n\r"), max_size=20))
+    @settings(max_examples=300, deadline=None)
+    def test_any_name_round_trips_like_twisted(self, name: str) -> None:
+        name = "".join(c for c in name if not ("\x00" <= c < " " or c == "\x7f"))
+        wire = encode_mutf7(name)
+        self.assertEqual(wire, name.encode("imap4-utf-7"))
+        self.assertEqual(decode_mutf7(wire), name)
+
+    def test_odd_runs_are_shown_as_sent(self) -> None:
+        """Where the codec alone raises or guesses, the name is shown as the server sent
+        it: a run of an odd number of bytes, non-zero padding bits, half a surrogate
+        pair, a run without its ``-``, a ``&`` that starts no run (the codec makes it a
+        ``+``), 8-bit bytes (the codec raises)."""
+        for wire, shown in [(b"a&A-b", "a&A-b"), (b"&A,-", "&A,-"), (b"&AOR-", "&AOR-"),
+                            (b"&2D0-x", "&2D0-x"), (b"&AOQ", "&AOQ"), (b"abc&", "abc&"),
+                            (b"&\xff", "&\ufffd"), (b"a\x80b", "a\ufffdb"),
+                            (b"ok&AOQ-&A-", "ok\xe4&A-")]:
+            self.assertEqual(decode_mutf7(wire), shown, wire)
+
+    def test_control_characters_decode_and_are_flagged(self) -> None:
+        for wire in (b"&AAA-", b"a&AH8-", b"&AIU-b", b"&AA0ACg-"):
+            entry = ListEntry((), "/", wire)
+            self.assertTrue(entry.control_characters, wire)
+            self.assertEqual(entry.name, wire.decode("imap4-utf-7"))
+        self.assertFalse(ListEntry((), "/", b"Entw&APw-rfe").control_characters)
+
+    def test_encoding_refuses_control_characters(self) -> None:
+        """Twisted's codec mangles TAB, CR and LF (Python's UTF-7 leaves them
+        unencoded): "a\\r\\nb" would become the name of another folder. Such a name is
+        refused before the codec sees it."""
+        self.assertNotEqual(decode_mutf7("a\r\nb".encode("imap4-utf-7")), "a\r\nb")
+        for name in ("a\r\nb", "\t", "x\x00", "del\x7f"):
+            with self.assertRaises(ValueError):
+                encode_mutf7(name)

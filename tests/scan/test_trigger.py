@@ -23,6 +23,7 @@ from rebreak_idle import metrics
 from rebreak_idle.config import scan_settings
 from rebreak_idle.scan.backend_health import BackendHealth
 from rebreak_idle.scan.trigger import SCAN_PATH, ScanTrigger
+from rebreak_idle.scan.trigger_states import Phase
 from rebreak_idle.testing.backend import Answer, BackendDouble, Gate
 from tests.support.scan_harness import SECRET, Harness, LogCapture, account, settings
 
@@ -467,6 +468,23 @@ class ShutdownTests(SynchronousTestCase):
                          abandoned + 3)
         self.assertEqual(h.clock.getDelayedCalls(), [])
         self.assertFalse(h.trigger.running)
+
+    def test_phases_of_a_stop_that_abandons_and_a_new_start(self) -> None:
+        h = Harness(self, shutdown_timeout=10.0, scan_timeout=60.0)
+        seen = [h.trigger.phase]
+        h.trigger.request(account(1), 1, "exists")  # in flight
+        d = h.trigger.stopService()
+        seen.append(h.trigger.phase)
+        h.trigger.request(account(2), 1, "exists")  # refused: shutting down
+        h.advance(10)
+        seen.append(h.trigger.phase)
+        self.successResultOf(d)
+        h.trigger.startService()
+        seen.append(h.trigger.phase)
+        self.assertEqual(seen, [Phase.OPEN, Phase.DRAINING, Phase.ABANDONING, Phase.OPEN])
+        self.assertEqual(len(h.requests), 1)
+        self.assertIn("[idle/user2@example.test] scan-trigger not sent: shutting down",
+                      h.log.texts())
 
     def test_stop_drops_the_owed_scans_while_the_backend_is_down(self) -> None:
         h = Harness(self, shutdown_timeout=10.0)

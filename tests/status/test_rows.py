@@ -46,13 +46,10 @@ class RowsTests(SynchronousTestCase):
                 session._set_state(state)
             if n % 13 == 0 and session.state is State.BACKOFF:
                 session._last_error = "[AUTHENTICATIONFAILED] Needle in the error"
-            self.sup.sessions[account.id] = session
-            if n % 11 == 0:
-                self.sup._queue[account.id] = session
+            self.sup.adopt(session, queued=n % 11 == 0)
         for n in range(5):
-            self.sup._invalid[f"bad-{n}"] = InvalidRow(f"bad-{n}", f"bad{n}@example.org",
-                                                       "encrypted_secret cannot be decrypted")
-        self.sup._version += 1
+            self.sup.adopt_invalid(InvalidRow(f"bad-{n}", f"bad{n}@example.org",
+                                              "encrypted_secret cannot be decrypted"))
 
     def make(self, account: Account) -> Any:
         session = self.daemon._new_session(account)
@@ -101,13 +98,11 @@ class RowsTests(SynchronousTestCase):
         for query in self.queries():
             self.assertSameAsSnapshot(query)
         for account_id in list(self.sup.sessions)[::5]:  # stops: the set changes
-            self.sup._stop_session(account_id)
+            self.sup.stop_session(account_id)
         replacement = self.make(Account(
             id="id-new", user_id="u", email="aaa-first@example.org", host="imap.new",
             port=993, security="tls", username="u", auth_method="password",
             secret="x" * 12))
-        self.sup.sessions["id-new"] = replacement
-        self.sup._queue["id-new"] = replacement
-        self.sup._version += 1
+        self.sup.adopt(replacement, queued=True)
         for query in [*self.queries(), PageQuery(host="imap.new")]:
             self.assertSameAsSnapshot(query)

@@ -88,7 +88,7 @@ class DaemonStopTests(SynchronousTestCase):
         write buffered; ``done`` gets the stop's result."""
         session = HangingSession(str(uuid.uuid4()))
         session.startService()
-        daemon.supervisor.sessions[session.account.id] = session
+        daemon.supervisor.adopt(session)
         daemon.store.record_heartbeat(str(uuid.uuid4()))
         done: list = []
         daemon.stopService().addCallback(done.append)
