@@ -18,6 +18,7 @@ from rebreak_idle.db.holdoffs import Holdoff, HoldoffStore, login_tag, tag_key
 from rebreak_idle.db.store import AccountStore
 from rebreak_idle.interfaces import Holdoff as SeamHoldoff
 from rebreak_idle.interfaces import IHoldoffRecorder
+from rebreak_idle.session_providers import ProviderLimits
 from rebreak_idle.session_state import State
 from rebreak_idle.supervisor import _no
 from rebreak_idle.testing.pg import fresh_database, sql
@@ -61,7 +62,7 @@ class FakeTable:
 
 def with_holdoffs(sim: Sim, table: FakeTable) -> None:
     for session in sim.sessions:
-        session._init_limits(None, None, table.store())
+        session.limits = ProviderLimits(None, None, table.store())
 
 
 class SeamTests(SynchronousTestCase):
@@ -358,7 +359,7 @@ class OAuthTests(SynchronousTestCase):
         sim = Sim(self, "m365", [account(method="xoauth2", secret="expired")])
         sim.server.tokens["u0"] = "fresh"
         session = sim.sessions[0]
-        session._init_limits(reread, None, None)
+        session.limits = ProviderLimits(reread, None, None)
         rows[session.account.id] = replace(session.account, secret="fresh")
         sim.start()
         self.assertEqual(session.state, State.IDLE)
@@ -371,7 +372,7 @@ class OAuthTests(SynchronousTestCase):
         sim = Sim(self, "m365", [account(method="xoauth2", secret="expired")])
         sim.server.tokens["u0"] = "fresh"
         session = sim.sessions[0]
-        session._init_limits(lambda _id: succeed(session.account), None, None)
+        session.limits = ProviderLimits(lambda _id: succeed(session.account), None, None)
         sim.start()
         self.assertEqual(session.state, State.AUTH_FAILED)
         (_, _, text), = sim.recorder.errors
