@@ -1,6 +1,6 @@
 import re
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # one version, in rebreak_idle/__init__.py (--version, the start-up line, build_info)
 VERSION = re.search(r'^__version__ = "([^"]+)"',
@@ -18,8 +18,7 @@ setup(
     python_requires=">=3.11",
     # rebreak_idle.testing ships the doubles and throwaway servers (tests, demo, bench,
     # and users' own tests); its PostgreSQL needs the "test" extra, imported on use only.
-    packages=["rebreak_idle", "rebreak_idle.db", "rebreak_idle.imap", "rebreak_idle.testing",
-              "twisted.plugins"],
+    packages=[*find_packages(include=["rebreak_idle", "rebreak_idle.*"]), "twisted.plugins"],
     package_data={"rebreak_idle.db": ["sql/*.sql"], "twisted": ["plugins/rebreak_idle_plugin.py"]},
     install_requires=[
         "twisted[tls]>=23.10",

@@ -5,7 +5,7 @@ each collection as ``<monotonic seconds> <generation> <milliseconds> <objects co
 and writes the lines to ``$BENCH_GC_LOG`` when the process exits. ``time.monotonic`` is
 the system-wide CLOCK_MONOTONIC on Linux, so the runner can split the collections by the
 phases it timed itself (:func:`summarise`). With ``BENCH_GC_DEFAULT=1`` the daemon's own
-collector tuning (:mod:`rebreak_idle.gc_tuning`) is skipped, which measures CPython's
+collector tuning (:mod:`rebreak_idle.ops.gc_tuning`) is skipped, which measures CPython's
 default thresholds for comparison (such runs are kept out of the docs table).
 """
 
@@ -60,7 +60,7 @@ def main() -> None:
     gc.callbacks.append(_callback)
     atexit.register(_write)
     if os.environ.get("BENCH_GC_DEFAULT") == "1":
-        from rebreak_idle import gc_tuning
+        from rebreak_idle.ops import gc_tuning
 
         gc_tuning.tune_for_many_sessions = lambda: None
     from twisted.application.twist._twist import Twist

@@ -5,7 +5,8 @@
 
 N sessions of one host (``127.0.0.1``: the in-process IMAP server of
 ``rebreak_idle.testing``, plain IMAP over loopback) share one
-:class:`~rebreak_idle.budget.HostBudget` built as the daemon builds it from its settings
+:class:`~rebreak_idle.session.host_budget.HostBudget` built as the daemon builds it from its
+settings
 (``REBREAK_HOST_LOGIN_RATE`` / ``_BURST`` defaults unless ``--rate`` / ``--burst``). The
 sessions first start unpaced (``--paced-start`` to pace that too; the start-up is not what
 is measured), then the server closes every connection at once and the run measures:
@@ -33,13 +34,13 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.internet.defer import succeed
 
-from rebreak_idle import gc_tuning
-from rebreak_idle.account import Account
-from rebreak_idle.budget import HostBudget
+from rebreak_idle.accounts.account import Account
 from rebreak_idle.config import Settings, session_settings
-from rebreak_idle.session import MailboxSession, timer_resolution
+from rebreak_idle.ops import gc_tuning
+from rebreak_idle.session.host_budget import HostBudget
+from rebreak_idle.session.session import MailboxSession, timer_resolution
 from rebreak_idle.testing.imapserver import InProcessIMAPServer
-from rebreak_idle.wheel import TimerWheel
+from rebreak_idle.timing.wheel import TimerWheel
 
 from .loopback import raise_nofile_limit
 

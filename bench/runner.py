@@ -322,7 +322,7 @@ class Bench:
         """N active accounts on the load server, spread round-robin over its ports;
         username → connection id."""
         ports = port if isinstance(port, list) else [port]
-        from rebreak_idle.secrets import encrypt_secret
+        from rebreak_idle.accounts.secrets import encrypt_secret
 
         secret = encrypt_secret("bench-password", ENCRYPTION_KEY.encode()[:32])
         users: dict[str, str] = {}

@@ -205,7 +205,7 @@ async def run_clients(accounts: list[Acct], backend_url: str, secret: str, rate:
 def accounts_from_db() -> list[Acct]:
     import psycopg2
 
-    from rebreak_idle.secrets import decrypt_secret
+    from rebreak_idle.accounts.secrets import decrypt_secret
 
     key = os.environ["ENCRYPTION_KEY"].encode()[:32]
     conn = psycopg2.connect(os.environ["DATABASE_URL"])

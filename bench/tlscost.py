@@ -2,7 +2,7 @@
 
 ``python -m bench.tlscost --n 10000 --kinds tls`` starts the load server and opens N
 connections from one Twisted process through the daemon's own transport
-(``rebreak_idle.tls.TLSClientEndpoint`` with ``client_tls_options``, or bare TCP for
+(``rebreak_idle.net.tls.TLSClientEndpoint`` with ``client_tls_options``, or bare TCP for
 ``plain``), each reading the greeting, logging in, selecting and entering IDLE with a bare
 ``LineReceiver``. For each kind it prints one JSON line with, per connection:
 
@@ -109,7 +109,7 @@ def _fresh_bios(conns: list) -> None:
 def _creator(variant: str, ca: str) -> object:
     from OpenSSL import SSL
 
-    from rebreak_idle.tls import client_tls_options
+    from rebreak_idle.net.tls import client_tls_options
 
     creator = client_tls_options("127.0.0.1", ca)
     if variant == "no-release":
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     from twisted.internet.protocol import Factory
     from twisted.protocols.basic import LineReceiver
 
-    from rebreak_idle.tls import TLSClientEndpoint
+    from rebreak_idle.net.tls import TLSClientEndpoint
 
     from .certs import make_test_certificates
     from .loopback import raise_nofile_limit

@@ -35,10 +35,10 @@ from twisted.logger import (
     globalLogBeginner,
 )
 
+from rebreak_idle.accounts.secrets import encrypt_secret
 from rebreak_idle.config import Settings
 from rebreak_idle.db.migrate import apply
-from rebreak_idle.logs import text_observer
-from rebreak_idle.secrets import encrypt_secret
+from rebreak_idle.ops.logs import text_observer
 from rebreak_idle.service import build_daemon
 from rebreak_idle.testing.backend import BackendDouble
 from rebreak_idle.testing.imapserver import InProcessIMAPServer

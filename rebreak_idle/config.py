@@ -262,7 +262,7 @@ def _convert(opt: Option, raw: str) -> Any:
     if opt.kind == "networks":
         return _networks(opt, raw)
     if opt.kind == "folders":
-        from .folders import parse_folders
+        from .session.folders import parse_folders
 
         try:
             return parse_folders(raw)
@@ -276,7 +276,7 @@ def _ca_file(opt: Option, raw: str) -> str:
     file stops the start instead of failing every TLS account later."""
     if not os.path.isfile(raw):
         raise ConfigError(f"{opt.env} names no readable file: {raw}")
-    from .tls import load_ca_file
+    from .net.tls import load_ca_file
 
     try:
         load_ca_file(raw)
@@ -406,7 +406,7 @@ __all__ += ["SupervisorSettings", "supervisor_settings"]
 
 @dataclass(frozen=True)
 class ScanSettings:
-    """What :class:`~rebreak_idle.scan.ScanTrigger` needs: where to POST, with which secret,
+    """What :class:`~rebreak_idle.scan.trigger.ScanTrigger` needs: where to POST, with which secret,
     how many at once, how long and how often, and the secrets to keep out of its logs."""
 
     backend_url: str
@@ -414,7 +414,7 @@ class ScanSettings:
     scan_concurrency: int = 16
     scan_timeout: float = 30.0
     #: REBREAK_SCAN_ATTEMPTS: accepted for compatibility, not used (scans are owed until
-    #: acknowledged: rebreak_idle.scan)
+    #: acknowledged: rebreak_idle.scan.trigger)
     scan_attempts: int = 6
     shutdown_timeout: float = 10.0
     #: every configured secret value (:meth:`Settings.secret_values`), masked in log texts
@@ -465,7 +465,7 @@ __all__ += ["StatusSettings", "status_settings"]
 
 @dataclass(frozen=True, slots=True)
 class SessionSettings:
-    """What one :class:`~rebreak_idle.session.MailboxSession` reads of the settings (no
+    """What one :class:`~rebreak_idle.session.session.MailboxSession` reads of the settings (no
     database URL, no admin secret)."""
 
     idle_renew: float

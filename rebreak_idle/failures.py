@@ -18,7 +18,7 @@ from service_identity.hazmat import VerificationError
 from twisted.internet import error as ierror
 from twisted.python.failure import Failure
 
-from .tls import CertificateVerifyError
+from .net.tls import CertificateVerifyError
 
 __all__ = ["MASK", "MIN_MASKED", "SECRET_WORDS", "account_secrets", "describe",
            "is_secret_name", "maskable", "printable", "scrub"]

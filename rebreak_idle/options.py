@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from twisted.python import usage
 
 from .config import OPTIONS, ConfigError, describe, load_settings
-from .logs import FORMATS, configure_runner_logging
+from .ops.logs import FORMATS, configure_runner_logging
 
 __all__ = ["Options"]
 

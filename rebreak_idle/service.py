@@ -9,7 +9,7 @@ them all).
 The stop order is written once, in :meth:`Daemon.stopService`: the supervisor (sessions:
 DONE + LOGOUT) with the scans and the status server, then the store (the final write of
 what the sessions recorded), then the lease keeper. The phases share one deadline,
-``shutdown_timeout`` in total (:class:`~rebreak_idle.stop_budget.StopBudget`): each later
+``shutdown_timeout`` in total (:class:`~rebreak_idle.timing.stop_budget.StopBudget`): each later
 phase gets what remains, at least a small floor.
 """
 
@@ -23,9 +23,10 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 
-from . import __version__, descriptors, gc_tuning, memory, metrics
-from .account import Account, InvalidAccount, account_from_row
-from .budget import HostBudget
+from . import __version__, metrics
+from .accounts.account import Account, InvalidAccount, account_from_row
+from .accounts.destinations import policy_for
+from .accounts.secrets import SecretError, decrypt_secret
 from .config import (
     Settings,
     lease_settings,
@@ -38,17 +39,18 @@ from .db.holdoffs import HoldoffStore
 from .db.marks import MarkLoader
 from .db.store import AccountStore
 from .deferreds import within
-from .destinations import policy_for
-from .marks import MailboxMemory
-from .scan import ScanTrigger
-from .secrets import SecretError, decrypt_secret
-from .session import MailboxSession, timer_resolution
-from .status import StatusService, make_status_resource
-from .status_query import PageQuery, Selection
-from .status_rows import StatusRows
-from .stop_budget import StopBudget
-from .supervisor import Decode, InvalidRow, Supervisor
-from .wheel import TimerWheel
+from .fleet.supervisor import Decode, InvalidRow, Supervisor
+from .net import descriptors
+from .ops import gc_tuning, memory
+from .scan.trigger import ScanTrigger
+from .session.host_budget import HostBudget
+from .session.mailbox_marks import MailboxMemory
+from .session.session import MailboxSession, timer_resolution
+from .status.query import PageQuery, Selection
+from .status.rows import StatusRows
+from .status.server import StatusService, make_status_resource
+from .timing.stop_budget import StopBudget
+from .timing.wheel import TimerWheel
 
 __all__ = ["Daemon", "build_daemon", "row_decoder"]
 
@@ -59,7 +61,7 @@ class Daemon(MultiService):
     """The running daemon: its parts are attributes, for tests, the demo and the status
     server. ``owns_process``: the daemon owns the process (``twist``/``twistd``): it
     installs the SIGTERM/SIGINT handlers and tunes the garbage collector
-    (:mod:`rebreak_idle.gc_tuning`)."""
+    (:mod:`rebreak_idle.ops.gc_tuning`)."""
 
     def __init__(self, settings: Settings, reactor: Any, *, owns_process: bool = False
                  ) -> None:
@@ -68,7 +70,7 @@ class Daemon(MultiService):
         self.reactor = reactor
         self.owns_process = owns_process
         #: the descriptor limit: raised to the hard limit when the daemon owns the process
-        #: (as Node.js does); the sessions it allows (rebreak_idle.descriptors)
+        #: (as Node.js does); the sessions it allows (rebreak_idle.net.descriptors)
         self.descriptors = descriptors.raise_soft_limit() if owns_process else None
         self.capacity = None if self.descriptors is None else \
             descriptors.session_capacity(self.descriptors)
@@ -172,7 +174,7 @@ class Daemon(MultiService):
         return [self._with_scan(entry) for entry in self.supervisor.snapshot()]
 
     def page(self, query: PageQuery) -> Selection[dict]:
-        """The status page's rows for ``query`` (:mod:`rebreak_idle.status_rows`: no
+        """The status page's rows for ``query`` (:mod:`rebreak_idle.status.rows`: no
         snapshot of every account, only of the page's rows)."""
         return self._rows.page(query)
 

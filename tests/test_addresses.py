@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from rebreak_idle import account
-from rebreak_idle.addresses import is_loopback
+from rebreak_idle.accounts import account
+from rebreak_idle.accounts.addresses import is_loopback
 
 
 class LoopbackTests(SynchronousTestCase):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from rebreak_idle.backend_health import (
+from rebreak_idle.scan.backend_health import (
     MAX_RETRY_AFTER,
     REFUSING_PROBE_INTERVAL,
     TRANSITIONS,

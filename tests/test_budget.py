@@ -10,10 +10,10 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from rebreak_idle import metrics
-from rebreak_idle.budget import HostBudget, Slot, host_key
 from rebreak_idle.config import DEFAULT_HOST_LOGIN_BURST, DEFAULT_HOST_LOGIN_RATE, Settings
-from rebreak_idle.session_providers import ProviderLimits
-from rebreak_idle.session_state import State
+from rebreak_idle.session.host_budget import HostBudget, Slot, host_key
+from rebreak_idle.session.provider_limits import ProviderLimits
+from rebreak_idle.session.states import State
 from tests.test_provider_days import Sim, account
 
 

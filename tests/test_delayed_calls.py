@@ -1,12 +1,12 @@
-"""Re-arming and cancelling a held IDelayedCall (rebreak_idle.delayed_calls)."""
+"""Re-arming and cancelling a held IDelayedCall (rebreak_idle.timing.delayed_calls)."""
 
 from __future__ import annotations
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from rebreak_idle.delayed_calls import cancel_pending, rearm
-from rebreak_idle.wheel import TimerWheel
+from rebreak_idle.timing.delayed_calls import cancel_pending, rearm
+from rebreak_idle.timing.wheel import TimerWheel
 
 
 class RearmTests(SynchronousTestCase):

@@ -13,13 +13,13 @@ import psycopg2
 from twisted.internet.error import ConnectBindError, ConnectionRefusedError
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from rebreak_idle.descriptors import (
+from rebreak_idle.accounts.secrets import encrypt_secret
+from rebreak_idle.net.descriptors import (
     DESCRIPTOR_RESERVE,
     DescriptorLimit,
     is_out_of_descriptors,
     session_capacity,
 )
-from rebreak_idle.secrets import encrypt_secret
 from tests.support.daemon import TWIST, DaemonProcess
 from tests.support.faults import (
     KEY,
@@ -37,7 +37,7 @@ from tests.support.leaks import ADMIN_SECRET
 _CHILD = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2])))
-from rebreak_idle.descriptors import raise_soft_limit
+from rebreak_idle.net.descriptors import raise_soft_limit
 print(*raise_soft_limit())
 print(*resource.getrlimit(resource.RLIMIT_NOFILE))
 """

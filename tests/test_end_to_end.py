@@ -11,7 +11,7 @@ import uuid
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from rebreak_idle.secrets import encrypt_secret
+from rebreak_idle.accounts.secrets import encrypt_secret
 from rebreak_idle.testing.backend import BackendDouble
 from rebreak_idle.testing.pg import fresh_database, sql
 from tests.support.daemon import DaemonProcess

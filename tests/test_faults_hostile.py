@@ -17,10 +17,10 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from rebreak_idle.connecting import CheckedHostnameEndpoint
-from rebreak_idle.destinations import DestinationRefused
-from rebreak_idle.logs import text_observer
-from rebreak_idle.reconnect import FLOOD_MIN_DELAY
+from rebreak_idle.accounts.destinations import DestinationRefused
+from rebreak_idle.net.connecting import CheckedHostnameEndpoint
+from rebreak_idle.ops.logs import text_observer
+from rebreak_idle.session.reconnect_policy import FLOOD_MIN_DELAY
 from tests.support.faults import FaultCase, ScriptedIMAPServer, record_figure, until
 from tests.support.leaks import IMAP_PASSWORDS, XOAUTH2_TOKEN
 

@@ -278,7 +278,7 @@ class WrongPasswordTests(FaultCase, TestCase):
         self.assertIsNone(self.status_row(good)["error"])
         self.assertEqual(self.logs.count(r"\[idle/ann@faults\.test\] connect failed"), 1)
         # the user fixes the password in the app: the hold-off ends at the next refresh
-        from rebreak_idle.secrets import encrypt_secret
+        from rebreak_idle.accounts.secrets import encrypt_secret
 
         self.sql("UPDATE rebreak.mail_connections SET encrypted_secret = %s WHERE id = %s",
                  (encrypt_secret(ANN, ENCRYPTION_KEY.encode()[:32]), wrong))
@@ -289,7 +289,7 @@ class WrongPasswordTests(FaultCase, TestCase):
 
 class InvalidRowTests(FaultCase, TestCase):
     async def test_bad_rows_error_clearly_others_unaffected(self) -> None:
-        from rebreak_idle.secrets import encrypt_secret
+        from rebreak_idle.accounts.secrets import encrypt_secret
 
         await self.start_parts()
         other_key = encrypt_secret(ANN, b"k" * 32)

@@ -17,7 +17,7 @@ import psycopg2
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
-from rebreak_idle.secrets import encrypt_secret
+from rebreak_idle.accounts.secrets import encrypt_secret
 from tests.support.faults import KEY, FaultCase, http_get, record_figure, until
 from tests.support.leaks import (
     ADMIN_SECRET,

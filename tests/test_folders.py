@@ -11,9 +11,8 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from rebreak_idle.account import Account
+from rebreak_idle.accounts.account import Account
 from rebreak_idle.config import ConfigError, load_settings, session_settings
-from rebreak_idle.folders import FolderWatch, parse_folders
 from rebreak_idle.imap.listing import (
     ListEntry,
     decode_mutf7,
@@ -21,10 +20,11 @@ from rebreak_idle.imap.listing import (
     parse_list,
     quote_mailbox,
 )
-from rebreak_idle.marks import MailboxMark, MailboxMemory
-from rebreak_idle.owed_scans import OwedScans
-from rebreak_idle.scan_request import Job
-from rebreak_idle.session import MailboxSession
+from rebreak_idle.scan.owed import OwedScans
+from rebreak_idle.scan.request import Job
+from rebreak_idle.session.folders import FolderWatch, parse_folders
+from rebreak_idle.session.mailbox_marks import MailboxMark, MailboxMemory
+from rebreak_idle.session.session import MailboxSession
 from rebreak_idle.testing.imapserver import InProcessIMAPServer
 from tests.support.dovecot import DovecotServer, skip_without_dovecot
 from tests.support.profiles import PROFILES

@@ -6,7 +6,7 @@ import gc
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from rebreak_idle import gc_tuning
+from rebreak_idle.ops import gc_tuning
 
 
 class GcTuningTests(SynchronousTestCase):

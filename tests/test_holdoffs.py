@@ -13,16 +13,16 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from rebreak_idle.account import Account
+from rebreak_idle.accounts.account import Account
 from rebreak_idle.db.holdoffs import Holdoff, HoldoffStore, login_tag, tag_key
 from rebreak_idle.db.store import AccountStore
+from rebreak_idle.fleet.supervisor import _no
 from rebreak_idle.interfaces import Holdoff as SeamHoldoff
 from rebreak_idle.interfaces import IHoldoffRecorder
-from rebreak_idle.session_providers import ProviderLimits
-from rebreak_idle.session_state import State
-from rebreak_idle.supervisor import _no
+from rebreak_idle.session.provider_limits import ProviderLimits
+from rebreak_idle.session.states import State
+from rebreak_idle.session.tokens import token_only_change
 from rebreak_idle.testing.pg import fresh_database, sql
-from rebreak_idle.tokens import token_only_change
 from tests.test_provider_days import DAY, HOUR, Sim, account
 from tests.test_store import add_row, inline
 
@@ -160,8 +160,8 @@ class RestartTests(SynchronousTestCase):
         table = FakeTable()
         b = Sim(self, "dovecot", [account(1), account(secret="wrong")])
         store_b = table.store()
-        b.sessions[0]._init_limits(None, None, store_b)
-        b.sessions[1]._init_limits(None, None, store_b)
+        b.sessions[0].limits = ProviderLimits(None, None, store_b)
+        b.sessions[1].limits = ProviderLimits(None, None, store_b)
         b.sessions[0].startService()  # B watches another account from the start
         b.pump()
         a = Sim(self, "dovecot", [account(secret="wrong")])

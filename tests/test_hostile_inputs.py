@@ -16,13 +16,13 @@ from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
-from rebreak_idle.account import InvalidAccount, account_from_row
+from rebreak_idle.accounts.account import InvalidAccount, account_from_row
+from rebreak_idle.accounts.destinations import DestinationPolicy, kind_of
 from rebreak_idle.config import ConfigError, load_settings, scan_settings
-from rebreak_idle.destinations import DestinationPolicy, kind_of
 from rebreak_idle.failures import account_secrets, describe, scrub
-from rebreak_idle.folding import EventFold
-from rebreak_idle.logs import escape_controls, json_observer, text_observer
-from rebreak_idle.scan import ScanTrigger
+from rebreak_idle.ops.log_folding import EventFold
+from rebreak_idle.ops.logs import escape_controls, json_observer, text_observer
+from rebreak_idle.scan.trigger import ScanTrigger
 from tests.test_scan import account, settings
 
 ENV = {"DATABASE_URL": "postgresql://app@127.0.0.1/x", "ADMIN_SECRET": "admin-secret-1",

@@ -16,11 +16,11 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from rebreak_idle.account import Account
+from rebreak_idle.accounts.account import Account
 from rebreak_idle.config import session_settings
 from rebreak_idle.interfaces import IRecorder
-from rebreak_idle.marks import MailboxMemory
-from rebreak_idle.session import MailboxSession
+from rebreak_idle.session.mailbox_marks import MailboxMemory
+from rebreak_idle.session.session import MailboxSession
 from tests.support.scripted_imap import ScriptedIMAPServer
 from tests.support.wait import until
 from tests.test_session_servers import settings

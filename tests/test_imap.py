@@ -25,7 +25,7 @@ from rebreak_idle.imap import (
     ProtocolError,
     ServerBye,
 )
-from rebreak_idle.tls import CertificateVerifyError
+from rebreak_idle.net.tls import CertificateVerifyError
 
 GREETING = b"* OK [CAPABILITY IMAP4rev1 IDLE AUTH=PLAIN SASL-IR STARTTLS] ready\r\n"
 
@@ -771,7 +771,7 @@ class DescribeFailureTests(SynchronousTestCase):
             self.assertEqual(describe(Failure(exc)), text)
 
     def test_bad_ca_file(self) -> None:
-        from rebreak_idle.tls import client_tls_options
+        from rebreak_idle.net.tls import client_tls_options
 
         with self.assertRaises(ValueError) as cm:
             client_tls_options("localhost", "/nonexistent/ca.pem")
@@ -785,8 +785,8 @@ class DescribeFailureTests(SynchronousTestCase):
     def test_ca_file_with_several_certificates(self) -> None:
         from pathlib import Path
 
+        from rebreak_idle.net.tls import client_tls_options, load_ca_file
         from rebreak_idle.testing.certs import make_test_certs
-        from rebreak_idle.tls import client_tls_options, load_ca_file
 
         certs = make_test_certs()
         path = self.mktemp()

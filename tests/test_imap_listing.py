@@ -8,9 +8,9 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from rebreak_idle.folders import STATUS_ITEMS, resolve
 from rebreak_idle.imap import CommandFailed
 from rebreak_idle.imap.listing import ListEntry
+from rebreak_idle.session.folders import STATUS_ITEMS, resolve
 from tests.test_imap import GREETING, ClientTestCase, result_of
 
 

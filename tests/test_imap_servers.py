@@ -22,9 +22,9 @@ from rebreak_idle.imap import (
     ConnectionLost,
     IdleClient,
 )
+from rebreak_idle.net.tls import TLSClientEndpoint, _LeanTLSProtocol, client_tls_options
 from rebreak_idle.testing.certs import make_test_certs
 from rebreak_idle.testing.imapserver import InProcessIMAPServer
-from rebreak_idle.tls import TLSClientEndpoint, _LeanTLSProtocol, client_tls_options
 from tests.support.dovecot import DovecotServer, skip_without_dovecot
 
 WAIT = 10  # seconds: the deadline of every wait on the network

@@ -174,27 +174,28 @@ class ImportCycleTests(SynchronousTestCase):
 
 _SQL = ("rebreak_idle.db", "psycopg2", "txpostgres")
 _IMAP = ("rebreak_idle.imap", "twisted.mail")
-_HTTP = ("treq", "twisted.web", "rebreak_idle.scan", "rebreak_idle.scan_request",
-         "rebreak_idle.quiet_http")
+_HTTP = ("treq", "twisted.web", "rebreak_idle.scan.trigger", "rebreak_idle.scan.request",
+         "rebreak_idle.scan.http_pool")
 _SOCKETS = ("socket", "ssl", "twisted.internet.tcp", "twisted.internet.endpoints",
-            "rebreak_idle.connecting", "rebreak_idle.tls")
+            "rebreak_idle.net.connecting", "rebreak_idle.net.tls")
 #: What the thin entry points may call: the option parsers and the wiring's entries.
 _ENTRIES = ("rebreak_idle.options", "rebreak_idle.startup", "rebreak_idle.tap",
-            "rebreak_idle.db.migrate.migrate_or_exit", "rebreak_idle.probe.run_probe")
+            "rebreak_idle.db.migrate.migrate_or_exit", "rebreak_idle.ops.probe.run_probe")
 
 #: docs/design.md's room table, "must not know about" as imports: (rooms (a module, or a
 #: package with all its modules), what they must not import, what they may nonetheless).
 ROOM_RULES: tuple[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], ...] = (
     (("rebreak_idle.config",), ("twisted.application",), ()),            # Twisted services
-    (("rebreak_idle.account",), _IMAP + _SQL, ()),                        # IMAP, SQL
-    (("rebreak_idle.secrets",), _SQL + _IMAP, ()),                        # databases, IMAP
-    (("rebreak_idle.imap",), ("rebreak_idle.account", *_SQL, *_HTTP), ()),  # accounts, db, HTTP
-    (("rebreak_idle.reconnect",), _SOCKETS, ()),                          # sockets
-    (("rebreak_idle.session", "rebreak_idle.session_providers",
-      "rebreak_idle.session_state"), _SQL + _HTTP, ()),                   # SQL, HTTP details
+    (("rebreak_idle.accounts.account",), _IMAP + _SQL, ()),                        # IMAP, SQL
+    (("rebreak_idle.accounts.secrets",), _SQL + _IMAP, ()),                        # databases, IMAP
+    # accounts, db, HTTP
+    (("rebreak_idle.imap",), ("rebreak_idle.accounts.account", *_SQL, *_HTTP), ()),
+    (("rebreak_idle.session.reconnect_policy",), _SOCKETS, ()),                          # sockets
+    (("rebreak_idle.session.session", "rebreak_idle.session.provider_limits",
+      "rebreak_idle.session.states"), _SQL + _HTTP, ()),                   # SQL, HTTP details
     # protocol details, psycopg2 (the store comes as an interfaces.IAccountSource)
-    (("rebreak_idle.supervisor",), _IMAP + _SQL + ("rebreak_idle.session",), ()),
-    (("rebreak_idle.scan", "rebreak_idle.scan_request"), _IMAP + _SQL, ()),  # IMAP, SQL
+    (("rebreak_idle.fleet.supervisor",), _IMAP + _SQL + ("rebreak_idle.session.session",), ()),
+    (("rebreak_idle.scan.trigger", "rebreak_idle.scan.request"), _IMAP + _SQL, ()),  # IMAP, SQL
     (("rebreak_idle.db",), _IMAP, ()),                                    # IMAP
     # thin: parse options / environment, call the wiring; everything else
     (("rebreak_idle.tap", "rebreak_idle.cli", "twisted.plugins.rebreak_idle_plugin",
@@ -278,9 +279,10 @@ class RoomTests(SynchronousTestCase):
         root = Path(self.mktemp())
         (root / "rebreak_idle" / "imap").mkdir(parents=True)
         (root / "rebreak_idle" / "imap" / "x.py").write_text(
-            "from ..db import store\ndef f():\n    from ..account import Account\n"
+            "from ..db import store\ndef f():\n    from ..accounts.account import Account\n"
             "from . import parser\nfrom ..failures import describe\n")
-        (root / "rebreak_idle" / "scan.py").write_text(
+        (root / "rebreak_idle" / "scan").mkdir()
+        (root / "rebreak_idle" / "scan" / "trigger.py").write_text(
             "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
             "    from psycopg2.extensions import connection\nimport treq\n")
         (root / "rebreak_idle" / "cli.py").write_text(
@@ -288,8 +290,8 @@ class RoomTests(SynchronousTestCase):
             "from .db.store import AccountStore\n")
         self.assertEqual(crossings(room_sources(root)), {
             ("rebreak_idle.imap.x", "rebreak_idle.db.store"): "x.py:1",
-            ("rebreak_idle.imap.x", "rebreak_idle.account.Account"): "x.py:3",
-            ("rebreak_idle.scan", "psycopg2.extensions.connection"): "scan.py:3",
+            ("rebreak_idle.imap.x", "rebreak_idle.accounts.account.Account"): "x.py:3",
+            ("rebreak_idle.scan.trigger", "psycopg2.extensions.connection"): "trigger.py:3",
             ("rebreak_idle.cli", "rebreak_idle.db.store.AccountStore"): "cli.py:3",
         })
 
@@ -311,5 +313,5 @@ class LoadedRoomsTests(SynchronousTestCase):
         self.assertEqual(self.loaded("rebreak_idle.imap", ("psycopg2", "txpostgres")), [])
 
     def test_an_account_does_not_load_the_imap_client(self) -> None:
-        self.assertEqual(self.loaded("rebreak_idle.account",
+        self.assertEqual(self.loaded("rebreak_idle.accounts.account",
                                      ("rebreak_idle.imap", "twisted.mail", "psycopg2")), [])

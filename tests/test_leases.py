@@ -18,12 +18,12 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from rebreak_idle.account import Account
+from rebreak_idle.accounts.account import Account
 from rebreak_idle.config import LeaseSettings, Settings, lease_settings, supervisor_settings
 from rebreak_idle.db.leases import LEASES_SQL, LeaseKeeper, fair_share
 from rebreak_idle.db.marks import MarkLoader
-from rebreak_idle.marks import MailboxMemory
-from rebreak_idle.supervisor import Supervisor
+from rebreak_idle.fleet.supervisor import Supervisor
+from rebreak_idle.session.mailbox_marks import MailboxMemory
 from rebreak_idle.testing.pg import PostgresServer, fresh_database
 
 TTL = 30.0

@@ -11,10 +11,10 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from rebreak_idle import metrics
-from rebreak_idle.account import Account
-from rebreak_idle.live_metrics import LIVE, SCANS_LIVE
-from rebreak_idle.session_state import State, StateTally
-from rebreak_idle.supervisor import Supervisor
+from rebreak_idle.accounts.account import Account
+from rebreak_idle.fleet.supervisor import Supervisor
+from rebreak_idle.session.states import State, StateTally
+from rebreak_idle.status.live_metrics import LIVE, SCANS_LIVE
 from tests.test_supervisor import DECODE, MemoryStore, row, settings
 
 

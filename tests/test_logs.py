@@ -23,9 +23,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from rebreak_idle import logs
-from rebreak_idle.logs import configure_runner_logging, event_as_json, json_observer
-from rebreak_idle.logs import text_observer as make_text_observer
+from rebreak_idle.ops import logs
+from rebreak_idle.ops.logs import configure_runner_logging, event_as_json, json_observer
+from rebreak_idle.ops.logs import text_observer as make_text_observer
 from rebreak_idle.options import Options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -174,7 +174,7 @@ class RunnerConfigurationTests(SynchronousTestCase):
         self.addCleanup(logs.twistd_choice.clear)
         parent = {"logger": None, "nodaemon": True, "logfile": None, "syslog": False}
         configure_runner_logging(parent, "json", True, SECRETS)
-        self.assertEqual(parent["logger"], "rebreak_idle.logs.twistd_observer")
+        self.assertEqual(parent["logger"], "rebreak_idle.ops.logs.twistd_observer")
         self.assertEqual(logs.twistd_choice["logfile"], None)
         out = io.StringIO()
         self.patch(sys, "stdout", out)
@@ -390,7 +390,7 @@ class CommandTests(TestCase):
 
     async def test_twistd_tac_json_through_the_logger_option(self) -> None:
         lines, reason = await self.run_daemon(
-            "twistd", "-n", "--pidfile=", "--logger", "rebreak_idle.logs.twistd_observer",
+            "twistd", "-n", "--pidfile=", "--logger", "rebreak_idle.ops.logs.twistd_observer",
             "-y", os.path.join(ROOT, "rebreak.tac"), REBREAK_LOG_FORMAT="json")
         messages = [json.loads(line)["message"] for line in lines]
         self.assertIn("Server Shut Down.", messages)

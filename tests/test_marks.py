@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from rebreak_idle.marks import MailboxMark, MailboxMemory
+from rebreak_idle.session.mailbox_marks import MailboxMark, MailboxMemory
 
 
 class MarkTests(SynchronousTestCase):

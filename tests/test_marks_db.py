@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from rebreak_idle.db.marks import MarkLoader, decode_rows
 from rebreak_idle.db.migrate import apply
-from rebreak_idle.marks import MailboxMark, MailboxMemory
+from rebreak_idle.session.mailbox_marks import MailboxMark, MailboxMemory
 from rebreak_idle.testing.pg import fresh_database, sql
 from tests.test_store import StoreTestCase, inline, statement_calls
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import psycopg2
 from twisted.trial.unittest import TestCase
 
-from rebreak_idle.marks import MailboxMark
 from rebreak_idle.service import build_daemon
+from rebreak_idle.session.mailbox_marks import MailboxMark
 from tests.support.faults import FaultCase, until
 from tests.support.leaks import IMAP_PASSWORDS
 

@@ -10,8 +10,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from rebreak_idle.config import session_settings
-from rebreak_idle.marks import MailboxMark, MailboxMemory
-from rebreak_idle.session import MailboxSession
+from rebreak_idle.session.mailbox_marks import MailboxMark, MailboxMemory
+from rebreak_idle.session.session import MailboxSession
 from rebreak_idle.testing.imapserver import InProcessIMAPServer
 from tests.support.profiles import PROFILES
 from tests.support.wait import until

@@ -8,9 +8,9 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from rebreak_idle.account import Account
-from rebreak_idle.owed_scans import OwedScans
-from rebreak_idle.scan_request import Job
+from rebreak_idle.accounts.account import Account
+from rebreak_idle.scan.owed import OwedScans
+from rebreak_idle.scan.request import Job
 
 
 def account(n: int) -> Account:

@@ -10,10 +10,10 @@ from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from rebreak_idle.account import Account
+from rebreak_idle.accounts.account import Account
 from rebreak_idle.config import session_settings
-from rebreak_idle.session import MailboxSession
-from rebreak_idle.session_state import State
+from rebreak_idle.session.session import MailboxSession
+from rebreak_idle.session.states import State
 from tests.support.scripted_imap import PROFILES, ScriptedIMAPServer
 from tests.test_session import FakeEndpoint, Recorder, make_settings
 

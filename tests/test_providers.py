@@ -8,9 +8,9 @@ from pathlib import Path
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from rebreak_idle import imap, providers
-from rebreak_idle.backoff import Backoff
-from rebreak_idle.reconnect import (
+from rebreak_idle import imap
+from rebreak_idle.session import provider_signals
+from rebreak_idle.session.reconnect_policy import (
     MAX_HOLDOFF,
     Outcome,
     classify,
@@ -18,6 +18,7 @@ from rebreak_idle.reconnect import (
     reaction,
     settle,
 )
+from rebreak_idle.timing.backoff import Backoff
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "providers.md"
 
@@ -33,8 +34,8 @@ def login_no(text: str) -> imap.AuthenticationFailed:
 class TableTests(SynchronousTestCase):
     def test_every_row_is_in_the_doc_with_a_source(self) -> None:
         doc = DOC.read_text()
-        for signal in providers.SIGNALS:
-            self.assertIn(signal.kind, providers.CLASSES)
+        for signal in provider_signals.SIGNALS:
+            self.assertIn(signal.kind, provider_signals.CLASSES)
             self.assertTrue(signal.source.strip())
             self.assertIn("`" + signal.pattern.replace("|", "\\|") + "`", doc)
             re.compile(signal.pattern)
@@ -61,17 +62,17 @@ class TableTests(SynchronousTestCase):
             "[THROTTLED] slow down": "throttled",
         }
         for text, expected in cases.items():
-            self.assertEqual(providers.match(text).kind, expected, text)
-            self.assertEqual(providers.match(text.upper()).kind, expected, text)
-        self.assertIsNone(providers.match("Invalid credentials (Failure)"))
+            self.assertEqual(provider_signals.match(text).kind, expected, text)
+            self.assertEqual(provider_signals.match(text.upper()).kind, expected, text)
+        self.assertIsNone(provider_signals.match("Invalid credentials (Failure)"))
 
     def test_suggested_delay(self) -> None:
-        self.assertEqual(providers.suggested_delay(
+        self.assertEqual(provider_signals.suggested_delay(
             "Request is throttled. Suggested Backoff Time: 299999 milliseconds"), 299.999)
-        self.assertEqual(providers.suggested_delay("suggested backoff time: 30 seconds"), 30)
-        self.assertEqual(providers.suggested_delay(
-            "Suggested Backoff Time: 99999999999 milliseconds"), providers.MAX_SUGGESTED)
-        self.assertIsNone(providers.suggested_delay("Request is throttled."))
+        self.assertEqual(provider_signals.suggested_delay("suggested backoff time: 30 seconds"), 30)
+        self.assertEqual(provider_signals.suggested_delay(
+            "Suggested Backoff Time: 99999999999 milliseconds"), provider_signals.MAX_SUGGESTED)
+        self.assertIsNone(provider_signals.suggested_delay("Request is throttled."))
 
 
 class ClassifyTests(SynchronousTestCase):

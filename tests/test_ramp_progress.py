@@ -7,7 +7,7 @@ import re
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from rebreak_idle.supervisor import Supervisor
+from rebreak_idle.fleet.supervisor import Supervisor
 from tests.test_live_metrics import StateSession
 from tests.test_supervisor import DECODE, MemoryStore, capture_logs, row, settings
 
@@ -82,7 +82,7 @@ class RampProgressTests(SynchronousTestCase):
 
 class RampSettledHookTests(SynchronousTestCase):
     def test_hook_runs_once_when_the_ramp_settles(self) -> None:
-        from rebreak_idle import memory
+        from rebreak_idle.ops import memory
 
         clock = Clock()
         capture_logs(self)

@@ -7,8 +7,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from rebreak_idle import imap
-from rebreak_idle.backoff import Backoff
-from rebreak_idle.reconnect import (
+from rebreak_idle.net.tls import CertificateVerifyError
+from rebreak_idle.session.reconnect_policy import (
     CAUSES,
     Outcome,
     SessionError,
@@ -16,7 +16,7 @@ from rebreak_idle.reconnect import (
     credentials_rejected,
     reaction,
 )
-from rebreak_idle.tls import CertificateVerifyError
+from rebreak_idle.timing.backoff import Backoff
 
 
 def cause(exc: BaseException) -> tuple[str, bool]:

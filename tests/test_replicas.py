@@ -160,7 +160,7 @@ class ReplicaProcessTests(TestCase):
             self._stop_proc(proc)
 
     def _seed(self, port: int) -> set[str]:
-        from rebreak_idle.secrets import encrypt_secret
+        from rebreak_idle.accounts.secrets import encrypt_secret
 
         secret = encrypt_secret("password", ENCRYPTION_KEY.encode()[:32])
         buf = io.StringIO()

@@ -21,10 +21,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from rebreak_idle import metrics
-from rebreak_idle.account import Account
-from rebreak_idle.backend_health import BackendHealth
+from rebreak_idle.accounts.account import Account
 from rebreak_idle.config import Settings, scan_settings
-from rebreak_idle.scan import SCAN_PATH, ScanTrigger
+from rebreak_idle.scan.backend_health import BackendHealth
+from rebreak_idle.scan.trigger import SCAN_PATH, ScanTrigger
 from rebreak_idle.testing.backend import Answer, BackendDouble, Gate
 
 SECRET = "adm1n-S3cret-for-scan-tests"
@@ -1152,7 +1152,7 @@ class SessionOwedTests(SynchronousTestCase):
     mail and no reconnect, and its mark stored then."""
 
     def test_mark_stored_once_the_backend_is_back_without_a_reconnect(self) -> None:
-        from rebreak_idle.marks import MailboxMark, MailboxMemory
+        from rebreak_idle.session.mailbox_marks import MailboxMark, MailboxMemory
         from tests.test_session import Harness as SessionHarness
 
         memory = MailboxMemory()

@@ -8,7 +8,7 @@ import subprocess
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from rebreak_idle.secrets import (
+from rebreak_idle.accounts.secrets import (
     BadEncoding,
     BadIVLength,
     BadKey,

@@ -11,9 +11,9 @@ from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from rebreak_idle import __version__
+from rebreak_idle.accounts.secrets import encrypt_secret
 from rebreak_idle.config import Settings
 from rebreak_idle.db.migrate import apply
-from rebreak_idle.secrets import encrypt_secret
 from rebreak_idle.service import build_daemon
 from rebreak_idle.testing.backend import BackendDouble
 from rebreak_idle.testing.imapserver import InProcessIMAPServer

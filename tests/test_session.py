@@ -20,15 +20,15 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from rebreak_idle import metrics
-from rebreak_idle.account import Account
-from rebreak_idle.backoff import Backoff, format_delay
+from rebreak_idle.accounts.account import Account
 from rebreak_idle.config import Settings, session_settings
 from rebreak_idle.interfaces import IRecorder, ISession
-from rebreak_idle.marks import MailboxMark, MailboxMemory
-from rebreak_idle.session import MailboxSession, timer_resolution
-from rebreak_idle.session_state import TRANSITIONS, ForbiddenTransition, State
-from rebreak_idle.tls import TLSClientEndpoint
-from rebreak_idle.wheel import TimerWheel
+from rebreak_idle.net.tls import TLSClientEndpoint
+from rebreak_idle.session.mailbox_marks import MailboxMark, MailboxMemory
+from rebreak_idle.session.session import MailboxSession, timer_resolution
+from rebreak_idle.session.states import TRANSITIONS, ForbiddenTransition, State
+from rebreak_idle.timing.backoff import Backoff, format_delay
+from rebreak_idle.timing.wheel import TimerWheel
 from tests.support.profiles import PROFILES
 from tests.support.scripted_imap import ScriptedConnection, ScriptedIMAPServer
 

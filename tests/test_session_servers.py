@@ -14,11 +14,11 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from rebreak_idle import metrics
-from rebreak_idle.account import Account
+from rebreak_idle.accounts.account import Account
 from rebreak_idle.config import Settings, session_settings
 from rebreak_idle.interfaces import IRecorder
-from rebreak_idle.marks import MailboxMemory
-from rebreak_idle.session import MailboxSession
+from rebreak_idle.session.mailbox_marks import MailboxMemory
+from rebreak_idle.session.session import MailboxSession
 from rebreak_idle.testing.certs import make_test_certs
 from rebreak_idle.testing.imapserver import InProcessIMAPServer
 from tests.support.dovecot import DovecotServer, skip_without_dovecot

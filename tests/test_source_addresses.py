@@ -6,10 +6,10 @@ from __future__ import annotations
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from rebreak_idle.account import Account
-from rebreak_idle.budget import HostBudget
+from rebreak_idle.accounts.account import Account
 from rebreak_idle.config import session_settings
-from rebreak_idle.session import MailboxSession
+from rebreak_idle.session.host_budget import HostBudget
+from rebreak_idle.session.session import MailboxSession
 from tests.support.scripted_imap import PROFILES, ScriptedIMAPServer
 from tests.support.wait import until
 from tests.test_session import Recorder, make_settings

@@ -15,8 +15,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from rebreak_idle.config import StatusSettings
-from rebreak_idle.status import StatusService, make_status_resource
-from rebreak_idle.status_page import render_page
+from rebreak_idle.status.page import render_page
+from rebreak_idle.status.server import StatusService, make_status_resource
 
 SECRET = "st4tus-admin-s3cret"
 ANY_PORT = "tcp:0:interface=127.0.0.1"
@@ -266,7 +266,7 @@ class EndpointTests(SynchronousTestCase):
         self.assertIn("REBREAK_STATUS_ENDPOINT", str(caught.exception))
 
     def test_empty_admin_secret_admits_nobody(self) -> None:
-        from rebreak_idle.status import _Secret
+        from rebreak_idle.status.server import _Secret
 
         class FakeRequest:
             def __init__(self, value: bytes | None) -> None:

@@ -7,8 +7,8 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from rebreak_idle.status_page import render_page
-from rebreak_idle.status_query import MAX_LIMIT, PageQuery, by_host, select
+from rebreak_idle.status.page import render_page
+from rebreak_idle.status.query import MAX_LIMIT, PageQuery, by_host, select
 
 STATES = ("idle", "idle", "idle", "polling", "backoff", "auth-failed", "queued", "invalid")
 

@@ -9,12 +9,12 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from rebreak_idle.account import Account
+from rebreak_idle.accounts.account import Account
 from rebreak_idle.config import Settings
+from rebreak_idle.fleet.supervisor import InvalidRow
 from rebreak_idle.service import build_daemon
-from rebreak_idle.session_state import State
-from rebreak_idle.status_query import PageQuery, choose
-from rebreak_idle.supervisor import InvalidRow
+from rebreak_idle.session.states import State
+from rebreak_idle.status.query import PageQuery, choose
 
 #: paths through the state table, from stopped
 PATHS = (

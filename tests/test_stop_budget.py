@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from rebreak_idle.config import Settings
 from rebreak_idle.deferreds import within
 from rebreak_idle.service import Daemon
-from rebreak_idle.stop_budget import PHASE_FLOOR, StopBudget
+from rebreak_idle.timing.stop_budget import PHASE_FLOOR, StopBudget
 
 
 class HangingSession(Service):

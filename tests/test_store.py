@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from rebreak_idle import metrics
-from rebreak_idle.account import COLUMNS
+from rebreak_idle.accounts.account import COLUMNS
 from rebreak_idle.config import Settings
 from rebreak_idle.db.connect import PoolClosed, StatementTimeout
 from rebreak_idle.db.store import AccountStore

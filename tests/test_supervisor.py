@@ -20,15 +20,15 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from rebreak_idle import metrics
-from rebreak_idle.account import Account
+from rebreak_idle.accounts.account import Account
+from rebreak_idle.accounts.secrets import encrypt_secret
 from rebreak_idle.config import Settings, StatusSettings, SupervisorSettings, supervisor_settings
 from rebreak_idle.db.store import AccountStore
+from rebreak_idle.fleet.supervisor import Supervisor
 from rebreak_idle.interfaces import IAccountSource
-from rebreak_idle.secrets import encrypt_secret
 from rebreak_idle.service import row_decoder
-from rebreak_idle.session_state import State
-from rebreak_idle.status import make_status_resource
-from rebreak_idle.supervisor import Supervisor
+from rebreak_idle.session.states import State
+from rebreak_idle.status.server import make_status_resource
 from rebreak_idle.testing.pg import PostgresServer, fresh_database
 from tests.support.scripted_imap import ScriptedIMAPServer
 from tests.test_store import add_row, inline, sql, status
@@ -593,7 +593,7 @@ class StateCountTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         from rebreak_idle.config import session_settings
-        from rebreak_idle.session import MailboxSession
+        from rebreak_idle.session.session import MailboxSession
 
         self.clock = Clock()
         self.server = ScriptedIMAPServer(self.clock, password="pw")

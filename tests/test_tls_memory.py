@@ -6,7 +6,7 @@ from OpenSSL import SSL
 from OpenSSL._util import ffi, lib
 from twisted.trial.unittest import TestCase
 
-from rebreak_idle.tls import _renew_bios, client_tls_options
+from rebreak_idle.net.tls import _renew_bios, client_tls_options
 
 
 class TLSMemoryTests(TestCase):

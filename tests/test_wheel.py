@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from rebreak_idle.wheel import TimerWheel
+from rebreak_idle.timing.wheel import TimerWheel
 
 
 class TimerWheelTests(TestCase):

@@ -27,7 +27,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..account import Account
+from ..accounts.account import Account
 from ..failures import describe
 from ..interfaces import Holdoff, IHoldoffRecorder
 

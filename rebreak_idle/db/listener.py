@@ -23,9 +23,9 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from ..backoff import Backoff
 from ..deferreds import Waiters, within
 from ..failures import describe
+from ..timing.backoff import Backoff
 from .connect import DBConnection, StatementTimeout, connect, new_connection, with_deadline
 
 __all__ = ["SELF_TEST_PREFIX", "SELF_TEST_WAIT", "Listener", "quote_ident"]

@@ -1,6 +1,7 @@
 """The marks table ``rebreak_idle.mailbox_state``: one row per ``(connection_id, mailbox)``
-holding the last *acknowledged* :class:`~rebreak_idle.marks.MailboxMark` (the daemon's own
-table, created by the migration; nothing is added to the backend's tables).
+holding the last *acknowledged* :class:`~rebreak_idle.session.mailbox_marks.MailboxMark`
+(the daemon's own table, created by the migration; nothing is added to the backend's
+tables).
 
 - :class:`MarkWrites`: the bounded buffer of marks to write; the store's flush writes them
   every ``flush_interval`` seconds as one ``INSERT ... ON CONFLICT DO UPDATE`` over
@@ -26,7 +27,7 @@ from twisted.logger import Logger
 
 from .. import metrics
 from ..failures import describe
-from ..marks import MailboxMark, MailboxMemory
+from ..session.mailbox_marks import MailboxMark, MailboxMemory
 from .writes import WriteBuffer, write_isolating
 
 __all__ = ["LOAD_SQL", "UPSERT_SQL", "MarkLoader", "MarkWrites", "decode_rows"]

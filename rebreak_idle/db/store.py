@@ -65,11 +65,11 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .. import metrics
-from ..account import COLUMNS
+from ..accounts.account import COLUMNS
 from ..deferreds import Coalesced
 from ..failures import describe
 from ..interfaces import IAccountSource, IRecorder
-from ..marks import MailboxMark
+from ..session.mailbox_marks import MailboxMark
 from .listener import Listener
 from .marks import LOAD_SQL, MarkWrites, decode_rows
 from .pool import Pool

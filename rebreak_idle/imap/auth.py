@@ -12,7 +12,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import INegotiated, ISSLTransport, ITLSTransport
 from twisted.python.failure import Failure
 
-from ..addresses import is_loopback
+from ..accounts.addresses import is_loopback
 from .commands import Command
 from .errors import (
     AuthenticationFailed,

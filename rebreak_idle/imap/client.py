@@ -111,7 +111,7 @@ class IdleClient(IdleExchange, Authentication, CapabilityCache, CommandQueue,
     first). ``done_noop()`` is the one pipelined exchange: DONE and NOOP in one write.
 
     One deadline timer per connection (an ``IDelayedCall`` of ``clock``, in the daemon the
-    sessions' shared :class:`~rebreak_idle.wheel.TimerWheel`, reset from command to
+    sessions' shared :class:`~rebreak_idle.timing.wheel.TimerWheel`, reset from command to
     command) covers whichever command is waiting for its answer.
     """
 

@@ -1,7 +1,7 @@
 """``Command`` (one IMAP command in the queue or on the wire) and ``CommandQueue``, the
 client's queue: commands go out one at a time, in order, and one deadline timer per
 connection (an ``IDelayedCall`` of the client's ``clock``: in the daemon the sessions'
-shared :class:`~rebreak_idle.wheel.TimerWheel`) is reset from command to command."""
+shared :class:`~rebreak_idle.timing.wheel.TimerWheel`) is reset from command to command."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from ..delayed_calls import cancel_pending, rearm
+from ..timing.delayed_calls import cancel_pending, rearm
 from .errors import CommandTimeout, ConnectionLost, IMAPError
 
 __all__ = ["Command", "CommandQueue", "ignore"]

@@ -28,8 +28,8 @@ from psycopg2.extensions import parse_dsn
 from twisted.internet import defer
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
+from rebreak_idle.accounts.secrets import encrypt_secret
 from rebreak_idle.config import Settings
-from rebreak_idle.secrets import encrypt_secret
 from rebreak_idle.service import Daemon, build_daemon
 from rebreak_idle.testing.backend import BackendDouble
 from rebreak_idle.testing.imapserver import InProcessIMAPServer
