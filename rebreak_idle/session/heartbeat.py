@@ -10,7 +10,7 @@ ends (:meth:`Heartbeat.stop`). It reaches its session only through the narrow
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -35,6 +35,7 @@ def timer_resolution(settings: SessionSettings | Settings) -> float:
     return max(0.001, min(1.0, shortest / 20))
 
 
+@runtime_checkable
 class HeartbeatOwner(Protocol):
     """What the heartbeat asks of its session."""
 
@@ -57,6 +58,7 @@ class HeartbeatOwner(Protocol):
         """A heartbeat, renewal or poll step of ``client`` failed: close the connection."""
 
 
+@runtime_checkable
 class FolderScans(Protocol):
     """What the heartbeat asks of the extra folders of the connection (the session's
     :class:`~rebreak_idle.session.mail_watch.MailWatch`)."""

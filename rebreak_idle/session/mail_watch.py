@@ -9,7 +9,7 @@ once per session; it reaches its session only through :class:`MailOwner`.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -27,6 +27,7 @@ __all__ = ["MailOwner", "MailWatch"]
 log = Logger(namespace="rebreak_idle.session")
 
 
+@runtime_checkable
 class MailOwner(Protocol):
     """What the mail watch asks of its session."""
 

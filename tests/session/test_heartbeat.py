@@ -164,3 +164,23 @@ class HeartbeatTests(SynchronousTestCase):
 
     def test_slots(self) -> None:
         self.assertFalse(hasattr(self.heartbeat, "__dict__"))
+
+
+class SeamTests(SynchronousTestCase):
+    def test_the_session_is_the_heartbeats_owner_and_its_mail_the_folders(self) -> None:
+        from rebreak_idle.accounts.account import Account
+        from rebreak_idle.config import Settings, session_settings
+        from rebreak_idle.session.heartbeat import FolderScans, HeartbeatOwner
+        from rebreak_idle.session.session import MailboxSession
+
+        account = Account(id="acc-1", user_id="u", email="ann@example.test", host="h",
+                          port=143, security="plain", username="ann",
+                          auth_method="password", secret="pw")
+        settings = Settings(database_url="postgresql://x", admin_secret="s" * 8,
+                            encryption_key="k" * 32)
+        session = MailboxSession(account, session_settings(settings), Recorder(Clock()),
+                                 lambda *a, **kw: None, Clock())
+        self.assertIsInstance(session, HeartbeatOwner)
+        self.assertIsInstance(session.mail, FolderScans)
+        self.assertEqual((session.email, session.account_id), ("ann@example.test", "acc-1"))
+        self.assertIsNone(session.client)

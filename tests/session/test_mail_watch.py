@@ -111,3 +111,14 @@ class MailWatchTests(SynchronousTestCase):
 
     def test_slots(self) -> None:
         self.assertFalse(hasattr(self.watch, "__dict__"))
+
+    def test_the_session_is_the_mail_watchs_owner(self) -> None:
+        from rebreak_idle.config import Settings, session_settings
+        from rebreak_idle.session.mail_watch import MailOwner
+        from rebreak_idle.session.session import MailboxSession
+
+        settings = Settings(database_url="postgresql://x", admin_secret="s" * 8,
+                            encryption_key="k" * 32)
+        session = MailboxSession(ACCOUNT, session_settings(settings), object(),  # type: ignore[arg-type]
+                                 self.on_new_mail, self.clock)
+        self.assertIsInstance(session, MailOwner)
