@@ -46,9 +46,9 @@ def _build(n: int) -> tuple[Any, Any]:
     from rebreak_idle.accounts.account import Account
     from rebreak_idle.config import Settings
     from rebreak_idle.fleet.supervisor import InvalidRow
+    from rebreak_idle.live_metrics import LIVE
     from rebreak_idle.service import build_daemon
     from rebreak_idle.session.states import State
-    from rebreak_idle.status.live_metrics import LIVE
 
     settings = Settings(database_url="postgresql://bench@127.0.0.1:1/none",
                         admin_secret=ADMIN_SECRET, encryption_key="k" * 32,

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
 def _probe(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     import sys
 
-    from .ops.probe import run_probe
+    from .probe import run_probe
 
     if (args.account_id is None) == (args.email is None):
         parser.error("probe needs ACCOUNT_ID or --email ADDRESS (one of them)")

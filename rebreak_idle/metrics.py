@@ -30,7 +30,7 @@ EXISTS_EVENTS = _metric(Counter, "rebreak_idle_exists_events",
 RECONNECTS = _metric(Counter, "rebreak_idle_reconnects", "Reconnects scheduled, by cause",
                      "cause")
 # rebreak_idle_oldest_heartbeat_age_seconds and the other gauges of the live sessions are
-# computed at scrape time: rebreak_idle.status.live_metrics.
+# computed at scrape time: rebreak_idle.live_metrics.
 
 SCANS = _metric(Counter, "rebreak_idle_scan_triggers", "Scan triggers by reason and outcome",
                 "reason", "outcome")

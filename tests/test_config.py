@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 from twisted.trial.unittest import SynchronousTestCase
 
 from rebreak_idle.config import (
@@ -16,24 +12,7 @@ from rebreak_idle.config import (
     scan_settings,
     status_settings,
 )
-
-SECRET = "adm1n-s3cret-value"
-KEY = "k" * 31 + "Z-more-key-material"
-BASE = {
-    "DATABASE_URL": "postgresql://app:db-pa55word@127.0.0.1:5432/rebreak",
-    "ADMIN_SECRET": SECRET,
-    "ENCRYPTION_KEY": KEY,
-}
-
-
-def env(**changes: str | None) -> dict[str, str]:
-    out = dict(BASE)
-    for k, v in changes.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = v
-    return out
+from tests.support.twist import KEY, SECRET, env, run_twist
 
 
 class LoadSettingsTests(SynchronousTestCase):
@@ -135,15 +114,6 @@ class RoomViewTests(SynchronousTestCase):
         assert view is not None
         self.assertEqual((view.status_endpoint, view.admin_secret), ("tcp:9464", SECRET))
         self.assertNotIn(SECRET, repr(view))
-
-
-def run_twist(*args: str, environ: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    twist = os.path.join(os.path.dirname(sys.executable), "twist")
-    clean = {k: v for k, v in os.environ.items()
-             if k not in BASE and not k.startswith(("REBREAK_", "NODE_ENV", "BACKEND_URL"))}
-    clean.update(environ or {})
-    return subprocess.run([twist, *args], capture_output=True, text=True, timeout=120,
-                          env=clean, cwd="/")
 
 
 class CommandLineTests(SynchronousTestCase):

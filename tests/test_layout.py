@@ -174,29 +174,47 @@ class ImportCycleTests(SynchronousTestCase):
 
 _SQL = ("rebreak_idle.db", "psycopg2", "txpostgres")
 _IMAP = ("rebreak_idle.imap", "twisted.mail")
-_HTTP = ("treq", "twisted.web", "rebreak_idle.scan.trigger", "rebreak_idle.scan.request",
-         "rebreak_idle.scan.http_pool")
+_HTTP = ("treq", "twisted.web", "rebreak_idle.scan")
+_SCAN = ("treq", "rebreak_idle.scan")  # how a scan is sent (status/ serves HTTP itself)
 _SOCKETS = ("socket", "ssl", "twisted.internet.tcp", "twisted.internet.endpoints",
             "rebreak_idle.net.connecting", "rebreak_idle.net.tls")
+_ROOMS = ("rebreak_idle.accounts", "rebreak_idle.net", "rebreak_idle.imap",
+          "rebreak_idle.session", "rebreak_idle.scan", "rebreak_idle.fleet", "rebreak_idle.db",
+          "rebreak_idle.status", "rebreak_idle.ops", "rebreak_idle.timing")
 #: What the thin entry points may call: the option parsers and the wiring's entries.
 _ENTRIES = ("rebreak_idle.options", "rebreak_idle.startup", "rebreak_idle.tap",
-            "rebreak_idle.db.migrate.migrate_or_exit", "rebreak_idle.ops.probe.run_probe")
+            "rebreak_idle.db.migrate.migrate_or_exit", "rebreak_idle.probe.run_probe")
 
 #: docs/design.md's room table, "must not know about" as imports: (rooms (a module, or a
 #: package with all its modules), what they must not import, what they may nonetheless).
 ROOM_RULES: tuple[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], ...] = (
-    (("rebreak_idle.config",), ("twisted.application",), ()),            # Twisted services
-    (("rebreak_idle.accounts.account",), _IMAP + _SQL, ()),                        # IMAP, SQL
-    (("rebreak_idle.accounts.secrets",), _SQL + _IMAP, ()),                        # databases, IMAP
-    # accounts, db, HTTP
-    (("rebreak_idle.imap",), ("rebreak_idle.accounts.account", *_SQL, *_HTTP), ()),
-    (("rebreak_idle.session.reconnect_policy",), _SOCKETS, ()),                          # sockets
-    (("rebreak_idle.session.session", "rebreak_idle.session.provider_limits",
-      "rebreak_idle.session.states"), _SQL + _HTTP, ()),                   # SQL, HTTP details
-    # protocol details, psycopg2 (the store comes as an interfaces.IAccountSource)
-    (("rebreak_idle.fleet.supervisor",), _IMAP + _SQL + ("rebreak_idle.session.session",), ()),
-    (("rebreak_idle.scan.trigger", "rebreak_idle.scan.request"), _IMAP + _SQL, ()),  # IMAP, SQL
-    (("rebreak_idle.db",), _IMAP, ()),                                    # IMAP
+    # Twisted services
+    (("rebreak_idle.config", "rebreak_idle.options"), ("twisted.application",), ()),
+    # IMAP, SQL, HTTP, sessions and the fleet
+    (("rebreak_idle.accounts",), (*_IMAP, *_SQL, *_HTTP, "rebreak_idle.session",
+                                  "rebreak_idle.fleet", "rebreak_idle.net"), ()),
+    # SQL, HTTP scans, sessions and the fleet
+    (("rebreak_idle.net",), (*_SQL, *_HTTP, "rebreak_idle.session", "rebreak_idle.fleet"), ()),
+    # accounts, the database, HTTP
+    (("rebreak_idle.imap",), ("rebreak_idle.accounts", *_SQL, *_HTTP), ()),
+    # SQL, HTTP details (the scan comes as an interfaces.IScanTrigger), sockets
+    (("rebreak_idle.session",), _SQL + _HTTP, ()),
+    (("rebreak_idle.session.reconnect_policy",), _SOCKETS, ()),
+    # IMAP, SQL, the session's internals
+    (("rebreak_idle.scan",), (*_IMAP, *_SQL, "rebreak_idle.session"),
+     ("rebreak_idle.session.mailbox_marks",)),
+    # protocol details, SQL (rows come as an interfaces.IAccountSource), the session's
+    # internals (sessions come from the wiring's factory; states and tokens are its words)
+    (("rebreak_idle.fleet",), (*_IMAP, *_SQL, *_HTTP, "rebreak_idle.session"),
+     ("rebreak_idle.session.states", "rebreak_idle.session.tokens")),
+    # IMAP, HTTP
+    (("rebreak_idle.db",), _IMAP + _HTTP, ()),
+    # IMAP, SQL, how a scan is sent
+    (("rebreak_idle.status",), _IMAP + _SQL + _SCAN, ()),
+    # the rooms that use it
+    (("rebreak_idle.ops",), tuple(r for r in _ROOMS if r != "rebreak_idle.timing"), ()),
+    # every room
+    (("rebreak_idle.timing",), _ROOMS, ()),
     # thin: parse options / environment, call the wiring; everything else
     (("rebreak_idle.tap", "rebreak_idle.cli", "twisted.plugins.rebreak_idle_plugin",
       "rebreak"), ("rebreak_idle",), _ENTRIES),
@@ -204,6 +222,9 @@ ROOM_RULES: tuple[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], ...]
 
 #: Imports that break a rule today, each with its reason: (importing module, imported name).
 KNOWN_CROSSINGS: dict[tuple[str, str], str] = {
+    ("rebreak_idle.imap.auth", "rebreak_idle.accounts.addresses.is_loopback"):
+        "the one loopback check (which hosts may get credentials without TLS) is shared "
+        "with the row's validation; accounts/addresses.py imports nothing of the package",
 }
 
 
@@ -315,3 +336,103 @@ class LoadedRoomsTests(SynchronousTestCase):
     def test_an_account_does_not_load_the_imap_client(self) -> None:
         self.assertEqual(self.loaded("rebreak_idle.accounts.account",
                                      ("rebreak_idle.imap", "twisted.mail", "psycopg2")), [])
+
+
+# -- the test tree mirrors the package ------------------------------------------------------
+
+#: Test folders that are not one package's unit tests: end-to-end runs on real servers,
+#: the fault and hostile-server suites, the provider days and real-server suites, and the
+#: harnesses they share.
+SUITE_FOLDERS = ("integration", "faults", "providers", "support", "corpus")
+
+
+def shared_file_names(root: Path = ROOT) -> dict[str, list[str]]:
+    """File name → the modules of rebreak_idle/ that share it (``__init__.py`` aside)."""
+    by_name: dict[str, list[str]] = {}
+    for path in sorted((root / "rebreak_idle").rglob("*.py")):
+        if path.name != "__init__.py":
+            by_name.setdefault(path.name, []).append(str(path.relative_to(root)))
+    return {name: paths for name, paths in by_name.items() if len(paths) > 1}
+
+
+def tested_module(test: Path, root: Path = ROOT) -> str | None:
+    """The module of rebreak_idle/ that the unit-test file ``test`` names, or None.
+    tests/<package>/test_<module>.py names rebreak_idle/<package>/<module>.py and
+    tests/test_<module>.py a module at the top; ``test_<module>_<aspect>.py`` (one aspect
+    of a module in a file of its own) names ``<module>`` too."""
+    parts = test.relative_to(root / "tests").parts
+    folder = root / "rebreak_idle" / Path(*parts[:-1])
+    words = test.stem.removeprefix("test_").split("_")
+    for n in range(len(words), 0, -1):
+        candidate = folder / ("_".join(words[:n]) + ".py")
+        if candidate.is_file():
+            return ".".join(candidate.relative_to(root).with_suffix("").parts)
+    return None
+
+
+def unit_test_files(root: Path = ROOT) -> list[Path]:
+    return [p for p in sorted((root / "tests").rglob("test_*.py"))
+            if p.relative_to(root / "tests").parts[0] not in SUITE_FOLDERS
+            and p != root / "tests" / "test_layout.py"]
+
+
+def test_module_imports(root: Path = ROOT) -> list[str]:
+    """``file:line module`` for each import of a test module (``tests.….test_*``) in tests/."""
+    found = []
+    for path in sorted((root / "tests").rglob("*.py")):
+        for line, name in imported_modules(path, root):
+            if name.startswith("tests.") and any(
+                    part.startswith("test_") for part in name.split(".")[1:]):
+                found.append(f"{path.relative_to(root)}:{line} {name}")
+    return found
+
+
+def folders_without_init(root: Path = ROOT) -> list[str]:
+    return [str(d.relative_to(root)) for d in sorted([root / "tests",
+                                                       *(root / "tests").rglob("*")])
+            if d.is_dir() and d.name not in ("__pycache__", "corpus")
+            and not d.name.startswith("_") and not (d / "__init__.py").is_file()]
+
+
+class TestTreeTests(SynchronousTestCase):
+    """docs/architecture.md: one file name per module, and the tests beside what they test."""
+
+    def test_no_two_modules_share_a_file_name(self) -> None:
+        self.assertEqual(shared_file_names(), {})
+
+    def test_every_unit_test_file_names_a_module(self) -> None:
+        self.assertEqual([str(p.relative_to(ROOT)) for p in unit_test_files()
+                          if tested_module(p) is None], [])
+
+    def test_no_test_module_imports_another(self) -> None:
+        self.assertEqual(test_module_imports(), [])
+
+    def test_every_test_folder_is_a_package(self) -> None:
+        self.assertEqual(folders_without_init(), [])
+
+    def test_the_checks_see_a_misplaced_tree(self) -> None:
+        root = Path(self.mktemp())
+        for name in ("rebreak_idle/__init__.py", "rebreak_idle/imap/errors.py",
+                     "rebreak_idle/session/errors.py", "rebreak_idle/session/heartbeat.py",
+                     "rebreak_idle/config.py", "tests/__init__.py", "tests/session/__init__.py",
+                     "tests/support/__init__.py", "tests/support/double.py",
+                     "tests/session/test_heartbeat_noop.py", "tests/test_config.py",
+                     "tests/scan/test_trigger.py"):
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_text("")
+        (root / "tests" / "session" / "test_folders.py").write_text(
+            "from tests.support.double import x\nfrom tests.test_config import env\n"
+            "from .test_heartbeat_noop import y\n")
+        self.assertEqual(shared_file_names(root), {"errors.py": [
+            "rebreak_idle/imap/errors.py", "rebreak_idle/session/errors.py"]})
+        self.assertEqual({str(p.relative_to(root)): tested_module(p, root)
+                          for p in unit_test_files(root)},
+                         {"tests/scan/test_trigger.py": None,
+                          "tests/session/test_folders.py": None,
+                          "tests/session/test_heartbeat_noop.py":
+                              "rebreak_idle.session.heartbeat",
+                          "tests/test_config.py": "rebreak_idle.config"})
+        self.assertEqual(test_module_imports(root), [
+            "tests/session/test_folders.py:2 tests.test_config",
+            "tests/session/test_folders.py:3 tests.session.test_heartbeat_noop"])
+        self.assertEqual(folders_without_init(root), ["tests/scan"])

@@ -3,42 +3,17 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any
 
 from prometheus_client import generate_latest
-from twisted.application.service import Service
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from rebreak_idle import metrics
-from rebreak_idle.accounts.account import Account
 from rebreak_idle.fleet.supervisor import Supervisor
+from rebreak_idle.live_metrics import LIVE, SCANS_LIVE
 from rebreak_idle.session.states import State, StateTally
-from rebreak_idle.status.live_metrics import LIVE, SCANS_LIVE
-from tests.test_supervisor import DECODE, MemoryStore, row, settings
-
-
-class StateSession(Service):
-    """A session with the attributes the collector reads; it moves the daemon's tally of
-    states as a MailboxSession does."""
-
-    def __init__(self, account: Account, tally: StateTally | None = None) -> None:
-        self.account = account
-        self.tally = StateTally() if tally is None else tally
-        self.state = State.STOPPED
-        self.last_heartbeat_at: float | None = None
-        self.last_exists_at: float | None = None
-
-    def move(self, state: State) -> None:
-        self.tally.moved(self.state, state)
-        self.state = state
-
-    def startService(self) -> None:
-        super().startService()
-        self.move(State.CONNECTING)
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"id": self.account.id, "state": self.state}
+from tests.support.fleet import DECODE, MemoryStore, row, settings
+from tests.support.state_session import StateSession
 
 
 def sample(name: str, **labels: str) -> float | None:

@@ -17,8 +17,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
+from rebreak_idle import probe
 from rebreak_idle.failures import account_secrets
-from rebreak_idle.ops import probe
 from rebreak_idle.testing.certs import make_test_certs
 from tests.support.dovecot import DovecotServer, skip_without_dovecot
 from tests.support.faults import FaultCase, ScriptedIMAPServer, child_env

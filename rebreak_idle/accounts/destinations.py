@@ -22,7 +22,7 @@ import functools
 import ipaddress
 from collections.abc import Iterable
 
-from ..session.errors import SessionError
+from ..session_errors import SessionError
 
 __all__ = ["METADATA", "DestinationPolicy", "DestinationRefused", "kind_of", "policy_for"]
 

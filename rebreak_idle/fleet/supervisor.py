@@ -40,9 +40,9 @@ from ..config import SupervisorSettings
 from ..deferreds import Coalesced
 from ..failures import describe, maskable, scrub
 from ..interfaces import IAccountSource
+from ..live_metrics import LIVE
 from ..session.states import State, StateTally
 from ..session.tokens import token_only_change
-from ..status.live_metrics import LIVE
 from .ramp_progress import RampProgress
 
 __all__ = ["Decode", "InvalidRow", "Supervisor"]

@@ -32,7 +32,7 @@ from zope.interface import implementer
 from .. import imap
 from ..accounts.account import Account
 from ..accounts.destinations import DestinationPolicy, DestinationRefused
-from ..session.errors import SessionError
+from ..session_errors import SessionError
 from .tls import TLSClientEndpoint, client_tls_options
 
 __all__ = ["CheckedHostnameEndpoint", "ClientFactory", "enable_keepalive", "server_endpoint",

@@ -1,6 +1,7 @@
-"""Ops: what the operator runs and reads beside the daemon — the probe command, the log
-observers and log folding, memory figures and the garbage-collector tuning.
+"""Ops: what the process needs beside its rooms — the log observers and the folding of
+repeated log lines, memory figures and the garbage-collector tuning.
 
-The probe is an entry point and may use the other rooms; the rest must not know about
-sessions, IMAP, SQL or HTTP scans.
+Used by the wiring and the session; must not know about sessions, the supervisor, IMAP,
+SQL or HTTP scans (the ``probe`` command, which uses all of them, is an entry point beside
+``cli``).
 """

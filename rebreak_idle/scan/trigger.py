@@ -30,7 +30,7 @@ backend's health (:class:`~rebreak_idle.scan.backend_health.BackendHealth`).
 
 Each move of the backend's state is logged (``[idle/db] backend down: <reason>; <n> scans
 owed``, ``[idle/db] backend back after <s>s: sending <n> owed scans``); the state, the
-owed scans and the age of the oldest are gauges (:mod:`rebreak_idle.status.live_metrics`).
+owed scans and the age of the oldest are gauges (:mod:`rebreak_idle.live_metrics`).
 
 The admin secret is only ever put in the request header: log events and the status
 page see neither it nor any other secret of the settings.
@@ -58,7 +58,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from .. import metrics
 from ..deferreds import Waiters
 from ..failures import maskable
-from ..status.live_metrics import SCANS_LIVE
+from ..live_metrics import SCANS_LIVE
 from ..timing.backoff import format_delay
 from .backend_health import BackendHealth, BackendState
 from .http_pool import QuietHTTPConnectionPool

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..accounts.account import Account
-from .errors import SessionError
+from ..session_errors import SessionError
 from .mailbox_marks import MailboxMark, status_mark
 from .provider_signals import CLIENT_ID
 

@@ -25,9 +25,9 @@ from twisted.python.failure import Failure
 from .. import imap
 from ..failures import describe
 from ..net.descriptors import is_out_of_descriptors
+from ..session_errors import SessionError
 from ..timing.backoff import Backoff
 from . import provider_signals
-from .errors import SessionError
 from .provider_signals import CAPACITY, CREDENTIALS, NETWORK, RECYCLE, THROTTLED, TRANSIENT
 
 __all__ = ["CAUSES", "FLOOD_MIN_DELAY", "HEALTHY_AFTER", "MAX_HOLDOFF", "TRANSIENT_LOGIN_CODES",

@@ -60,10 +60,10 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
+from .. import live_metrics  # noqa: F401  (registers the scrape-time gauges of /metrics)
 from ..deferreds import Waiters
 from ..failures import is_secret_name
 from ..metrics import REGISTRY
-from . import live_metrics  # noqa: F401  (registers the scrape-time gauges of /metrics)
 from .page import render_page
 from .query import PageQuery, Selection, choose
 

@@ -1,4 +1,4 @@
-"""Harness of the fault suite (``tests/test_faults*.py``): the real daemon on real parts.
+"""Harness of the fault suite (``tests/faults/``): the real daemon on real parts.
 
 :class:`FaultCase` is a mixin for ``twisted.trial.unittest.TestCase`` (real reactor). It
 starts, per test, a fresh PostgreSQL database (the daemon connects as a role with a

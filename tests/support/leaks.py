@@ -1,6 +1,6 @@
 """Fixed secret strings of the fault suite, and a check that no log contains one.
 
-Every test of the fault suite (``tests/test_faults*.py``) configures the daemon with these
+Every test of the fault suite (``tests/faults/``) configures the daemon with these
 values: the admin secret, the encryption key, the IMAP passwords, an XOAUTH2 token and the
 password of a PostgreSQL role the daemon connects as. After the suite ran, grep its logs::
 
