@@ -59,7 +59,7 @@ class ISession(IService):
     account = Attribute("The Account the session watches (its connection_key tells "
                         "whether a changed row needs a new session).")
     last_heartbeat_at = Attribute("Reactor time of the last heartbeat, or None.")
-    state = Attribute("The session's State (session_state.py); each change moves the "
+    state = Attribute("The session's State (session/states.py); each change moves the "
                       "daemon's StateTally, which the status page and /metrics count.")
     last_exists_at = Attribute("Reactor time of the last EXISTS seen, or None.")
     last_error = Attribute("The last error shown for the account (no secret), or None.")

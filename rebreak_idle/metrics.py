@@ -1,4 +1,4 @@
-"""Prometheus metrics of the daemon, in one registry of its own (served by status.py).
+"""Prometheus metrics of the daemon, in one registry of its own (served by status/server.py).
 
 Rooms update these directly; label values are fixed words (never an e-mail or a secret),
 so the number of series stays bounded whatever the number of accounts.

@@ -27,7 +27,7 @@ from twisted.logger import Logger
 
 __all__ = ["CHECK_EVERY", "REPORT_EVERY", "RampProgress"]
 
-log = Logger()
+log = Logger(namespace="rebreak_idle.ramp_progress")  # the namespace operators know
 
 #: Seconds between two progress lines.
 REPORT_EVERY = 5.0

@@ -47,7 +47,7 @@ from .ramp_progress import RampProgress
 
 __all__ = ["Decode", "InvalidRow", "Supervisor"]
 
-log = Logger()
+log = Logger(namespace="rebreak_idle.supervisor")  # the namespace operators know
 
 
 def _no(account: Account) -> bool:

@@ -17,6 +17,11 @@ within 10 s of the backend's return, however long it was away), and never before
 backend configuration is noticed without a restart. The first 2xx makes it up again.
 
 The values are what the ``rebreak_idle_backend_state{state}`` gauge shows.
+
+This is where a failed scan's retry is decided: a scan that failed stays owed
+(:mod:`rebreak_idle.scan.owed` keeps the book), and :meth:`BackendHealth.probe_delay` says
+when the next try goes out. (A 4xx that concerns one request only is tried again after the
+trigger's ``REJECTED_RETRY_DELAY``.)
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ one page of the account table: accounts needing attention first (auth-failed, ba
 invalid), a search field and filters, paging, an optional automatic reload
 (:mod:`rebreak_idle.status.query`: all server-side, GET parameters only).
 
-Every value is HTML-escaped; the page has no script (status.py sends it with a
+Every value is HTML-escaped; the page has no script (status/server.py sends it with a
 Content-Security-Policy that allows none).
 """
 

@@ -72,7 +72,7 @@ if TYPE_CHECKING:
 
 __all__ = ["StatusService", "make_site", "make_status_resource"]
 
-log = Logger()
+log = Logger(namespace="rebreak_idle.status")  # the namespace operators know
 
 Snapshot = Callable[[], Sequence[Mapping[str, Any]]]
 #: accounts by state (``{"idle": 9, "backoff": 1}``), kept up to date: no walk of the accounts
