@@ -18,8 +18,6 @@ from tests.support.scripted_imap import PROFILES, ScriptedIMAPServer
 from tests.support.session_harness import FakeEndpoint, Recorder, make_settings
 
 DAY = 86400.0
-
-
 HOUR = 3600.0
 
 

@@ -20,8 +20,6 @@ from rebreak_idle.scan.backend_health import BackendHealth
 from rebreak_idle.scan.trigger import ScanTrigger
 
 SECRET = "adm1n-S3cret-for-scan-tests"
-
-
 KEY = "e" * 32
 
 

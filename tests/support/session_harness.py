@@ -22,8 +22,6 @@ from rebreak_idle.timing.wheel import TimerWheel
 from tests.support.scripted_imap import ScriptedConnection, ScriptedIMAPServer
 
 SECRET = "s3cret-Pa55word"
-
-
 ACCOUNT = Account(id="acc-1", user_id="user-1", email="ann@example.test", host="127.0.0.1",
                   port=143, security="plain", username="ann", auth_method="password",
                   secret=SECRET)

@@ -14,11 +14,7 @@ from rebreak_idle.config import Settings
 from rebreak_idle.interfaces import IRecorder
 
 USER = "ann@example.org"
-
-
 PASSWORD = "correct horse battery"
-
-
 DEADLINE = 10.0
 
 

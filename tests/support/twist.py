@@ -8,11 +8,7 @@ import subprocess
 import sys
 
 SECRET = "adm1n-s3cret-value"
-
-
 KEY = "k" * 31 + "Z-more-key-material"
-
-
 BASE = {
     "DATABASE_URL": "postgresql://app:db-pa55word@127.0.0.1:5432/rebreak",
     "ADMIN_SECRET": SECRET,
