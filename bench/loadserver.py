@@ -11,12 +11,21 @@ Literals (``{n}`` and ``{n+}``) are accepted in any command.
 Control: a line protocol on a TCP port of 127.0.0.1:
 
     inject <username>   → ok <username> <exists> <unix time>   (pushes "* N+1 EXISTS")
-    deliver <username>  → ok <username> <exists>   (a new message, connected or not: the
-                          next SELECT shows it; a selected connection hears "* N+1 EXISTS")
                           err <username> not-selected
+    deliver <username>  → ok <username> <exists> <unix time>   (a new message, connected or
+                          not: the next SELECT shows it; a selected connection hears
+                          "* N+1 EXISTS")
     stats               → one JSON object (connections, idling, logins, commands by kind...)
     injections          → JSON list of [username, exists, unix time]
     kick <username>     → ok|err   (drops that user's connection)
+    bye <username>      → ok|err   (``* BYE`` to that user's connection, then closes it)
+    silent <username>   → ok|err   (that connection stops reading and writing, stays open:
+                          a black-holed socket; aborted when the user logs in again)
+    deaf <username>     → ok|err   (that connection accepts IDLE but never sends EXISTS and
+                          never answers DONE; aborted when the user logs in again)
+    watched             → JSON list of the users with a selected connection that is neither
+                          silent nor deaf
+    logins              → JSON object {username: [unix time of each login, ...]}
     quit                → bye, and the server stops
 
 Run: ``python -m bench.loadserver --port 0 --tls-port 0 --cert server.pem --key server.key``;
@@ -45,6 +54,8 @@ __all__ = ["LoadServer", "main"]
 CAPABILITIES = b"IMAP4rev1 IDLE AUTH=PLAIN AUTH=XOAUTH2 SASL-IR"
 MAX_LINE = 64 * 1024
 MAX_LITERAL = 1024 * 1024
+#: login times kept per user (``logins`` control command)
+MAX_LOGIN_TIMES = 10_000
 UIDVALIDITY = 1_700_000_000
 _LITERAL = re.compile(rb"\{(\d{1,9})(\+?)\}$")
 #: the folders LIST answers besides INBOX: (name, extra attributes)
@@ -101,8 +112,8 @@ def _xoauth2_user(response: bytes) -> str | None:
 class ImapConnection(asyncio.Protocol):
     """One client connection."""
 
-    __slots__ = ("auth", "buf", "idle_tag", "literal", "parts", "selected", "server",
-                 "tls", "transport", "user")
+    __slots__ = ("auth", "buf", "deaf", "idle_tag", "literal", "parts", "selected", "server",
+                 "silent", "tls", "transport", "user")
 
     def __init__(self, server: LoadServer, tls: bool) -> None:
         self.server = server
@@ -115,6 +126,14 @@ class ImapConnection(asyncio.Protocol):
         self.auth: tuple[bytes, bytes] | None = None  # (tag, mechanism) awaiting a response
         self.literal = 0
         self.parts: list[bytes] = []
+        self.silent = False  # fault: reads nothing, writes nothing, stays open
+        self.deaf = False  # fault: IDLE without EXISTS, DONE never answered
+
+    @property
+    def watching(self) -> bool:
+        """Selected, open, and neither silent nor deaf: new mail reaches the client."""
+        return (self.transport is not None and self.selected and not self.silent
+                and not self.deaf)
 
     # -- asyncio.Protocol --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -185,7 +204,7 @@ class ImapConnection(asyncio.Protocol):
 
     # -- helpers -----------------------------------------------------------------------
     def write(self, data: bytes) -> None:
-        if self.transport is not None:
+        if self.transport is not None and not self.silent:
             self.transport.write(data)
 
     def bad_and_close(self, text: bytes) -> None:
@@ -195,6 +214,8 @@ class ImapConnection(asyncio.Protocol):
 
     def idle_line(self, line: bytes) -> None:
         tag = self.idle_tag
+        if self.deaf:
+            return  # nothing answered, DONE neither: the client's deadline has to notice
         if line.strip().upper() != b"DONE":
             self.write(b"* BAD expected DONE\r\n")
             return
@@ -224,6 +245,13 @@ class ImapConnection(asyncio.Protocol):
         s = self.server
         s.logins += 1
         self.user = user
+        times = s.login_times.setdefault(user, [])
+        if len(times) < MAX_LOGIN_TIMES:
+            times.append(time.time())
+        previous = s.by_user.get(user)
+        if (previous is not None and previous is not self and previous.transport is not None
+                and (previous.silent or previous.deaf)):
+            previous.transport.abort()  # the client gave it up: it logged in anew
         s.by_user[user] = self
         s.exists.setdefault(user, s.initial_exists)
 
@@ -387,6 +415,7 @@ class LoadServer:
         self.conns: set[ImapConnection] = set()
         self.by_user: dict[str, ImapConnection] = {}
         self.exists: dict[str, int] = {}
+        self.login_times: dict[str, list[float]] = {}
         self.commands: Counter[str] = Counter()
         self.injections: list[tuple[str, int, float]] = []
         self.tasks: set[asyncio.Task] = set()
@@ -419,14 +448,16 @@ class LoadServer:
             self.injection_log.flush()
         return n, now
 
-    def deliver(self, user: str) -> int:
-        """A new message for ``user`` whether or not a session watches (UIDNEXT moves)."""
+    def deliver(self, user: str) -> tuple[int, float]:
+        """A new message for ``user`` whether or not a session watches (UIDNEXT moves);
+        (its count, the wall time it was stored)."""
         n = self.exists.get(user, self.initial_exists) + 1
         self.exists[user] = n
+        now = time.time()
         conn = self.by_user.get(user)
-        if conn is not None and conn.transport is not None and conn.selected:
+        if conn is not None and conn.watching:
             conn.write(b"* %d EXISTS\r\n" % n)
-        return n
+        return n, now
 
     def kick(self, user: str) -> bool:
         conn = self.by_user.get(user)
@@ -434,6 +465,24 @@ class LoadServer:
             return False
         conn.transport.abort()
         return True
+
+    def fault(self, verb: str, user: str) -> bool:
+        """``bye``, ``silent`` or ``deaf`` on ``user``'s current connection."""
+        conn = self.by_user.get(user)
+        if conn is None or conn.transport is None or conn.silent or conn.deaf:
+            return False
+        if verb == "bye":
+            conn.write(b"* BYE [UNAVAILABLE] bench server going away\r\n")
+            conn.transport.close()
+        elif verb == "silent":
+            conn.silent = True
+            conn.transport.pause_reading()
+        else:
+            conn.deaf = True
+        return True
+
+    def watched(self) -> list[str]:
+        return [user for user, conn in self.by_user.items() if conn.watching]
 
     def stats(self) -> dict:
         return {
@@ -470,13 +519,20 @@ async def _control(server: LoadServer, stop: asyncio.Event, reader: asyncio.Stre
                 else:
                     reply = f"ok {words[1]} {got[0]} {got[1]:.6f}\n"
             elif verb == "deliver" and len(words) == 2:
-                reply = f"ok {words[1]} {server.deliver(words[1])}\n"
+                n, at = server.deliver(words[1])
+                reply = f"ok {words[1]} {n} {at:.6f}\n"
             elif verb == "stats":
                 reply = json.dumps(server.stats()) + "\n"
             elif verb == "injections":
                 reply = json.dumps(server.injections) + "\n"
             elif verb == "kick" and len(words) == 2:
                 reply = "ok\n" if server.kick(words[1]) else "err\n"
+            elif verb in ("bye", "silent", "deaf") and len(words) == 2:
+                reply = "ok\n" if server.fault(verb, words[1]) else "err\n"
+            elif verb == "watched":
+                reply = json.dumps(server.watched()) + "\n"
+            elif verb == "logins":
+                reply = json.dumps(server.login_times) + "\n"
             elif verb == "quit":
                 writer.write(b"bye\n")
                 await writer.drain()

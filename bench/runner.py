@@ -360,18 +360,19 @@ class Bench:
                 "top": [[" ".join(q.split())[:120], calls] for q, calls in rows[:8]]}
 
     # -- helpers --
-    def start_helpers(self, run_dir: Path, n: int = 0) -> tuple[subprocess.Popen, dict,
-                                                                subprocess.Popen, dict]:
+    def start_helpers(self, run_dir: Path, n: int = 0, max_seconds: float = 1800.0,
+                      sink_port: int = 0
+                      ) -> tuple[subprocess.Popen, dict, subprocess.Popen, dict]:
         listeners = 1 + n // ACCOUNTS_PER_PORT
         ls = self.children.spawn(
             [sys.executable, "-m", "bench.loadserver", "--cert", self.certs["cert"], "--key",
              self.certs["key"], "--injection-log", str(run_dir / "injections.log"),
-             "--max-seconds", "1800", "--listeners", str(listeners)],
+             "--max-seconds", str(max_seconds), "--listeners", str(listeners)],
             cwd=ROOT, stdout=subprocess.PIPE, text=True)
         ls_ready = ready_line(ls, "load server")
         sink = self.children.spawn(
             [sys.executable, "-m", "bench.sink", "--admin-secret", ADMIN_SECRET,
-             "--max-seconds", "1800"],
+             "--max-seconds", str(max_seconds), "--port", str(sink_port)],
             cwd=ROOT, stdout=subprocess.PIPE, text=True)
         sink_ready = ready_line(sink, "sink")
         return ls, ls_ready, sink, sink_ready

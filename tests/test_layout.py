@@ -344,6 +344,8 @@ class LoadedRoomsTests(SynchronousTestCase):
 #: the fault and hostile-server suites, the provider days and real-server suites, and the
 #: harnesses they share.
 SUITE_FOLDERS = ("integration", "faults", "providers", "support", "corpus")
+#: Test folders that mirror a folder at the repository's root, not one of rebreak_idle/.
+MIRRORED_AT_THE_ROOT = ("bench",)
 
 
 def shared_file_names(root: Path = ROOT) -> dict[str, list[str]]:
@@ -359,9 +361,11 @@ def tested_module(test: Path, root: Path = ROOT) -> str | None:
     """The module of rebreak_idle/ that the unit-test file ``test`` names, or None.
     tests/<package>/test_<module>.py names rebreak_idle/<package>/<module>.py and
     tests/test_<module>.py a module at the top; ``test_<module>_<aspect>.py`` (one aspect
-    of a module in a file of its own) names ``<module>`` too."""
+    of a module in a file of its own) names ``<module>`` too; tests/bench/test_<module>.py
+    names bench/<module>.py."""
     parts = test.relative_to(root / "tests").parts
-    folder = root / "rebreak_idle" / Path(*parts[:-1])
+    folder = (root if parts[0] in MIRRORED_AT_THE_ROOT else root / "rebreak_idle") \
+        / Path(*parts[:-1])
     words = test.stem.removeprefix("test_").split("_")
     for n in range(len(words), 0, -1):
         candidate = folder / ("_".join(words[:n]) + ".py")
@@ -417,7 +421,8 @@ class TestTreeTests(SynchronousTestCase):
                      "rebreak_idle/config.py", "tests/__init__.py", "tests/session/__init__.py",
                      "tests/support/__init__.py", "tests/support/double.py",
                      "tests/session/test_heartbeat_noop.py", "tests/test_config.py",
-                     "tests/scan/test_trigger.py"):
+                     "tests/scan/test_trigger.py", "bench/faults.py", "tests/bench/__init__.py",
+                     "tests/bench/test_faults.py", "tests/bench/test_report.py"):
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             (root / name).write_text("")
         (root / "tests" / "session" / "test_folders.py").write_text(
@@ -427,7 +432,9 @@ class TestTreeTests(SynchronousTestCase):
             "rebreak_idle/imap/errors.py", "rebreak_idle/session/errors.py"]})
         self.assertEqual({str(p.relative_to(root)): tested_module(p, root)
                           for p in unit_test_files(root)},
-                         {"tests/scan/test_trigger.py": None,
+                         {"tests/bench/test_faults.py": "bench.faults",
+                          "tests/bench/test_report.py": None,
+                          "tests/scan/test_trigger.py": None,
                           "tests/session/test_folders.py": None,
                           "tests/session/test_heartbeat_noop.py":
                               "rebreak_idle.session.heartbeat",
