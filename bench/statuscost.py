@@ -69,9 +69,9 @@ def _build(n: int) -> tuple[Any, Any]:
             session = daemon._new_session(account)
             for state in path:
                 session._set_state(State(state))
-            session._last_heartbeat = now - (k % 300)
+            session.heartbeat.last_at = now - (k % 300)
             if k % 7 == 0:
-                session._last_exists = (now - (k % 3600), 10 + k % 50)
+                session.mail.last_exists = (now - (k % 3600), 10 + k % 50)
             sup.adopt(session)
     for k in range(done, n):  # queued: made, not started yet
         account = Account(id=f"00000000-0000-4000-8000-{k:012d}", user_id="u",

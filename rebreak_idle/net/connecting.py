@@ -1,6 +1,7 @@
-"""How a session reaches its server: the endpoint (TCP, implicit TLS), shared TLS
-contexts, TCP keepalive, and the pieces that let the session see every connect attempt
-that Twisted's :class:`~twisted.application.internet.ClientService` makes."""
+"""How a session reaches its server: the endpoint (TCP, implicit TLS, the destination
+policy's checks), shared TLS contexts, TCP keepalive, and the factory of the IMAP client.
+The session's own state machine decides when to connect (docs/design.md, "One machine per
+connection")."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.internet import ClientService
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -26,7 +26,6 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -36,8 +35,8 @@ from ..accounts.destinations import DestinationPolicy, DestinationRefused
 from ..session_errors import SessionError
 from .tls import TLSClientEndpoint, client_tls_options
 
-__all__ = ["CheckedHostnameEndpoint", "ClientFactory", "QuietClientService", "SessionEndpoint",
-           "enable_keepalive", "server_endpoint", "shared_tls_creator"]
+__all__ = ["CheckedHostnameEndpoint", "ClientFactory", "enable_keepalive", "server_endpoint",
+           "shared_tls_creator"]
 
 _TCP_KEEPALIVE_OPTIONS = (
     # (option name, value): first probe after 60 s idle, then every 20 s, dead after 4 misses
@@ -200,60 +199,6 @@ class CheckedHostnameEndpoint(HostnameEndpoint):
         if self.refused is not None and failure.check(DNSLookupError):
             raise DestinationRefused(self.refused)
         return failure
-
-
-def _probe(result: object, results: list[object]) -> object:
-    results.append(result)
-    return result
-
-
-def _ignore(_: object) -> None:
-    return None
-
-
-class QuietClientService(ClientService):
-    """ClientService without its own per-retry info line (the session logs the contract's
-    ``reconnecting in`` line instead; 10,000 sessions need no second one)."""
-
-    _log = Logger(observer=lambda event: None)
-
-
-@implementer(IStreamClientEndpoint)
-class SessionEndpoint:
-    """Tells the session about every connect attempt (``started()``), its success
-    (``connected(protocol)``) and its failure (``failed(failure)``, which returns it).
-
-    An attempt that fails at once (inside ``connect()``) is reported on the next turn of
-    ``clock``, as a TCP endpoint reports a refused connection: what the failure triggers
-    (the session's records, a recorder that stops the session) then runs outside
-    ClientService's own state transition, which may not be re-entered."""
-
-    __slots__ = ("_clock", "_connected", "_failed", "_make", "_started")
-
-    def __init__(self, clock: Any, make: Callable[[], IStreamClientEndpoint],
-                 started: Callable[[], None], connected: Callable[[IProtocol], IProtocol],
-                 failed: Callable[[Failure], Failure]) -> None:
-        self._clock = clock
-        self._make = make
-        self._started = started
-        self._connected = connected
-        self._failed = failed
-
-    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
-        self._started()
-        try:
-            connecting = self._make().connect(factory)
-        except Exception:
-            connecting = fail()
-        results: list[object] = []
-        connecting.addBoth(_probe, results)
-        if results and isinstance(results[0], Failure):
-            failure = results[0]
-            connecting.addErrback(_ignore)  # handed on below
-            connecting = Deferred()
-            self._clock.callLater(0, connecting.errback, failure)
-        connecting.addCallbacks(self._connected, self._failed)
-        return connecting
 
 
 class ClientFactory(Factory):

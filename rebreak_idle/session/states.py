@@ -3,10 +3,15 @@ between them.
 
 ::
 
-    stopped ──start──▶ connecting ──greeting, STARTTLS──▶ authenticating ──login OK──▶
-        selecting ──SELECT, IDLE──▶ idle (or polling, without IDLE)
-    any connected state ──connection ended──▶ backoff | auth-failed ──delay──▶ connecting
+    stopped ──attempt──▶ connecting ──greeted──▶ authenticating ──selecting──▶
+        selecting ──idling──▶ idle (or ──polling──▶ polling, without IDLE)
+    any connected state ──ended──▶ backoff | ──refused──▶ auth-failed
+    backoff | auth-failed ──attempt (the wait is over)──▶ connecting
+    stopped ──held-off (saved by an earlier run)──▶ auth-failed
     any state ──stop──▶ stopped
+
+:data:`MOVES` is the table, with the event beside each move; the session drives its own
+connection through it (connect, wait, connect again: no second machine beside it).
 
 The values are what /status, the ``rebreak_idle_sessions{state}`` gauge and the logs show.
 """
@@ -18,8 +23,8 @@ from typing import Any
 
 from .. import metrics
 
-__all__ = ["TRANSITIONS", "ForbiddenTransition", "State", "StateTally", "check_transition",
-           "state_gauge"]
+__all__ = ["MOVES", "TRANSITIONS", "Event", "ForbiddenTransition", "State", "StateTally",
+           "check_transition", "move", "state_gauge"]
 
 
 class State(enum.StrEnum):
@@ -45,24 +50,61 @@ class State(enum.StrEnum):
 
 _READY = frozenset({State.IDLE, State.POLLING})
 _WAITING = frozenset({State.BACKOFF, State.AUTH_FAILED})
-_ENDED = frozenset({State.BACKOFF, State.AUTH_FAILED, State.STOPPED})
 
-#: state → the states it may change to
+
+class Event(enum.StrEnum):
+    """What moves a session from one state to the next (see :data:`MOVES`)."""
+
+    ATTEMPT = "attempt"  # start, or the wait is over: the session connects
+    HELD_OFF = "held-off"  # start: a credential hold-off saved by an earlier run goes on
+    GREETED = "greeted"  # the greeting (and STARTTLS) read: the login is sent
+    SELECTING = "selecting"  # the login was accepted: SELECT INBOX is sent
+    IDLING = "idling"  # SELECT answered and the server took IDLE
+    POLLING = "polling"  # SELECT answered; the server has no IDLE: NOOP every poll
+    ENDED = "ended"  # the connection or attempt ended: wait the backoff, then connect
+    REFUSED = "refused"  # ended with the credentials refused: wait the hold-off
+    STOP = "stop"  # stopService; the connection is gone (after DONE + LOGOUT)
+
+
+_CONNECTED = (State.CONNECTING, State.AUTHENTICATING, State.SELECTING, State.IDLE,
+              State.POLLING)
+
+#: (state, event) → the next state: every move a session makes, and what makes it. The
+#: connection's waits are the session's own (BACKOFF and AUTH_FAILED end with ATTEMPT on
+#: the session's timer); "waiting for the host budget" is CONNECTING before the budget's
+#: admission (``ProviderLimits.admitted``).
+MOVES: dict[tuple[State, Event], State] = {
+    (State.STOPPED, Event.ATTEMPT): State.CONNECTING,
+    (State.STOPPED, Event.HELD_OFF): State.AUTH_FAILED,
+    (State.CONNECTING, Event.GREETED): State.AUTHENTICATING,
+    (State.AUTHENTICATING, Event.SELECTING): State.SELECTING,
+    (State.SELECTING, Event.IDLING): State.IDLE,
+    (State.SELECTING, Event.POLLING): State.POLLING,
+    **{(state, Event.ENDED): State.BACKOFF for state in _CONNECTED},
+    **{(state, Event.REFUSED): State.AUTH_FAILED for state in _CONNECTED},
+    (State.BACKOFF, Event.ATTEMPT): State.CONNECTING,
+    (State.AUTH_FAILED, Event.ATTEMPT): State.CONNECTING,
+    **{(state, Event.STOP): State.STOPPED for state in State if state is not State.STOPPED},
+}
+
+#: state → the states it may change to (the targets of :data:`MOVES`)
 TRANSITIONS: dict[State, frozenset[State]] = {
-    # AUTH_FAILED: a credential hold-off of an earlier run is not over yet
-    State.STOPPED: frozenset({State.CONNECTING, State.AUTH_FAILED}),
-    State.CONNECTING: frozenset({State.AUTHENTICATING}) | _ENDED,
-    State.AUTHENTICATING: frozenset({State.SELECTING}) | _ENDED,
-    State.SELECTING: _READY | _ENDED,
-    State.IDLE: _ENDED,
-    State.POLLING: _ENDED,
-    State.BACKOFF: frozenset({State.CONNECTING, State.STOPPED}),
-    State.AUTH_FAILED: frozenset({State.CONNECTING, State.STOPPED}),
+    state: frozenset(new for (old, _), new in MOVES.items() if old is state)
+    for state in State
 }
 
 
 class ForbiddenTransition(RuntimeError):
     """A session was asked to change to a state that its current one does not lead to."""
+
+
+def move(state: State, event: Event) -> State:
+    """The state that ``event`` moves ``state`` to (:class:`ForbiddenTransition` when
+    :data:`MOVES` has no such move)."""
+    new = MOVES.get((state, event))
+    if new is None:
+        raise ForbiddenTransition(f"session state {state} has no move on {event}")
+    return new
 
 
 def check_transition(old: State, new: State) -> None:

@@ -19,6 +19,7 @@ from rebreak_idle.db.store import AccountStore
 from rebreak_idle.fleet.supervisor import _no
 from rebreak_idle.interfaces import Holdoff as SeamHoldoff
 from rebreak_idle.interfaces import IHoldoffRecorder
+from rebreak_idle.session.provider_limits import ProviderLimits
 from rebreak_idle.session.states import State
 from rebreak_idle.session.tokens import token_only_change
 from rebreak_idle.testing.pg import fresh_database, sql
@@ -61,7 +62,7 @@ class FakeTable:
 
 def with_holdoffs(sim: Sim, table: FakeTable) -> None:
     for session in sim.sessions:
-        session._init_limits(None, None, table.store())
+        session.limits = ProviderLimits(None, None, table.store())
 
 
 class SeamTests(SynchronousTestCase):
@@ -159,8 +160,8 @@ class RestartTests(SynchronousTestCase):
         table = FakeTable()
         b = Sim(self, "dovecot", [account(1), account(secret="wrong")])
         store_b = table.store()
-        b.sessions[0]._init_limits(None, None, store_b)
-        b.sessions[1]._init_limits(None, None, store_b)
+        b.sessions[0].limits = ProviderLimits(None, None, store_b)
+        b.sessions[1].limits = ProviderLimits(None, None, store_b)
         b.sessions[0].startService()  # B watches another account from the start
         b.pump()
         a = Sim(self, "dovecot", [account(secret="wrong")])
@@ -377,7 +378,7 @@ class OAuthTests(SynchronousTestCase):
         sim = Sim(self, "m365", [account(method="xoauth2", secret="expired")])
         sim.server.tokens["u0"] = "fresh"
         session = sim.sessions[0]
-        session._init_limits(reread, None, None)
+        session.limits = ProviderLimits(reread, None, None)
         rows[session.account.id] = replace(session.account, secret="fresh")
         sim.start()
         self.assertEqual(session.state, State.IDLE)
@@ -390,7 +391,7 @@ class OAuthTests(SynchronousTestCase):
         sim = Sim(self, "m365", [account(method="xoauth2", secret="expired")])
         sim.server.tokens["u0"] = "fresh"
         session = sim.sessions[0]
-        session._init_limits(lambda _id: succeed(session.account), None, None)
+        session.limits = ProviderLimits(lambda _id: succeed(session.account), None, None)
         sim.start()
         self.assertEqual(session.state, State.AUTH_FAILED)
         (_, _, text), = sim.recorder.errors

@@ -77,7 +77,7 @@ class InProcessServerTests(TestCase):
     def test_plain_loopback_delivery_reaches_on_new_mail(self) -> Any:
         port = self.server.listen().getHost().port
         session = yield defer.Deferred.fromCoroutine(self.watch_and_deliver(account(port)))
-        sock = session._client.transport.getHandle()
+        sock = session.client.transport.getHandle()
         self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
 
     @defer.inlineCallbacks

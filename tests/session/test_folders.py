@@ -187,8 +187,8 @@ class InProcessFolderTests(TestCase):
         await self.wait_mail("connected", 0, "INBOX")
         await self.wait_mail("connected", 1, "Spam")
         # Unbekannt is empty: nothing to scan (Missing and \Drafts are not there)
-        self.assertEqual(s._folders.names, ["Spam", "Unbekannt"])  # type: ignore[union-attr]
-        client = s._client
+        self.assertEqual(s.mail.folders.names, ["Spam", "Unbekannt"])  # type: ignore[union-attr]
+        client = s.client
         assert client is not None
         writes: list[bytes] = []
         real = client.transport.write
@@ -231,7 +231,7 @@ class InProcessFolderTests(TestCase):
         self.server.deliver(USER, "junk", folder="Spam")
         self.server.deliver(USER, "hello")
         await self.wait_mail("exists", 1, "INBOX")
-        self.assertIsNone(s._folders)
+        self.assertIsNone(s.mail.folders)
         self.assertEqual([m[3] for m in self.events.of("mail")], ["INBOX", "INBOX"])
 
     def test_off_by_default(self) -> defer.Deferred:
@@ -283,8 +283,8 @@ class DovecotFolderTests(TestCase):
         s.startService()
         self.addCleanup(s.stopService)
         junk = await events.wait(lambda i: i[:2] == ("mail", "connected") and i[3] == "Junk")
-        self.assertIn(b"SPECIAL-USE", s._client.capabilities)  # type: ignore[union-attr]
-        self.assertEqual(s._folders.names, ["Junk", "Unbekannt"])  # type: ignore[union-attr]
+        self.assertIn(b"SPECIAL-USE", s.client.capabilities)  # type: ignore[union-attr]
+        self.assertEqual(s.mail.folders.names, ["Junk", "Unbekannt"])  # type: ignore[union-attr]
         await until(lambda: memory.get(acct.id, "Junk") is not None)
         dovecot.deliver(user, subject="Casino bonus", folder="Junk")
         await events.wait(lambda i: i == ("mail", "exists", junk[2] + 1, "Junk"), new=True)

@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from rebreak_idle import metrics
 from rebreak_idle.config import DEFAULT_HOST_LOGIN_BURST, DEFAULT_HOST_LOGIN_RATE, Settings
 from rebreak_idle.session.host_budget import HostBudget, Slot, host_key
+from rebreak_idle.session.provider_limits import ProviderLimits
 from rebreak_idle.session.states import State
 from tests.support.provider_days import Sim, account
 
@@ -100,7 +101,7 @@ class SessionBudgetTests(SynchronousTestCase):
         sim = Sim(self, "gmx", [account(i) for i in range(n)])
         budget = HostBudget(sim.clock, rate=5.0, burst=10)
         for session in sim.sessions:
-            session._init_limits(None, budget, None)
+            session.limits = ProviderLimits(None, budget, None)
         sim.start()
         sim.run(60)
         self.assertTrue(all(s.state is State.IDLE for s in sim.sessions))
@@ -153,7 +154,7 @@ class DefaultBudgetTests(SynchronousTestCase):
         sim = Sim(self, "gmx", [account(i) for i in range(n)])
         budget = default_budget(sim.clock)
         for session in sim.sessions:
-            session._init_limits(None, budget, None)
+            session.limits = ProviderLimits(None, budget, None)
         sim.start()
         sim.run(n / budget.rate + 30)
         self.assertTrue(all(s.state is State.IDLE for s in sim.sessions))
@@ -174,7 +175,7 @@ class DefaultBudgetTests(SynchronousTestCase):
         sim = Sim(self, "gmx", [account(i) for i in range(200)])
         budget = default_budget(sim.clock)
         for session in sim.sessions:
-            session._init_limits(None, budget, None)
+            session.limits = ProviderLimits(None, budget, None)
         own, taken = sim.sessions[:100], sim.sessions[100:]
         for session in own:
             session.startService()
@@ -199,7 +200,7 @@ class DefaultBudgetTests(SynchronousTestCase):
                      encryption_key="k" * 32)
         daemon = build_daemon(s, Clock())
         session = daemon._new_session(account(1))
-        self.assertIs(session._budget, daemon.budget)
+        self.assertIs(session.limits.budget, daemon.budget)
         self.assertEqual(daemon.budget.rate, DEFAULT_HOST_LOGIN_RATE)
 
 

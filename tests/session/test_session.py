@@ -762,3 +762,49 @@ class EndpointTests(SynchronousTestCase):
         wrapped = self.endpoint("127.0.0.1", "tls")
         self.assertIsInstance(wrapped, TLSClientEndpoint)
         self.assertIsInstance(wrapped.endpoint, TCP4ClientEndpoint)
+
+
+class OneMachineTests(SynchronousTestCase):
+    """The session's own machine drives the connection: it connects, waits the reconnect
+    policy's delay on one timer of its own, and connects again (no second machine that
+    reads the delay back)."""
+
+    def test_the_wait_is_one_timer_of_the_policys_delay(self) -> None:
+        h = Harness(self)
+        h.endpoint.refuse = ConnectionRefusedError()
+        h.start()
+        self.assertEqual(h.session.state, "backoff")
+        self.assertEqual(h.session.snapshot()["next_attempt_in"], 5.0)
+        (wait,) = h.clock.getDelayedCalls()
+        self.assertEqual(wait.getTime(), 5.0)
+        h.clock.advance(4.99)
+        self.assertEqual(h.endpoint.attempts, 1)
+        h.clock.advance(0.01)
+        h.pump()
+        self.assertEqual(h.endpoint.attempts, 2)
+        self.assertEqual(h.session.state, "backoff")
+        self.assertEqual(h.session.snapshot()["next_attempt_in"], 10.0)
+        (wait,) = h.clock.getDelayedCalls()
+        self.assertEqual(wait.getTime(), 15.0)
+
+    def test_a_wait_ended_by_a_connection_that_works(self) -> None:
+        h = Harness(self)
+        h.endpoint.refuse = ConnectionRefusedError()
+        h.start()
+        h.endpoint.refuse = None
+        h.run(5)
+        self.assertEqual(h.session.state, "idle")
+        self.assertEqual(h.endpoint.attempts, 2)
+        self.assertIsNone(h.session.snapshot()["next_attempt_in"])
+
+    def test_a_lost_connection_waits_then_connects_again(self) -> None:
+        h = Harness(self)
+        h.start()
+        h.server.current.close()
+        h.pump()
+        self.assertEqual(h.session.state, "backoff")
+        (wait,) = h.clock.getDelayedCalls()
+        self.assertEqual(wait.getTime() - h.clock.seconds(), 5.0)
+        h.run(5)
+        self.assertEqual(h.session.state, "idle")
+        self.assertEqual(h.endpoint.attempts, 2)
