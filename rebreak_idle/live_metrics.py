@@ -62,8 +62,8 @@ class LiveSessions(Collector):
         self._source: Any = None
 
     def attach(self, supervisor: Any) -> None:
-        """Compute from ``supervisor`` (``sessions``, ``clock``, ``_is_queued``,
-        ``_waiting_for_descriptors``, ``_invalid``) from now on."""
+        """Compute from ``supervisor`` (its ``sessions``, ``clock`` and the kept-up-to-date
+        ``counts()``) from now on."""
         self._source = supervisor
 
     def detach(self, supervisor: Any) -> None:

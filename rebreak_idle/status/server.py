@@ -255,7 +255,7 @@ class _Page(Resource):
         except Exception:
             log.failure("status server: counting the accounts failed")
             return _plain(request, 500, "internal error\n")
-        # GET parameters pick the rows (status_query); the secret is only ever the header
+        # GET parameters pick the rows (status/query.py); the secret is only ever the header
         query = PageQuery.from_args(request.args or {})
         selection = None
         if allowed:  # only the page's rows are snapshotted (with the daemon's page())
