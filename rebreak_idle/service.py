@@ -120,6 +120,10 @@ class Daemon(MultiService):
                                      after_refresh=self.store.prune,
                                      capacity=self.capacity)
         self.supervisor.setServiceParent(self)
+        if self.leases is not None:
+            # accounts released or lost stop at once; a released lease's row goes only
+            # once its session has logged out (docs/replicas.md)
+            self.leases.on_release = self.supervisor.release_accounts
         if settings.notify_channel:
             self.store.listen(settings.notify_channel, self.supervisor.request_refresh,
                               refresh_interval=settings.refresh_interval)

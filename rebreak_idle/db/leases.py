@@ -9,9 +9,21 @@ transaction-mode pooler (no advisory locks, no session state, no prepared statem
 1. heartbeat (upsert its replica row) and count the live replicas (seen within one TTL);
 2. drop its leases of accounts that are no longer active;
 3. renew its other leases for one TTL;
-4. fair share = ceil(active accounts / live replicas): above it, release (DELETE) the extra
-   leases so that a new replica finds work; below it, claim unowned or expired leases with
+4. fair share = ceil(active accounts / live replicas): above it, release the extra leases
+   so that a new replica finds work; below it, claim unowned or expired leases with
    ``INSERT ... ON CONFLICT DO NOTHING`` and ``SELECT ... FOR UPDATE SKIP LOCKED``.
+
+A replica's first round only registers it (heartbeat, renewal of leases it still holds from
+before a restart): it claims and releases only from the round one renewal interval later,
+when every replica started at about the same time has its heartbeat in the live count (so
+that the first one up does not claim everything and give two thirds back).
+
+A release is a hand-over in three steps, so that no account is ever watched twice: the
+round stops renewing the released leases and calls ``on_release(ids)`` (the supervisor
+stops those sessions at once: LOGOUT, queued ones never start); once they have stopped, the
+rows are deleted. Another replica claims only rows that are missing or expired, so it
+cannot take an account before its old session has logged out (or, if that hangs, before the
+unrenewed lease has run out, one TTL after its last renewal).
 
 The supervisor watches only the rows :meth:`LeaseKeeper.filter` returns. A replica that has
 not completed a round for one TTL can no longer prove that it owns anything: its owned set
@@ -83,16 +95,16 @@ _DROP_INACTIVE = """
 DELETE FROM rebreak_idle.leases
 WHERE replica_id = %(r)s AND NOT (connection_id = ANY(%(ids)s::uuid[]))
 """
+# leases being handed over (their sessions are stopping) are not renewed
 _RENEW = """
 UPDATE rebreak_idle.leases SET expires_at = %(now)s + %(ttl)s * interval '1 second'
-WHERE replica_id = %(r)s
+WHERE replica_id = %(r)s AND NOT (connection_id = ANY(%(releasing)s::uuid[]))
 RETURNING connection_id::text
 """
-_RELEASE = """
-DELETE FROM rebreak_idle.leases WHERE connection_id IN (
-    SELECT connection_id FROM rebreak_idle.leases WHERE replica_id = %(r)s
-    ORDER BY connection_id DESC LIMIT %(k)s)
-RETURNING connection_id::text
+# the rows of released leases whose sessions have stopped
+_FREE = """
+DELETE FROM rebreak_idle.leases
+WHERE replica_id = %(r)s AND connection_id = ANY(%(free)s::uuid[])
 """
 # Unowned accounts get a placeholder row (no replica, expired) in id order — the same order
 # in every replica, so that concurrent inserts wait on each other without deadlocking; the
@@ -139,6 +151,8 @@ class RoundResult:
     share: int | None  # None when the active accounts are not known yet
     claimed: int = 0
     released: int = 0
+    #: the leases released by this round (not renewed; deleted once their sessions stop)
+    releasing: frozenset[str] = frozenset()
 
 
 def fair_share(accounts: int, live: int) -> int:
@@ -210,7 +224,10 @@ class LeaseKeeper(Service):
     renews every ``settings.lease_renew`` seconds and calls ``on_change()`` when its owned
     set changed outside ``filter`` (accounts of a dead replica taken over, some released for
     balance), and ``on_lost_ownership()`` when it could not renew for one TTL (the owned set
-    is then empty). ``stopService()`` releases every lease of this replica.
+    is then empty). Whenever a round (``filter``'s too) drops accounts from the owned set
+    (released for balance, or lost), it calls ``on_release(ids)`` at once; the released
+    leases' rows are deleted once the Deferred it returns has fired (its sessions stopped).
+    ``stopService()`` releases every lease of this replica.
 
     ``run_interaction`` is a txpostgres-style ``runInteraction``; by default the keeper opens its
     own connection to ``settings.database_url`` (and reconnects after failures).
@@ -231,6 +248,7 @@ class LeaseKeeper(Service):
         use_clock_time: bool = False,
         on_change: Callable[[], object] | None = None,
         on_lost_ownership: Callable[[], object] | None = None,
+        on_release: Callable[[frozenset[str]], object] | None = None,
     ) -> None:
         if reactor is None and (run_interaction is None or clock is None):
             from twisted.internet import reactor as _reactor
@@ -248,6 +266,14 @@ class LeaseKeeper(Service):
         self._use_clock_time = use_clock_time
         self.on_change = on_change
         self.on_lost_ownership = on_lost_ownership
+        self.on_release = on_release
+        #: released leases not renewed any more, and those of them whose sessions stopped
+        #: (their rows are deleted by the next transaction)
+        self._releasing: set[str] = set()
+        self._to_free: set[str] = set()
+        #: start of the first successful round: claims and releases begin one renewal
+        #: interval later
+        self._registered_at: float | None = None
         #: the longest a round may take before it counts as failed
         self.round_timeout = min(self.renew_interval, self.ttl / 2)
         self._owned: frozenset[str] = frozenset()
@@ -288,8 +314,14 @@ class LeaseKeeper(Service):
         return self._lock.run(self._round, self._universe, notify=True)
 
     def wait_idle(self) -> Deferred[None]:
-        """Fires once every round started or queued so far has finished."""
-        return self._lock.run(lambda: None)
+        """Fires once every round started or queued so far has finished, and the rounds
+        or row deletions those queued in turn."""
+        return Deferred.fromCoroutine(self._wait_idle())
+
+    async def _wait_idle(self) -> None:
+        await self._lock.run(lambda: None)
+        while self._lock.locked:  # queued meanwhile (a hand-over's deletion)
+            await self._lock.run(lambda: None)
 
     def disconnect(self) -> None:
         """Stop renewing and close the own connection *without* releasing anything, as a
@@ -328,6 +360,8 @@ class LeaseKeeper(Service):
         params = {"r": self.replica_id}
         held = len(self._owned)
         self._owned = frozenset()
+        self._releasing.clear()
+        self._to_free.clear()
         self._cancel_expiry()
         metrics.LEASES_HELD.set(0)
 
@@ -350,8 +384,11 @@ class LeaseKeeper(Service):
     async def _round(self, universe: tuple[str, ...] | None, notify: bool) -> bool:
         started = self._clock.seconds()
         before = self._owned
+        freeing = frozenset(self._to_free)
+        balance = (self._registered_at is not None
+                   and started >= self._registered_at + self.renew_interval)
         try:
-            result = await self._attempt(universe, started)
+            result = await self._attempt(universe, started, freeing, balance)
         except Exception:  # any failure: keep what is still proven owned
             metrics.LEASE_ROUND_FAILURES.inc()
             if not self._failing:
@@ -369,6 +406,13 @@ class LeaseKeeper(Service):
         if self._failing:
             self._failing = False
             log.info("[idle/leases] lease renewal recovered")
+        if self._registered_at is None:
+            self._registered_at = started
+        self._to_free -= freeing
+        self._releasing -= freeing
+        self._releasing |= result.releasing
+        self._releasing -= result.owned  # expired and claimed back
+        self._to_free -= result.owned
         self._owned = result.owned
         self.live_replicas = result.live
         self.fair_share = result.share
@@ -382,22 +426,56 @@ class LeaseKeeper(Service):
                      "{share}", replica_id=self.replica_id, held=len(result.owned),
                      claimed=result.claimed, released=result.released, live=result.live,
                      share=result.share)
+        dropped = before - result.owned
+        if dropped:
+            self._hand_over(dropped, result.releasing)
         if changed and notify and self.on_change is not None:
             self._call(self.on_change, "on_change")
         return changed
 
-    async def _attempt(self, universe: tuple[str, ...] | None, started: float) -> RoundResult:
+    def _hand_over(self, dropped: frozenset[str], released: frozenset[str]) -> None:
+        """Stop the sessions of the accounts no longer held, then delete the rows of the
+        released leases (until then nobody else may claim them)."""
+        stopped = defer.maybeDeferred(self.on_release, dropped) \
+            if self.on_release is not None else defer.succeed(None)
+        stopped.addErrback(lambda f: log.failure("[idle/leases] on_release failed", f))
+
+        def free(_: object) -> Deferred | None:
+            ids = released & self._releasing
+            if not ids or self._stopped:
+                return None
+            self._to_free |= ids
+            return self._lock.run(self._free)
+
+        stopped.addCallback(free)
+
+    async def _free(self) -> None:
+        freeing = frozenset(self._to_free)
+        if not freeing or self._stopped:
+            return
+        params = {"r": self.replica_id, "free": list(freeing)}
+        try:
+            await self._timed(self._run_interaction(lambda cur: cur.execute(_FREE, params)))
+        except Exception:  # the next round deletes them, or they expire
+            log.warn("[idle/leases] could not delete {n} released leases ({reason}); the "
+                     "next round retries", n=len(freeing), reason=describe(Failure()))
+            return
+        self._to_free -= freeing
+        self._releasing -= freeing
+
+    async def _attempt(self, universe: tuple[str, ...] | None, started: float,
+                       freeing: frozenset[str], balance: bool) -> RoundResult:
         clock_now = started if self._use_clock_time else None
         try:
             return await self._timed(
                 self._run_interaction(lambda cur: Deferred.fromCoroutine(
-                    self._transaction(cur, universe, clock_now))))
+                    self._transaction(cur, universe, clock_now, freeing, balance))))
         except Exception as e:
             if getattr(e, "pgcode", None) not in _RETRYABLE:
                 raise
         return await self._timed(
             self._run_interaction(lambda cur: Deferred.fromCoroutine(
-                self._transaction(cur, universe, clock_now))))
+                self._transaction(cur, universe, clock_now, freeing, balance))))
 
     def _timed(self, d: Deferred) -> Deferred:
         """``d``, failing after ``round_timeout`` (the connection is then dropped;
@@ -410,14 +488,18 @@ class LeaseKeeper(Service):
             self._db.reset()
 
     async def _transaction(
-        self, cur: Any, universe: tuple[str, ...] | None, clock_now: float | None
+        self, cur: Any, universe: tuple[str, ...] | None, clock_now: float | None,
+        freeing: frozenset[str] = frozenset(), balance: bool = True,
     ) -> RoundResult:
         r = self.replica_id
         await cur.execute(_HEARTBEAT, {"r": r, "clock": clock_now})
         now = cur.fetchone()[0]
-        p: dict[str, Any] = {"r": r, "now": now, "ttl": self.ttl}
+        p: dict[str, Any] = {"r": r, "now": now, "ttl": self.ttl,
+                             "releasing": sorted(self._releasing)}
         await cur.execute(_LIVE, p)
         live = int(cur.fetchone()[0])
+        if freeing:  # released leases whose sessions stopped since (a failed deletion)
+            await cur.execute(_FREE, {**p, "free": sorted(freeing)})
         if universe is None:
             await cur.execute(_RENEW, p)
             return RoundResult(_ids(cur.fetchall()), live, None)
@@ -427,10 +509,12 @@ class LeaseKeeper(Service):
         owned = set(_ids(cur.fetchall()))
         share = fair_share(len(universe), live)
         claimed = released = 0
-        if len(owned) > share:
-            p["k"] = len(owned) - share
-            await cur.execute(_RELEASE, p)
-            gone = _ids(cur.fetchall())
+        gone: frozenset[str] = frozenset()
+        if not balance:
+            pass  # registering: the others' heartbeats are not all in yet
+        elif len(owned) > share:
+            # the highest ids, as every replica would pick them
+            gone = frozenset(sorted(owned, reverse=True)[:len(owned) - share])
             owned -= gone
             released = len(gone)
         elif len(owned) < share:
@@ -441,7 +525,7 @@ class LeaseKeeper(Service):
             owned |= got
             claimed = len(got)
         await cur.execute(_COLLECT, p)
-        return RoundResult(frozenset(owned), live, share, claimed, released)
+        return RoundResult(frozenset(owned), live, share, claimed, released, gone)
 
     # -- proof of ownership -------------------------------------------------------------
 

@@ -342,6 +342,20 @@ class Supervisor(MultiService):
             self._stop_session(account_id)
         self._update_gauge()
 
+    def release_accounts(self, account_ids: frozenset[str]) -> Deferred[None]:
+        """Stop the sessions of accounts this replica no longer holds, at once and
+        without a read (a lease round released or lost them): queued ones leave the ramp
+        and never start, running ones log out. Fires once every session of those accounts
+        (a predecessor still logging out included) has stopped; never fails."""
+        for account_id in account_ids:
+            slot = self._slots.get(account_id)
+            if slot is not None and slot.state is not INVALID:
+                self._stop_session(account_id)
+        self._update_gauge()
+        stopping = [self._departures[a].done for a in account_ids if a in self._departures]
+        gone: Deferred = defer.DeferredList(stopping, consumeErrors=True)
+        return gone.addCallback(lambda _: None)
+
     def request_refresh(self) -> None:
         """A refresh in about a second (NOTIFY); calls before then are folded into it."""
         if self._debounce is None and self.running:

@@ -90,6 +90,13 @@ class _KeeperCase(TestCase):
     async def settle(self, *keepers: LeaseKeeper) -> None:
         await defer.gatherResults([k.wait_idle() for k in keepers or self.keepers])
 
+    async def register(self, *keepers: LeaseKeeper) -> None:
+        """A keeper's first round only registers it (heartbeat): it claims from its round
+        one renewal interval later. Run those first rounds and let the interval pass."""
+        await defer.gatherResults([k.renew() for k in keepers])
+        self.clock.advance(RENEW)
+        await self.settle(*keepers)
+
     async def tick(self, seconds: float, *keepers: LeaseKeeper) -> None:
         """Advance time; the running keepers' timers start rounds: wait for them."""
         self.clock.advance(seconds)
@@ -130,6 +137,7 @@ class SingleReplicaTests(_KeeperCase):
     async def test_alone_claims_everything_and_filters(self) -> None:
         rows = make_rows(20)
         k = self.keeper("a")
+        await self.register(k)
         got = await k.filter(rows)
         self.assertEqual(got, rows)
         self.assertEqual(k.owned(), {r["id"] for r in rows})
@@ -140,6 +148,7 @@ class SingleReplicaTests(_KeeperCase):
     async def test_deactivated_rows_are_released(self) -> None:
         rows = make_rows(10)
         k = self.keeper("a")
+        await self.register(k)
         await k.filter(rows)
         got = await k.filter(rows[:6])
         self.assertEqual(got, rows[:6])
@@ -149,6 +158,7 @@ class SingleReplicaTests(_KeeperCase):
     async def test_uuid_objects_and_extra_columns_pass_through(self) -> None:
         rows = [{"id": uuid.uuid4(), "email": "x@example.test"} for _ in range(3)]
         k = self.keeper("a")
+        await self.register(k)
         self.assertEqual(await k.filter(rows), rows)
 
     @inline
@@ -156,6 +166,7 @@ class SingleReplicaTests(_KeeperCase):
         rows = make_rows(5)
         k = self.keeper("a")
         k.startService()
+        await self.register(k)
         await k.filter(rows)
         for _ in range(10):  # 100 s, far beyond one TTL
             await self.tick(RENEW)
@@ -171,6 +182,7 @@ class SingleReplicaTests(_KeeperCase):
         a.startService()
         b.startService()
         await self.settle()
+        await self.register(a, b)
         await a.filter(rows)
         await b.filter(rows)
         self.assertPartition(rows, [a, b], [15, 15])
@@ -189,6 +201,7 @@ class SingleReplicaTests(_KeeperCase):
     async def test_restart_with_the_same_id_keeps_its_accounts(self) -> None:
         rows = make_rows(8)
         first = self.keeper("fixed")
+        await self.register(first)
         await first.filter(rows)
         first.disconnect()  # crash
         second = self.keeper("fixed")
@@ -204,6 +217,7 @@ class ReplicaTests(_KeeperCase):
         for k in keepers:
             k.startService()  # heartbeats at once
         await self.settle(*keepers)
+        await self.register(*keepers)
         await defer.gatherResults([k.filter(rows) for k in keepers])  # concurrent claims
         return keepers
 
@@ -271,6 +285,7 @@ class ReplicaTests(_KeeperCase):
         rows = make_rows(61)
         a = self.keeper("a")
         a.startService()
+        await self.register(a)
         self.assertEqual(len(await a.filter(rows)), 61)
         b = self.keeper("b")
         b.startService()
@@ -327,8 +342,9 @@ class ReplicaTests(_KeeperCase):
     async def test_database_time_mode(self) -> None:
         """Without use_clock_time the database's now() is the reference."""
         rows = make_rows(4)
-        k = LeaseKeeper(settings(self.dsn, "dbtime"), reactor=reactor)
+        k = LeaseKeeper(settings(self.dsn, "dbtime"), reactor=reactor, clock=self.clock)
         self.addCleanup(k.disconnect)
+        await self.register(k)
         self.assertEqual(len(await k.filter(rows)), 4)
         conn = psycopg2.connect(self.dsn)
         try:
@@ -396,6 +412,7 @@ class StaleRefreshTests(_KeeperCase):
                                                       admin_secret="s" * 8,
                                                       encryption_key="k" * 32)),
                          self.clock, account_filter=loader)
+        await self.register(keeper)
         sup.startService()  # the first refresh runs at once
         self.addCleanup(sup.stopService)
         while not loads:  # the lease round is real I/O
@@ -408,6 +425,115 @@ class StaleRefreshTests(_KeeperCase):
         self.clock.advance(1)  # the ramp
         self.assertEqual(started, [])
         self.assertEqual(sup.sessions, {})
+
+
+class StartTogetherTests(_KeeperCase):
+    @inline
+    async def test_the_first_replica_up_claims_nothing_until_the_others_registered(self) -> None:
+        """Three replicas started together: the first to run its round saw only itself
+        live and claimed all 300, then gave 200 back (before: 300 on its first round)."""
+        rows = make_rows(300)
+        released: list[frozenset[str]] = []
+        first = self.keeper("r0", on_release=released.append)
+        first.startService()
+        await self.settle(first)
+        self.assertEqual(await first.filter(rows), [])  # registered only
+        self.assertEqual(self.table(), {})
+        others = [self.keeper(f"r{i}", on_release=released.append) for i in (1, 2)]
+        for k in others:
+            k.startService()
+        await self.settle()
+        keepers = [first, *others]
+        await defer.gatherResults([k.filter(rows) for k in others])
+        await self.tick(RENEW)  # one renewal interval after registering: each claims its share
+        self.assertPartition(rows, keepers, [100, 100, 100])
+        for _ in range(3):
+            await self.tick(RENEW)
+        self.assertPartition(rows, keepers, [100, 100, 100])
+        self.assertEqual(released, [])  # nothing was ever given back
+        self.assertEqual(self.changes, {"r0": 1, "r1": 1, "r2": 1})
+        for k in keepers:
+            await k.stopService()
+
+    @inline
+    async def test_a_replica_alone_claims_after_one_renewal_interval(self) -> None:
+        rows = make_rows(20)
+        k = self.keeper("a")
+        k.startService()
+        await self.settle(k)
+        self.assertEqual(await k.filter(rows), [])
+        await self.tick(RENEW - 1)
+        self.assertEqual(k.owned(), frozenset())
+        await self.tick(1)  # its second round, one interval after the first, claims all
+        self.assertPartition(rows, [k], [20])
+        self.assertEqual(self.changes, {"a": 1})  # the supervisor refreshes at once
+        await k.stopService()
+
+
+class LoggingOutSession(_Session):
+    """A session whose LOGOUT finishes when the test says so."""
+
+    def __init__(self, account: Account, started: list[str],
+                 logouts: dict[str, Deferred]) -> None:
+        super().__init__(account, started)
+        self.logouts = logouts
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        d: Deferred = Deferred()
+        self.logouts[self.account.id] = d
+        return d
+
+
+class HandOverTests(_KeeperCase):
+    @inline
+    async def test_released_accounts_log_out_before_anyone_may_claim_them(self) -> None:
+        """A newcomer makes the holder release half of its accounts. The holder stops those
+        sessions in the round itself (before: only at its next refresh, the ramp even
+        starting more meanwhile), its rows stay until the LOGOUTs are done, and the
+        newcomer can claim them only then: no account on two connections."""
+        rows = make_rows(20)
+        a, b = self.keeper("a"), self.keeper("b")
+        started: list[str] = []
+        logouts: dict[str, Deferred] = {}
+        sup = Supervisor(_Rows(rows), lambda acc: LoggingOutSession(acc, started, logouts),
+                         _decode, supervisor_settings(Settings(
+                             database_url=self.dsn, admin_secret="s" * 8,
+                             encryption_key="k" * 32, connect_rate=1000)),
+                         self.clock, account_filter=a.filter)
+        a.on_release = sup.release_accounts
+        a.startService()
+        await self.register(a)
+        sup.startService()  # the first refresh: a claims all 20, the ramp starts them
+
+        def stop() -> Deferred:
+            stopped = sup.stopService()
+            for d in logouts.values():  # the remaining sessions log out at once
+                if not d.called:
+                    d.callback(None)
+            return stopped
+
+        self.addCleanup(stop)
+        while len(started) < 20:  # the lease round is real I/O
+            await deferLater(reactor, 0.01, lambda: None)
+        await b.renew()
+        await b.filter(rows)  # b registers: 2 live replicas, a's share is 10 now
+        await self.tick(RENEW, a)  # a's renewal releases 10
+        gone = {r["id"] for r in rows} - a.owned()
+        self.assertEqual(len(gone), 10)
+        # stopped in the round, before any refresh (its debounce has not run out)
+        self.assertEqual(set(logouts), gone)
+        self.assertEqual(set(sup.sessions), set(a.owned()))
+        # their rows are still a's while they log out: b's round claims nothing
+        self.assertEqual(set(self.table().values()), {"a"})
+        self.assertEqual(await b.filter(rows), [])
+        for d in logouts.values():
+            d.callback(None)
+        await self.settle(a)
+        self.assertEqual({c for c, r in self.table().items() if r == "a"}, a.owned())
+        self.assertEqual({r["id"] for r in await b.filter(rows)}, gone)
+        self.assertPartition(rows, [a, b], [10, 10])
+        await b.stopService()
 
 
 class LostDatabaseTests(_KeeperCase):
@@ -425,6 +551,7 @@ class LostDatabaseTests(_KeeperCase):
         rows = make_rows(12)
         k = self.keeper("a")
         k.startService()
+        await self.register(k)
         self.assertEqual(len(await k.filter(rows)), 12)
         last_ok = self.clock.seconds()
         self.server.stop("fast")
@@ -457,6 +584,7 @@ class LostDatabaseTests(_KeeperCase):
         a.startService()
         b.startService()
         await self.settle()
+        await self.register(a, b)
         await a.filter(rows)
         await b.filter(rows)
         a_accounts = set(a.owned())

@@ -174,6 +174,29 @@ class ReconcileTests(SynchronousTestCase):
         sup.refresh()
         self.assertEqual(sorted(sup.sessions), [row(0)["id"], row(1)["id"]])
 
+    def test_released_accounts_stop_at_once_and_never_leave_the_ramp_queue(self) -> None:
+        """A lease round gave two accounts away: the running one logs out at once and the
+        queued one never starts, without a read; the returned Deferred fires once the
+        logout is done (only then may the lease row go)."""
+        self.store.rows = [row(0), row(1), row(2)]
+        logging_out: Deferred = Deferred()
+        sup = Supervisor(self.store,
+                         lambda a: TestSession(a, self.events, stop_result=logging_out),
+                         DECODE, settings(connect_rate=10), self.clock)  # one per 0.1 s
+        sup.startService()
+        self.assertEqual(self.events, [("start", row(0)["id"])])
+        reads = self.store.reads
+        done = sup.release_accounts(frozenset({row(0)["id"], row(1)["id"]}))
+        self.assertEqual(self.events, [("start", row(0)["id"]), ("stop", row(0)["id"])])
+        self.assertNoResult(done)  # its LOGOUT is still under way
+        self.assertEqual(sorted(sup.sessions), [row(2)["id"]])
+        logging_out.callback(None)
+        self.assertIsNone(self.successResultOf(done))
+        self.clock.advance(1)  # the ramp goes on: only the account still held starts
+        self.assertEqual(self.events, [("start", row(0)["id"]), ("stop", row(0)["id"]),
+                                       ("start", row(2)["id"])])
+        self.assertEqual(self.store.reads, reads)
+
     def test_changed_host_restarts(self) -> None:
         sup = self.supervisor()
         sup.startService()
