@@ -111,7 +111,7 @@ class Daemon(MultiService):
         account_filter = MarkLoader(self.marks, self.store.load_marks, then=account_filter,
                                     owned=owned)
 
-        self.supervisor = Supervisor(self.store, self._new_session,
+        self.supervisor = Supervisor(self.store, self.new_session,
                                      row_decoder(settings.key_bytes,
                                                  settings.allow_private_hosts),
                                      supervisor_settings(settings), reactor,
@@ -139,7 +139,10 @@ class Daemon(MultiService):
             self.status = StatusService(status, resource, reactor)
             self.status.setServiceParent(self)
 
-    def _new_session(self, account: Account) -> IService:
+    def new_session(self, account: Account) -> IService:
+        """The daemon's one session factory (start-up, takeover, reconnect): a
+        MailboxSession with the daemon's shared parts (store, scans, marks, timers, host
+        budget, hold-offs, state tally)."""
         return MailboxSession(account, self._session_settings, self.store, self.scans.submit,
                               self.reactor, memory=self.marks, timers=self.timers,
                               reread=self._reread, budget=self.budget,

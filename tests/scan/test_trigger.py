@@ -588,9 +588,9 @@ class BackendTests(TestCase):
             trigger.request(account(1), n, "exists")
             await trigger.when_quiet()
         self.assertEqual(len(backend.requests), 3)
-        self.assertEqual(len(backend._factory.protocols), 1)  # one kept-alive connection
+        self.assertEqual(backend.open_connections, 1)  # one kept-alive connection
         await trigger.stopService()
-        await backend._factory.all_closed()
+        await backend.all_closed()
 
     async def test_retry_on_503_then_success(self) -> None:
         trigger, backend = await self.make()
@@ -677,7 +677,7 @@ class BackendTests(TestCase):
         await backend.wait_for(1)
         await trigger.stopService()
         self.assertEqual(trigger.last_outcome(account(1).id)["outcome"], "abandoned")
-        await backend._factory.all_closed()
+        await backend.all_closed()
 
 
 class BackendDoubleTests(TestCase):
