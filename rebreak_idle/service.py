@@ -36,6 +36,7 @@ from .config import (
     supervisor_settings,
 )
 from .db.holdoffs import HoldoffStore
+from .db.listener import Listener
 from .db.marks import MarkLoader
 from .db.store import AccountStore
 from .deferreds import within
@@ -124,9 +125,13 @@ class Daemon(MultiService):
             # accounts released or lost stop at once; a released lease's row goes only
             # once its session has logged out (docs/replicas.md)
             self.leases.on_release = self.supervisor.release_accounts
+        #: the LISTEN connection of REBREAK_NOTIFY_CHANNEL (None without one); its
+        #: ``notifications_arrive`` says whether NOTIFY reaches the daemon
+        self.listener: Listener | None = None
         if settings.notify_channel:
-            self.store.listen(settings.notify_channel, self.supervisor.request_refresh,
-                              refresh_interval=settings.refresh_interval)
+            self.listener = self.store.listen(settings.notify_channel,
+                                              self.supervisor.request_refresh,
+                                              refresh_interval=settings.refresh_interval)
 
         self._rows = StatusRows(self.supervisor,
                                 lambda entry: self._with_scan(self.supervisor.snapshot_of(entry)))

@@ -103,7 +103,8 @@ class DaemonLogTests(FaultCase, TestCase):
         for n in (2, 3):  # two more backend connections (a new one per scan is fine)
             self.imap.deliver("ann@rebreak.test")
             await self.backend.wait_for(n, answered=True)
-        listener = daemon.store._listeners[0]
+        listener = daemon.listener
+        assert listener is not None
         await until(lambda: listener.notifications_arrive is not None, what="self-test")
         self.assertTrue(listener.notifications_arrive)
         await self.stop_daemon(daemon)
