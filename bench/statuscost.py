@@ -66,7 +66,7 @@ def _build(n: int) -> tuple[Any, Any]:
                               email=f"user{k}@example.org", host=hosts[k % len(hosts)],
                               port=993, security="tls", username=f"user{k}",
                               auth_method="password", secret="x" * 12)
-            session = daemon._new_session(account)
+            session = daemon.new_session(account)
             for state in path:
                 session._set_state(State(state))
             session.heartbeat.last_at = now - (k % 300)
@@ -78,7 +78,7 @@ def _build(n: int) -> tuple[Any, Any]:
                           email=f"user{k}@example.org", host=hosts[k % len(hosts)],
                           port=993, security="tls", username=f"user{k}",
                           auth_method="password", secret="x" * 12)
-        session = daemon._new_session(account)
+        session = daemon.new_session(account)
         sup.adopt(session, queued=True)
     for k in range(_INVALID):
         sup.adopt_invalid(InvalidRow(f"bad-{k}", f"bad{k}@example.org",

@@ -36,6 +36,7 @@ from .config import (
     supervisor_settings,
 )
 from .db.holdoffs import HoldoffStore
+from .db.listener import Listener
 from .db.marks import MarkLoader
 from .db.store import AccountStore
 from .deferreds import within
@@ -111,7 +112,7 @@ class Daemon(MultiService):
         account_filter = MarkLoader(self.marks, self.store.load_marks, then=account_filter,
                                     owned=owned)
 
-        self.supervisor = Supervisor(self.store, self._new_session,
+        self.supervisor = Supervisor(self.store, self.new_session,
                                      row_decoder(settings.key_bytes,
                                                  settings.allow_private_hosts),
                                      supervisor_settings(settings), reactor,
@@ -124,9 +125,13 @@ class Daemon(MultiService):
             # accounts released or lost stop at once; a released lease's row goes only
             # once its session has logged out (docs/replicas.md)
             self.leases.on_release = self.supervisor.release_accounts
+        #: the LISTEN connection of REBREAK_NOTIFY_CHANNEL (None without one); its
+        #: ``notifications_arrive`` says whether NOTIFY reaches the daemon
+        self.listener: Listener | None = None
         if settings.notify_channel:
-            self.store.listen(settings.notify_channel, self.supervisor.request_refresh,
-                              refresh_interval=settings.refresh_interval)
+            self.listener = self.store.listen(settings.notify_channel,
+                                              self.supervisor.request_refresh,
+                                              refresh_interval=settings.refresh_interval)
 
         self._rows = StatusRows(self.supervisor,
                                 lambda entry: self._with_scan(self.supervisor.snapshot_of(entry)))
@@ -139,7 +144,10 @@ class Daemon(MultiService):
             self.status = StatusService(status, resource, reactor)
             self.status.setServiceParent(self)
 
-    def _new_session(self, account: Account) -> IService:
+    def new_session(self, account: Account) -> IService:
+        """The daemon's one session factory (start-up, takeover, reconnect): a
+        MailboxSession with the daemon's shared parts (store, scans, marks, timers, host
+        budget, hold-offs, state tally)."""
         return MailboxSession(account, self._session_settings, self.store, self.scans.submit,
                               self.reactor, memory=self.marks, timers=self.timers,
                               reread=self._reread, budget=self.budget,

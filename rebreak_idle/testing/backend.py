@@ -204,6 +204,15 @@ class BackendDouble:
     def listening(self) -> bool:
         return self._listener is not None
 
+    @property
+    def open_connections(self) -> int:
+        """How many client connections are open now (kept-alive ones included)."""
+        return len(self._factory.protocols)
+
+    def all_closed(self) -> Deferred[None]:
+        """Fires once no client connection is open (at once if none is)."""
+        return self._factory.all_closed()
+
     # -- scripting ----------------------------------------------------------------------
 
     def script(self, *answers: Answer) -> None:

@@ -41,7 +41,7 @@ Switches (attributes, may be changed at any time):
 Counters for assertions: ``login_attempts[user]`` (Counter, LOGIN and AUTHENTICATE),
 ``logins_ok[user]``, ``commands[b"LOGOUT"]`` (Counter of command names, upper case),
 ``open_connections`` (int), ``connections_made`` (int), ``idling_connections(user)``.
-``drop_connections()`` aborts every open connection.
+``drop_connections(user)`` aborts every open connection (of ``user`` if given).
 """
 
 from __future__ import annotations
@@ -421,10 +421,12 @@ class InProcessIMAPServer:
             else:
                 self._idle_waiters.append((name, d))
 
-    def drop_connections(self) -> None:
-        """Abort every open connection (the server keeps listening)."""
+    def drop_connections(self, name: str | None = None) -> None:
+        """Abort every open connection (of user ``name`` if given); the server keeps
+        listening."""
         for conn in list(self._connections):
-            conn.transport.abortConnection()
+            if name is None or conn.user == name:
+                conn.transport.abortConnection()
 
     def listen(self, port: int = 0, tls: bool = False, starttls: bool = False,
                cert: CertPair | None = None, interface: str = "127.0.0.1") -> Any:

@@ -74,7 +74,7 @@ class PgBouncerTests(SelfTestCase):
         self.assertIn(f"channel {CHANNEL}; a transaction pooler (PgBouncer in transaction "
                       "mode?) drops them — refreshing every 7s instead", line)
         # a reconnect of the listening connection runs the self-test again, warns no more
-        self.assertIsNotNone(listener._conn)
+        self.assertTrue(listener.listening)
         listener._conn.kill()
         await self.logs.wait_for(reactor, r"listening on channel", count=2, deadline=15)
         await until(lambda: listener.self_tests == 2, what="second self-test", deadline=15)
@@ -103,7 +103,8 @@ class DaemonLogTests(FaultCase, TestCase):
         for n in (2, 3):  # two more backend connections (a new one per scan is fine)
             self.imap.deliver("ann@rebreak.test")
             await self.backend.wait_for(n, answered=True)
-        listener = daemon.store._listeners[0]
+        listener = daemon.listener
+        assert listener is not None
         await until(lambda: listener.notifications_arrive is not None, what="self-test")
         self.assertTrue(listener.notifications_arrive)
         await self.stop_daemon(daemon)

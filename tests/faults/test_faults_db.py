@@ -90,9 +90,7 @@ class RestartTests(FaultCase, TestCase):
         # bob's password changes at the server and his connection drops: his
         # AUTHENTICATIONFAILED error can only be buffered while the database is down
         self.imap.add_user("bob@faults.test", WRONG)
-        for conn in list(self.imap._connections):
-            if conn.user == "bob@faults.test":
-                conn.transport.abortConnection()
+        self.imap.drop_connections("bob@faults.test")
         await self.wait_log(r"\[idle/bob@faults\.test\] connect failed: .*AUTHENTICATIONFAILED")
         await self.wait_log(r"\[idle/db\] writing \d+ .* failed, keeping them", deadline=10)
         await self.wait_log(r"\[idle/db\] refresh failed", count=3, deadline=10)

@@ -66,11 +66,12 @@ class RSSProbe:
         self.start = _status_kib("VmRSS")
         self.peak_reset = _reset_peak()
         self.highest = self.start
-        self._loop = LoopingCall(self._sample)
+        self._loop = LoopingCall(self.sample)
         self._loop.clock = reactor
         self._loop.start(0.01)
 
-    def _sample(self) -> None:
+    def sample(self) -> None:
+        """Read VmRSS now and keep the highest."""
         self.highest = max(self.highest, _status_kib("VmRSS"))
 
     def growth_mib(self) -> float:
@@ -113,7 +114,7 @@ class MemoryTests(FaultCase, TestCase):
         block = bytearray(64 * MIB)
         for i in range(0, len(block), 4096):
             block[i] = 1
-        probe._sample()
+        probe.sample()
         growth = probe.growth_mib()
         del block
         self.assertGreater(growth, 48)

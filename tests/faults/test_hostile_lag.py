@@ -10,17 +10,14 @@ kind of flood are printed by ``bench/parsecost.py`` (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
-from collections import Counter
-
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
-from zope.interface import implementer
 
 from rebreak_idle.accounts.account import Account
 from rebreak_idle.config import session_settings
-from rebreak_idle.interfaces import IRecorder
 from rebreak_idle.session.mailbox_marks import MailboxMemory
 from rebreak_idle.session.session import MailboxSession
+from tests.support.recorder import Recorder
 from tests.support.scripted_imap import ScriptedIMAPServer
 from tests.support.session_servers import settings
 from tests.support.wait import until
@@ -33,24 +30,6 @@ HEARTBEAT = 0.5
 NOOP_DEADLINE = 0.25
 
 
-@implementer(IRecorder)
-class Tally:
-    """Heartbeats and errors per account."""
-
-    def __init__(self) -> None:
-        self.beats: Counter[str] = Counter()
-        self.errors: list[tuple[str, str]] = []
-
-    def record_error(self, account_id: str, text: str) -> None:
-        self.errors.append((account_id, text))
-
-    def clear_error(self, account_id: str) -> None:
-        pass
-
-    def record_heartbeat(self, account_id: str) -> None:
-        self.beats[account_id] += 1
-
-
 def _account(n: int, port: int, kind: str) -> Account:
     return Account(id=f"{kind}-{n}", user_id="user-1", email=f"{kind}{n}@example.test",
                    host="127.0.0.1", port=port, security="plain", username=f"{kind}{n}",
@@ -60,12 +39,12 @@ def _account(n: int, port: int, kind: str) -> Account:
 class ReactorLagTests(TestCase):
     timeout = 150
 
-    def start(self, port: int, n: int, kind: str, tally: Tally) -> MailboxSession:
+    def start(self, port: int, n: int, kind: str, recorder: Recorder) -> MailboxSession:
         def on_new_mail(a: Account, exists: int, reason: str) -> defer.Deferred:
             return defer.succeed(True)
 
         s = MailboxSession(_account(n, port, kind), session_settings(settings(
-            heartbeat_interval=HEARTBEAT, noop_timeout=NOOP_DEADLINE)), tally,
+            heartbeat_interval=HEARTBEAT, noop_timeout=NOOP_DEADLINE)), recorder,
             on_new_mail, reactor, memory=MailboxMemory())
         s.startService()
         self.addCleanup(s.stopService)
@@ -79,20 +58,20 @@ class ReactorLagTests(TestCase):
         for server in (calm, hostile):
             self.addCleanup(server.stop)
         calm_port, hostile_port = calm.listen(), hostile.listen()
-        tally = Tally()
-        sessions = [self.start(calm_port, n, "calm", tally) for n in range(SESSIONS)]
+        recorder = Recorder(reactor)
+        sessions = [self.start(calm_port, n, "calm", recorder) for n in range(SESSIONS)]
         await until(lambda: calm.idling() == SESSIONS, deadline=30.0)
         for n in range(len(HOSTILE)):
-            self.start(hostile_port, n, "hostile", tally)
+            self.start(hostile_port, n, "hostile", recorder)
         await until(lambda: sum(c.misbehaved for c in hostile.connections) >= len(HOSTILE),
                     deadline=30.0)
         flooding = [c for c in hostile.connections if c.misbehaved]
         # the whole flood is read (or its connection closed), then two more heartbeats
         await until(lambda: all(c.streamed >= FLOOD_BYTES or c.lost for c in flooding),
                     deadline=90.0)
-        before = dict(tally.beats)
-        await until(lambda: all(tally.beats[s.account.id] >= before.get(s.account.id, 0) + 2
+        before = dict(recorder.beats)
+        await until(lambda: all(recorder.beats[s.account.id] >= before.get(s.account.id, 0) + 2
                                 for s in sessions), deadline=20.0)
-        self.assertEqual([e for e in tally.errors if e[0].startswith("calm")], [])
+        self.assertEqual([e for e in recorder.errors if e[1].startswith("calm")], [])
         self.assertEqual(calm.logins, SESSIONS)  # no NOOP deadline missed: nobody reconnected
         self.assertTrue(all(s.state == "idle" for s in sessions))

@@ -15,8 +15,8 @@ XOAUTH2_GREETING = b"* OK [CAPABILITY IMAP4rev1 IDLE AUTH=XOAUTH2] hi\r\n"
 class NumberTests(ClientTestCase):
     def closed_with(self, text: str) -> None:
         self.assertTrue(self.client.closed)
-        self.assertIsInstance(self.client._close_error, ProtocolError)
-        self.assertIn(text, self.client._close_error.text)
+        self.assertIsInstance(self.client.close_error, ProtocolError)
+        self.assertIn(text, self.client.close_error.text)
 
     def test_exists_above_2_32_is_a_protocol_error(self) -> None:
         self.connect()
@@ -55,7 +55,7 @@ class ResponseCapTests(ClientTestCase):
         self.server(b"* 1 FETCH (BODY[] {60000000}\r\n")
         self.assertTrue(self.client.closed)
         self.assertIn("server literal of 60000000 bytes exceeds 8192 bytes",
-                      self.client._close_error.text)
+                      self.client.close_error.text)
         self.server(b"x" * 1_000_000)  # the rest is dropped, never kept
         self.assertIsNone(self.client._literal)
         self.assertLessEqual(len(self.client._buffer), self.client.MAX_LENGTH)
@@ -69,7 +69,7 @@ class ResponseCapTests(ClientTestCase):
         self.connect()
         self.server(b"* OK " + b"x" * 20_000)
         self.assertTrue(self.client.closed)
-        self.assertIn("longer than 16384 bytes", self.client._close_error.text)
+        self.assertIn("longer than 16384 bytes", self.client.close_error.text)
 
 
 class ChallengeTests(ClientTestCase):
@@ -135,8 +135,8 @@ class InputBudgetTests(ClientTestCase):
             if self.client.closed:
                 break
         self.assertTrue(self.client.closed)
-        self.assertIsInstance(self.client._close_error, InputFlood)
-        self.assertIn("server flooded the connection", self.client._close_error.text)
+        self.assertIsInstance(self.client.close_error, InputFlood)
+        self.assertIn("server flooded the connection", self.client.close_error.text)
         # 1000 at once plus 100/s: closed in the fifth second (1000 + 4*100 < 5*300)
         self.assertEqual(_second, 4)
         exists = [e for e in self.events.seen if e[0] == "exists"]
@@ -158,5 +158,5 @@ class InputBudgetTests(ClientTestCase):
         self.assertFalse(self.client.closed)
         self.server(b"* OK " + b"x" * 2_000 + b"\r\n")
         self.assertTrue(self.client.closed)
-        self.assertIsInstance(self.client._close_error, InputFlood)
-        self.assertIn("bytes", self.client._close_error.text)
+        self.assertIsInstance(self.client.close_error, InputFlood)
+        self.assertIn("bytes", self.client.close_error.text)

@@ -115,8 +115,8 @@ class HandWrittenTests(SynchronousTestCase):
         h.feed(data)
         self.assertTrue(h.client.closed, "client did not close")
         self.assertTrue(self.transport_closed(h))
-        self.assertIsInstance(h.client._close_error, error)
-        self.assertIn(text, h.client._close_error.text)
+        self.assertIsInstance(h.client.close_error, error)
+        self.assertIn(text, h.client.close_error.text)
         h.check_bounded(self)
         h.finish(self)
         return h
@@ -132,7 +132,7 @@ class HandWrittenTests(SynchronousTestCase):
             if h.client.closed:
                 break
         self.assertTrue(h.client.closed)
-        self.assertIn("longer than 256 bytes", h.client._close_error.text)
+        self.assertIn("longer than 256 bytes", h.client.close_error.text)
         h.check_bounded(self)
         h.finish(self)
 

@@ -30,6 +30,7 @@ from rebreak_idle.status.server import make_status_resource
 from rebreak_idle.testing.pg import PostgresServer, fresh_database, sql
 from tests.support.account_rows import add_row, inline, status
 from tests.support.fleet import DECODE, KEY, MemoryStore, capture_logs, row, settings
+from tests.support.recorder import Recorder
 from tests.support.scripted_imap import ScriptedIMAPServer
 
 
@@ -539,19 +540,6 @@ class _InMemory:
             clock.advance(0)
 
 
-class _NoRecords:
-    """A recorder that keeps nothing (IRecorder)."""
-
-    def record_error(self, account_id: str, text: str) -> None:
-        pass
-
-    def clear_error(self, account_id: str) -> None:
-        pass
-
-    def record_heartbeat(self, account_id: str) -> None:
-        pass
-
-
 class StateCountTests(SynchronousTestCase):
     """The status page's counts come from the sessions' tally, kept up to date on each
     move (no walk of the sessions): through connects, a refused password, a dropped
@@ -581,7 +569,7 @@ class StateCountTests(SynchronousTestCase):
         self.addCleanup(self.stop)
 
     def session(self, account: Account) -> Any:
-        return self._make(account, self._settings, _NoRecords(), lambda *a: None,
+        return self._make(account, self._settings, Recorder(Clock()), lambda *a: None,
                           self.clock, endpoint=self.endpoint, jitter=lambda: 0.0,
                           tally=self.sup.tally)
 

@@ -168,7 +168,7 @@ class StatusPageBrowserTests(FaultCase, TestCase):
         self.assertGreater(shot.stat().st_size, 10_000)
 
     async def test_without_the_header_only_counts(self) -> None:
-        port = self.daemon_.status._port.getHost().port
+        port = (await self.daemon_.status.when_listening()).getHost().port
         text = await self.chromium("--dump-dom",
                                    f"http://127.0.0.1:{port}/?q=bob&secret={ADMIN_SECRET}")
         self.assertNotIn("bob@rebreak.test", text)

@@ -10,8 +10,9 @@ from rebreak_idle.accounts.account import Account
 from rebreak_idle.config import session_settings
 from rebreak_idle.session.host_budget import HostBudget
 from rebreak_idle.session.session import MailboxSession
+from tests.support.recorder import Recorder
 from tests.support.scripted_imap import PROFILES, ScriptedIMAPServer
-from tests.support.session_harness import Recorder, make_settings
+from tests.support.session_harness import make_settings
 from tests.support.wait import until
 
 

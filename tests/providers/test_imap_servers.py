@@ -30,7 +30,7 @@ from tests.support.dovecot import DovecotServer, skip_without_dovecot
 WAIT = 10  # seconds: the deadline of every wait on the network
 
 
-class Recorder:
+class ClientEvents:
     """Collects events from a client and lets a test wait for the next one."""
 
     def __init__(self, client: IdleClient) -> None:
@@ -101,7 +101,7 @@ class ServerScenarios:
     @defer.inlineCallbacks
     def test_idle_sees_new_mail_and_done_ends_it(self) -> Any:
         client = yield self.logged_in()
-        events = Recorder(client)
+        events = ClientEvents(client)
         self.assertTrue(client.has_idle)
         info = yield client.select()
         before = info["EXISTS"]
@@ -123,7 +123,7 @@ class ServerScenarios:
         """done_noop() (DONE and NOOP in one write, with or without the next IDLE) then
         IDLE again, five times over; new mail after that still arrives during IDLE."""
         client = yield self.logged_in()
-        events = Recorder(client)
+        events = ClientEvents(client)
         info = yield client.select()
         before = info["EXISTS"]
         yield client.idle()
@@ -233,7 +233,7 @@ class InProcessServerTests(ServerScenarios, TestCase):
     @defer.inlineCallbacks
     def test_deliver_and_delete_reach_idle(self) -> Any:
         client = yield self.logged_in()
-        events = Recorder(client)
+        events = ClientEvents(client)
         yield client.select()
         yield client.idle()
         yield self.server.wait_for_idle(self.user).addTimeout(WAIT, reactor)
@@ -317,7 +317,7 @@ class InProcessServerTests(ServerScenarios, TestCase):
     @defer.inlineCallbacks
     def test_dropped_connection(self) -> Any:
         client = yield self.logged_in()
-        events = Recorder(client)
+        events = ClientEvents(client)
         yield client.select()
         yield client.idle()
         lost = events.next("lost")

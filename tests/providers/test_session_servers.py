@@ -19,12 +19,12 @@ from rebreak_idle.session.session import MailboxSession
 from rebreak_idle.testing.certs import make_test_certs
 from rebreak_idle.testing.imapserver import InProcessIMAPServer
 from tests.support.dovecot import DovecotServer, skip_without_dovecot
+from tests.support.recorder import Recorder
 from tests.support.session_servers import (
     DEADLINE,
     PASSWORD,
     USER,
     Events,
-    Recorder,
     account,
     settings,
 )
@@ -39,7 +39,7 @@ def start_session(test: TestCase, acct: Account, events: Events, **kw: Any) -> M
         events.add("mail", reason, n)
         return defer.succeed(True)  # the backend acknowledged the scan (2xx)
 
-    s = MailboxSession(acct, session_settings(settings(**kw)), Recorder(events),
+    s = MailboxSession(acct, session_settings(settings(**kw)), Recorder(reactor, events.add),
                        on_new_mail, reactor, memory=MailboxMemory())
     s.startService()
     test.addCleanup(s.stopService)

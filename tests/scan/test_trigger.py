@@ -12,8 +12,7 @@ import itertools
 import json
 from typing import Any
 
-from treq.testing import StubTreq
-from twisted.internet import defer, error, task
+from twisted.internet import defer, task
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -25,7 +24,14 @@ from rebreak_idle.scan.backend_health import BackendHealth
 from rebreak_idle.scan.trigger import SCAN_PATH, ScanTrigger
 from rebreak_idle.scan.trigger_states import Phase
 from rebreak_idle.testing.backend import Answer, BackendDouble, Gate
-from tests.support.scan_harness import SECRET, Harness, LogCapture, account, settings
+from tests.support.scan_harness import (
+    SECRET,
+    Harness,
+    LogCapture,
+    StubBackend,
+    account,
+    settings,
+)
 
 
 def sample(name: str, **labels: str) -> float:
@@ -355,19 +361,8 @@ class RetryTests(SynchronousTestCase):
         self.assertIn("no answer within 5s", h.log.mine()[0])
 
     def test_connection_refused_is_retried(self) -> None:
-        stub_holder: list[StubTreq] = []
-
-        class Refusing:
-            refusals = 2
-
-            def post(self, url: str, **kw: Any) -> Deferred[Any]:
-                if self.refusals:
-                    self.refusals -= 1
-                    return defer.fail(error.ConnectionRefusedError("127.0.0.1:9"))
-                return stub_holder[0].post(url, **kw)
-
-        h = Harness(self, http_client=Refusing())
-        stub_holder.append(h.stub)
+        h = Harness(self)
+        h.backend.refusals = 2
         h.trigger.request(account(1), 5, "exists")
         for n in range(6, 20):
             h.trigger.request(account(1), n, "exists")
@@ -588,9 +583,9 @@ class BackendTests(TestCase):
             trigger.request(account(1), n, "exists")
             await trigger.when_quiet()
         self.assertEqual(len(backend.requests), 3)
-        self.assertEqual(len(backend._factory.protocols), 1)  # one kept-alive connection
+        self.assertEqual(backend.open_connections, 1)  # one kept-alive connection
         await trigger.stopService()
-        await backend._factory.all_closed()
+        await backend.all_closed()
 
     async def test_retry_on_503_then_success(self) -> None:
         trigger, backend = await self.make()
@@ -677,7 +672,7 @@ class BackendTests(TestCase):
         await backend.wait_for(1)
         await trigger.stopService()
         self.assertEqual(trigger.last_outcome(account(1).id)["outcome"], "abandoned")
-        await backend._factory.all_closed()
+        await backend.all_closed()
 
 
 class BackendDoubleTests(TestCase):
@@ -735,14 +730,13 @@ class BackendDoubleTests(TestCase):
         self.assertEqual(len(backend.requests), 1)
 
 
-class FlakyBackend:
-    """The backend as an HTTP client for the trigger (StubTreq inside): it refuses
+class FlakyBackend(StubBackend):
+    """The backend as an HTTP client for the trigger (a StubBackend): it refuses
     connections, or answers every request at once with ``status`` (and ``headers``); every
     request is recorded with the clock's time."""
 
     def __init__(self, clock: task.Clock) -> None:
         self.clock = clock
-        self.refusing = False
         self.status = 200
         self.headers: dict[bytes, bytes] = {}
         self.requests: list[tuple[float, dict[str, Any]]] = []
@@ -757,13 +751,11 @@ class FlakyBackend:
                     request.setHeader(name, value)
                 return b'{"scanned": 1, "blocked": 0}'
 
-        self.stub = StubTreq(Answering())
+        super().__init__(Answering())
 
     def post(self, url: str, **kw: Any) -> Deferred[Any]:
         self.requests.append((self.clock.seconds(), json.loads(kw["data"])))
-        if self.refusing:
-            return defer.fail(error.ConnectionRefusedError("127.0.0.1:3016"))
-        return self.stub.post(url, **kw)
+        return super().post(url, **kw)
 
     def since(self, t: float) -> list[tuple[float, dict[str, Any]]]:
         """Requests sent after ``t``: one sent at ``t`` itself went out before the test

@@ -28,10 +28,11 @@ from rebreak_idle.session.session import MailboxSession
 from rebreak_idle.testing.imapserver import InProcessIMAPServer
 from tests.support.dovecot import DovecotServer, skip_without_dovecot
 from tests.support.profiles import PROFILES
+from tests.support.recorder import Recorder
 from tests.support.scripted_imap import Folder
 from tests.support.session_harness import Harness as ScriptedHarness
 from tests.support.session_harness import make_settings
-from tests.support.session_servers import PASSWORD, USER, Events, Recorder, account, settings
+from tests.support.session_servers import PASSWORD, USER, Events, account, settings
 from tests.support.wait import until
 
 ENV = {"DATABASE_URL": "postgresql://x", "ADMIN_SECRET": "s" * 8,
@@ -171,7 +172,7 @@ class InProcessFolderTests(TestCase):
             return defer.succeed(True)
 
         s = MailboxSession(account(self.port), session_settings(settings(
-            extra_folders=folders, **kw)), Recorder(events), on_new_mail, reactor,
+            extra_folders=folders, **kw)), Recorder(reactor, events.add), on_new_mail, reactor,
             memory=self.memory)
         s.startService()
         self.addCleanup(s.stopService)
@@ -277,7 +278,7 @@ class DovecotFolderTests(TestCase):
         memory = MailboxMemory()
         s = MailboxSession(acct, session_settings(settings(
             extra_folders=("\\Junk", "Unbekannt"), heartbeat_interval=0.5,
-            tls_ca_file=dovecot.ca_file)), Recorder(events), on_new_mail, reactor,
+            tls_ca_file=dovecot.ca_file)), Recorder(reactor, events.add), on_new_mail, reactor,
             memory=memory)
         dovecot.deliver(user, subject="Old junk", folder="Junk")  # an empty one asks nothing
         s.startService()

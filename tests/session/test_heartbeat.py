@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from rebreak_idle.session.heartbeat import Heartbeat
 from rebreak_idle.timing.wheel import TimerWheel
+from tests.support.recorder import Recorder
 
 SETTINGS = SimpleNamespace(heartbeat_interval=120.0, idle_renew=1500.0, poll_interval=60.0,
                            noop_timeout=30.0, command_timeout=60.0)
@@ -72,15 +73,6 @@ class Folders:
         return succeed(None)
 
 
-class Recorder:
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-        self.beats: list[tuple[float, str]] = []
-
-    def record_heartbeat(self, account_id: str) -> None:
-        self.beats.append((self.clock.seconds(), account_id))
-
-
 class HeartbeatTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
@@ -92,7 +84,8 @@ class HeartbeatTests(SynchronousTestCase):
 
     def test_start_records_a_heartbeat_and_arms_one_timer(self) -> None:
         self.heartbeat.start(self.owner.client, polling=False)
-        self.assertEqual(self.recorder.beats, [(0.0, "acc-1")])
+        self.assertEqual(self.recorder.heartbeats, [0.0])
+        self.assertEqual(self.recorder.beats, {"acc-1": 1})
         self.assertEqual(self.heartbeat.last_at, 0.0)
         self.assertTrue(self.heartbeat.armed)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
@@ -104,7 +97,7 @@ class HeartbeatTests(SynchronousTestCase):
         self.assertEqual(client.sent, [])
         self.clock.advance(1)
         self.assertEqual(client.sent, [("DONE NOOP IDLE", ("STATUS Junk",)), "IDLE"])
-        self.assertEqual([t for t, _ in self.recorder.beats], [0.0, 120.0])
+        self.assertEqual(self.recorder.heartbeats, [0.0, 120.0])
         self.assertTrue(self.heartbeat.armed)  # the next one
 
     def test_renewal_before_the_heartbeat_when_due_first(self) -> None:
@@ -118,7 +111,7 @@ class HeartbeatTests(SynchronousTestCase):
         heartbeat.start(self.owner.client, polling=False)
         self.clock.advance(50)
         self.assertEqual(self.owner.client.sent, ["DONE", "IDLE"])
-        self.assertEqual(len(self.recorder.beats), 1)  # a renewal is no heartbeat
+        self.assertEqual(len(self.recorder.heartbeats), 1)  # a renewal is no heartbeat
         self.assertIn("[idle/ann@example.test] idle renewing (25min threshold)", lines)
 
     def test_poll_sends_noop_and_checks_the_folders(self) -> None:
@@ -126,7 +119,7 @@ class HeartbeatTests(SynchronousTestCase):
         self.clock.advance(60)
         self.assertEqual(self.owner.client.sent, ["NOOP"])
         self.assertEqual(self.folders.checked, 1)
-        self.assertEqual([t for t, _ in self.recorder.beats], [0.0, 60.0])
+        self.assertEqual(self.recorder.heartbeats, [0.0, 60.0])
         self.clock.advance(60)
         self.assertEqual(self.owner.client.sent, ["NOOP", "NOOP"])
 

@@ -199,7 +199,7 @@ class DefaultBudgetTests(SynchronousTestCase):
         s = Settings(database_url="postgresql://x", admin_secret="s" * 8,
                      encryption_key="k" * 32)
         daemon = build_daemon(s, Clock())
-        session = daemon._new_session(account(1))
+        session = daemon.new_session(account(1))
         self.assertIs(session.limits.budget, daemon.budget)
         self.assertEqual(daemon.budget.rate, DEFAULT_HOST_LOGIN_RATE)
 

@@ -14,10 +14,11 @@ from rebreak_idle.session.mailbox_marks import MailboxMark, MailboxMemory
 from rebreak_idle.session.session import MailboxSession
 from rebreak_idle.testing.imapserver import InProcessIMAPServer
 from tests.support.profiles import PROFILES
+from tests.support.recorder import Recorder
 from tests.support.scan_harness import Harness as ScanHarness
 from tests.support.scan_harness import account
 from tests.support.session_harness import Harness
-from tests.support.session_servers import PASSWORD, USER, Events, Recorder, settings
+from tests.support.session_servers import PASSWORD, USER, settings
 from tests.support.session_servers import account as server_account
 from tests.support.wait import until
 
@@ -277,7 +278,7 @@ class FolderAfterStopTests(TestCase):
             return held[mailbox]
 
         session = MailboxSession(server_account(port), session_settings(settings(
-            extra_folders=("\\Junk",))), Recorder(Events()), on_new_mail, reactor,
+            extra_folders=("\\Junk",))), Recorder(reactor), on_new_mail, reactor,
             memory=memory)
         session.startService()
         self.addCleanup(session.stopService)

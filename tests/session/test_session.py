@@ -24,12 +24,12 @@ from rebreak_idle.session.session import MailboxSession, timer_resolution
 from rebreak_idle.session.states import TRANSITIONS, ForbiddenTransition, State
 from rebreak_idle.timing.backoff import Backoff, format_delay
 from tests.support.profiles import PROFILES
+from tests.support.recorder import Recorder
 from tests.support.scripted_imap import ScriptedConnection
 from tests.support.session_harness import (
     ACCOUNT,
     SECRET,
     Harness,
-    Recorder,
     make_settings,
 )
 

@@ -52,7 +52,7 @@ class RowsTests(SynchronousTestCase):
                                               "encrypted_secret cannot be decrypted"))
 
     def make(self, account: Account) -> Any:
-        session = self.daemon._new_session(account)
+        session = self.daemon.new_session(account)
         self.made.append(session)
         return session
 

@@ -37,15 +37,15 @@ class _Output(protocol.ProcessProtocol):
         buffer = self._partial.get(fd, b"") + data
         *complete, self._partial[fd] = buffer.split(b"\n")
         for line in complete:
-            self.owner._line(line.decode("utf-8", "replace"))
+            self.owner.line_received(line.decode("utf-8", "replace"))
 
     def processEnded(self, reason: Failure) -> None:
         for rest in self._partial.values():
             if rest:
-                self.owner._line(rest.decode("utf-8", "replace"))
+                self.owner.line_received(rest.decode("utf-8", "replace"))
         code = getattr(reason.value, "exitCode", None)
         sig = getattr(reason.value, "signal", None)
-        self.owner._ended(code if code is not None else -(sig or 1))
+        self.owner.process_ended(code if code is not None else -(sig or 1))
 
 
 class DaemonProcess:
@@ -110,7 +110,8 @@ class DaemonProcess:
     def tail(self, n: int = 30) -> str:
         return "\n".join(self.lines[-n:])
 
-    def _line(self, line: str) -> None:
+    def line_received(self, line: str) -> None:
+        """A line of the daemon's output: keep it, fire the waits it matches."""
         self.lines.append(line)
         for entry in list(self._waiters):
             regex, count, d = entry
@@ -118,7 +119,8 @@ class DaemonProcess:
                 self._waiters.remove(entry)
                 d.callback(line)
 
-    def _ended(self, code: int) -> None:
+    def process_ended(self, code: int) -> None:
+        """The daemon exited with ``code`` (minus the signal): fail the line waits."""
         self.exit_code = code
         waiters, self._waiters = self._waiters, []
         for regex, _count, d in waiters:

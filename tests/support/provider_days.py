@@ -14,8 +14,9 @@ from rebreak_idle.accounts.account import Account
 from rebreak_idle.config import session_settings
 from rebreak_idle.session.session import MailboxSession
 from rebreak_idle.session.states import State
+from tests.support.recorder import Recorder
 from tests.support.scripted_imap import PROFILES, ScriptedIMAPServer
-from tests.support.session_harness import FakeEndpoint, Recorder, make_settings
+from tests.support.session_harness import FakeEndpoint, make_settings
 
 DAY = 86400.0
 HOUR = 3600.0

@@ -7,8 +7,8 @@ import json
 from typing import Any
 
 from treq.testing import StubTreq
-from twisted.internet import task
-from twisted.internet.defer import Deferred
+from twisted.internet import error, task
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
@@ -107,12 +107,32 @@ class Pending(Resource):
         request.finish()
 
 
+class StubBackend:
+    """The trigger's HTTP client in the unit tests: StubTreq over ``resource`` (the scan
+    endpoint), refusing connections while ``refusing`` is set or for the next
+    ``refusals`` requests."""
+
+    def __init__(self, resource: Resource) -> None:
+        self.stub = StubTreq(resource)
+        self.refusing = False
+        self.refusals = 0
+
+    def post(self, url: str, **kw: Any) -> Deferred[Any]:
+        if self.refusals:
+            self.refusals -= 1
+            return fail(error.ConnectionRefusedError("127.0.0.1:9"))
+        if self.refusing:
+            return fail(error.ConnectionRefusedError("127.0.0.1:9"))
+        return self.stub.post(url, **kw)
+
+
 class Harness:
     def __init__(self, case: SynchronousTestCase, **kw: Any) -> None:
         self.clock = task.Clock()
         self.resource = Pending()
-        self.stub = StubTreq(self.resource)
-        client = kw.pop("http_client", None) or self.stub
+        self.backend = StubBackend(self.resource)
+        self.stub = self.backend.stub
+        client = kw.pop("http_client", None) or self.backend
         self.settings = settings(**kw)
         self.trigger = ScanTrigger(scan_settings(self.settings), self.clock,
                                    http_client=client,

@@ -351,7 +351,7 @@ class ScriptedConnection(LineOnlyReceiver):
         self.idle_tag = tag
         self.send("+ idling")
         self.entered_idle = True
-        s._check_idle()
+        s.fire_idle_waiters()
         if s.end_idle_after_continuation:
             s.end_idle_after_continuation = False
             self.send(f"{tag} OK IDLE ended by the server")
@@ -574,10 +574,11 @@ class ScriptedIMAPServer(Factory):
         """Fires once ``n`` connections have entered IDLE in total."""
         d: defer.Deferred = defer.Deferred()
         self._idle_waiters.append((n, d))
-        self._check_idle()
+        self.fire_idle_waiters()
         return d
 
-    def _check_idle(self) -> None:
+    def fire_idle_waiters(self) -> None:
+        """Fire the ``wait_for_idle`` Deferreds whose count of IDLE entries is reached."""
         entered = sum(1 for c in self.connections if c.entered_idle)
         keep = []
         for n, d in self._idle_waiters:

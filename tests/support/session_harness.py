@@ -15,10 +15,10 @@ from zope.interface import implementer
 
 from rebreak_idle.accounts.account import Account
 from rebreak_idle.config import Settings, session_settings
-from rebreak_idle.interfaces import IRecorder
 from rebreak_idle.session.mailbox_marks import MailboxMemory
 from rebreak_idle.session.session import MailboxSession
 from rebreak_idle.timing.wheel import TimerWheel
+from tests.support.recorder import Recorder
 from tests.support.scripted_imap import ScriptedConnection, ScriptedIMAPServer
 
 SECRET = "s3cret-Pa55word"
@@ -30,24 +30,6 @@ ACCOUNT = Account(id="acc-1", user_id="user-1", email="ann@example.test", host="
 def make_settings(**kw: Any) -> Settings:
     return Settings(database_url="postgresql://x", admin_secret="s" * 8,
                     encryption_key="k" * 32, **kw)
-
-
-@implementer(IRecorder)
-class Recorder:
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-        self.errors: list[tuple[float, str, str]] = []
-        self.cleared: list[float] = []
-        self.heartbeats: list[float] = []
-
-    def record_error(self, account_id: str, text: str) -> None:
-        self.errors.append((self.clock.seconds(), account_id, text))
-
-    def clear_error(self, account_id: str) -> None:
-        self.cleared.append(self.clock.seconds())
-
-    def record_heartbeat(self, account_id: str) -> None:
-        self.heartbeats.append(self.clock.seconds())
 
 
 @implementer(IStreamClientEndpoint)

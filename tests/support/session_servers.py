@@ -7,11 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, reactor
-from zope.interface import implementer
 
 from rebreak_idle.accounts.account import Account
 from rebreak_idle.config import Settings
-from rebreak_idle.interfaces import IRecorder
 
 USER = "ann@example.org"
 PASSWORD = "correct horse battery"
@@ -47,21 +45,6 @@ class Events:
 
     def of(self, kind: str) -> list[tuple[Any, ...]]:
         return [i for i in self.items if i[0] == kind]
-
-
-@implementer(IRecorder)
-class Recorder:
-    def __init__(self, events: Events) -> None:
-        self.events = events
-
-    def record_error(self, account_id: str, text: str) -> None:
-        self.events.add("error", text, reactor.seconds())
-
-    def clear_error(self, account_id: str) -> None:
-        self.events.add("cleared")
-
-    def record_heartbeat(self, account_id: str) -> None:
-        self.events.add("heartbeat", reactor.seconds())
 
 
 def settings(**kw: Any) -> Settings:
