@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
 from rebreak_idle.db.marks import MarkLoader, decode_rows
@@ -15,6 +15,7 @@ from rebreak_idle.db.migrate import apply
 from rebreak_idle.session.mailbox_marks import MailboxMark, MailboxMemory
 from rebreak_idle.testing.pg import fresh_database, sql
 from tests.support.account_rows import StoreTestCase, inline, statement_calls
+from tests.support.fleet import capture_logs
 
 
 class MigrationTests(SynchronousTestCase):
@@ -84,11 +85,7 @@ class WriteTests(StoreTestCase):
 
 
     def logs(self) -> list[str]:
-        lines: list[str] = []
-        observer = lambda e: lines.append(formatEvent(e))  # noqa: E731
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
-        return lines
+        return capture_logs(self, LogLevel.debug)
 
     @inline
     async def test_a_refused_folder_name_is_dropped_alone(self) -> None:

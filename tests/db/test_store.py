@@ -10,7 +10,7 @@ import psycopg2
 from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
@@ -25,6 +25,7 @@ from rebreak_idle.interfaces import IAccountSource, IRecorder
 from rebreak_idle.service import Daemon
 from rebreak_idle.testing.pg import PostgresServer, fresh_database, sql
 from tests.support.account_rows import StoreTestCase, add_row, inline, statement_calls, status
+from tests.support.fleet import capture_logs
 
 
 def sample(name: str, **labels: str) -> float | None:
@@ -137,11 +138,7 @@ class WriteTests(StoreTestCase):
         self.assertEqual(hb.timestamp(), 1_700_000_000)
 
     def logs(self) -> list[str]:
-        lines: list[str] = []
-        observer = lambda e: lines.append(formatEvent(e))  # noqa: E731
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
-        return lines
+        return capture_logs(self, LogLevel.debug)
 
     @inline
     async def test_a_refused_error_text_is_dropped_alone(self) -> None:
@@ -441,11 +438,7 @@ class ServiceTests(SynchronousTestCase):
         return store, clock
 
     def logs(self) -> list[str]:
-        lines: list[str] = []
-        observer = lambda e: lines.append(formatEvent(e))  # noqa: E731
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
-        return lines
+        return capture_logs(self, LogLevel.debug)
 
     def test_stop_writes_what_is_buffered_then_closes(self) -> None:
         store, clock = self.store_with(lambda: succeed(None))
@@ -492,10 +485,7 @@ class DaemonStopOrderTests(TestCase):
         settings = Settings(database_url=dsn, admin_secret="s" * 8, encryption_key="k" * 32,
                             leases="on", replica_id="stop-order", shutdown_timeout=3.0)
         daemon = Daemon(settings, reactor)
-        lines: list[str] = []
-        observer = lambda e: lines.append(formatEvent(e))  # noqa: E731
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        lines = capture_logs(self, LogLevel.debug)
         daemon.startService()
         self.addCleanup(lambda: daemon.running and daemon.stopService())
         self.assertTrue(daemon.store.running)

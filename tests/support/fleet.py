@@ -63,11 +63,12 @@ class MemoryStore:
         self.errors.append((account_id, text))
 
 
-def capture_logs(case: SynchronousTestCase) -> list[str]:
+def capture_logs(case: SynchronousTestCase, level: LogLevel = LogLevel.info) -> list[str]:
+    """The text of every event at ``level`` or above logged while ``case`` runs."""
     lines: list[str] = []
 
     def observer(event: dict) -> None:
-        if event.get("log_level", LogLevel.info) >= LogLevel.info:
+        if event.get("log_level", LogLevel.info) >= level:
             lines.append(formatEvent(event))
 
     globalLogPublisher.addObserver(observer)
