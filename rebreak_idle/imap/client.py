@@ -404,8 +404,8 @@ class IdleClient(IdleExchange, Authentication, CommandQueue, BoundedReader, List
             cmd.deferred.errback(Failure(self._command_failed(cmd, status, code, data)))
         if self.state is not CLOSED:
             self._send_next()
-            if self._current is None and self._deadline_cmd is None:
-                self._disarm()
+        if self._current is None and self._deadline_cmd is None:
+            self._disarm()  # also after LOGOUT's OK: no deadline outlives the last answer
 
     def _command_failed(self, cmd: Command, status: bytes, code: bytes | None,
                         data: bytes) -> CommandFailed:

@@ -310,8 +310,8 @@ class MailboxSession(Service):
 
     def _abort(self, client: imap.IdleClient) -> None:
         transport = client.transport
-        if transport is not None and not client.closed:
-            transport.abortConnection()
+        if transport is not None:
+            transport.abortConnection()  # nothing when already gone
 
     # -- starting: connect now, or after a hold-off saved by an earlier run ---------------
 
@@ -592,11 +592,14 @@ class MailboxSession(Service):
         if attempt is not None:
             attempt.cancel()
         client = self._client
-        if client is None or client.closed or client.transport is None:
+        if client is None or client.transport is None:
             self._detach()
             return None
+        # attached means its connectionLost has not come yet, even when the client is
+        # already closing (LOGOUT answered): a TLS close takes a round trip more
         self._lost = lost = Deferred()
-        client.transport.loseConnection()
+        if not client.closed:
+            client.transport.loseConnection()
         return lost
 
     def _goodbye_failed(self, failure: Failure) -> None:

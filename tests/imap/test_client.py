@@ -316,6 +316,9 @@ class IdleTests(ClientTestCase):
         self.assertEqual(d, [None])
         self.assertTrue(self.transport.disconnecting)
         self.assertNotIn("bye", [e[0] for e in self.events.seen])
+        # closing, not yet closed (a TLS close takes a round trip): no command deadline
+        # is left behind to outlive the connection
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_bye_while_idling(self) -> None:
         self.start_idle()

@@ -200,6 +200,18 @@ class InProcessServerTests(TestCase):
         self.assertEqual(self.events.of("error"), [])
 
     @defer.inlineCallbacks
+    def test_stop_over_tls_waits_until_the_connection_is_gone(self) -> Any:
+        port = self.server.listen(tls=True).getHost().port
+        session = self.session(account(port, "tls"), tls_ca_file=make_test_certs().ca)
+        yield self.mail("connected", 0)
+        yield self.server.wait_for_idle(USER)
+        yield session.stopService().addTimeout(DEADLINE, reactor)
+        self.assertEqual(self.server.commands[b"LOGOUT"], 1)
+        self.assertIsNone(session.client)  # its connectionLost came before the stop fired
+        self.assertEqual([c for c in reactor.getDelayedCalls() if c.active()
+                          and "TimerWheel" in repr(c)], [])
+
+    @defer.inlineCallbacks
     def test_refused_connection_backs_off(self) -> Any:
         listening = self.server.listen()
         port = listening.getHost().port
