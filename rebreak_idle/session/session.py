@@ -166,10 +166,12 @@ class MailboxSession(Service):
         if self._attempt is None and self._client is None:  # waiting, or not begun
             self._stopped()
             return succeed(None)
+        ready = self.state.ready
+        self._stopping()
         clock = self._reactor
         deadline = min(STOP_DEADLINE, self._settings.shutdown_timeout / 2)
         client = self._client
-        if client is not None and self.state.ready:
+        if client is not None and ready:
             goodbye: Deferred[Any] = client.logout()  # ends a running IDLE with DONE first
             goodbye.addTimeout(deadline, clock)
             goodbye.addErrback(self._goodbye_failed)
@@ -286,10 +288,18 @@ class MailboxSession(Service):
         if state is not State.STOPPED:
             state_gauge(state).inc()
 
-    def _stopped(self) -> None:
-        self.limits.release()
-        if self.state is not State.STOPPED:
+    def _stopping(self) -> None:
+        """STOP: a connection (or attempt) is closing (stopping); a wait just ends
+        (stopped)."""
+        if self.state is not State.STOPPED and self.state is not State.STOPPING:
             self._on(Event.STOP)
+
+    def _stopped(self) -> None:
+        """The stopped session's connection is gone (GONE), or it had none."""
+        self.limits.release()
+        self._stopping()
+        if self.state is State.STOPPING:
+            self._on(Event.GONE)
 
     def _cancel_wait(self) -> None:
         wait, self._wait = self._wait, None
@@ -432,6 +442,8 @@ class MailboxSession(Service):
         done = await LoginSequence(
             client, self.account, self._tls_options, xoauth2=self._login_xoauth2,
             on_phase=lambda phase, done: self._login_phase(phase, done, client)).run()
+        if not self.current(client):  # stopped meanwhile: the stop closes it
+            return
         account, mark = done.account, done.mark
         mail = self.mail
         if mark is None or mail.mark is None:  # pragma: no cover - run() selected
@@ -442,6 +454,9 @@ class MailboxSession(Service):
         await mail.watch_folders(client)  # REBREAK_EXTRA_FOLDERS: LIST, STATUS
         if client.has_idle:
             await client.idle()
+        if not self.current(client):  # stopped meanwhile: the stop closes it
+            return
+        if client.has_idle:
             self._on(Event.IDLING)
         else:
             self._on(Event.POLLING)
@@ -456,6 +471,8 @@ class MailboxSession(Service):
 
     def _login_phase(self, phase: Phase, done: LoggedIn, client: imap.IdleClient) -> None:
         """What the session does at each step of the shared login sequence."""
+        if not self.current(client):  # stopped meanwhile: the stop closes it
+            return
         if phase is Phase.AUTHENTICATING:
             self._on(Event.GREETED)
         elif phase is Phase.LOGGED_IN:

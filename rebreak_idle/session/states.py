@@ -8,7 +8,8 @@ between them.
     any connected state ──ended──▶ backoff | ──refused──▶ auth-failed
     backoff | auth-failed ──attempt (the wait is over)──▶ connecting
     stopped ──held-off (saved by an earlier run)──▶ auth-failed
-    any state ──stop──▶ stopped
+    any connected state ──stop──▶ stopping ──gone (DONE + LOGOUT, connection closed)──▶ stopped
+    backoff | auth-failed ──stop──▶ stopped (nothing to close)
 
 :data:`MOVES` is the table, with the event beside each move; the session drives its own
 connection through it (connect, wait, connect again: no second machine beside it).
@@ -36,6 +37,7 @@ class State(enum.StrEnum):
     POLLING = "polling"
     BACKOFF = "backoff"
     AUTH_FAILED = "auth-failed"
+    STOPPING = "stopping"
 
     @property
     def ready(self) -> bool:
@@ -63,7 +65,8 @@ class Event(enum.StrEnum):
     POLLING = "polling"  # SELECT answered; the server has no IDLE: NOOP every poll
     ENDED = "ended"  # the connection or attempt ended: wait the backoff, then connect
     REFUSED = "refused"  # ended with the credentials refused: wait the hold-off
-    STOP = "stop"  # stopService; the connection is gone (after DONE + LOGOUT)
+    STOP = "stop"  # stopService: a connection is closed (DONE + LOGOUT), a wait cancelled
+    GONE = "gone"  # the stopped session's connection is gone (or its attempt cancelled)
 
 
 _CONNECTED = (State.CONNECTING, State.AUTHENTICATING, State.SELECTING, State.IDLE,
@@ -84,7 +87,10 @@ MOVES: dict[tuple[State, Event], State] = {
     **{(state, Event.REFUSED): State.AUTH_FAILED for state in _CONNECTED},
     (State.BACKOFF, Event.ATTEMPT): State.CONNECTING,
     (State.AUTH_FAILED, Event.ATTEMPT): State.CONNECTING,
-    **{(state, Event.STOP): State.STOPPED for state in State if state is not State.STOPPED},
+    **{(state, Event.STOP): State.STOPPING for state in _CONNECTED},
+    (State.BACKOFF, Event.STOP): State.STOPPED,
+    (State.AUTH_FAILED, Event.STOP): State.STOPPED,
+    (State.STOPPING, Event.GONE): State.STOPPED,
 }
 
 #: state → the states it may change to (the targets of :data:`MOVES`)

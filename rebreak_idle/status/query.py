@@ -33,7 +33,8 @@ REFRESH_RANGE = (5, 3600)
 ATTENTION = ("auth-failed", "backoff", "invalid", "waiting-for-descriptors")
 _READY_STATES = frozenset({"idle", "polling"})
 _ORDER = {state: n for n, state in enumerate(
-    (*ATTENTION, "connecting", "authenticating", "selecting", "queued", "stopped",
+    (*ATTENTION, "connecting", "authenticating", "selecting", "queued", "stopping",
+     "stopped",
      "polling", "idle"))}
 
 

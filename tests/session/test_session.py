@@ -592,8 +592,16 @@ class StopTests(SynchronousTestCase):
         self.assertEqual(result, [])
         h.run(4.9)
         self.assertEqual(result, [])
+        # shown while DONE + LOGOUT are out: the table's stopping, counted by the gauge
+        self.assertEqual(h.session.state, "stopping")
+        self.assertEqual(h.session.snapshot()["state"], "stopping")
+        self.assertEqual(metrics.REGISTRY.get_sample_value(
+            "rebreak_idle_sessions", {"state": "stopping"}), 1.0)
         h.run(0.1)  # the LOGOUT deadline: close the connection
         self.assertEqual(result, [None])
+        self.assertEqual(h.session.state, "stopped")
+        self.assertEqual(metrics.REGISTRY.get_sample_value(
+            "rebreak_idle_sessions", {"state": "stopping"}), 0.0)
         self.assertEqual(h.sent()[-3:], ["IDLE", "DONE", "LOGOUT"])  # written together
         self.assertEqual(h.clock.getDelayedCalls(), [])
         self.assertEqual(h.recorder.errors, [])
@@ -713,12 +721,12 @@ class StateTests(SynchronousTestCase):
         self.assertEqual(set(TRANSITIONS), set(State))
         for state, targets in TRANSITIONS.items():
             self.assertNotIn(state, targets)
-            if state is not State.STOPPED:
-                self.assertIn(State.STOPPED, targets)  # a stop is always allowed
+            if state is not State.STOPPED:  # a stop is always allowed, through stopping
+                self.assertTrue({State.STOPPED, State.STOPPING} & targets, state)
         # values that /status, metrics and logs show
         self.assertEqual([s.value for s in State],
                          ["stopped", "connecting", "authenticating", "selecting", "idle",
-                          "polling", "backoff", "auth-failed"])
+                          "polling", "backoff", "auth-failed", "stopping"])
 
     def test_selecting_while_select_and_idle_run(self) -> None:
         h = Harness(self)

@@ -20,12 +20,22 @@ class MoveTests(SynchronousTestCase):
         path = []
         for event in (Event.ATTEMPT, Event.GREETED, Event.SELECTING, Event.IDLING,
                       Event.ENDED, Event.ATTEMPT, Event.GREETED, Event.REFUSED,
-                      Event.ATTEMPT, Event.STOP):
+                      Event.ATTEMPT, Event.STOP, Event.GONE):
             state = move(state, event)
             path.append(state.value)
         self.assertEqual(path, ["connecting", "authenticating", "selecting", "idle",
                                 "backoff", "connecting", "authenticating", "auth-failed",
-                                "connecting", "stopped"])
+                                "connecting", "stopping", "stopped"])
+
+    def test_a_stop_closes_a_connection_first_and_ends_a_wait_at_once(self) -> None:
+        for connected in (State.CONNECTING, State.AUTHENTICATING, State.SELECTING,
+                          State.IDLE, State.POLLING):
+            self.assertIs(move(connected, Event.STOP), State.STOPPING)
+        for waiting in (State.BACKOFF, State.AUTH_FAILED):
+            self.assertIs(move(waiting, Event.STOP), State.STOPPED)
+        # stopping only ends: no new attempt, no late login step
+        self.assertEqual({e for (s, e) in MOVES if s is State.STOPPING}, {Event.GONE})
+        self.assertIs(move(State.STOPPING, Event.GONE), State.STOPPED)
 
     def test_waits_end_only_with_an_attempt_or_a_stop(self) -> None:
         for waiting in (State.BACKOFF, State.AUTH_FAILED):

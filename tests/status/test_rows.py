@@ -13,7 +13,7 @@ from rebreak_idle.accounts.account import Account
 from rebreak_idle.config import Settings
 from rebreak_idle.fleet.supervisor import InvalidRow
 from rebreak_idle.service import build_daemon
-from rebreak_idle.session.states import State
+from rebreak_idle.session.states import TRANSITIONS, State
 from rebreak_idle.status.query import PageQuery, choose
 
 #: paths through the state table, from stopped
@@ -59,7 +59,10 @@ class RowsTests(SynchronousTestCase):
     def stop_all(self) -> None:
         """The process-wide sessions gauge holds no session of this test afterwards."""
         for session in self.made:
-            session._set_state(State.STOPPED)
+            if State.STOPPING in TRANSITIONS[session.state]:  # a connection closes first
+                session._set_state(State.STOPPING)
+            if session.state is not State.STOPPED:
+                session._set_state(State.STOPPED)
 
     def assertSameAsSnapshot(self, query: PageQuery) -> None:
         expected = choose(self.daemon.snapshot(), query)
@@ -80,7 +83,7 @@ class RowsTests(SynchronousTestCase):
                           PageQuery(q="bad", state="invalid")]
         out += [PageQuery(state=s, limit=4, offset=2) for s in
                 ("idle", "polling", "backoff", "auth-failed", "connecting", "queued",
-                 "stopped", "invalid", "nonsense")]
+                 "stopping", "stopped", "invalid", "nonsense")]
         return out
 
     def test_every_query_gives_the_snapshots_rows(self) -> None:
