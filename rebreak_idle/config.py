@@ -10,18 +10,27 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-__all__ = ["OPTIONS", "ConfigError", "Option", "Settings", "load_settings"]
+__all__ = ["MAX_FOLDERS", "MAX_MAILBOX_NAME", "OPTIONS", "ConfigError", "Option", "Settings",
+           "load_settings", "parse_folders", "read_ca_file"]
 
 
 #: The per-host login budget's defaults (docs/providers.md, "Login budget": why these).
 DEFAULT_HOST_LOGIN_RATE = 10.0
 DEFAULT_HOST_LOGIN_BURST = 20
+
+
+#: at most this many extra folders (each costs one STATUS per heartbeat)
+MAX_FOLDERS = 8
+#: the longest mailbox name sent or read, in bytes of its wire form (modified UTF-7)
+MAX_MAILBOX_NAME = 1000
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 class ConfigError(ValueError):
@@ -262,8 +271,6 @@ def _convert(opt: Option, raw: str) -> Any:
     if opt.kind == "networks":
         return _networks(opt, raw)
     if opt.kind == "folders":
-        from .session.folders import parse_folders
-
         try:
             return parse_folders(raw)
         except ValueError as e:
@@ -276,13 +283,55 @@ def _ca_file(opt: Option, raw: str) -> str:
     file stops the start instead of failing every TLS account later."""
     if not os.path.isfile(raw):
         raise ConfigError(f"{opt.env} names no readable file: {raw}")
-    from .net.tls import load_ca_file
-
     try:
-        load_ca_file(raw)
+        read_ca_file(raw)
     except ValueError as e:
         raise ConfigError(f"{opt.env}: {e}") from None
     return raw
+
+
+def read_ca_file(path: str) -> list[Any]:
+    """All PEM certificates of ``path`` (``cryptography`` certificates); ValueError with a
+    clear text when it cannot be read or holds none. The one reader of the CA file: checked
+    here at start, loaded by :func:`rebreak_idle.net.tls.load_ca_file` for each TLS context."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read TLS CA file {path}: {e.strerror or e}") from None
+    from cryptography import x509
+
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ValueError(f"TLS CA file {path} holds no PEM certificate") from None
+
+
+def parse_folders(value: str) -> tuple[str, ...]:
+    """``REBREAK_EXTRA_FOLDERS``: ``"\\Junk, Unbekannt"`` → ("\\Junk", "Unbekannt"), each
+    once; ValueError for too many entries, INBOX, a special-use entry that is not a word,
+    or a name that cannot be sent without a literal (a control character, or longer than
+    :data:`MAX_MAILBOX_NAME` bytes in modified UTF-7)."""
+    import twisted.mail.imap4  # noqa: F401  (registers the imap4-utf-7 codec)
+
+    entries: list[str] = []
+    for part in value.split(","):
+        entry = part.strip()
+        if not entry:
+            continue
+        if entry.upper() == "INBOX":
+            raise ValueError("INBOX is always watched; list only other folders")
+        if entry.startswith("\\"):
+            if not entry[1:].isalnum():
+                raise ValueError(f"not a special-use attribute: {entry[:40]!r}")
+        elif _CONTROL.search(entry) is not None \
+                or len(entry.encode("imap4-utf-7")) > MAX_MAILBOX_NAME:
+            raise ValueError(f"folder name not usable: {entry[:40]!r}")
+        if entry not in entries:
+            entries.append(entry)
+    if len(entries) > MAX_FOLDERS:
+        raise ValueError(f"at most {MAX_FOLDERS} extra folders")
+    return tuple(entries)
 
 
 def _networks(opt: Option, raw: str) -> tuple[str, ...]:

@@ -13,15 +13,13 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterable, Sequence
 
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from service_identity.hazmat import VerificationError
 from twisted.internet import error as ierror
 from twisted.python.failure import Failure
 
-from .net.tls import CertificateVerifyError
-
-__all__ = ["MASK", "MIN_MASKED", "SECRET_WORDS", "account_secrets", "describe",
-           "is_secret_name", "maskable", "printable", "scrub"]
+__all__ = ["MASK", "MIN_MASKED", "SECRET_WORDS", "CertificateVerifyError", "account_secrets",
+           "describe", "is_secret_name", "maskable", "printable", "scrub"]
 
 MASK = "***"
 #: Secrets shorter than this are not masked: replacing every "a" of the log would only
@@ -30,6 +28,24 @@ MIN_MASKED = 4
 #: Field and key names containing one of these words are never logged or shown.
 SECRET_WORDS = ("secret", "password", "passwd", "token", "authorization", "encryption_key",
                 "database_url", "dsn", "credential", "encrypted")
+
+
+class CertificateVerifyError(Exception):
+    """Raised by :mod:`rebreak_idle.net.tls` (here, so that :func:`describe` needs no room):
+    the server's certificate did not verify; ``str()`` is ``certificate verify failed: ...``."""
+
+    def __init__(self, reason: str, certificate: crypto.X509 | None = None,
+                 depth: int | None = None) -> None:
+        self.reason = reason
+        #: the certificate that failed (``depth`` 0: the server's own), from the handshake
+        #: itself: ``rebreak-idle probe`` shows it without a second connection
+        self.certificate = certificate
+        self.depth = depth
+        super().__init__(f"certificate verify failed: {reason}")
+
+    @property
+    def text(self) -> str:
+        return str(self)
 
 
 def scrub(text: str, secrets: Sequence[str]) -> str:

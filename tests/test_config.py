@@ -9,7 +9,9 @@ from rebreak_idle.config import (
     ConfigError,
     Settings,
     load_settings,
+    parse_folders,
     scan_settings,
+    session_settings,
     status_settings,
 )
 from tests.support.twist import KEY, SECRET, env, run_twist
@@ -153,3 +155,25 @@ class WiringErrorTests(SynchronousTestCase):
         self.assertEqual(len(lines), 1, lines)
         self.assertIn("REBREAK_STATUS_ENDPOINT", lines[0])
         self.assertNotIn(SECRET, lines[0])
+
+class ExtraFoldersTests(SynchronousTestCase):
+    """REBREAK_EXTRA_FOLDERS, read by :func:`parse_folders`."""
+
+    def test_off_by_default(self) -> None:
+        self.assertEqual(load_settings(env()).extra_folders, ())
+        self.assertEqual(session_settings(load_settings(env())).extra_folders, ())
+
+    def test_parsed(self) -> None:
+        s = load_settings(env(**{"REBREAK_EXTRA_FOLDERS": "\\Junk, Unbekannt,\\Junk"}))
+        self.assertEqual(s.extra_folders, ("\\Junk", "Unbekannt"))
+        self.assertEqual(parse_folders("Junk Email,[Gmail]/Spam"),
+                         ("Junk Email", "[Gmail]/Spam"))
+
+    def test_refused(self) -> None:
+        for value, words in [("INBOX", "INBOX is always watched"),
+                             ("\\Ju nk", "special-use"), ("a\x01b", "not usable"),
+                             (",".join(f"F{i}" for i in range(9)), "at most 8")]:
+            with self.assertRaises(ConfigError) as e:
+                load_settings(env(**{"REBREAK_EXTRA_FOLDERS": value}))
+            self.assertIn("REBREAK_EXTRA_FOLDERS", str(e.exception))
+            self.assertIn(words, str(e.exception))

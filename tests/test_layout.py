@@ -181,6 +181,9 @@ _SOCKETS = ("socket", "ssl", "twisted.internet.tcp", "twisted.internet.endpoints
 _ROOMS = ("rebreak_idle.accounts", "rebreak_idle.net", "rebreak_idle.imap",
           "rebreak_idle.session", "rebreak_idle.scan", "rebreak_idle.fleet", "rebreak_idle.db",
           "rebreak_idle.status", "rebreak_idle.ops", "rebreak_idle.timing")
+#: The top-level modules below every room.
+_BASE = ("rebreak_idle.config", "rebreak_idle.failures", "rebreak_idle.metrics",
+         "rebreak_idle.interfaces", "rebreak_idle.deferreds", "rebreak_idle.session_errors")
 #: What the thin entry points may call: the option parsers and the wiring's entries.
 _ENTRIES = ("rebreak_idle.options", "rebreak_idle.startup", "rebreak_idle.tap",
             "rebreak_idle.db.migrate.migrate_or_exit", "rebreak_idle.probe.run_probe")
@@ -188,6 +191,9 @@ _ENTRIES = ("rebreak_idle.options", "rebreak_idle.startup", "rebreak_idle.tap",
 #: docs/design.md's room table, "must not know about" as imports: (rooms (a module, or a
 #: package with all its modules), what they must not import, what they may nonetheless).
 ROOM_RULES: tuple[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], ...] = (
+    # the base every room imports (settings, failure texts, metrics, interfaces): no room,
+    # so that no arrow points up from it
+    (_BASE, _ROOMS, ()),
     # Twisted services
     (("rebreak_idle.config", "rebreak_idle.options"), ("twisted.application",), ()),
     # IMAP, SQL, HTTP, sessions and the fleet

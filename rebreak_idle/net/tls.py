@@ -14,7 +14,6 @@ port 993) without Twisted's small-write aggregation.
 from __future__ import annotations
 
 import weakref
-from pathlib import Path
 from typing import Any
 
 from OpenSSL import SSL, crypto
@@ -39,25 +38,13 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..config import read_ca_file
+from ..failures import CertificateVerifyError
+
 __all__ = ["CertificateVerifyError", "TLSClientEndpoint", "client_tls_options",
            "load_ca_file"]
 
 
-class CertificateVerifyError(Exception):
-    """The server's certificate did not verify; ``str()`` is ``certificate verify failed: ...``."""
-
-    def __init__(self, reason: str, certificate: crypto.X509 | None = None,
-                 depth: int | None = None) -> None:
-        self.reason = reason
-        #: the certificate that failed (``depth`` 0: the server's own), from the handshake
-        #: itself: ``rebreak-idle probe`` shows it without a second connection
-        self.certificate = certificate
-        self.depth = depth
-        super().__init__(f"certificate verify failed: {reason}")
-
-    @property
-    def text(self) -> str:
-        return str(self)
 
 
 # OpenSSL X509_V_ERR_* codes and their texts, for the common cases.
@@ -89,18 +76,9 @@ def _verify_error_text(code: int) -> str:
 
 
 def load_ca_file(path: str) -> list[crypto.X509]:
-    """All PEM certificates of ``path``; ValueError with a clear text when there are none."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise ValueError(f"cannot read TLS CA file {path}: {e.strerror or e}") from None
-    from cryptography import x509
-
-    try:
-        certs = x509.load_pem_x509_certificates(data)
-    except ValueError:
-        raise ValueError(f"TLS CA file {path} holds no PEM certificate") from None
-    return [crypto.X509.from_cryptography(c) for c in certs]
+    """All PEM certificates of ``path`` (:func:`~rebreak_idle.config.read_ca_file`, which
+    checked the file at start); ValueError with a clear text when there are none."""
+    return [crypto.X509.from_cryptography(c) for c in read_ca_file(path)]
 
 
 @implementer(IOpenSSLTrustRoot)

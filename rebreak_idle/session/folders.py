@@ -2,8 +2,9 @@
 Junk folder found by its RFC 6154 special-use attribute, a provider folder such as web.de's
 ``Unbekannt`` found by name (docs/folders.md).
 
-* :func:`parse_folders` reads the setting: ``\\Junk,Unbekannt`` (an entry starting with
-  a backslash is a special-use attribute, any other a name as the user sees it);
+* the setting, ``\\Junk,Unbekannt`` (an entry starting with a backslash is a special-use
+  attribute, any other a name as the user sees it), is read by
+  :func:`rebreak_idle.config.parse_folders`;
 * :func:`resolve` finds them on one connection after SELECT: attributes with
   ``LIST (SPECIAL-USE) "" "*"`` when the server advertises SPECIAL-USE, else with the
   attributes of ``LIST "" "*"`` (which then finds the names too); names otherwise with
@@ -25,41 +26,17 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from ..config import MAX_FOLDERS
 from ..imap.commands import Command
 from ..imap.listing import ListEntry, decode_mutf7, encode_mutf7, quote_mailbox
-from .mailbox_marks import INBOX, MailboxMark, MailboxMemory
+from .mailbox_marks import MailboxMark, MailboxMemory
 
-__all__ = ["MAX_FOLDERS", "STATUS_ITEMS", "FolderWatch", "decode_mutf7", "mark_of",
-           "parse_folders", "resolve"]
+__all__ = ["STATUS_ITEMS", "FolderWatch", "decode_mutf7", "mark_of", "resolve"]
 
 log = Logger(namespace="rebreak_idle.folders")
 
-#: at most this many extra folders (each costs one STATUS per heartbeat)
-MAX_FOLDERS = 8
 STATUS_ITEMS = (b"UIDNEXT", b"UIDVALIDITY", b"MESSAGES")
 
-
-def parse_folders(value: str) -> tuple[str, ...]:
-    """``"\\Junk, Unbekannt"`` → ("\\Junk", "Unbekannt"); ValueError for too many entries,
-    an empty one, INBOX, or one that cannot be sent without a literal."""
-    entries: list[str] = []
-    for part in value.split(","):
-        entry = part.strip()
-        if not entry:
-            continue
-        if entry.upper() == INBOX:
-            raise ValueError("INBOX is always watched; list only other folders")
-        if entry.startswith("\\"):
-            if not entry[1:].isalnum():
-                raise ValueError(f"not a special-use attribute: {entry[:40]!r}")
-        elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in entry) \
-                or quote_mailbox(encode_mutf7(entry)) is None:
-            raise ValueError(f"folder name not usable: {entry[:40]!r}")
-        if entry not in entries:
-            entries.append(entry)
-    if len(entries) > MAX_FOLDERS:
-        raise ValueError(f"at most {MAX_FOLDERS} extra folders")
-    return tuple(entries)
 
 
 def _wanted(specs: Iterable[str]) -> tuple[list[str], dict[bytes, str]]:

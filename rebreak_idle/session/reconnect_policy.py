@@ -23,7 +23,7 @@ from twisted.internet.defer import TimeoutError
 from twisted.python.failure import Failure
 
 from .. import imap
-from ..failures import describe
+from ..failures import CertificateVerifyError, describe
 from ..net.descriptors import is_out_of_descriptors
 from ..session_errors import SessionError
 from ..timing.backoff import Backoff
@@ -127,7 +127,8 @@ def classify(failure: Failure) -> Outcome:
     if isinstance(exc, imap.IMAPError):
         return Outcome("protocol", text)
     module = type(exc).__module__
-    if module.startswith(("OpenSSL", "service_identity")) or module == "rebreak_idle.net.tls":
+    if module.startswith(("OpenSSL", "service_identity")) \
+            or isinstance(exc, CertificateVerifyError):
         return Outcome("tls", text)
     if isinstance(exc, ierror.TimeoutError | ierror.TCPTimedOutError | TimeoutError):
         return Outcome("timeout", text)

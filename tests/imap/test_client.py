@@ -10,7 +10,7 @@ from twisted.mail import imap4
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from rebreak_idle.failures import describe
+from rebreak_idle.failures import CertificateVerifyError, describe
 from rebreak_idle.imap import (
     AuthenticationFailed,
     CommandFailed,
@@ -22,7 +22,6 @@ from rebreak_idle.imap import (
     ProtocolError,
     ServerBye,
 )
-from rebreak_idle.net.tls import CertificateVerifyError
 from tests.support.imap_client import ClientTestCase, result_of
 
 

@@ -12,7 +12,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from rebreak_idle.accounts.account import Account
-from rebreak_idle.config import ConfigError, load_settings, session_settings
+from rebreak_idle.config import session_settings
 from rebreak_idle.imap.listing import (
     ListEntry,
     decode_mutf7,
@@ -22,7 +22,7 @@ from rebreak_idle.imap.listing import (
 )
 from rebreak_idle.scan.owed import OwedScans
 from rebreak_idle.scan.request import Job
-from rebreak_idle.session.folders import FolderWatch, parse_folders
+from rebreak_idle.session.folders import FolderWatch
 from rebreak_idle.session.mailbox_marks import MailboxMark, MailboxMemory
 from rebreak_idle.session.session import MailboxSession
 from rebreak_idle.testing.imapserver import InProcessIMAPServer
@@ -34,9 +34,6 @@ from tests.support.session_harness import Harness as ScriptedHarness
 from tests.support.session_harness import make_settings
 from tests.support.session_servers import PASSWORD, USER, Events, account, settings
 from tests.support.wait import until
-
-ENV = {"DATABASE_URL": "postgresql://x", "ADMIN_SECRET": "s" * 8,
-       "ENCRYPTION_KEY": "k" * 32}
 
 
 class NameTests(TestCase):
@@ -77,25 +74,6 @@ class NameTests(TestCase):
             self.assertIsNone(parse_list(bad), bad)
 
 
-class SettingTests(TestCase):
-    def test_off_by_default(self) -> None:
-        self.assertEqual(load_settings(ENV).extra_folders, ())
-        self.assertEqual(session_settings(load_settings(ENV)).extra_folders, ())
-
-    def test_parsed(self) -> None:
-        s = load_settings({**ENV, "REBREAK_EXTRA_FOLDERS": "\\Junk, Unbekannt,\\Junk"})
-        self.assertEqual(s.extra_folders, ("\\Junk", "Unbekannt"))
-        self.assertEqual(parse_folders("Junk Email,[Gmail]/Spam"),
-                         ("Junk Email", "[Gmail]/Spam"))
-
-    def test_refused(self) -> None:
-        for value, words in [("INBOX", "INBOX is always watched"),
-                             ("\\Ju nk", "special-use"), ("a\x01b", "not usable"),
-                             (",".join(f"F{i}" for i in range(9)), "at most 8")]:
-            with self.assertRaises(ConfigError) as e:
-                load_settings({**ENV, "REBREAK_EXTRA_FOLDERS": value})
-            self.assertIn("REBREAK_EXTRA_FOLDERS", str(e.exception))
-            self.assertIn(words, str(e.exception))
 
 
 ACCOUNT = Account(id="a1", user_id="u1", email="x@example.org", host="h", port=993,

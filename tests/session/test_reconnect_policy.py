@@ -7,7 +7,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from rebreak_idle import imap
-from rebreak_idle.net.tls import CertificateVerifyError
+from rebreak_idle.failures import CertificateVerifyError
 from rebreak_idle.session.reconnect_policy import (
     CAUSES,
     Outcome,
