@@ -70,6 +70,11 @@ class LiveSessions(Collector):
         if self._source is supervisor:
             self._source = None
 
+    @property
+    def source(self) -> Any:
+        """The supervisor computed from (None when detached)."""
+        return self._source
+
     def describe(self) -> list[Any]:
         return list(self._families(None))
 

@@ -74,7 +74,7 @@ class LiveGaugeTests(SynchronousTestCase):
         self.assertEqual(sample("rebreak_idle_oldest_heartbeat_age_seconds"), 0.0)
         value = sample("rebreak_idle_last_exists_age_seconds")
         self.assertNotEqual(value, value)  # NaN
-        self.assertIs(LIVE._source, self.sup)
+        self.assertIs(LIVE.source, self.sup)
 
 
 class LiveScanGaugeTests(SynchronousTestCase):

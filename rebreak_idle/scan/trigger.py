@@ -512,6 +512,11 @@ class ScanTrigger(Service):
         mailbox not covered by an acknowledged scan); None when it owes none."""
         return self._owed.owed_since(account_id)
 
+    @property
+    def owed_scans(self) -> OwedScans:
+        """The book of owed scans, one entry per mailbox (read it; the trigger writes it)."""
+        return self._owed
+
     def owed(self) -> tuple[int, float | None]:
         """The number of mailboxes owing a scan and the age in seconds of the oldest
         (None when none owes)."""

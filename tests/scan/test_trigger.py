@@ -996,7 +996,7 @@ class OwedScanTests(SynchronousTestCase):
         # backend went down) was answered False at once: nothing accumulates per event
         unfired = [d for d in waiters if not d.called]
         self.assertEqual(len(unfired), 20)
-        entries = list(h.trigger._owed)
+        entries = list(h.trigger.owed_scans)
         self.assertEqual(len(entries), 20)
         self.assertTrue(all(e.job is not None and len(e.job.acks) == 1
                             for _, _, e in entries))
