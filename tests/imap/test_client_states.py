@@ -15,8 +15,8 @@ from tests.support.imap_client import ClientTestCase, result_of
 
 S = IdleState
 #: inherited from IMAP4Client and its bases, working as they are (tested below)
-WORKING = {"makeConnection", "makeTag", "logPrefix", "clearLineBuffer", "setLineMode",
-           "setRawMode", "sendLine", "pauseProducing", "resumeProducing", "stopProducing"}
+WORKING = {"makeConnection", "makeTag", "logPrefix", "clearLineBuffer", "sendLine",
+           "pauseProducing", "resumeProducing", "stopProducing"}
 
 
 def _public_methods(cls: type) -> set[str]:
@@ -35,7 +35,7 @@ class IdleStateTests(ClientTestCase):
     def test_forbidden_transition_raises(self) -> None:
         self.connect()
         with self.assertRaises(IdleTransitionError) as cm:
-            self.client._move(S.IDLING)  # OFF → IDLING skips the IDLE command
+            self.client.idle_exchange.move(S.IDLING)  # OFF → IDLING skips the IDLE command
         self.assertIn("off cannot move to idling", str(cm.exception))
         self.assertIs(self.client.idle_state, S.OFF)
         self.assertFalse(self.client.idling)
