@@ -162,14 +162,14 @@ class IdleClient(Unsupported, imap4.IMAP4Client):
             self.allow_plaintext_auth = True
         self.greeted: defer.Deferred = defer.Deferred()
         self._caps = CapabilityCache()
-        # the parts, wired here: each is told what it needs and reads nothing of the client
-        self._commands = CommandQueue(clock=clock, write=self._write,
-                                      on_timeout=self._command_timed_out,
+        # the parts, wired here. Each knows the client only through the two methods of
+        # its link (CommandLink: write_bytes, command_timed_out; LineSink: lineReceived,
+        # read_failed) and reads nothing of it.
+        self._commands = CommandQueue(clock=clock, link=self,
                                       command_timeout=command_timeout,
                                       noop_timeout=noop_timeout)
         self._idle = IdleExchange(self._commands)
-        self._reader = BoundedReader(clock=clock, on_line=self.lineReceived,
-                                     on_error=self._reader_failed, max_line=max_line,
+        self._reader = BoundedReader(clock=clock, sink=self, max_line=max_line,
                                      max_literal=max_literal,
                                      max_fetch_literal=max_fetch_literal)
 
@@ -287,8 +287,23 @@ class IdleClient(Unsupported, imap4.IMAP4Client):
         """The next command tag (the command queue's)."""
         return self._commands.make_tag()
 
-    def _write(self, data: bytes) -> None:
+    # -- the parts' links (CommandLink, LineSink): called by the queue and the reader
+
+    def write_bytes(self, data: bytes) -> None:
+        """Write ``data`` on the transport (the command queue's writes)."""
         self.transport.write(data)
+
+    def command_timed_out(self, message: str) -> None:
+        """The running command's deadline passed: close with :class:`CommandTimeout`."""
+        if not self.closed:
+            self._close(CommandTimeout(message))
+
+    def read_failed(self, error: ProtocolError) -> None:
+        """The reader stopped: the server broke a bound (a line, a literal, the budget)."""
+        if isinstance(error, InputFlood):
+            self._close(error)
+        else:
+            self._protocol_error(error.text)
 
     def _close(self, error: IMAPError) -> None:
         """Fail everything pending with ``error`` and abort the transport."""
@@ -311,17 +326,6 @@ class IdleClient(Unsupported, imap4.IMAP4Client):
         # (the session logs the masked text as its "connect failed" line)
         log.debug("closing IMAP connection: protocol error")
         self._close(ProtocolError(text))
-
-    def _reader_failed(self, error: ProtocolError) -> None:
-        """The reader stopped: the server broke a bound (a line, a literal, the budget)."""
-        if isinstance(error, InputFlood):
-            self._close(error)
-        else:
-            self._protocol_error(error.text)
-
-    def _command_timed_out(self, message: str) -> None:
-        if not self.closed:
-            self._close(CommandTimeout(message))
 
     def _fail_all(self, error: IMAPError) -> None:
         if self._greeting_timer is not None and self._greeting_timer.active():

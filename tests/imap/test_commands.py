@@ -1,5 +1,6 @@
-"""CommandQueue on its own: given a write and a Clock, it tags, writes one command at a
-time, keeps one deadline and reports its expiry through on_timeout."""
+"""CommandQueue on its own: given a link (what it writes, whom it tells of a deadline)
+and a Clock, it tags, writes one command at a time, keeps one deadline and reports its
+expiry."""
 
 from __future__ import annotations
 
@@ -8,16 +9,15 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from rebreak_idle.imap import AuthenticationFailed, CommandFailed
 from rebreak_idle.imap.commands import Command, CommandQueue, command_failed
-from tests.support.imap_client import result_of
+from tests.support.imap_client import QueueLink, result_of
 
 
 class QueueTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        self.written: list[bytes] = []
-        self.timeouts: list[str] = []
-        self.queue = CommandQueue(clock=self.clock, write=self.written.append,
-                                  on_timeout=self.timeouts.append, command_timeout=60.0,
+        link = QueueLink()
+        self.written, self.timeouts = link.written, link.timeouts
+        self.queue = CommandQueue(clock=self.clock, link=link, command_timeout=60.0,
                                   noop_timeout=30.0)
 
     def answer(self) -> Command:

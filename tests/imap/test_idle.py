@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from rebreak_idle.imap import CommandFailed, IdleState, IMAPError
 from rebreak_idle.imap.commands import Command, CommandQueue
 from rebreak_idle.imap.idle import TRANSITIONS, IdleExchange
-from tests.support.imap_client import result_of
+from tests.support.imap_client import QueueLink, result_of
 
 S = IdleState
 
@@ -17,10 +17,9 @@ S = IdleState
 class ExchangeTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        self.written: list[bytes] = []
-        self.timeouts: list[str] = []
-        self.commands = CommandQueue(clock=self.clock, write=self.written.append,
-                                     on_timeout=self.timeouts.append)
+        link = QueueLink()
+        self.written, self.timeouts = link.written, link.timeouts
+        self.commands = CommandQueue(clock=self.clock, link=link)
         self.exchange = IdleExchange(self.commands)
 
     def plus(self) -> None:

@@ -1,5 +1,5 @@
-"""BoundedReader on its own: fed bytes, it hands on whole responses (literals joined in)
-through on_line and reports a broken bound through on_error, then reads nothing more."""
+"""BoundedReader on its own: fed bytes, it hands whole responses (literals joined in) to
+its sink and reports a broken bound to it, then reads nothing more."""
 
 from __future__ import annotations
 
@@ -12,19 +12,34 @@ from rebreak_idle.imap import InputFlood, ProtocolError
 from rebreak_idle.imap.reader import MODES, BoundedReader, ReadMode
 
 
-class ReaderTestCase(SynchronousTestCase):
-    def make(self, **kw: Any) -> BoundedReader:
-        self.clock = Clock()
+class Sink:
+    """A LineSink that records the responses and errors; True after ``stop_after``."""
+
+    def __init__(self) -> None:
         self.lines: list[bytes] = []
         self.errors: list[ProtocolError] = []
         self.stop_after: bytes | None = None
-        self.reader = BoundedReader(clock=self.clock, on_line=self.on_line,
-                                    on_error=self.errors.append, **kw)
-        return self.reader
 
-    def on_line(self, line: bytes) -> bool:
+    def lineReceived(self, line: bytes) -> bool:
         self.lines.append(line)
         return line == self.stop_after
+
+    def read_failed(self, error: ProtocolError) -> None:
+        self.errors.append(error)
+
+
+class BrokenSink(Sink):
+    def lineReceived(self, line: bytes) -> bool:
+        raise ValueError("bug")
+
+
+class ReaderTestCase(SynchronousTestCase):
+    def make(self, sink: Sink | None = None, **kw: Any) -> BoundedReader:
+        self.clock = Clock()
+        self.sink = sink or Sink()
+        self.lines, self.errors = self.sink.lines, self.sink.errors
+        self.reader = BoundedReader(clock=self.clock, sink=self.sink, **kw)
+        return self.reader
 
 
 class LineTests(ReaderTestCase):
@@ -50,7 +65,7 @@ class LineTests(ReaderTestCase):
     def test_true_from_on_line_keeps_the_rest_for_the_next_read(self) -> None:
         """As Twisted's LineReceiver when the transport is closing or paused."""
         r = self.make()
-        self.stop_after = b"0001 OK"
+        self.sink.stop_after = b"0001 OK"
         r.feed(b"0001 OK\r\n* 3 EXISTS\r\n")
         self.assertEqual(self.lines, [b"0001 OK"])
         self.assertEqual(r.buffered, len(b"* 3 EXISTS\r\n"))
@@ -67,14 +82,11 @@ class LineTests(ReaderTestCase):
         self.assertEqual(r.buffered, 0)
 
     def test_error_in_on_line_closes_with_the_line_excerpt(self) -> None:
-        def broken(line: bytes) -> None:
-            raise ValueError("bug")
-
-        errors: list[ProtocolError] = []
-        r = BoundedReader(clock=Clock(), on_line=broken, on_error=errors.append)
+        r = self.make(BrokenSink())
         r.feed(b"* 1 EXISTS\r\n* 2 EXISTS\r\n")
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
-        self.assertEqual([e.text for e in errors], ["cannot handle server line: * 1 EXISTS"])
+        self.assertEqual([e.text for e in self.errors],
+                         ["cannot handle server line: * 1 EXISTS"])
         self.assertIs(r.mode, ReadMode.STOPPED)
 
     def test_mode_table(self) -> None:
