@@ -1,7 +1,8 @@
 """Login of ``IdleClient``: AUTHENTICATE PLAIN (with SASL-IR when offered), LOGIN and
 AUTHENTICATE XOAUTH2, as functions over the client's public methods (``command``,
-``send``, its capability flags, ``secure_transport``); ``IdleClient.login`` and
-``login_xoauth2`` delegate here. A login command is sent with ``auth=True``: its tagged
+``send``, its capability flags, ``secure_transport``), and whether a transport is secure
+enough for credentials. ``IdleClient.login``, ``login_xoauth2``, ``tls_active`` and
+``secure_transport`` delegate here. A login command is sent with ``auth=True``: its tagged
 OK moves the client to AUTH, its NO fails with :class:`AuthenticationFailed`.
 Credentials are only sent over TLS or to a loopback address (unless the client's
 ``allow_plaintext_auth``), and never appear in an error text or a log event."""
@@ -9,11 +10,13 @@ Credentials are only sent over TLS or to a loopback address (unless the client's
 from __future__ import annotations
 
 import base64
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import INegotiated, ISSLTransport
 from twisted.python.failure import Failure
 
+from ..accounts.addresses import is_loopback
 from .commands import Command
 from .errors import AuthenticationFailed, CommandFailed, InsecureConnection, ProtocolError
 from .parser import TEXT_LIMIT, astring, join_pieces, text
@@ -21,7 +24,25 @@ from .parser import TEXT_LIMIT, astring, join_pieces, text
 if TYPE_CHECKING:
     from .client import IdleClient
 
-__all__ = ["login", "login_xoauth2"]
+__all__ = ["login", "login_xoauth2", "secure_transport", "tls_active"]
+
+
+def tls_active(transport: Any, started_tls: bool) -> bool:
+    """True when ``transport`` is encrypted (implicit TLS, or ``started_tls``: STARTTLS
+    done)."""
+    return bool(started_tls or (transport is not None and (
+        ISSLTransport.providedBy(transport) or INegotiated.providedBy(transport))))
+
+
+def secure_transport(transport: Any, started_tls: bool) -> bool:
+    """True when TLS is active or the peer is a loopback address: credentials may go."""
+    if tls_active(transport, started_tls):
+        return True
+    try:
+        host = getattr(transport.getPeer(), "host", "")
+    except Exception:
+        return False
+    return is_loopback(str(host))
 
 
 def login(client: IdleClient, username: str, password: str) -> defer.Deferred:

@@ -44,18 +44,11 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import (
-    IDelayedCall,
-    INegotiated,
-    IReactorTime,
-    ISSLTransport,
-    ITLSTransport,
-)
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITLSTransport
 from twisted.logger import Logger
 from twisted.mail import imap4
 from twisted.python.failure import Failure
 
-from ..accounts.addresses import is_loopback
 from ..failures import describe
 from . import auth, listing
 from .capabilities import CapabilityCache, announced
@@ -547,19 +540,11 @@ class IdleClient(Unsupported, imap4.IMAP4Client):
 
     def tls_active(self) -> bool:
         """True when the transport is encrypted (implicit TLS or STARTTLS done)."""
-        t = self.transport
-        return bool(self.startedTLS or (t is not None and (
-            ISSLTransport.providedBy(t) or INegotiated.providedBy(t))))
+        return auth.tls_active(self.transport, self.startedTLS)
 
     def secure_transport(self) -> bool:
         """True when TLS is active or the peer is a loopback address."""
-        if self.tls_active():
-            return True
-        try:
-            host = getattr(self.transport.getPeer(), "host", "")
-        except Exception:
-            return False
-        return is_loopback(str(host))
+        return auth.secure_transport(self.transport, self.startedTLS)
 
     def startTLS(self, contextFactory: Any = None) -> defer.Deferred:
         """STARTTLS, then the TLS handshake (verified by ``contextFactory``), then CAPABILITY

@@ -173,7 +173,7 @@ class BoundedReader:
             return
         self._buffer += data
         if self._busy:
-            return  # fed from within on_line: the loop below goes on with it
+            return  # fed from within the sink: the loop below goes on with it
         self._busy = True
         try:
             self._read()
