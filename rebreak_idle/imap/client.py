@@ -270,7 +270,7 @@ class IdleClient(Unsupported, imap4.IMAP4Client):
             log.failure("on_connection_lost callback failed")
 
     def dataReceived(self, data: bytes) -> None:
-        self._reader.feed(data)
+        self._reader.feed(data, not self.paused)  # paused: kept until resumeProducing
 
     def clearLineBuffer(self) -> bytes:
         """Drop the bytes the reader holds (returns them)."""

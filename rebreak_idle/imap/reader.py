@@ -160,8 +160,9 @@ class BoundedReader:
         held, self._buffer = self._buffer, b""
         return held
 
-    def feed(self, data: bytes) -> None:
-        """Bytes from the server."""
+    def feed(self, data: bytes, read: bool = True) -> None:
+        """Bytes from the server; with ``read`` False (the client is paused) they are
+        counted and kept, and read at the next ``feed`` (as Twisted's ``LineReceiver``)."""
         if self._mode is STOPPED:
             return  # closing: whatever else arrives is dropped, never buffered
         self._refill()
@@ -172,7 +173,7 @@ class BoundedReader:
                 f"at once or {self.input_bytes_per_second:g} bytes/s sustained"))
             return
         self._buffer += data
-        if self._busy:
+        if self._busy or not read:
             return  # fed from within the sink: the loop below goes on with it
         self._busy = True
         try:

@@ -20,6 +20,7 @@ from rebreak_idle.imap import (
     ProtocolError,
     ServerBye,
 )
+from rebreak_idle.imap.commands import Command
 from rebreak_idle.net.tls import CertificateVerifyError
 from tests.support.imap_client import ClientTestCase, result_of
 
@@ -544,6 +545,59 @@ class MiscTests(ClientTestCase):
         self.peer = "10.1.2.3"
         self.connect()
         self.assertFalse(self.client.secure_transport())
+
+    def test_paused_client_reads_nothing_until_resumed(self) -> None:
+        """As Twisted's LineReceiver: while paused, what arrives is kept, not read."""
+        self.connect()
+        self.client.pauseProducing()
+        self.server(b"* 4 EXISTS\r\n* 5 EXISTS\r\n")
+        self.assertEqual(self.events.seen, [])
+        self.client.resumeProducing()
+        self.assertEqual(self.events.seen, [("exists", 4), ("exists", 5)])
+
+    def test_lines_after_the_transport_started_closing_are_not_read(self) -> None:
+        """As Twisted's LineReceiver: once the transport is closing (the owner closed it
+        from a callback), the rest of the read is not handed on."""
+        self.connect()
+        self.client.on_exists = lambda n: self.transport.loseConnection()
+        seen: list[int] = []
+        self.client.on_expunge = seen.append
+        self.server(b"* 4 EXISTS\r\n* 1 EXPUNGE\r\n")
+        self.assertEqual(seen, [])
+
+
+class CommandMethodTests(ClientTestCase):
+    """The public command methods that login (auth.py) and LIST / STATUS (listing.py)
+    are written over."""
+
+    def test_command_writes_one_line_and_fires_with_on_ok(self) -> None:
+        self.connect()
+        d = result_of(self.client.command(b"ENABLE", b"UTF8=ACCEPT",
+                                          on_ok=lambda code, data: data))
+        self.assertEqual(self.sent(), b"0001 ENABLE UTF8=ACCEPT\r\n")
+        self.server(b"0001 OK enabled\r\n")
+        self.assertEqual(d, [b"enabled"])
+
+    def test_send_writes_pieces_on_each_continuation(self) -> None:
+        self.connect()
+        d = result_of(self.client.send(Command(b"X", [b"X {2}", b"ab"], 60.0)))
+        self.assertEqual(self.sent(), b"0001 X {2}\r\n")
+        self.server(b"+ go\r\n")
+        self.assertEqual(self.sent(), b"ab\r\n")
+        self.server(b"0001 OK\r\n")
+        self.assertEqual(d, [None])
+
+    def test_both_refused_while_idle(self) -> None:
+        self.connect()
+        result_of(self.client.idle())
+        self.server(b"+ idling\r\n")
+        self.sent()
+        refused = [result_of(self.client.command(b"NOOP"))[0].value,
+                   result_of(self.client.send(Command(b"LIST", [b"LIST"], 60.0)))[0].value]
+        self.assertEqual([e.text for e in refused],
+                         ["NOOP refused: IDLE in progress, call done() first",
+                          "LIST refused: IDLE in progress, call done() first"])
+        self.assertEqual(self.sent(), b"")
 
 
 class StartTLSTests(ClientTestCase):
