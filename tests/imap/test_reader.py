@@ -72,6 +72,13 @@ class LineTests(ReaderTestCase):
         r.feed(b"")
         self.assertEqual(self.lines, [b"0001 OK", b"* 3 EXISTS"])
 
+    def test_kept_unread_until_the_next_feed_that_reads(self) -> None:
+        r = self.make()
+        r.feed(b"* 1 EXISTS\r\n", read=False)
+        self.assertEqual((self.lines, r.buffered), ([], 12))
+        r.feed(b"")
+        self.assertEqual(self.lines, [b"* 1 EXISTS"])
+
     def test_stopped_reader_drops_everything(self) -> None:
         r = self.make()
         r.feed(b"* 1 EXISTS\r\n* 2 EXI")
