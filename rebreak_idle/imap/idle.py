@@ -1,5 +1,5 @@
 """The IDLE exchange (RFC 2177) as an explicit state machine: one :class:`IdleState`
-attribute, the allowed moves in :data:`TRANSITIONS`, enforced by ``_move``.
+attribute, the allowed moves in :data:`TRANSITIONS`, enforced by ``IdleExchange.move``.
 
 The usual path is ``OFF → REQUESTED → IDLING → DONE_SENT → OFF``. The heartbeat's
 ``done_noop(idle_again=True)`` writes DONE, NOOP and the next IDLE in one write:
