@@ -7,18 +7,25 @@ so it never reports ``* 5 EXISTS`` during IDLE. ``IdleClient`` replaces its line
 every untagged EXISTS / EXPUNGE / BYE reaches the owner's callbacks the moment the line
 arrives, during IDLE, during any command and between commands.
 
-Its parts: :mod:`.parser` (pure functions over the server's bytes, no state) and
-:mod:`.capabilities` (a composed object, ``_caps``) are objects of their own; the mixins
-of the one object per connection are :mod:`.reader` (the bounded line/literal reader: it
-*is* the protocol's ``dataReceived``), :mod:`.commands` (the command queue and its one
-deadline timer), :mod:`.auth` (STARTTLS and login), :mod:`.idle` (the IDLE exchange, a
-state machine), :mod:`.listing` (LIST and STATUS) and :mod:`.inherited` (the
-``IMAP4Client`` methods it does not support, each failing with a clear error). They stay
-mixins because they are the protocol's own methods and share its per-line state (the
-running command, the queue, the IDLE state), read on every line of 10,000 connections:
-as objects they would add an object and an attribute hop per line and a back-reference
-per connection, for an interface as wide as the client's. This module reads the
-responses and holds the connection state.
+The client is one thin ``IMAP4Client`` subclass (the protocol object Twisted connects)
+that owns and wires, in ``__init__``, a few objects each with a narrow interface:
+
+* :class:`~.commands.CommandQueue` (``commands.py``): the queue, the running command,
+  the tags and the one deadline timer; told how to write and whom to tell of a deadline;
+* :class:`~.idle.IdleExchange` (``idle.py``): the IDLE state machine and the pipelined
+  DONE / NOOP / IDLE, over the command queue;
+* :class:`~.reader.BoundedReader` (``reader.py``): the bounded line/literal reader that
+  ``dataReceived`` feeds; it hands each response to :meth:`IdleClient.lineReceived`;
+* :class:`~.capabilities.CapabilityCache` (``capabilities.py``) and the pure parser
+  (``parser.py``);
+* login (``auth.py``) and LIST / STATUS (``listing.py``): functions over the client's
+  public command methods (:meth:`IdleClient.command`, :meth:`IdleClient.send`), to which
+  ``login``, ``login_xoauth2``, ``list_mailboxes``, ``status`` and ``status_command``
+  delegate.
+
+None of them reads an attribute of the client; the client keeps the connection state,
+the greeting, STARTTLS and the dispatch of each response. What ``IMAP4Client`` offers
+and the client does not support fails clearly (``inherited.py``).
 
 * a greeting that is not OK/PREAUTH/BYE, an unknown tag, an unexpected continuation,
   an unparseable response or data after BYE close the connection (:class:`ProtocolError`);
@@ -37,15 +44,15 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITLSTransport
 from twisted.logger import Logger
 from twisted.mail import imap4
 from twisted.python.failure import Failure
 
 from ..failures import describe
-from .auth import Authentication
+from . import auth, listing
 from .capabilities import CapabilityCache, announced
-from .commands import Command, CommandQueue, ignore
+from .commands import Command, CommandQueue, command_failed, ignore
 from .connection_state import (
     AUTH,
     BYE,
@@ -57,20 +64,21 @@ from .connection_state import (
     ConnectionState,
 )
 from .errors import (
-    AuthenticationFailed,
     CommandFailed,
     CommandTimeout,
     ConnectionLost,
     IMAPError,
+    InputFlood,
     ProtocolError,
     ServerBye,
 )
 from .idle import OFF as IDLE_OFF
-from .idle import IdleExchange
+from .idle import IdleExchange, IdleState
 from .inherited import Unsupported
-from .listing import Listing
+from .listing import ListEntry
 from .parser import (
     Capabilities,
+    capability_words,
     excerpt,
     flag_list,
     is_atom,
@@ -93,8 +101,15 @@ _CONDITIONS = (b"OK", b"NO", b"BAD", b"PREAUTH")
 _SELECT_NUMBERS = (b"UIDVALIDITY", b"UIDNEXT", b"UNSEEN")
 
 
-class IdleClient(IdleExchange, Authentication, CommandQueue, BoundedReader, Listing,
-                 Unsupported, imap4.IMAP4Client):
+def _reader_setting(name: str) -> property:
+    """A setting of the client's reader, read and set through the client (as before the
+    reader was an object of its own)."""
+    return property(lambda self: getattr(self.reader, name),
+                    lambda self, value: setattr(self.reader, name, value),
+                    doc=f"The reader's ``{name}`` (:class:`~.reader.BoundedReader`).")
+
+
+class IdleClient(Unsupported, imap4.IMAP4Client):
     """IMAP4 client for long-lived IDLE sessions (see the module docstring).
 
     The owner sets the ``on_*`` callbacks (plain attributes, no-ops by default), waits
@@ -119,38 +134,74 @@ class IdleClient(IdleExchange, Authentication, CommandQueue, BoundedReader, List
     on_idle_ended: Callable[[str], None]
     on_connection_lost: Callable[[Failure], None]
 
-    # Defaults at class level: an instance holds only what differs, so that its attributes
-    # stay few enough (≤ 30) for CPython's compact per-instance storage; 10,000 sessions
-    # hold 10,000 clients. IMAP4Client.__init__ is not called: its command table, queue,
+    # Defaults at class level: an instance holds only what differs (10,000 sessions hold
+    # 10,000 clients). IMAP4Client.__init__ is not called: its command table, queue,
     # authenticators and parser state belong to the line handling this class replaces.
     on_exists = on_expunge = staticmethod(ignore)
     on_bye = on_idle_ended = on_connection_lost = staticmethod(ignore)
     state = GREETING
+    allow_plaintext_auth = False
+    startedTLS = False
+    _close_error: IMAPError | None = None
     _greeting_timer: IDelayedCall | None = None
     _tag = _parts = _lastCmd = None
 
     def __init__(self, *, clock: IReactorTime, command_timeout: float = 60.0,
-                 noop_timeout: float = 30.0, max_line: int = BoundedReader.MAX_LENGTH,
-                 max_literal: int = BoundedReader.max_literal,
-                 max_fetch_literal: int = BoundedReader.max_fetch_literal,
+                 noop_timeout: float = 30.0, max_line: int = BoundedReader.MAX_LINE,
+                 max_literal: int = BoundedReader.MAX_LITERAL,
+                 max_fetch_literal: int = BoundedReader.MAX_FETCH_LITERAL,
                  allow_plaintext_auth: bool = False) -> None:
-        self.clock = clock
-        cls = type(self)
-        if command_timeout != cls.command_timeout:
-            self.command_timeout = command_timeout
-        if noop_timeout != cls.noop_timeout:
-            self.noop_timeout = noop_timeout
-        if max_line != cls.MAX_LENGTH:
-            self.MAX_LENGTH = max_line
-        if max_literal != cls.max_literal:
-            self.max_literal = max_literal
-        if max_fetch_literal != cls.max_fetch_literal:
-            self.max_fetch_literal = max_fetch_literal
         if allow_plaintext_auth:
             self.allow_plaintext_auth = True
         self.greeted: defer.Deferred = defer.Deferred()
         self._caps = CapabilityCache()
-        self._queue: list[Command] = []
+        # the parts, wired here. Each knows the client only through the two methods of
+        # its link (CommandLink: write_bytes, command_timed_out; LineSink: lineReceived,
+        # read_failed) and reads nothing of it.
+        self._commands = CommandQueue(clock=clock, link=self,
+                                      command_timeout=command_timeout,
+                                      noop_timeout=noop_timeout)
+        self._idle = IdleExchange(self._commands)
+        self._reader = BoundedReader(clock=clock, sink=self, max_line=max_line,
+                                     max_literal=max_literal,
+                                     max_fetch_literal=max_fetch_literal)
+
+    # ------------------------------------------------------------------ the parts
+
+    @property
+    def commands(self) -> CommandQueue:
+        """The command queue (the running command, the waiting ones, the deadline)."""
+        return self._commands
+
+    @property
+    def idle_exchange(self) -> IdleExchange:
+        """The IDLE exchange (its state machine and waiters)."""
+        return self._idle
+
+    @property
+    def reader(self) -> BoundedReader:
+        """The bounded reader (its limits and input budget are its public attributes)."""
+        return self._reader
+
+    MAX_LENGTH = _reader_setting("max_line")
+    max_literal = _reader_setting("max_literal")
+    max_fetch_literal = _reader_setting("max_fetch_literal")
+    input_burst_lines = _reader_setting("input_burst_lines")
+    input_lines_per_second = _reader_setting("input_lines_per_second")
+    input_burst_bytes = _reader_setting("input_burst_bytes")
+    input_bytes_per_second = _reader_setting("input_bytes_per_second")
+
+    @property
+    def clock(self) -> IReactorTime:
+        return self._commands.clock
+
+    @property
+    def command_timeout(self) -> float:
+        return self._commands.command_timeout
+
+    @property
+    def noop_timeout(self) -> float:
+        return self._commands.noop_timeout
 
     # ------------------------------------------------------------------ capabilities
 
@@ -168,7 +219,7 @@ class IdleClient(IdleExchange, Authentication, CommandQueue, BoundedReader, List
         return self._refresh_caps()
 
     def _refresh_caps(self) -> defer.Deferred:
-        d = self._command(b"CAPABILITY")
+        d = self.command(b"CAPABILITY")
         d.addCallback(lambda _: self._caps.words)
         return d
 
@@ -195,9 +246,8 @@ class IdleClient(IdleExchange, Authentication, CommandQueue, BoundedReader, List
         if to not in CONNECTION_TRANSITIONS[self.state]:
             raise RuntimeError(f"IMAP connection state {self.state} cannot move to {to}")
         self.state = to
-
-    def _authenticated(self) -> None:
-        self._enter(AUTH)
+        if to is CLOSED:
+            self._reader.stop()
 
     # ------------------------------------------------------------------ connection
 
@@ -219,6 +269,35 @@ class IdleClient(IdleExchange, Authentication, CommandQueue, BoundedReader, List
         except Exception:
             log.failure("on_connection_lost callback failed")
 
+    def dataReceived(self, data: bytes) -> None:
+        self._reader.feed(data, not self.paused)  # paused: kept until resumeProducing
+
+    def clearLineBuffer(self) -> bytes:
+        """Drop the bytes the reader holds (returns them)."""
+        return self._reader.clear()
+
+    def makeTag(self) -> bytes:
+        """The next command tag (the command queue's)."""
+        return self._commands.make_tag()
+
+    # -- the parts' links (CommandLink, LineSink): called by the queue and the reader
+
+    def write_bytes(self, data: bytes) -> None:
+        """Write ``data`` on the transport (the command queue's writes)."""
+        self.transport.write(data)
+
+    def command_timed_out(self, message: str) -> None:
+        """The running command's deadline passed: close with :class:`CommandTimeout`."""
+        if not self.closed:
+            self._close(CommandTimeout(message))
+
+    def read_failed(self, error: ProtocolError) -> None:
+        """The reader stopped: the server broke a bound (a line, a literal, the budget)."""
+        if isinstance(error, InputFlood):
+            self._close(error)
+        else:
+            self._protocol_error(error.text)
+
     def _close(self, error: IMAPError) -> None:
         """Fail everything pending with ``error`` and abort the transport."""
         if self._close_error is None:
@@ -226,7 +305,7 @@ class IdleClient(IdleExchange, Authentication, CommandQueue, BoundedReader, List
         self._fail_all(error)
         if self.state is not CLOSED:
             self._enter(CLOSED)
-            self.clearLineBuffer()
+            self._reader.clear()
             transport = self.transport
             if transport is not None:
                 abort = getattr(transport, "abortConnection", None)
@@ -245,11 +324,8 @@ class IdleClient(IdleExchange, Authentication, CommandQueue, BoundedReader, List
         if self._greeting_timer is not None and self._greeting_timer.active():
             self._greeting_timer.cancel()
         self._greeting_timer = None
-        commands = ([self._current] if self._current else []) + self._queue
-        self._current = None
-        self._queue = []
-        self._disarm()
-        waiters = [self.greeted, *self._idle_ended()]
+        commands = self._commands.drain()
+        waiters = [self.greeted, *self._idle.ended()]
         for cmd in commands:
             if cmd.name == b"LOGOUT":
                 if not cmd.deferred.called:
@@ -262,24 +338,28 @@ class IdleClient(IdleExchange, Authentication, CommandQueue, BoundedReader, List
 
     # ------------------------------------------------------------------ receiving
 
-    def _dispatch(self, line: bytes) -> None:
+    def lineReceived(self, line: bytes) -> bool:
+        """One response from the reader (its literals joined in). Returns True when the
+        reader is to stop reading what it holds (the transport is closing or paused)."""
         tag, _, rest = line.partition(b" ")
-        if self.state is GREETING:
+        state = self.state
+        if state is GREETING:
             self._greeting(tag, rest, line)
-            return
-        if self.state is BYE and not (
-                self._logout_running() and tag == self._current.tag):  # type: ignore
+        elif state is BYE and not (
+                self._logout_running() and tag == self._commands.current.tag):  # type: ignore
             self._protocol_error(f"data after BYE: {excerpt(line)}")
-            return
-        if tag == b"*":
+        elif tag == b"*":
             self._untagged(rest, line)
         elif tag == b"+":
             self._continuation(rest, line)
         else:
             self._tagged(tag, rest, line)
+        transport = self.transport
+        return self.paused or (transport is not None and transport.disconnecting)
 
     def _logout_running(self) -> bool:
-        return self._current is not None and self._current.name == b"LOGOUT"
+        cmd = self._commands.current
+        return cmd is not None and cmd.name == b"LOGOUT"
 
     def _greeting(self, tag: bytes, rest: bytes, line: bytes) -> None:
         parsed = parse_status(rest, _GREETINGS)
@@ -316,56 +396,61 @@ class IdleClient(IdleExchange, Authentication, CommandQueue, BoundedReader, List
             self.greeted.callback(self.capabilities)
 
     def _untagged(self, rest: bytes, line: bytes) -> None:
+        # a command's on_untagged raises ProtocolError for a malformed answer it reads
         try:
             keyword, number, data = parse_untagged(rest)
-        except ProtocolError as e:
-            self._protocol_error(e.text)
-            return
-        cmd = self._current
-        if number is not None:
+            cmd = self._commands.current
+            if number is not None:
+                if cmd is not None and cmd.on_untagged is not None and \
+                        cmd.on_untagged(keyword, rest):
+                    return
+                if keyword == b"EXISTS":
+                    self._notify(self.on_exists, number)
+                elif keyword == b"EXPUNGE":
+                    self._notify(self.on_expunge, number)
+                return  # RECENT and FETCH (flags): checked, not reported
+            if keyword == b"BYE":
+                self._bye(data)
+                return
+            if keyword == b"CAPABILITY":
+                if self._learning_capabilities():
+                    self._caps.take(data)
+            elif keyword in _CONDITIONS:
+                code, _ = split_code(data)
+                if not (code is not None and self._learning_capabilities()
+                        and self._caps.take_code(code)) and keyword != b"OK":
+                    log.debug("IMAP server says {status}: {text}", status=keyword.decode(),
+                              text=text(data))
             if cmd is not None and cmd.on_untagged is not None and \
                     cmd.on_untagged(keyword, rest):
                 return
-            if keyword == b"EXISTS":
-                self._notify(self.on_exists, number)
-            elif keyword == b"EXPUNGE":
-                self._notify(self.on_expunge, number)
-            return  # RECENT and FETCH (flags): checked, not reported
-        if keyword == b"BYE":
-            self._bye(data)
-            return
-        if keyword == b"CAPABILITY":
-            if self._learning_capabilities():
-                self._caps.take(data)
-        elif keyword in _CONDITIONS:
-            code, _ = split_code(data)
-            if not (code is not None and self._learning_capabilities()
-                    and self._caps.take_code(code)) and keyword != b"OK":
-                log.debug("IMAP server says {status}: {text}", status=keyword.decode(),
-                          text=text(data))
-        if cmd is not None and cmd.on_untagged is not None and cmd.on_untagged(keyword, rest):
-            return
-        self._untagged_ahead(keyword, rest)  # a STATUS written ahead (listing.py)
+            if keyword == b"STATUS":  # the answer of a STATUS written ahead
+                listing.untagged_ahead(self._commands.waiting, keyword, rest)
+        except ProtocolError as e:
+            self._protocol_error(e.text)
 
     def _learning_capabilities(self) -> bool:
         """Whether an untagged CAPABILITY list (or code) is taken: before a mailbox is
         selected (greeting, login, the CAPABILITY command), outside IDLE. Once selected or
         idling, an unsolicited list (a flood of 16 KiB CAPABILITY lines during IDLE) is not
         parsed at all."""
-        return self.state is not SELECTED and self._idle_state is IDLE_OFF
+        return self.state is not SELECTED and self._idle.state is IDLE_OFF
 
     def _bye(self, data: bytes) -> None:
         message = text(data)
         if self._logout_running():
-            self._enter(BYE)  # a second BYE is "data after BYE" (_dispatch)
+            self._enter(BYE)  # a second BYE is "data after BYE" (lineReceived)
             return
         self._notify(self.on_bye, message)
         self._close(ServerBye(message))
 
     def _continuation(self, rest: bytes, line: bytes) -> None:
-        cmd = self._current
+        cmd = self._commands.current
         if cmd is not None and cmd.on_continuation is not None:
-            cmd.on_continuation(rest)
+            try:
+                cmd.on_continuation(rest)
+            except ProtocolError as e:  # a login's challenge after its cancel
+                self._protocol_error(e.text)
         elif cmd is not None and cmd.next_piece < len(cmd.pieces):
             piece = cmd.pieces[cmd.next_piece]
             cmd.next_piece += 1
@@ -375,9 +460,11 @@ class IdleClient(IdleExchange, Authentication, CommandQueue, BoundedReader, List
             self._protocol_error(f"unexpected continuation: {excerpt(line)}")
 
     def _tagged(self, tag: bytes, rest: bytes, line: bytes) -> None:
-        cmd = self._current
+        commands = self._commands
+        cmd = commands.current
         if cmd is None or tag != cmd.tag:
-            if self._tagged_ahead(tag, rest):  # RFC 3501 §5.5: answered out of order
+            # RFC 3501 §5.5: a STATUS written ahead may be answered out of order
+            if listing.tagged_ahead(commands.waiting, tag, rest):
                 return
             self._protocol_error(f"response with unknown tag: {excerpt(line)}")
             return
@@ -386,33 +473,35 @@ class IdleClient(IdleExchange, Authentication, CommandQueue, BoundedReader, List
         if status not in _TAGGED:
             self._protocol_error(f"malformed tagged response: {excerpt(line)}")
             return
-        self._deadline_cmd = None  # the timer is re-armed for the next command or cancelled
-        self._current = None
+        commands.answered()  # the timer is re-armed for the next command or cancelled
         code, _ = split_code(data)
         if code is not None:
             self._caps.take_code(code)
         if cmd.name == b"IDLE":
-            self._idle_answered(cmd, status, code, data)
+            ended = self._idle.answered(cmd, status, code, data)
+            if ended is not None:
+                self._notify(self.on_idle_ended, ended)
         elif status == b"OK":
             try:
+                if cmd.auth:
+                    self._logged_in(code)
                 result = cmd.on_ok(code, data) if cmd.on_ok is not None else None
             except Exception as e:
                 cmd.deferred.errback(Failure(e))
             else:
                 cmd.deferred.callback(result)
         else:
-            cmd.deferred.errback(Failure(self._command_failed(cmd, status, code, data)))
+            cmd.deferred.errback(Failure(command_failed(cmd, status, code, data)))
         if self.state is not CLOSED:
-            self._send_next()
-        if self._current is None and self._deadline_cmd is None:
-            self._disarm()  # also after LOGOUT's OK: no deadline outlives the last answer
+            commands.send_next()
+        commands.settle()
 
-    def _command_failed(self, cmd: Command, status: bytes, code: bytes | None,
-                        data: bytes) -> CommandFailed:
-        kind = AuthenticationFailed if cmd.auth and status == b"NO" else CommandFailed
-        code_word = code.split()[0].decode("ascii", "replace").upper() if code else None
-        return kind(text(data) or f"{cmd.label} failed", status.decode(), code_word,
-                    cmd.label)
+    def _logged_in(self, code: bytes | None) -> None:
+        """A login answered OK: authenticated; capabilities asked again unless the OK
+        listed them."""
+        self._enter(AUTH)
+        if capability_words(code) is None:
+            self._caps.stale()
 
     def _notify(self, callback: Callable[..., None], *args: Any) -> None:
         try:
@@ -420,7 +509,78 @@ class IdleClient(IdleExchange, Authentication, CommandQueue, BoundedReader, List
         except Exception:
             log.failure("IMAP event callback failed")
 
-    # ------------------------------------------------------------------ mailbox
+    # ------------------------------------------------------------------ sending
+
+    def command(self, name: bytes, args: bytes = b"", *, timeout: float | None = None,
+                **kw: Any) -> defer.Deferred:
+        """Send the one-line command ``name args`` (``kw``: the :class:`Command`'s
+        ``on_untagged`` / ``on_continuation`` / ``on_ok`` / ``auth``) with ``timeout``
+        (``command_timeout`` when not given). Refused while an IDLE is in progress."""
+        refused = self._idle.refused(name)
+        if refused is not None:
+            return refused
+        line = name + (b" " + args if args else b"")
+        return self._send(Command(name, [line], timeout or self.command_timeout, **kw))
+
+    def send(self, cmd: Command) -> defer.Deferred:
+        """Send ``cmd`` (built by the caller: several pieces with literals, or a STATUS of
+        :meth:`status_command`); refused while an IDLE is in progress."""
+        refused = self._idle.refused(cmd.name)
+        if refused is not None:
+            return refused
+        return self._send(cmd)
+
+    def _send(self, cmd: Command) -> defer.Deferred:
+        if self.closed:
+            cmd.deferred.errback(Failure(self._close_error or ConnectionLost("not connected")))
+            return cmd.deferred
+        return self._commands.send(cmd)
+
+    # ------------------------------------------------------------------ TLS and login
+
+    def tls_active(self) -> bool:
+        """True when the transport is encrypted (implicit TLS or STARTTLS done)."""
+        return auth.tls_active(self.transport, self.startedTLS)
+
+    def secure_transport(self) -> bool:
+        """True when TLS is active or the peer is a loopback address."""
+        return auth.secure_transport(self.transport, self.startedTLS)
+
+    def startTLS(self, contextFactory: Any = None) -> defer.Deferred:
+        """STARTTLS, then the TLS handshake (verified by ``contextFactory``), then CAPABILITY
+        again; fires with the new capabilities. A verification failure fails it with
+        :class:`ConnectionLost` whose text is ``certificate verify failed: ...``."""
+        if self.tls_active():
+            return defer.fail(IMAPError("TLS is already active"))
+        if not self.has_starttls:
+            return defer.fail(CommandFailed("server does not offer STARTTLS",
+                                            command="STARTTLS"))
+        if ITLSTransport(self.transport, None) is None:
+            return defer.fail(IMAPError("transport cannot start TLS"))
+
+        def ok(code: bytes | None, data: bytes) -> None:
+            if self._reader.buffered:
+                # bytes the server sent after its OK, before TLS: an injection attempt
+                self._protocol_error("data after STARTTLS response before TLS")
+                raise self._close_error or ProtocolError("data after STARTTLS response")
+            self.transport.startTLS(contextFactory)
+            self.startedTLS = True
+            self._caps.forget()
+
+        d = self.command(b"STARTTLS", on_ok=ok)
+        d.addCallback(lambda _: self._refresh_caps())
+        return d
+
+    def login(self, username: str, password: str) -> defer.Deferred:
+        """AUTHENTICATE PLAIN when offered (with SASL-IR when offered), else LOGIN
+        (:func:`.auth.login`)."""
+        return auth.login(self, username, password)
+
+    def login_xoauth2(self, username: str, token: str) -> defer.Deferred:
+        """AUTHENTICATE XOAUTH2 (:func:`.auth.login_xoauth2`)."""
+        return auth.login_xoauth2(self, username, token)
+
+    # ------------------------------------------------------------------ mailboxes
 
     def select(self, mailbox: str = "INBOX") -> defer.Deferred:
         """SELECT ``mailbox``; fires with ``{"EXISTS": int, "RECENT": int|None,
@@ -465,35 +625,57 @@ class IdleClient(IdleExchange, Authentication, CommandQueue, BoundedReader, List
         if not is_atom(raw):
             return defer.fail(CommandFailed("mailbox name must be an IMAP atom",
                                             command="SELECT"))
-        return self._command(b"SELECT", raw, on_untagged=untagged, on_ok=ok)
+        return self.command(b"SELECT", raw, on_untagged=untagged, on_ok=ok)
 
     def status(self, mailbox: str | bytes = "INBOX",
                items: tuple[str | bytes, ...] = ("UIDNEXT",)) -> defer.Deferred:
-        """STATUS ``mailbox`` (a name, or the bytes a LIST gave) for ``items`` (e.g.
-        UIDNEXT UIDVALIDITY MESSAGES); fires with ``{item: int}`` for the items the server
-        answered (the others are absent). CommandFailed when the server refuses (NO/BAD)
-        or the name cannot be sent without a literal; ProtocolError for a malformed
-        answer. RFC 3501 §6.3.10: allowed while a mailbox is selected. The same command
-        as the heartbeat's folder checks (:meth:`status_command`), sent on its own."""
-        words = tuple((i if isinstance(i, bytes) else i.encode("ascii", "replace")).upper()
-                      for i in items)
-        try:
-            raw = mailbox if isinstance(mailbox, bytes) else mailbox.encode("ascii")
-        except UnicodeEncodeError:
-            raw = b""
-        cmd = (self.status_command(raw, words, self.command_timeout)
-               if words and all(is_atom(w) for w in words) else None)
-        if cmd is None:
-            return defer.fail(CommandFailed("mailbox name needs a literal, or items are "
-                                            "not atoms", command="STATUS"))
-        return self._send_status(cmd)
+        """STATUS ``mailbox`` for ``items`` (:func:`.listing.status`)."""
+        return listing.status(self, mailbox, items)
+
+    def status_command(self, raw: bytes, items: tuple[bytes, ...], timeout: float
+                       ) -> Command | None:
+        """A STATUS command for writing ahead (:func:`.listing.status_command`)."""
+        return listing.status_command(raw, items, timeout)
+
+    def list_mailboxes(self, pattern: bytes = b"*", *, special_use: bool = False,
+                       keep: Callable[[ListEntry], bool] = lambda e: True,
+                       limit: int = 64, hints: tuple[bytes, ...] = ()) -> defer.Deferred:
+        """``LIST "" pattern`` (:func:`.listing.list_mailboxes`)."""
+        return listing.list_mailboxes(self, pattern, special_use=special_use, keep=keep,
+                                      limit=limit, hints=hints)
+
+    # ------------------------------------------------------------------ IDLE
+
+    @property
+    def idle_state(self) -> IdleState:
+        return self._idle.state
+
+    @property
+    def idling(self) -> bool:
+        """True from the IDLE's ``+`` to its tagged answer."""
+        return self._idle.idling
+
+    def idle(self) -> defer.Deferred:
+        """Send IDLE (:meth:`.idle.IdleExchange.idle`); fails at once once closed."""
+        if self.closed and self._idle.state is IDLE_OFF:
+            return defer.fail(self._close_error or ConnectionLost("not connected"))
+        return self._idle.idle()
+
+    def done(self) -> defer.Deferred:
+        """End the IDLE with DONE (:meth:`.idle.IdleExchange.done`)."""
+        return self._idle.done()
+
+    def done_noop(self, idle_again: bool = False,
+                  between: tuple[Command, ...] = ()) -> defer.Deferred:
+        """DONE and NOOP in one write (:meth:`.idle.IdleExchange.done_noop`)."""
+        return self._idle.done_noop(idle_again, between)
 
     # ------------------------------------------------------------------ misc commands
 
     def noop(self) -> defer.Deferred:
         """NOOP with the ``noop_timeout`` deadline; untagged EXISTS etc. reach the
         callbacks as they arrive."""
-        return self._command(b"NOOP", timeout=self.noop_timeout)
+        return self.command(b"NOOP", timeout=self.noop_timeout)
 
     def id(self, fields: dict[str, str]) -> defer.Deferred:
         """RFC 2971 ID with ``fields`` (field names and values as quoted strings; the
@@ -507,7 +689,7 @@ class IdleClient(IdleExchange, Authentication, CommandQueue, BoundedReader, List
                                                     "without quotes", command="ID"))
                 pieces.append(b'"' + raw + b'"')
         args = b"(" + b" ".join(pieces) + b")" if pieces else b"NIL"
-        return self._command(b"ID", args).addCallback(lambda _: None)
+        return self.command(b"ID", args).addCallback(lambda _: None)
 
     def logout(self) -> defer.Deferred:
         """LOGOUT (ending an IDLE first); fires on the tagged OK or when the connection
@@ -516,7 +698,7 @@ class IdleClient(IdleExchange, Authentication, CommandQueue, BoundedReader, List
             return defer.succeed(None)
         cmd = Command(b"LOGOUT", [b"LOGOUT"], self.command_timeout)
         cmd.deferred.addCallback(self._logged_out)
-        if self._end_idle_with(cmd):
+        if self._idle.end_with(cmd):
             return cmd.deferred
         return self._send(cmd)
 

@@ -1,6 +1,5 @@
 """The IMAP connection's state (RFC 3501 §3), ``IdleClient.state``, and its table: the
-moves with the event of each, checked by the client on every move. A module of its own
-so that the bounded reader reads ``state is CLOSED`` on every line without a property."""
+moves with the event of each, checked by the client on every move."""
 
 from __future__ import annotations
 
@@ -21,7 +20,7 @@ class ConnectionState(enum.StrEnum):
     CLOSED = "closed"      # closing or closed: nothing more is sent or read
 
 
-GREETING, UNAUTH, AUTH, SELECTED, BYE, CLOSED = ConnectionState  # fast to read (idle.py)
+GREETING, UNAUTH, AUTH, SELECTED, BYE, CLOSED = ConnectionState  # fast to read
 #: state → the states it may move to, with the event of each move (a server may accept
 #: a login or SELECT again). "closing" is any of: connection lost, a protocol error, a
 #: deadline passed, an input flood, ``* BYE`` outside LOGOUT.

@@ -1,5 +1,5 @@
 """The IDLE exchange (RFC 2177) as an explicit state machine: one :class:`IdleState`
-attribute, the allowed moves in :data:`TRANSITIONS`, enforced by ``_move``.
+attribute, the allowed moves in :data:`TRANSITIONS`, enforced by ``IdleExchange.move``.
 
 The usual path is ``OFF → REQUESTED → IDLING → DONE_SENT → OFF``. The heartbeat's
 ``done_noop(idle_again=True)`` writes DONE, NOOP and the next IDLE in one write:
@@ -13,24 +13,24 @@ DONE is written when the owner asks (``done``, ``done_noop``, ``logout``) or, wh
 command waits behind an IDLE whose ``+`` has not arrived yet (``logout`` during
 ``REQUESTED``), as soon as that ``+`` arrives.
 
-A mixin of the client: no object of its own per connection; the waiters are the
-``idle()`` caller's (for the next ``+``) and the ``done()`` caller's (for the IDLE's answer).
-It stays a mixin because the exchange is the heartbeat's hot path (a state check on every
-IDLE, DONE and ``+`` of 10,000 sessions) and writes into the command queue itself
-(DONE, NOOP and the next IDLE pipelined in one write).
+``IdleExchange`` is an object of its own, owned by the client and given the connection's
+:class:`~rebreak_idle.imap.commands.CommandQueue` (it writes DONE, and the NOOP and next
+IDLE pipelined behind it, through the queue). It holds the state and the two waiters: the
+``idle()`` caller's (for the next ``+``) and the ``done()`` caller's (for the IDLE's
+answer). It knows nothing else of the connection: the client refuses ``idle()`` once
+closed, and tells the exchange the IDLE's answers and the end of the connection.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from .commands import Command, ignore
-from .errors import CommandFailed, ConnectionLost, IMAPError
+from .commands import Command, CommandQueue, command_failed, ignore
+from .errors import CommandFailed, IMAPError
 from .parser import text
 
 __all__ = ["TRANSITIONS", "IdleExchange", "IdleState", "IdleTransitionError"]
@@ -81,43 +81,32 @@ class IdleTransitionError(RuntimeError):
 
 
 class IdleExchange:
-    """IDLE, DONE and the pipelined heartbeat of :class:`~rebreak_idle.imap.IdleClient`."""
+    """IDLE, DONE and the pipelined heartbeat of one connection, over its command queue."""
 
-    _idle_state = OFF
-    #: who waits for the next IDLE's "+" (idle()), and for the IDLE's answer to DONE
-    _idle_waiter: defer.Deferred | None = None
-    _done_waiter: defer.Deferred | None = None
+    __slots__ = ("_commands", "_done_waiter", "_idle_waiter", "_state")
 
-    # provided by the client
-    closed: bool
-    _close_error: IMAPError | None
-    command_timeout: float
-    noop_timeout: float
-    transport: Any
-    _current: Command | None
-    _queue: list[Command]
-    on_idle_ended: Callable[[str], None]
-    makeTag: Callable[[], bytes]
-    _arm: Callable[[Command, float], None]
-    _disarm: Callable[[], None]
-    _send: Callable[[Command], defer.Deferred]
-    _notify: Callable[..., None]
-    _command_failed: Callable[[Command, bytes, bytes | None, bytes], CommandFailed]
+    def __init__(self, commands: CommandQueue) -> None:
+        self._commands = commands
+        self._state = OFF
+        #: who waits for the next IDLE's "+" (idle()), and for the IDLE's answer to DONE
+        self._idle_waiter: defer.Deferred | None = None
+        self._done_waiter: defer.Deferred | None = None
 
     @property
-    def idle_state(self) -> IdleState:
-        return self._idle_state
+    def state(self) -> IdleState:
+        return self._state
 
     @property
     def idling(self) -> bool:
         """True from the IDLE's ``+`` to its tagged answer."""
-        return self._idle_state in _IDLING
+        return self._state in _IDLING
 
-    def _move(self, to: IdleState) -> None:
-        if to not in TRANSITIONS[self._idle_state]:
-            raise IdleTransitionError(f"IDLE state {self._idle_state.value} cannot move to "
+    def move(self, to: IdleState) -> None:
+        """Move to ``to`` when the table allows it, else :class:`IdleTransitionError`."""
+        if to not in TRANSITIONS[self._state]:
+            raise IdleTransitionError(f"IDLE state {self._state.value} cannot move to "
                                       f"{to.value}")
-        self._idle_state = to
+        self._state = to
 
     # ------------------------------------------------------------------ the owner's calls
 
@@ -125,33 +114,31 @@ class IdleExchange:
         """Send IDLE; fires when the server's ``+`` arrives (``idling`` is then True).
         Fails :class:`CommandFailed` when the server answers NO/BAD. After
         ``done_noop(idle_again=True)`` it claims the IDLE already written."""
-        state = self._idle_state
+        state = self._state
         if state is AHEAD_IDLING:
-            self._move(IDLING)
+            self.move(IDLING)
             return defer.succeed(None)
         if state is AHEAD_REQUESTED:
-            self._move(REQUESTED)
+            self.move(REQUESTED)
         elif state in (IDLE_AHEAD, DONE_SENT_IDLE_AHEAD):
             if self._idle_waiter is None:
                 self._idle_waiter = defer.Deferred()
             return self._idle_waiter
         elif state is not OFF:
             return defer.fail(IMAPError("IDLE already in progress"))
-        elif self.closed:
-            return defer.fail(self._close_error or ConnectionLost("not connected"))
         else:
-            self._move(REQUESTED)
-            self._send(self._idle_command())
+            self.move(REQUESTED)
+            self._commands.send(self._idle_command())
         self._idle_waiter = defer.Deferred()
         return self._idle_waiter
 
     def done(self) -> defer.Deferred:
         """End the IDLE with DONE; fires on the IDLE command's tagged OK (deadline
         ``noop_timeout``)."""
-        if self._idle_state in _DONE_WRITTEN:
+        if self._state in _DONE_WRITTEN:
             assert self._done_waiter is not None
             return self._done_waiter
-        if self._idle_state not in _DONE_POSSIBLE:
+        if self._state not in _DONE_POSSIBLE:
             return defer.fail(IMAPError("not idling"))
         return self._write_done(DONE_SENT)
 
@@ -168,23 +155,17 @@ class IdleExchange:
         ``done()`` when the IDLE ends with NO/BAD and like ``noop()`` when the NOOP
         does. ``between``: commands (the extra folders' STATUS) written after the NOOP and
         before the next IDLE, in the same write; each answers on its own Deferred."""
-        if self._idle_state not in _IDLING:
+        if self._state not in _IDLING:
             return defer.fail(IMAPError("not idling"))
-        if self._idle_state in _DONE_WRITTEN or self._queue:
+        commands = self._commands
+        if self._state in _DONE_WRITTEN or commands.waiting:
             return defer.fail(IMAPError("DONE already sent"))
-        noop = Command(b"NOOP", [b"NOOP"], self.noop_timeout)
-        noop.tag = self.makeTag()
-        self._queue.append(noop)
-        then = noop.tag + b" NOOP\r\n"
+        noop = Command(b"NOOP", [b"NOOP"], commands.noop_timeout)
+        then = commands.ahead(noop)
         for cmd in between:
-            cmd.tag = self.makeTag()
-            self._queue.append(cmd)
-            then += cmd.tag + b" " + cmd.pieces[0] + b"\r\n"
+            then += commands.ahead(cmd)
         if idle_again:
-            ahead = self._idle_command()
-            ahead.tag = self.makeTag()
-            self._queue.append(ahead)
-            then += ahead.tag + b" IDLE\r\n"
+            then += commands.ahead(self._idle_command())
         done = self._write_done(DONE_SENT_IDLE_AHEAD if idle_again else DONE_SENT, then)
         result: defer.Deferred = defer.Deferred()
 
@@ -204,70 +185,32 @@ class IdleExchange:
         noop.deferred.addBoth(noop_answered)
         return result
 
-    # ------------------------------------------------------------------ the client's hooks
+    # ------------------------------------------------------------------ the client's calls
 
-    def _end_idle_with(self, cmd: Command) -> bool:
+    def end_with(self, cmd: Command) -> bool:
         """Before ``cmd`` (LOGOUT) is sent: end a running IDLE. True when DONE and ``cmd``
         went out in one write; False when ``cmd`` is to be queued (behind an IDLE whose
         ``+`` is awaited, DONE then goes on that ``+``)."""
-        if self._idle_state not in _DONE_POSSIBLE:
+        if self._state not in _DONE_POSSIBLE:
             return False
-        if self._queue:  # pragma: no cover - a command behind an IDLE that is idling
+        if self._commands.waiting:  # pragma: no cover - a command behind a running IDLE
             self._write_done(DONE_SENT).addErrback(ignore)
             return False
         # DONE and LOGOUT in one write, like a heartbeat's DONE and NOOP: one round trip
         # less for each of 10,000 sessions when the daemon stops
-        cmd.tag = self.makeTag()
-        self._queue.append(cmd)
-        self._write_done(DONE_SENT, cmd.tag + b" " + cmd.pieces[0] + b"\r\n").addErrback(
-            ignore)
+        self._write_done(DONE_SENT, self._commands.ahead(cmd)).addErrback(ignore)
         return True
 
-    def _idle_command(self) -> Command:
-        cmd = Command(b"IDLE", [b"IDLE"], self.command_timeout,
-                      on_continuation=self._idle_continuation)
-        cmd.deferred.addErrback(ignore)  # failures go to the waiters
-        return cmd
-
-    def _write_done(self, to: IdleState, then: bytes = b"") -> defer.Deferred:
-        """Write DONE (and ``then``, commands written ahead, in the same write)."""
-        cmd = self._current
-        assert cmd is not None and cmd.name == b"IDLE"
-        self._move(to)
-        done = self._done_waiter = defer.Deferred()
-        self._arm(cmd, self.noop_timeout)
-        self.transport.write(b"DONE\r\n" + then)
-        return done
-
-    def _idle_continuation(self, rest: bytes) -> None:
-        state = self._idle_state
-        if state is AHEAD_REQUESTED:
-            self._move(AHEAD_IDLING)
-        elif state is REQUESTED:
-            self._move(IDLING)
-        else:
-            return  # a repeated "+ idling"
-        self._disarm()  # no deadline while idling
-        waiter, self._idle_waiter = self._idle_waiter, None
-        if waiter is not None:
-            waiter.callback(None)
-        if self._queue and self._idle_state in _DONE_POSSIBLE and not self.closed:
-            # a command waits behind this IDLE
-            self._write_done(DONE_SENT).addErrback(ignore)
-
-    def _idle_started(self) -> None:
-        """The IDLE written ahead became the running command (its deadline starts)."""
-        self._move(REQUESTED if self._idle_waiter is not None else AHEAD_REQUESTED)
-
-    def _idle_answered(self, cmd: Command, status: bytes, code: bytes | None,
-                       data: bytes) -> None:
-        """The running IDLE's tagged answer."""
-        state = self._idle_state
+    def answered(self, cmd: Command, status: bytes, code: bytes | None,
+                 data: bytes) -> str | None:
+        """The running IDLE's tagged answer. Returns the server's text when the server
+        ended the IDLE by itself (the client reports it: ``on_idle_ended``), else None."""
+        state = self._state
         idle_w = None
         if state in _WAITING_FOR_PLUS:
             idle_w, self._idle_waiter = self._idle_waiter, None
         done_w, self._done_waiter = self._done_waiter, None
-        self._move(IDLE_AHEAD if state is DONE_SENT_IDLE_AHEAD else OFF)
+        self.move(IDLE_AHEAD if state is DONE_SENT_IDLE_AHEAD else OFF)
         if status == b"OK":
             if idle_w is not None:
                 idle_w.errback(Failure(CommandFailed(
@@ -275,28 +218,66 @@ class IdleExchange:
             if done_w is not None:
                 done_w.callback(None)
             elif state in _IDLING:
-                self._notify(self.on_idle_ended, text(data))
-            return
-        error = self._command_failed(cmd, status, code, data)
+                return text(data)
+            return None
+        error = command_failed(cmd, status, code, data)
         for d in (idle_w, done_w):
             if d is not None:
                 d.errback(Failure(error))
+        return None
 
-    def _idle_ended(self) -> list[defer.Deferred | None]:
+    def ended(self) -> list[defer.Deferred | None]:
         """The connection is closing: back to OFF; returns the waiters to fail."""
         waiters = [self._idle_waiter, self._done_waiter]
         self._idle_waiter = self._done_waiter = None
-        if self._idle_state is not OFF:
-            self._move(OFF)
+        if self._state is not OFF:
+            self.move(OFF)
         return waiters
 
-    def _refused_while_idle(self, name: bytes) -> defer.Deferred | None:
+    def refused(self, name: bytes) -> defer.Deferred | None:
         """A failed Deferred for command ``name`` while an IDLE is in progress."""
-        if self._idle_state is OFF:
+        if self._state is OFF:
             return None
         return defer.fail(IMAPError(
             f"{name.decode()} refused: IDLE in progress, call done() first"))
 
-    def _done_timed_out(self, cmd: Command) -> bool:
-        """True when the deadline that expired on ``cmd`` was that of a DONE."""
-        return cmd.name == b"IDLE" and self._idle_state in _DONE_WRITTEN
+    # ------------------------------------------------------------------ internals
+
+    def _idle_command(self) -> Command:
+        cmd = Command(b"IDLE", [b"IDLE"], self._commands.command_timeout,
+                      on_continuation=self._continuation)
+        cmd.on_ahead_started = self._ahead_started
+        cmd.deferred.addErrback(ignore)  # failures go to the waiters
+        return cmd
+
+    def _write_done(self, to: IdleState, then: bytes = b"") -> defer.Deferred:
+        """Write DONE (and ``then``, commands written ahead, in the same write)."""
+        commands = self._commands
+        cmd = commands.current
+        assert cmd is not None and cmd.name == b"IDLE"
+        self.move(to)
+        done = self._done_waiter = defer.Deferred()
+        commands.arm(cmd, commands.noop_timeout, "DONE")
+        commands.write(b"DONE\r\n" + then)
+        return done
+
+    def _continuation(self, rest: bytes) -> None:
+        """The running IDLE's ``+``."""
+        state = self._state
+        if state is AHEAD_REQUESTED:
+            self.move(AHEAD_IDLING)
+        elif state is REQUESTED:
+            self.move(IDLING)
+        else:
+            return  # a repeated "+ idling"
+        self._commands.disarm()  # no deadline while idling
+        waiter, self._idle_waiter = self._idle_waiter, None
+        if waiter is not None:
+            waiter.callback(None)
+        if self._commands.waiting and self._state in _DONE_POSSIBLE:
+            # a command waits behind this IDLE (the client reads no line once closed)
+            self._write_done(DONE_SENT).addErrback(ignore)
+
+    def _ahead_started(self) -> None:
+        """The IDLE written ahead became the running command (its deadline starts)."""
+        self.move(REQUESTED if self._idle_waiter is not None else AHEAD_REQUESTED)

@@ -19,6 +19,8 @@ _MAILBOX = "IdleClient only selects one mailbox and waits for changes; use selec
 _FETCH = "IdleClient reports changes through on_exists / on_expunge and does not fetch"
 _AUTH = "use login() (AUTH PLAIN or LOGIN) or login_xoauth2()"
 _EVENTS = "IdleClient reports changes through its on_exists / on_expunge callbacks"
+_READER = ("IdleClient reads lines and literals with its BoundedReader (client.reader), "
+           "which dataReceived feeds")
 _TIMEOUT = ("IdleClient gives every command its own deadline (command_timeout, "
             "noop_timeout) on its clock")
 
@@ -47,6 +49,10 @@ UNSUPPORTED_HOOKS: dict[str, str] = {
     "flagsChanged": _EVENTS,
     "newMessages": _EVENTS,
     "modeChanged": _EVENTS,
+    "setLineMode": _READER,
+    "setRawMode": _READER,
+    "rawDataReceived": _READER,
+    "lineLengthExceeded": _READER,
     "callLater": _TIMEOUT,
     "setTimeout": _TIMEOUT,
     "resetTimeout": _TIMEOUT,
@@ -68,7 +74,11 @@ def _unsupported(name: str, hint: str, *, command: bool) -> Callable[..., Any]:
 
 
 class Unsupported:
-    """Mixin placed before ``IMAP4Client``: its unsupported methods, overridden."""
+    """The base placed before ``IMAP4Client`` in ``IdleClient``'s bases: its unsupported
+    methods, overridden. It stays a base class, not an object: what it does is override
+    inherited methods, which only a class in the method resolution order can do. It
+    holds no state and reads nothing of the client (each method only fails), so it is
+    not a mixin that needs attributes provided by its host."""
 
 
 for _name, _hint in UNSUPPORTED_COMMANDS.items():

@@ -1,5 +1,7 @@
 """LIST (RFC 3501 §6.3.8, RFC 6154 SPECIAL-USE) and STATUS commands of other mailboxes, as
-a mixin of :class:`~rebreak_idle.imap.IdleClient`, and mailbox names: modified UTF-7
+functions over the public command methods of :class:`~rebreak_idle.imap.IdleClient`
+(which delegates ``list_mailboxes``, ``status`` and ``status_command`` here), and
+mailbox names: modified UTF-7
 (RFC 3501 §5.1.3, Twisted's ``imap4-utf-7`` codec with this module's refusals on top)
 for display and for names typed by an operator, quoting for the wire.
 
@@ -16,18 +18,22 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import twisted.mail.imap4  # noqa: F401  (registers the imap4-utf-7 codec)
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from .commands import Command
-from .errors import CommandFailed, ProtocolError
+from ..config import MAX_MAILBOX_NAME
+from .commands import Command, command_failed
+from .errors import CommandFailed
 from .parser import is_atom, parse_parens, split_code, status_items
 
-__all__ = ["ListEntry", "Listing", "decode_mutf7", "encode_mutf7", "parse_list",
-           "quote_mailbox"]
+if TYPE_CHECKING:
+    from .client import IdleClient
+
+__all__ = ["ListEntry", "decode_mutf7", "encode_mutf7", "list_mailboxes", "parse_list",
+           "quote_mailbox", "status", "status_command", "tagged_ahead", "untagged_ahead"]
 
 _B64_RUN = re.compile(rb"&([A-Za-z0-9+,]*)-")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
@@ -35,8 +41,9 @@ _C0 = re.compile("[\x00-\x1f\x7f]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 #: Twisted's modified UTF-7 (RFC 3501 §5.1.3), registered when twisted.mail.imap4 loads
 _CODEC = "imap4-utf-7"
-#: the longest mailbox name kept (RFC 3501 sets none; servers use a few hundred bytes)
-MAX_NAME = 1000
+#: the longest mailbox name kept (RFC 3501 sets none; servers use a few hundred bytes): the
+#: limit the folders setting is checked against too
+MAX_NAME = MAX_MAILBOX_NAME
 #: the longest LIST line parsed (a name of MAX_NAME bytes, quoted, and its attributes)
 MAX_LIST = 4 * MAX_NAME
 
@@ -141,113 +148,116 @@ def parse_list(data: bytes) -> ListEntry | None:
                      name)
 
 
-class Listing:
-    """LIST and STATUS commands of the client (a mixin: no state of its own; it answers
-    STATUS commands written ahead out of the client's queue, read line by line)."""
+def list_mailboxes(client: IdleClient, pattern: bytes = b"*", *, special_use: bool = False,
+                   keep: Callable[[ListEntry], bool] = lambda e: True, limit: int = 64,
+                   hints: tuple[bytes, ...] = ()) -> defer.Deferred:
+    """``LIST "" pattern`` on ``client`` (``LIST (SPECIAL-USE) "" pattern`` with
+    ``special_use``, RFC 6154 §5.1: only special-use mailboxes); fires with the entries
+    ``keep`` accepted, at most ``limit`` of them, in the server's order. Malformed lines are
+    skipped (a name that cannot be parsed cannot be watched). ``hints``: lower-case byte
+    strings of which a line must contain one to be parsed at all (a quick filter for long
+    listings)."""
+    wire = quote_mailbox(pattern)
+    if wire is None:
+        return defer.fail(CommandFailed("LIST pattern must be printable ASCII",
+                                        command="LIST"))
+    kept: list[ListEntry] = []
 
-    command_timeout: float
-    _command: Callable[..., defer.Deferred]
-    _protocol_error: Callable[[str], None]
-
-    def list_mailboxes(self, pattern: bytes = b"*", *, special_use: bool = False,
-                       keep: Callable[[ListEntry], bool] = lambda e: True,
-                       limit: int = 64, hints: tuple[bytes, ...] = ()) -> defer.Deferred:
-        """``LIST "" pattern`` (``LIST (SPECIAL-USE) "" pattern`` with ``special_use``,
-        RFC 6154 §5.1: only special-use mailboxes); fires with the entries ``keep``
-        accepted, at most ``limit`` of them, in the server's order. Malformed lines are
-        skipped (a name that cannot be parsed cannot be watched). ``hints``: lower-case
-        byte strings of which a line must contain one to be parsed at all (a quick
-        filter for long listings)."""
-        wire = quote_mailbox(pattern)
-        if wire is None:
-            return defer.fail(CommandFailed("LIST pattern must be printable ASCII",
-                                            command="LIST"))
-        kept: list[ListEntry] = []
-
-        def untagged(keyword: bytes, rest: bytes) -> bool:
-            if keyword != b"LIST":
-                return False
-            if len(kept) >= limit or (hints and not any(h in rest.lower() for h in hints)):
-                return True
-            entry = parse_list(rest.partition(b" ")[2])
-            if entry is not None and len(kept) < limit and keep(entry):
-                kept.append(entry)
-            return True
-
-        args = (b"(SPECIAL-USE) " if special_use else b"") + b'"" ' + wire
-        return self._command(b"LIST", args, on_untagged=untagged,
-                             on_ok=lambda code, data: kept)
-
-    def status_command(self, raw: bytes, items: tuple[bytes, ...], timeout: float
-                       ) -> Command | None:
-        """A STATUS command of mailbox ``raw`` (as listed) for writing ahead (the
-        heartbeat's pipeline); its Deferred fires with ``{item: int}``. None when the name
-        cannot be sent without a literal."""
-        wire = quote_mailbox(raw)
-        if wire is None:
-            return None
-        answer: dict[str, int] = {}
-        name = raw.decode("ascii")
-        inbox = name.upper() == "INBOX"  # the one case-insensitive name (RFC 3501 §5.1)
-
-        def untagged(keyword: bytes, rest: bytes) -> bool:
-            if keyword != b"STATUS":
-                return False
-            try:
-                listed, values = status_items(rest.partition(b" ")[2])
-            except ProtocolError as e:
-                self._protocol_error(e.text)
-                return True
-            if listed != name and not (inbox and listed.upper() == "INBOX"):
-                return False  # another STATUS's answer (written ahead, or unasked)
-            answer.update((k, v) for k, v in values.items() if k.encode("ascii") in items)
-            return True
-
-        line = b"STATUS " + wire + b" (" + b" ".join(items) + b")"
-        return Command(b"STATUS", [line], timeout, on_untagged=untagged,
-                       on_ok=lambda code, data: answer)
-
-    def _send_status(self, cmd: Command) -> defer.Deferred:
-        refused: Any = self._refused_while_idle(b"STATUS")  # type: ignore[attr-defined]
-        if refused is not None:
-            return refused
-        return self._send(cmd)  # type: ignore[attr-defined]
-
-    # -- STATUS commands written ahead (the heartbeat's pipeline) may be answered before
-    # the NOOP written ahead of them: RFC 3501 §5.5 lets a server run commands that do
-    # not depend on each other at the same time (Dovecot does)
-
-    def _ahead(self, tag: bytes | None = None) -> Command | None:
-        for cmd in self._queue:  # type: ignore[attr-defined]
-            if cmd.name == b"STATUS" and cmd.tag is not None and (tag is None
-                                                                  or cmd.tag == tag):
-                return cmd
-        return None
-
-    def _untagged_ahead(self, keyword: bytes, rest: bytes) -> None:
-        """An untagged response the running command did not take: a STATUS answer for a
-        STATUS written ahead."""
-        if keyword != b"STATUS":
-            return
-        for cmd in self._queue:  # type: ignore[attr-defined]
-            if cmd.name == b"STATUS" and cmd.tag is not None and cmd.on_untagged is not None \
-                    and cmd.on_untagged(keyword, rest):
-                return
-
-    def _tagged_ahead(self, tag: bytes, rest: bytes) -> bool:
-        """The tagged answer of a STATUS written ahead, before the running command's:
-        complete it out of order (True), or False for a tag nobody sent."""
-        cmd = self._ahead(tag)
-        if cmd is None:
+    def untagged(keyword: bytes, rest: bytes) -> bool:
+        if keyword != b"LIST":
             return False
-        self._queue.remove(cmd)  # type: ignore[attr-defined]
-        status, _, data = rest.partition(b" ")
-        status = status.upper()
-        if status == b"OK":
-            assert cmd.on_ok is not None
-            cmd.deferred.callback(cmd.on_ok(None, data))
-        else:
-            code, _ = split_code(data)
-            cmd.deferred.errback(Failure(
-                self._command_failed(cmd, status, code, data)))  # type: ignore[attr-defined]
+        if len(kept) >= limit or (hints and not any(h in rest.lower() for h in hints)):
+            return True
+        entry = parse_list(rest.partition(b" ")[2])
+        if entry is not None and len(kept) < limit and keep(entry):
+            kept.append(entry)
         return True
+
+    args = (b"(SPECIAL-USE) " if special_use else b"") + b'"" ' + wire
+    return client.command(b"LIST", args, on_untagged=untagged,
+                          on_ok=lambda code, data: kept)
+
+
+def status_command(raw: bytes, items: tuple[bytes, ...], timeout: float) -> Command | None:
+    """A STATUS command of mailbox ``raw`` (as listed) for writing ahead (the heartbeat's
+    pipeline) or for :func:`status`; its Deferred fires with ``{item: int}``. None when the
+    name cannot be sent without a literal. A malformed answer raises
+    :class:`ProtocolError` from the command's ``on_untagged`` (the client closes)."""
+    wire = quote_mailbox(raw)
+    if wire is None:
+        return None
+    answer: dict[str, int] = {}
+    name = raw.decode("ascii")
+    inbox = name.upper() == "INBOX"  # the one case-insensitive name (RFC 3501 §5.1)
+
+    def untagged(keyword: bytes, rest: bytes) -> bool:
+        if keyword != b"STATUS":
+            return False
+        listed, values = status_items(rest.partition(b" ")[2])  # ProtocolError
+        if listed != name and not (inbox and listed.upper() == "INBOX"):
+            return False  # another STATUS's answer (written ahead, or unasked)
+        answer.update((k, v) for k, v in values.items() if k.encode("ascii") in items)
+        return True
+
+    line = b"STATUS " + wire + b" (" + b" ".join(items) + b")"
+    return Command(b"STATUS", [line], timeout, on_untagged=untagged,
+                   on_ok=lambda code, data: answer)
+
+
+def status(client: IdleClient, mailbox: str | bytes = "INBOX",
+           items: tuple[str | bytes, ...] = ("UIDNEXT",)) -> defer.Deferred:
+    """STATUS ``mailbox`` (a name, or the bytes a LIST gave) for ``items`` (e.g. UIDNEXT
+    UIDVALIDITY MESSAGES) on ``client``; fires with ``{item: int}`` for the items the
+    server answered (the others are absent). CommandFailed when the server refuses
+    (NO/BAD) or the name cannot be sent without a literal; ProtocolError for a malformed
+    answer. RFC 3501 §6.3.10: allowed while a mailbox is selected. The same command as the
+    heartbeat's folder checks (:func:`status_command`), sent on its own."""
+    words = tuple((i if isinstance(i, bytes) else i.encode("ascii", "replace")).upper()
+                  for i in items)
+    try:
+        raw = mailbox if isinstance(mailbox, bytes) else mailbox.encode("ascii")
+    except UnicodeEncodeError:
+        raw = b""
+    cmd = (status_command(raw, words, client.command_timeout)
+           if words and all(is_atom(w) for w in words) else None)
+    if cmd is None:
+        return defer.fail(CommandFailed("mailbox name needs a literal, or items are "
+                                        "not atoms", command="STATUS"))
+    return client.send(cmd)
+
+
+# -- STATUS commands written ahead (the heartbeat's pipeline) may be answered before the
+# NOOP written ahead of them: RFC 3501 §5.5 lets a server run commands that do not depend
+# on each other at the same time (Dovecot does). The client hands such answers here with
+# the commands waiting in its queue.
+
+def untagged_ahead(waiting: list[Command], keyword: bytes, rest: bytes) -> None:
+    """An untagged response the running command did not take: a STATUS answer for a
+    STATUS written ahead (one of ``waiting``)."""
+    if keyword != b"STATUS":
+        return
+    for cmd in waiting:
+        if cmd.name == b"STATUS" and cmd.tag is not None and cmd.on_untagged is not None \
+                and cmd.on_untagged(keyword, rest):
+            return
+
+
+def tagged_ahead(waiting: list[Command], tag: bytes, rest: bytes) -> bool:
+    """The tagged answer of a STATUS written ahead, before the running command's: complete
+    it out of order and remove it from ``waiting`` (True), or False for a tag nobody
+    sent."""
+    for cmd in waiting:
+        if cmd.name == b"STATUS" and cmd.tag == tag:
+            break
+    else:
+        return False
+    waiting.remove(cmd)
+    status, _, data = rest.partition(b" ")
+    status = status.upper()
+    if status == b"OK":
+        assert cmd.on_ok is not None
+        cmd.deferred.callback(cmd.on_ok(None, data))
+    else:
+        code, _ = split_code(data)
+        cmd.deferred.errback(Failure(command_failed(cmd, status, code, data)))
+    return True

@@ -57,8 +57,8 @@ class ResponseCapTests(ClientTestCase):
         self.assertIn("server literal of 60000000 bytes exceeds 8192 bytes",
                       self.client.close_error.text)
         self.server(b"x" * 1_000_000)  # the rest is dropped, never kept
-        self.assertIsNone(self.client._literal)
-        self.assertLessEqual(len(self.client._buffer), self.client.MAX_LENGTH)
+        self.assertEqual(self.client.reader.literal_held, 0)
+        self.assertLessEqual(self.client.reader.buffered, self.client.reader.max_line)
 
     def test_small_fetch_literal_passes(self) -> None:
         self.connect()
@@ -116,9 +116,9 @@ class ChallengeTests(ClientTestCase):
 class InputBudgetTests(ClientTestCase):
     def budget(self, lines: int = 1000, rate: float = 100.0) -> None:
         self.connect()
-        self.client.input_burst_lines = lines
-        self.client.input_lines_per_second = rate
-        self.client._budget_at = None  # the buckets start full at the next data
+        self.client.reader.input_burst_lines = lines
+        self.client.reader.input_lines_per_second = rate
+        self.client.reader.restart_budget()  # the buckets start full at the next data
 
     def test_burst_within_budget_passes(self) -> None:
         self.budget()
@@ -151,9 +151,9 @@ class InputBudgetTests(ClientTestCase):
 
     def test_byte_budget(self) -> None:
         self.connect()
-        self.client.input_burst_bytes = 10_000
-        self.client.input_bytes_per_second = 1_000.0
-        self.client._budget_at = None
+        self.client.reader.input_burst_bytes = 10_000
+        self.client.reader.input_bytes_per_second = 1_000.0
+        self.client.reader.restart_budget()
         self.server(b"* OK " + b"x" * 9_000 + b"\r\n")
         self.assertFalse(self.client.closed)
         self.server(b"* OK " + b"x" * 2_000 + b"\r\n")

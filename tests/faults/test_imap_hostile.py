@@ -68,11 +68,10 @@ class Harness:
 
     def check_bounded(self, test: SynchronousTestCase) -> None:
         c = self.client
-        test.assertLessEqual(len(c._buffer), MAX_LINE + 2)
-        if c._literal is not None:
-            test.assertLessEqual(len(c._literal), 4 * MAX_LITERAL)
-        test.assertLessEqual(c._response_size, 4 * MAX_LITERAL + MAX_LINE)
-        test.assertLessEqual(len(c._queue), 20)
+        test.assertLessEqual(c.reader.buffered, MAX_LINE + 2)
+        test.assertLessEqual(c.reader.literal_held, 4 * MAX_LITERAL)
+        test.assertLessEqual(c.reader.response_size, 4 * MAX_LITERAL + MAX_LINE)
+        test.assertLessEqual(len(c.commands.waiting), 20)
 
     def finish(self, test: SynchronousTestCase) -> None:
         """Lose the connection: every Deferred must have fired, no timer may remain."""
@@ -226,7 +225,7 @@ class HandWrittenTests(SynchronousTestCase):
         self.assertTrue(h.transport.disconnecting)
         self.assertIsInstance(h.client.close_error, ProtocolError)
         self.assertIn("unknown tag", h.client.close_error.text)
-        self.assertEqual(h.client._buffer, b"")
+        self.assertEqual(h.client.reader.buffered, 0)
         self.assertEqual(h.transport.value(), written)
         h.finish(self)
 

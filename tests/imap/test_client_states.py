@@ -1,41 +1,21 @@
-"""IdleClient's shape: the IDLE state machine and its table, the connection state, and
-what it inherits from Twisted's IMAP4Client (each method works or fails clearly)."""
+"""IdleClient's states: the IDLE state machine as the client drives it and the connection
+state (RFC 3501 §3) with its table."""
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred
-from twisted.mail import imap4
-from twisted.python.failure import Failure
-
-from rebreak_idle.imap import ConnectionLost, IdleClient, IdleState
+from rebreak_idle.imap import ConnectionLost, IdleState
 from rebreak_idle.imap.client import CONNECTION_TRANSITIONS, ConnectionState
-from rebreak_idle.imap.idle import TRANSITIONS, IdleTransitionError
-from rebreak_idle.imap.inherited import UNSUPPORTED_COMMANDS, UNSUPPORTED_HOOKS, Unsupported
+from rebreak_idle.imap.idle import IdleTransitionError
 from tests.support.imap_client import ClientTestCase, result_of
 
 S = IdleState
-#: inherited from IMAP4Client and its bases, working as they are (tested below)
-WORKING = {"makeConnection", "makeTag", "logPrefix", "clearLineBuffer", "setLineMode",
-           "setRawMode", "sendLine", "pauseProducing", "resumeProducing", "stopProducing"}
-
-
-def _public_methods(cls: type) -> set[str]:
-    return {n for n in dir(cls) if not n.startswith("_") and callable(getattr(cls, n))
-            and not isinstance(getattr(cls, n), type)}
 
 
 class IdleStateTests(ClientTestCase):
-    def test_table_names_every_state(self) -> None:
-        self.assertEqual(set(TRANSITIONS), set(IdleState))
-        for state, targets in TRANSITIONS.items():
-            self.assertLessEqual(targets, set(IdleState))
-            if state is not S.OFF:
-                self.assertIn(S.OFF, targets, state)  # a lost connection ends any state
-
     def test_forbidden_transition_raises(self) -> None:
         self.connect()
         with self.assertRaises(IdleTransitionError) as cm:
-            self.client._move(S.IDLING)  # OFF → IDLING skips the IDLE command
+            self.client.idle_exchange.move(S.IDLING)  # OFF → IDLING skips the IDLE command
         self.assertIn("off cannot move to idling", str(cm.exception))
         self.assertIs(self.client.idle_state, S.OFF)
         self.assertFalse(self.client.idling)
@@ -129,59 +109,6 @@ class ConnectionStateTests(ClientTestCase):
         with self.assertRaises(RuntimeError):
             self.client._enter(ConnectionState.AUTH)  # nothing follows CLOSED
         self.assertEqual(self.client.state, ConnectionState.CLOSED)
-
-
-class InheritedMethodTests(ClientTestCase):
-    def test_every_inherited_public_method_works_or_fails_clearly(self) -> None:
-        self.connect()
-        own = set()
-        for cls in IdleClient.__mro__[: IdleClient.__mro__.index(imap4.IMAP4Client)]:
-            if cls is not Unsupported:
-                own |= set(vars(cls))
-        inherited = _public_methods(imap4.IMAP4Client)
-        self.assertLessEqual(set(UNSUPPORTED_COMMANDS) | set(UNSUPPORTED_HOOKS), inherited)
-        checked = 0
-        for name in sorted(inherited - own - WORKING):
-            expected = f"IdleClient does not implement {name}; "
-            try:
-                result = getattr(self.client, name)("any", "arguments")
-            except NotImplementedError as e:
-                self.assertIn(name, UNSUPPORTED_HOOKS)
-                self.assertTrue(str(e).startswith(expected), str(e))
-            else:
-                self.assertIn(name, UNSUPPORTED_COMMANDS)
-                self.assertIsInstance(result, Deferred)
-                failure = result_of(result)[0]
-                self.assertIsInstance(failure, Failure)
-                self.assertIsInstance(failure.value, NotImplementedError)
-                self.assertTrue(str(failure.value).startswith(expected), str(failure.value))
-            checked += 1
-        self.assertGreater(checked, 40)
-        self.assertEqual(self.sent(), b"")
-        self.assertFalse(self.transport.disconnecting)
-
-    def test_authenticate_names_the_replacement(self) -> None:
-        self.connect()
-        failure = result_of(self.client.authenticate("secret"))[0]
-        self.assertIn("use login()", str(failure.value))
-
-    def test_the_inherited_methods_that_work(self) -> None:
-        self.connect()
-        c = self.client
-        self.assertEqual(c.makeTag(), b"0001")
-        c.sendLine(b"0001 NOOP")
-        self.assertEqual(self.sent(), b"0001 NOOP\r\n")
-        self.assertIsInstance(c.logPrefix(), str)
-        c.pauseProducing()
-        self.assertEqual(self.transport.producerState, "paused")
-        c.resumeProducing()
-        self.server(b"* 4 EXISTS\r\n")
-        self.assertEqual(self.events.seen, [("exists", 4)])
-        result_of(c.noop())
-        self.assertEqual(self.sent(), b"0002 NOOP\r\n")
-        c.clearLineBuffer()
-        c.stopProducing()
-        self.assertEqual(self.transport.producerState, "stopped")
 
 
 class AfterCloseTests(ClientTestCase):

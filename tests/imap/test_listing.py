@@ -35,8 +35,8 @@ class ListTests(ClientTestCase):
         the input budget (the rest of a read after each literal used to be counted
         again, 200 literals in one 8 KiB read cost ~800 KiB of budget)."""
         self.connect(greeting=b"")
-        self.client.input_burst_bytes = 64 * 1024  # the budget starts at the greeting
-        self.client.input_bytes_per_second = 1.0
+        self.client.reader.input_burst_bytes = 64 * 1024  # the budget starts at the greeting
+        self.client.reader.input_bytes_per_second = 1.0
         self.server(GREETING)
         d = result_of(self.client.list_mailboxes(limit=500))
         chunk = b"".join(b'* LIST () "/" {9}\r\nFolder%03d\r\n' % i for i in range(200))

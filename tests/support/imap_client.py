@@ -1,5 +1,6 @@
 """An IdleClient on a StringTransport and a Clock: a TestCase base that connects
-one, greets it and reads what it wrote."""
+one, greets it and reads what it wrote; and a recording link for a CommandQueue on its
+own."""
 
 from __future__ import annotations
 
@@ -29,6 +30,20 @@ class Events:
         client.on_bye = lambda t: self.seen.append(("bye", t))
         client.on_idle_ended = lambda t: self.seen.append(("idle-ended", t))
         client.on_connection_lost = lambda f: self.seen.append(("lost", f.value))
+
+
+class QueueLink:
+    """A CommandLink that records what the queue writes and the deadlines it reports."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.timeouts: list[str] = []
+
+    def write_bytes(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def command_timed_out(self, message: str) -> None:
+        self.timeouts.append(message)
 
 
 def result_of(d: Any) -> list[Any]:
