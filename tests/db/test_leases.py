@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from rebreak_idle.accounts.account import Account
 from rebreak_idle.config import LeaseSettings, Settings, lease_settings, supervisor_settings
-from rebreak_idle.db.leases import LEASES_SQL, LeaseKeeper, fair_share
+from rebreak_idle.db.leases import LEASES_SQL, LeaseKeeper, QuotedIds, fair_share
 from rebreak_idle.db.marks import MarkLoader
 from rebreak_idle.fleet.supervisor import Supervisor
 from rebreak_idle.session.mailbox_marks import MailboxMemory
@@ -46,6 +46,15 @@ def settings(dsn: str, replica_id: str, **kw: Any) -> LeaseSettings:
 
 def make_rows(n: int) -> list[dict]:
     return [{"id": str(uuid.uuid4()), "email": f"user{i}@example.test"} for i in range(n)]
+
+
+class QuotedIdsTests(SynchronousTestCase):
+    def test_quoted_as_psycopg2_quotes_the_list_and_adapted_as_itself(self) -> None:
+        ids = tuple(str(uuid.uuid4()) for _ in range(3))
+        quoted = QuotedIds(ids)
+        self.assertIs(psycopg2.extensions.adapt(quoted), quoted)
+        self.assertEqual(quoted.getquoted(), psycopg2.extensions.adapt(list(ids)).getquoted())
+        self.assertEqual(QuotedIds(()).getquoted(), b"'{}'")
 
 
 class FairShareTests(SynchronousTestCase):
@@ -160,6 +169,30 @@ class SingleReplicaTests(_KeeperCase):
         k = self.keeper("a")
         await self.register(k)
         self.assertEqual(await k.filter(rows), rows)
+
+    @inline
+    async def test_the_ids_are_quoted_once_per_refresh_not_per_round(self) -> None:
+        made: list[int] = []
+        original = QuotedIds.__init__
+
+        def counting(quoted: QuotedIds, ids: tuple[str, ...]) -> None:
+            made.append(len(ids))
+            original(quoted, ids)
+
+        self.patch(QuotedIds, "__init__", counting)
+        rows = make_rows(30)
+        k = self.keeper("a")
+        k.startService()
+        await self.register(k)
+        await k.filter(rows)
+        for _ in range(5):  # five renewals of the same accounts
+            await self.tick(RENEW)
+        self.assertEqual(made, [30])
+        await k.filter(rows[:20])  # a refresh with fewer accounts: quoted again
+        await self.tick(RENEW)
+        self.assertEqual(made, [30, 20])
+        self.assertEqual(k.owned(), {r["id"] for r in rows[:20]})
+        self.assertPartition(rows[:20], [k])
 
     @inline
     async def test_renewal_keeps_leases_alive_past_the_ttl(self) -> None:
