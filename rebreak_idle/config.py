@@ -17,8 +17,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-__all__ = ["MAX_FOLDERS", "MAX_MAILBOX_NAME", "OPTIONS", "ConfigError", "Option", "Settings",
-           "load_settings", "parse_folders", "read_ca_file"]
+__all__ = ["MAILBOX_CONTROL", "MAX_FOLDERS", "MAX_MAILBOX_NAME", "OPTIONS", "ConfigError",
+           "Option", "Settings", "load_settings", "parse_folders", "read_ca_file"]
 
 
 #: The per-host login budget's defaults (docs/providers.md, "Login budget": why these).
@@ -30,7 +30,9 @@ DEFAULT_HOST_LOGIN_BURST = 20
 MAX_FOLDERS = 8
 #: the longest mailbox name sent or read, in bytes of its wire form (modified UTF-7)
 MAX_MAILBOX_NAME = 1000
-_CONTROL = re.compile("[\x00-\x1f\x7f]")
+#: what no mailbox name sent may hold (C0 controls and DEL): the folders setting refuses it
+#: here, imap/listing.py's encoder at run time
+MAILBOX_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 class ConfigError(ValueError):
@@ -324,7 +326,7 @@ def parse_folders(value: str) -> tuple[str, ...]:
         if entry.startswith("\\"):
             if not entry[1:].isalnum():
                 raise ValueError(f"not a special-use attribute: {entry[:40]!r}")
-        elif _CONTROL.search(entry) is not None \
+        elif MAILBOX_CONTROL.search(entry) is not None \
                 or len(entry.encode("imap4-utf-7")) > MAX_MAILBOX_NAME:
             raise ValueError(f"folder name not usable: {entry[:40]!r}")
         if entry not in entries:

@@ -24,7 +24,7 @@ import twisted.mail.imap4  # noqa: F401  (registers the imap4-utf-7 codec)
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from ..config import MAX_MAILBOX_NAME
+from ..config import MAILBOX_CONTROL, MAX_MAILBOX_NAME
 from .commands import Command, command_failed
 from .errors import CommandFailed
 from .parser import is_atom, parse_parens, split_code, status_items
@@ -37,7 +37,6 @@ __all__ = ["ListEntry", "decode_mutf7", "encode_mutf7", "list_mailboxes", "parse
 
 _B64_RUN = re.compile(rb"&([A-Za-z0-9+,]*)-")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-_C0 = re.compile("[\x00-\x1f\x7f]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 #: Twisted's modified UTF-7 (RFC 3501 §5.1.3), registered when twisted.mail.imap4 loads
 _CODEC = "imap4-utf-7"
@@ -109,7 +108,7 @@ def encode_mutf7(name: str) -> bytes:
     Twisted's ``imap4-utf-7`` codec. ValueError for a name with a C0 control character or
     DEL: the codec writes TAB, CR and LF as they are (CRLF inside a command), and no
     folder name the daemon watches holds one (the folders setting refuses them)."""
-    if _C0.search(name) is not None:
+    if MAILBOX_CONTROL.search(name) is not None:
         raise ValueError("mailbox name holds a control character")
     return name.encode(_CODEC)
 
